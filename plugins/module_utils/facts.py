@@ -1,0 +1,232 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a hypervisor has, read from /proc, /sys and /boot.
+
+Every reader takes ``root`` (default ``/``) so that unit tests can point it at a recorded tree of
+kernel files. Parsers take text and do no I/O. Stdlib only: this runs on the hypervisors.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import gzip
+import os
+import re
+
+# Kernel options that decide which backends and handovers a kernel can do. KEXEC_KHO is the name
+# in the guestmemfs RFC's KHO v2; mainline calls it KEXEC_HANDOVER.
+KERNEL_OPTIONS = (
+    "CONFIG_KEXEC", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_KHO", "CONFIG_KEXEC_HANDOVER",
+    "CONFIG_KEXEC_HANDOVER_DEBUGFS", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD",
+    "CONFIG_GUESTMEMFS_FS", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX",
+    "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM",
+)
+
+
+def _read(root, path, default=None):
+    try:
+        with open(os.path.join(root, path.lstrip("/")), "r") as fh:
+            return fh.read()
+    except (IOError, OSError):
+        return default
+
+
+def parse_meminfo(text):
+    """/proc/meminfo or a node's meminfo -> {key: bytes}."""
+    out = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"^(?:Node \d+ )?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+kB)?$", line.strip())
+        if m:
+            val = int(m.group(2))
+            out[m.group(1)] = val * 1024 if line.rstrip().endswith("kB") else val
+    return out
+
+
+def parse_cmdline(text):
+    """A kernel command line -> list of arguments, honouring double quotes like the kernel."""
+    args, cur, quoted, started = [], "", False, False
+    for ch in (text or "").strip():
+        if ch == '"':
+            quoted = not quoted
+            cur += ch
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                args.append(cur)
+            cur, started = "", False
+        else:
+            cur += ch
+            started = True
+    if started:
+        args.append(cur)
+    return args
+
+
+def cmdline_dict(args):
+    """Arguments -> {name: value or True}; a repeated name keeps its last value like most parsers.
+    ``memmap=`` may legitimately repeat, so values of repeated names are also kept in lists."""
+    out = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        out.setdefault(name, []).append(value if sep else True)
+    return out
+
+
+def parse_kconfig(text, wanted=KERNEL_OPTIONS):
+    """A kernel .config -> {option: 'y'|'m'|value|'n'} for the wanted options ('n' when unset)."""
+    found = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"^(CONFIG_[A-Z0-9_]+)=(.*)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).strip('"')
+    return dict((opt, found.get(opt, "n")) for opt in wanted)
+
+
+def parse_mounts(text):
+    """/proc/self/mounts -> list of dicts (source, target, fstype, options)."""
+    out = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 4:
+            unesc = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in parts[:4]]
+            out.append({"source": unesc[0], "target": unesc[1], "fstype": unesc[2],
+                        "options": unesc[3].split(",")})
+    return out
+
+
+def find_mount(mounts, path):
+    """The mount whose target is exactly ``path`` (the last one wins, as the kernel shows it)."""
+    path = os.path.normpath(path)
+    hit = None
+    for m in mounts:
+        if os.path.normpath(m["target"]) == path:
+            hit = m
+    return hit
+
+
+def kernel_config(root, release):
+    """The running kernel's config: /boot/config-<release>, else /proc/config.gz."""
+    text = _read(root, "/boot/config-%s" % release)
+    source = "/boot/config-%s" % release
+    if text is None:
+        try:
+            with gzip.open(os.path.join(root, "proc/config.gz"), "rt") as fh:
+                text = fh.read()
+            source = "/proc/config.gz"
+        except (IOError, OSError):
+            return None, None
+    return parse_kconfig(text), source
+
+
+def numa_nodes(root):
+    base = os.path.join(root, "sys/devices/system/node")
+    nodes = []
+    try:
+        names = sorted(os.listdir(base), key=lambda n: int(n[4:]) if n[4:].isdigit() else -1)
+    except OSError:
+        names = []
+    for name in names:
+        if not re.match(r"^node\d+$", name):
+            continue
+        info = parse_meminfo(_read(root, "sys/devices/system/node/%s/meminfo" % name, ""))
+        nodes.append({"node": int(name[4:]), "total_bytes": info.get("MemTotal", 0),
+                      "free_bytes": info.get("MemFree", 0)})
+    return nodes
+
+
+def hugepage_sizes(root):
+    base = os.path.join(root, "sys/kernel/mm/hugepages")
+    sizes = []
+    try:
+        for name in os.listdir(base):
+            m = re.match(r"^hugepages-(\d+)kB$", name)
+            if m:
+                sizes.append(int(m.group(1)) * 1024)
+    except OSError:
+        pass
+    return sorted(sizes)
+
+
+def kho_state(root):
+    """Which KHO interface this kernel has and its state.
+
+    ``rfc``: the guestmemfs RFC's KHO v2 (/sys/kernel/kho/active, write 1 to serialise).
+    ``mainline``: KEXEC_HANDOVER in 6.16+ (debugfs kho/out; no finalize file from 7.x on).
+    """
+    out = {"interface": None, "active": None, "incoming": False, "liveupdate_device": False}
+    active = _read(root, "/sys/kernel/kho/active")
+    if active is not None:
+        out["interface"] = "rfc"
+        out["active"] = active.strip() == "1"
+        out["scratch_len"] = (_read(root, "/sys/kernel/kho/scratch_len", "") or "").strip() or None
+        out["incoming"] = os.path.exists(os.path.join(root, "sys/firmware/kho/dt"))
+    elif os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/out")):
+        out["interface"] = "mainline"
+        out["incoming"] = os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/in"))
+    out["liveupdate_device"] = os.path.exists(os.path.join(root, "dev/liveupdate"))
+    return out
+
+
+def backend_mount(root, mount_point):
+    """The backend's mount: whether mounted, its fs, DAX, capacity and usage, and its files."""
+    info = {"path": mount_point, "mounted": False}
+    mounts = parse_mounts(_read(root, "/proc/self/mounts", ""))
+    m = find_mount(mounts, mount_point)
+    if not m:
+        return info
+    info.update(mounted=True, source=m["source"], fstype=m["fstype"], dax="dax" in m["options"]
+                or "dax=always" in m["options"], options=m["options"])
+    local = os.path.join(root, mount_point.lstrip("/"))
+    try:
+        st = os.statvfs(local)
+        info["size_bytes"] = st.f_blocks * st.f_frsize
+        info["free_bytes"] = st.f_bavail * st.f_frsize
+        info["used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
+    except OSError:
+        pass
+    files = []
+    try:
+        for name in sorted(os.listdir(local)):
+            path = os.path.join(local, name)
+            if os.path.isfile(path):
+                st = os.stat(path)
+                files.append({"name": name, "size_bytes": st.st_size,
+                              "allocated_bytes": st.st_blocks * 512})
+    except OSError:
+        pass
+    info["files"] = files
+    return info
+
+
+def gather(root="/", mount_point=None):
+    """All host facts as one dict (the module's ``guestmemfs`` fact)."""
+    release = (_read(root, "/proc/sys/kernel/osrelease", "") or "").strip()
+    meminfo = parse_meminfo(_read(root, "/proc/meminfo", ""))
+    cmdline_text = (_read(root, "/proc/cmdline", "") or "").strip()
+    args = parse_cmdline(cmdline_text)
+    config, config_source = kernel_config(root, release)
+    filesystems = [line.split()[-1] for line in (_read(root, "/proc/filesystems", "") or "").splitlines()
+                   if line.strip()]
+    kexec_loaded = (_read(root, "/sys/kernel/kexec_loaded", "") or "").strip() == "1"
+    facts = {
+        "kernel_release": release,
+        "boot_id": (_read(root, "/proc/sys/kernel/random/boot_id", "") or "").strip(),
+        "memory": {
+            "total_bytes": meminfo.get("MemTotal", 0),
+            "available_bytes": meminfo.get("MemAvailable", 0),
+            "numa_nodes": numa_nodes(root),
+            "hugepage_sizes": hugepage_sizes(root),
+        },
+        "cmdline": {"running": cmdline_text, "args": args, "options": cmdline_dict(args)},
+        "kernel_config": config,
+        "kernel_config_source": config_source,
+        "kexec_file": bool(config) and config.get("CONFIG_KEXEC_FILE") == "y",
+        "kexec_loaded": kexec_loaded,
+        "guestmemfs_fs": "guestmemfs" in filesystems,
+        "kho": kho_state(root),
+    }
+    if mount_point:
+        facts["backend_mount"] = backend_mount(root, mount_point)
+    return facts

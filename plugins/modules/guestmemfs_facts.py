@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: guestmemfs_facts
+short_description: Report what a hypervisor has for kexec live update
+version_added: 0.1.0
+description:
+  - Reads C(/proc), C(/sys) and C(/boot) and returns the C(guestmemfs) fact.
+  - Memory in total and per NUMA node, huge page sizes, the running kernel command line, the options
+    of the running kernel's config that decide which backends work (kexec_file, KHO, LUO,
+    guestmemfs, legacy pmem, DAX), which KHO interface is present and its state, and optionally a
+    memory backend's mount with its capacity, usage and VM memory files.
+  - Changes nothing on the host.
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  mount_point:
+    description:
+      - Directory where the memory backend is (or will be) mounted.
+      - When given, the fact carries C(backend_mount) with the mount's state and the files in it.
+    type: path
+  root:
+    description:
+      - Directory to read the kernel files under instead of C(/).
+      - Meant for tests that replay a recorded host.
+    type: path
+    default: /
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  platform:
+    support: full
+    platforms: posix
+notes:
+  - Runs on Linux hypervisors with Python 3.6 or newer; stdlib only.
+seealso:
+  - module: ansible.builtin.setup
+"""
+
+EXAMPLES = r"""
+- name: Read the hypervisor's live-update facts
+  guestmemfs.liveupdate.guestmemfs_facts:
+    mount_point: /mnt/pmem
+
+- name: Refuse a kernel without kexec_file_load
+  ansible.builtin.assert:
+    that: ansible_facts.guestmemfs.kexec_file
+    fail_msg: the running kernel lacks CONFIG_KEXEC_FILE
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: dict
+  contains:
+    guestmemfs:
+      description: What this hypervisor has.
+      returned: always
+      type: dict
+      contains:
+        kernel_release:
+          description: C(uname -r) of the running kernel.
+          type: str
+          sample: 6.12.117+deb13-amd64
+        boot_id:
+          description: This boot's random id; a kexec changes it.
+          type: str
+        memory:
+          description: C(total_bytes), C(available_bytes), C(numa_nodes) (each C(node), C(total_bytes),
+            C(free_bytes)) and C(hugepage_sizes) in bytes.
+          type: dict
+        cmdline:
+          description: The running command line, as text (C(running)), as a list (C(args)) and as a
+            dict of name to list of values (C(options)).
+          type: dict
+        kernel_config:
+          description: Each option that matters for live update, with C(n) when unset; null when no
+            config was found.
+          type: dict
+          sample: {"CONFIG_KEXEC_FILE": "y", "CONFIG_KEXEC_HANDOVER": "n"}
+        kernel_config_source:
+          description: Where the config was read from.
+          type: str
+          sample: /boot/config-6.12.117+deb13-amd64
+        kexec_file:
+          description: Whether the running kernel has kexec_file_load.
+          type: bool
+        kexec_loaded:
+          description: Whether a kexec kernel is loaded now.
+          type: bool
+        guestmemfs_fs:
+          description: Whether guestmemfs is in C(/proc/filesystems).
+          type: bool
+        kho:
+          description: C(interface) (C(rfc), C(mainline) or null), C(active), C(incoming) (this boot
+            came with a handover) and C(liveupdate_device).
+          type: dict
+        backend_mount:
+          description: With I(mount_point), C(mounted), C(source), C(fstype), C(dax), C(size_bytes),
+            C(free_bytes), C(used_bytes) and C(files) (each C(name), C(size_bytes), C(allocated_bytes)).
+          type: dict
+          returned: when I(mount_point) is given
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            mount_point=dict(type="path"),
+            root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    if not os.path.isdir(module.params["root"]):
+        module.fail_json(msg="root %s is not a directory" % module.params["root"])
+    facts = gather(root=module.params["root"], mount_point=module.params["mount_point"])
+    module.exit_json(changed=False, ansible_facts={"guestmemfs": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""A local virtual fleet of KVM hypervisors: QEMU VMs under TCG, each a Debian trixie host that
+boots through GRUB, can kexec, and runs QEMU >= 10.0 for nested guests.
+
+    fleet.py image                 build (or reuse) the base disk image
+    fleet.py up [--hosts N]        boot N hosts on overlays, wait for SSH, write an inventory
+    fleet.py status                show the hosts and whether each answers
+    fleet.py ssh HOST [CMD...]     run a command on a host
+    fleet.py down                  stop every VM this fleet started (by PID) and remove overlays
+
+Everything lives under the cache directory ($GUESTMEMFS_CACHE, default ~/.cache/guestmemfs-liveupdate):
+images/ holds base images named by a hash of their recipe, fleets/<name>/ one fleet's state.
+No prebuilt image is downloaded: the base image is debootstrapped from the Debian mirror this
+machine's apt uses (or $GUESTMEMFS_DEBIAN_MIRROR), and GRUB's own boot.img/core.img go into the
+MBR and the gap after it, so no loop device is needed.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGE_FILES = os.path.join(HERE, "image")
+
+SUITE = "trixie"
+DISK_SIZE = 8 * 1024**3
+PART_START = 1024 * 1024  # the partition starts at 1 MiB; GRUB's core.img sits before it
+# Installed with apt inside the chroot so that dependencies resolve properly.
+PACKAGES = [
+    "linux-image-amd64", "initramfs-tools", "grub-pc", "systemd-sysv", "udev", "dbus",
+    "openssh-server", "python3", "kexec-tools", "qemu-system-x86", "ndctl", "iproute2",
+    "procps", "kmod", "e2fsprogs", "zstd", "less",
+]
+# Debconf answers: no GRUB install device during the build (there is no disk in a chroot; the
+# MBR is written from the image file), /dev/vda afterwards; kexec-tools must not take over
+# reboots, or a cold reboot for a cmdline change would never reach GRUB.
+PRESEED_BUILD = """\
+grub-pc grub-pc/install_devices multiselect
+grub-pc grub-pc/install_devices_empty boolean true
+kexec-tools kexec-tools/load_kexec boolean false
+"""
+PRESEED_FINAL = "grub-pc grub-pc/install_devices multiselect /dev/vda\n"
+RECIPE_VERSION = 3  # bump when the build steps below change in a way the inputs don't show
+
+
+class FleetError(Exception):
+    """A problem the operator can fix; the message says what and how."""
+
+
+class FleetStillRunning(FleetError):
+    """The fleet is up in another shape; it is left alone."""
+
+
+def log(msg):
+    print(f"[fleet {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    check = kw.pop("check", True)
+    try:
+        return subprocess.run(cmd, check=check, **kw)
+    except FileNotFoundError as exc:
+        raise FleetError(f"{cmd[0]} is not installed: run scripts/bootstrap") from exc
+    except subprocess.CalledProcessError as exc:
+        out = (exc.stderr or b"")
+        if isinstance(out, bytes):
+            out = out.decode(errors="replace")
+        raise FleetError(f"command failed (rc={exc.returncode}): {' '.join(cmd)}\n{out[-2000:]}") from exc
+
+
+def cache_dir():
+    return os.environ.get("GUESTMEMFS_CACHE") or os.path.expanduser("~/.cache/guestmemfs-liveupdate")
+
+
+# ---------------------------------------------------------------- prerequisites
+
+def require_root(what):
+    if os.geteuid() != 0:
+        raise FleetError(f"{what} needs root (debootstrap, chroot, /dev/kvm-less QEMU): run it with sudo")
+
+
+def require_tools(*tools):
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        raise FleetError(f"missing tools: {', '.join(missing)}; install them with scripts/bootstrap "
+                         "(Debian packages debootstrap qemu-system-x86 qemu-utils e2fsprogs fdisk)")
+
+
+def require_space(path, need_bytes, what):
+    os.makedirs(path, exist_ok=True)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < need_bytes:
+        raise FleetError(f"not enough disk space for {what} in {path}: {free / 2**30:.1f} GiB free, "
+                         f"{need_bytes / 2**30:.1f} GiB needed; free some or set GUESTMEMFS_CACHE")
+
+
+def port_free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+APT_SOURCES = ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list")
+
+
+def debian_mirror(sources=APT_SOURCES):
+    """The Debian archive this machine's apt already uses, so no host name is baked in here."""
+    env = os.environ.get("GUESTMEMFS_DEBIAN_MIRROR")
+    if env:
+        return env
+    candidates = []
+    for path in sources:
+        try:
+            with open(path) as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        candidates += re.findall(r"^URIs:\s*(\S+)", text, re.M)
+        candidates += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+    for uri in candidates:
+        if "security" not in uri and "/debian" in uri:
+            return uri.rstrip("/")
+    raise FleetError("no Debian mirror found in /etc/apt/sources.list*: set GUESTMEMFS_DEBIAN_MIRROR")
+
+
+# ---------------------------------------------------------------- the base image
+
+def recipe_key():
+    h = hashlib.sha256()
+    h.update(json.dumps([RECIPE_VERSION, SUITE, DISK_SIZE, PACKAGES, PRESEED_BUILD, PRESEED_FINAL]).encode())
+    for name in sorted(os.listdir(IMAGE_FILES)):
+        with open(os.path.join(IMAGE_FILES, name), "rb") as fh:
+            h.update(name.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:16]
+
+
+def image_path():
+    return os.path.join(cache_dir(), "images", f"{SUITE}-{recipe_key()}.raw")
+
+
+@contextlib.contextmanager
+def chroot_mounts(root):
+    mounted = []
+    try:
+        for src, dst, opts in [("proc", "proc", ["-t", "proc"]), ("sysfs", "sys", ["-t", "sysfs"]),
+                               ("/dev", "dev", ["--bind"]), ("devpts", "dev/pts", ["-t", "devpts"])]:
+            target = os.path.join(root, dst)
+            os.makedirs(target, exist_ok=True)
+            run(["mount", *opts, src, target])
+            mounted.append(target)
+        yield
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", target], check=False)
+
+
+def write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
+
+
+def build_image(force=False):
+    path = image_path()
+    if os.path.exists(path) and not force:
+        log(f"base image cached: {path}")
+        return path
+    require_root("building the base image")
+    require_tools("debootstrap", "mkfs.ext4", "sfdisk", "chroot")
+    images = os.path.dirname(path)
+    require_space(images, 6 * 2**30, "the base image build")
+    mirror = debian_mirror()
+    debs = os.path.join(cache_dir(), "debs")
+    os.makedirs(debs, exist_ok=True)
+    t0 = time.monotonic()
+    work = tempfile.mkdtemp(prefix="build-", dir=images)
+    try:
+        root = os.path.join(work, "root")
+        log(f"debootstrap {SUITE} minbase from {mirror}")
+        run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}", SUITE, root, mirror],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log(f"debootstrap done in {time.monotonic() - t0:.0f}s; installing {len(PACKAGES)} packages")
+        configure_root(root, debs)
+        log(f"packages installed at {time.monotonic() - t0:.0f}s; writing the disk")
+        raw = os.path.join(work, "disk.raw")
+        make_disk(root, raw)
+        os.rename(raw, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"base image built in {time.monotonic() - t0:.0f}s: {path}")
+    for old in os.listdir(images):
+        if old.endswith(".raw") and os.path.join(images, old) != path:
+            os.unlink(os.path.join(images, old))
+    return path
+
+
+def configure_root(root, debs):
+    write(os.path.join(root, "usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n", 0o755)
+    write(os.path.join(root, "tmp/preseed"), PRESEED_BUILD)
+    archives = os.path.join(root, "var/cache/apt/archives")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
+    with chroot_mounts(root):
+        run(["mount", "--bind", debs, archives])
+        try:
+            run(["chroot", root, "debconf-set-selections", "/tmp/preseed"])
+            run(["chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        finally:
+            subprocess.run(["umount", "-l", archives], check=False)
+        write(os.path.join(root, "tmp/preseed"), PRESEED_FINAL)
+        run(["chroot", root, "debconf-set-selections", "/tmp/preseed"])
+        install_files(root)
+        run(["chroot", root, "systemctl", "enable", "-q", "systemd-networkd", "fleet-identity.service"])
+    os.unlink(os.path.join(root, "usr/sbin/policy-rc.d"))
+    os.unlink(os.path.join(root, "tmp/preseed"))
+    # Shared by every VM: nothing per-host may stay in it.
+    for name in os.listdir(os.path.join(root, "etc/ssh")):
+        if name.startswith("ssh_host_"):
+            os.unlink(os.path.join(root, "etc/ssh", name))
+    write(os.path.join(root, "etc/machine-id"), "")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(root, "var/lib/dbus/machine-id"))
+    write(os.path.join(root, "etc/hostname"), "fleet\n")
+
+
+def install_files(root):
+    def src(name):
+        with open(os.path.join(IMAGE_FILES, name)) as fh:
+            return fh.read()
+    write(os.path.join(root, "usr/local/sbin/fleet-identity"), src("fleet-identity.sh"), 0o755)
+    write(os.path.join(root, "etc/systemd/system/fleet-identity.service"), src("fleet-identity.service"))
+    write(os.path.join(root, "etc/systemd/network/10-fleet.network"), src("10-fleet.network"))
+    write(os.path.join(root, "etc/default/grub.d/10-fleet.cfg"), src("grub-fleet.cfg"))
+    write(os.path.join(root, "etc/modules-load.d/fleet.conf"), "qemu_fw_cfg\n")
+    write(os.path.join(root, "etc/default/kexec"), 'LOAD_KEXEC=false\nKEXEC_KERNEL=""\n')
+
+
+def make_disk(root, raw):
+    fs_uuid = str(uuid.uuid4())
+    kernels = sorted(n for n in os.listdir(os.path.join(root, "boot")) if n.startswith("vmlinuz-"))
+    if not kernels:
+        raise FleetError("the image has no kernel in /boot: the linux-image-amd64 install failed")
+    kver = kernels[-1][len("vmlinuz-"):]
+    write(os.path.join(root, "etc/fstab"), f"UUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")
+    # GRUB from the image itself, so core.img and its modules are the same version. A first
+    # grub.cfg is written here (grub-mkconfig needs a real disk); update-grub in the VM replaces it.
+    grubdir = os.path.join(root, "boot/grub")
+    shutil.copytree(os.path.join(root, "usr/lib/grub/i386-pc"), os.path.join(grubdir, "i386-pc"),
+                    dirs_exist_ok=True)
+    write(os.path.join(grubdir, "grub.cfg"), f"""\
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root {fs_uuid}
+menuentry 'Debian GNU/Linux' {{
+    linux /boot/vmlinuz-{kver} root=UUID={fs_uuid} ro console=tty0 console=ttyS0,115200
+    initrd /boot/initrd.img-{kver}
+}}
+""")
+    core = os.path.join(grubdir, "i386-pc", "core.img")
+    run(["chroot", root, "grub-mkimage", "-O", "i386-pc", "-o", "/boot/grub/i386-pc/core.img",
+         "-p", "(hd0,msdos1)/boot/grub", "biosdisk", "part_msdos", "ext2"])
+    if os.path.getsize(core) > PART_START - 512:
+        raise FleetError("GRUB core.img does not fit before the first partition")
+    with open(raw, "wb") as fh:
+        fh.truncate(DISK_SIZE)
+    run(["sfdisk", "-q", raw], input=f"label: dos\nstart={PART_START // 512}, type=83, bootable\n".encode())
+    fs_size_k = (DISK_SIZE - PART_START) // 1024
+    run(["mkfs.ext4", "-q", "-F", "-L", "fleet-root", "-U", fs_uuid, "-d", root,
+         "-E", f"offset={PART_START}", raw, f"{fs_size_k}k"])
+    with open(os.path.join(root, "usr/lib/grub/i386-pc/boot.img"), "rb") as fh:
+        boot = fh.read()
+    with open(core, "rb") as fh:
+        core_img = fh.read()
+    with open(raw, "r+b") as fh:
+        fh.write(boot[:440])  # keep the partition table and disk signature that sfdisk wrote
+        fh.seek(512)
+        fh.write(core_img)
+
+
+# ---------------------------------------------------------------- the fleet
+
+def fleet_dir(name):
+    return os.path.join(cache_dir(), "fleets", name)
+
+
+def load_state(name):
+    path = os.path.join(fleet_dir(name), "fleet.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def save_state(name, state):
+    path = os.path.join(fleet_dir(name), "fleet.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(state, fh, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def pid_alive(pid, cmd_hint):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return cmd_hint.encode() in fh.read()
+    except OSError:
+        return False
+
+
+def ssh_base(state, host):
+    return ["ssh", "-i", state["key"], "-p", str(host["port"]), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+            "-o", "BatchMode=yes", "root@127.0.0.1"]
+
+
+def ssh_ok(state, host):
+    r = subprocess.run(ssh_base(state, host) + ["true"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60, check=False)
+    return r.returncode == 0
+
+
+def qemu_cmd(state, host, base):
+    return [
+        "qemu-system-x86_64", "-name", host["name"], "-machine", "q35", "-accel", state["accel"],
+        "-cpu", "max", "-smp", str(state["cpus"]), "-m", f"{state['memory_mb']}M",
+        "-drive", f"file={host['disk']},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host['port']}-:22",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-fw_cfg", f"name=opt/fleet/hostname,string={host['name']}",
+        "-fw_cfg", f"name=opt/fleet/authorized_keys,file={state['key']}.pub",
+        "-display", "none", "-serial", f"file:{host['console']}",
+        "-qmp", f"unix:{host['qmp']},server=on,wait=off",
+        "-pidfile", host["pidfile"], "-daemonize",
+    ]
+
+
+def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None):
+    require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
+    state = load_state(name)
+    if state and any(pid_alive(h.get("pid", 0), h["name"]) for h in state["hosts"]):
+        healthy = all(pid_alive(h["pid"], h["name"]) and ssh_ok(state, h) for h in state["hosts"])
+        if len(state["hosts"]) == hosts and healthy:
+            log(f"fleet '{name}' is already up with {hosts} hosts: reusing it")
+            write_inventory(name, state, inventory_copy)
+            return state
+        raise FleetStillRunning(f"fleet '{name}' is running but not as asked (or not answering): "
+                                f"run `python3 tests/fleet/fleet.py --name {name} down` first")
+    base = build_image()
+    fdir = fleet_dir(name)
+    require_space(fdir, hosts * 2 * 2**30, f"{hosts} overlays")
+    for i in range(hosts):
+        if not port_free(base_port + i):
+            raise FleetError(f"port {base_port + i} on 127.0.0.1 is in use (SSH forward of host{i + 1}): "
+                             "stop what holds it or pass --base-port")
+    key = os.path.join(fdir, "id_ed25519")
+    if not os.path.exists(key):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-{name}", "-f", key])
+    state = {"name": name, "key": key, "memory_mb": memory_mb, "cpus": cpus, "accel": accel,
+             "base": base, "hosts": []}
+    for i in range(hosts):
+        hname = f"host{i + 1}"
+        host = {"name": hname, "port": base_port + i,
+                "disk": os.path.join(fdir, f"{hname}.qcow2"),
+                "console": os.path.join(fdir, f"{hname}.console.log"),
+                "qmp": os.path.join(fdir, f"{hname}.qmp"),
+                "pidfile": os.path.join(fdir, f"{hname}.pid")}
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(host["disk"])
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
+        state["hosts"].append(host)
+    t0 = time.monotonic()
+    for host in state["hosts"]:
+        run(qemu_cmd(state, host, base), stderr=subprocess.PIPE)
+        with open(host["pidfile"]) as fh:
+            host["pid"] = int(fh.read().strip())
+        host["started"] = time.time()
+        save_state(name, state)
+        log(f"{host['name']}: QEMU pid {host['pid']}, ssh port {host['port']}")
+    pending = {h["name"] for h in state["hosts"]}
+    while pending:
+        if time.monotonic() - t0 > timeout:
+            raise FleetError(f"no SSH from {', '.join(sorted(pending))} within {timeout}s; "
+                             f"see the console logs in {fdir}")
+        for host in state["hosts"]:
+            if host["name"] not in pending:
+                continue
+            if not pid_alive(host["pid"], host["name"]):
+                raise FleetError(f"{host['name']}: QEMU exited; see {host['console']}")
+            if ssh_ok(state, host):
+                host["boot_to_ssh_s"] = round(time.monotonic() - t0, 1)
+                log(f"{host['name']}: SSH up after {host['boot_to_ssh_s']}s")
+                pending.discard(host["name"])
+        time.sleep(2)
+    save_state(name, state)
+    write_inventory(name, state, inventory_copy)
+    return state
+
+
+def write_inventory(name, state, copy_to=None):
+    lines = ["# Written by tests/fleet/fleet.py up; the fleet's VMs on 127.0.0.1", "all:",
+             "  children:", "    hypervisors:", "      hosts:"]
+    for h in state["hosts"]:
+        lines += [f"        {h['name']}:", "          ansible_host: 127.0.0.1",
+                  f"          ansible_port: {h['port']}"]
+    lines += ["      vars:", "        ansible_user: root",
+              f"        ansible_ssh_private_key_file: {state['key']}",
+              "        ansible_ssh_common_args: >-", "          -o StrictHostKeyChecking=no",
+              "          -o UserKnownHostsFile=/dev/null", "          -o LogLevel=ERROR",
+              "        ansible_python_interpreter: /usr/bin/python3", ""]
+    path = os.path.join(fleet_dir(name), "inventory.yml")
+    write(path, "\n".join(lines))
+    state["inventory"] = path
+    if copy_to:
+        write(copy_to, "\n".join(lines))
+        state["inventory_copy"] = os.path.abspath(copy_to)
+    save_state(name, state)
+
+
+def down(name):
+    state = load_state(name)
+    if not state:
+        log(f"fleet '{name}' has no state: nothing to stop")
+        return
+    for host in state["hosts"]:
+        pid = host.get("pid")
+        if pid and pid_alive(pid, host["name"]):
+            os.kill(pid, signal.SIGTERM)
+            for _attempt in range(50):
+                if not pid_alive(pid, host["name"]):
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            log(f"{host['name']}: stopped QEMU pid {pid}")
+        for key in ("disk", "qmp", "pidfile"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(host[key])
+    for key in ("inventory", "inventory_copy"):
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            os.unlink(state[key])
+    os.unlink(os.path.join(fleet_dir(name), "fleet.json"))
+    log(f"fleet '{name}' is down; console logs kept in {fleet_dir(name)}")
+
+
+def status(name):
+    state = load_state(name)
+    if not state:
+        print(f"fleet '{name}' is not up")
+        return 1
+    print(f"{'host':<8} {'pid':>8} {'port':>6}  {'qemu':<7} {'ssh':<4} boot_to_ssh_s")
+    for h in state["hosts"]:
+        alive = pid_alive(h.get("pid", 0), h["name"])
+        ok = alive and ssh_ok(state, h)
+        print(f"{h['name']:<8} {h.get('pid', '-'):>8} {h['port']:>6}  {'running' if alive else 'dead':<7} "
+              f"{'yes' if ok else 'no':<4} {h.get('boot_to_ssh_s', '-')}")
+    print(f"inventory: {state.get('inventory', '-')}")
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    p.add_argument("--name", default="fleet", help="fleet name (state directory); default: fleet")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pi = sub.add_parser("image", help="build or reuse the base image")
+    pi.add_argument("--force", action="store_true")
+    pu = sub.add_parser("up", help="boot the fleet")
+    pu.add_argument("--hosts", type=int, default=2)
+    pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
+    pu.add_argument("--cpus", type=int, default=1)
+    pu.add_argument("--base-port", type=int, default=2222)
+    pu.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
+    pu.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg: KVM hangs here)")
+    pu.add_argument("--inventory", help="also write the inventory to this path")
+    sub.add_parser("down", help="stop the fleet")
+    sub.add_parser("status", help="show the fleet")
+    sub.add_parser("inventory", help="print the inventory path")
+    ps = sub.add_parser("ssh", help="run a command on a host")
+    ps.add_argument("host")
+    ps.add_argument("command", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "image":
+            print(build_image(force=a.force))
+        elif a.cmd == "up":
+            if a.hosts < 1 or a.memory < 1024 or a.cpus < 1:
+                raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
+            try:
+                state = up(a.name, a.hosts, a.memory, a.cpus, a.base_port, a.timeout, a.accel, a.inventory)
+            except FleetStillRunning:
+                raise
+            except BaseException:
+                log("bring-up failed: stopping what was started")
+                down(a.name)
+                raise
+            print(f"fleet '{a.name}' up: {len(state['hosts'])} hosts; inventory {state['inventory']}")
+        elif a.cmd == "down":
+            down(a.name)
+        elif a.cmd == "status":
+            return status(a.name)
+        elif a.cmd == "inventory":
+            state = load_state(a.name)
+            if not state:
+                raise FleetError(f"fleet '{a.name}' is not up")
+            print(state["inventory"])
+        elif a.cmd == "ssh":
+            state = load_state(a.name)
+            host = next((h for h in (state or {}).get("hosts", []) if h["name"] == a.host), None)
+            if not host:
+                raise FleetError(f"no host {a.host} in fleet '{a.name}'")
+            return subprocess.call(ssh_base(state, host) + a.command)
+    except FleetError as exc:
+        print(f"fleet: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Make the collection importable as ansible_collections.guestmemfs.liveupdate from this checkout,
+so plain pytest runs the unit tests without installing the collection."""
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+_tree = tempfile.mkdtemp(prefix="glu-collections-")
+os.makedirs(os.path.join(_tree, "ansible_collections", "guestmemfs"))
+os.symlink(ROOT, os.path.join(_tree, "ansible_collections", "guestmemfs", "liveupdate"))
+sys.path.insert(0, _tree)
+atexit.register(shutil.rmtree, _tree, True)  # removes the symlink, never what it points at
+sys.path.insert(0, os.path.join(ROOT, "tests", "fleet"))

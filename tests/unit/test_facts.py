@@ -1,0 +1,142 @@
+"""Host facts against a recorded trixie fleet host and against hand-made kernel files."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import guestmemfs_facts
+
+from conftest import FIXTURES
+
+TRIXIE = os.path.join(FIXTURES, "trixie-fleet-host")
+
+
+def test_recorded_trixie_host():
+    f = facts.gather(TRIXIE)
+    assert f["kernel_release"] == "6.12.117+deb13-amd64"
+    assert f["kexec_file"] is True
+    assert f["kernel_config"]["CONFIG_KEXEC_FILE"] == "y"
+    assert f["kernel_config"]["CONFIG_X86_PMEM_LEGACY"] == "m"
+    # Debian's stock kernels have no KHO, no LUO and no guestmemfs.
+    assert f["kernel_config"]["CONFIG_KEXEC_HANDOVER"] == "n"
+    assert f["kernel_config"]["CONFIG_LIVEUPDATE"] == "n"
+    assert f["guestmemfs_fs"] is False
+    assert f["kho"] == {"interface": None, "active": None, "incoming": False, "liveupdate_device": False}
+    assert 3 * 2**30 < f["memory"]["total_bytes"] < 4 * 2**30
+    assert [n["node"] for n in f["memory"]["numa_nodes"]] == [0]
+    assert f["memory"]["numa_nodes"][0]["total_bytes"] == f["memory"]["total_bytes"]
+    assert f["memory"]["hugepage_sizes"] == [2 * 2**20, 2**30]
+    assert f["cmdline"]["options"]["console"] == ["tty0", "ttyS0,115200"]
+    assert f["cmdline"]["options"]["ro"] == [True]
+    assert "backend_mount" not in f
+
+
+def test_root_mount_of_recorded_host():
+    m = facts.backend_mount(TRIXIE, "/")
+    assert m["mounted"] and m["fstype"] == "ext4" and m["source"] == "/dev/vda1"
+    assert m["dax"] is False
+
+
+def test_unmounted_backend():
+    assert facts.backend_mount(TRIXIE, "/mnt/pmem") == {"path": "/mnt/pmem", "mounted": False}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a b=1  c", ["a", "b=1", "c"]),
+    ('quiet dyndbg="file foo.c +p" memmap=1G!4G', ["quiet", 'dyndbg="file foo.c +p"', "memmap=1G!4G"]),
+    ("", []),
+    ("  \n", []),
+])
+def test_parse_cmdline(text, expected):
+    assert facts.parse_cmdline(text) == expected
+
+
+def test_cmdline_keeps_repeated_memmap():
+    opts = facts.cmdline_dict(facts.parse_cmdline("memmap=1G!4G memmap=2G!8G nokaslr"))
+    assert opts == {"memmap": ["1G!4G", "2G!8G"], "nokaslr": [True]}
+
+
+def test_parse_mounts_unescapes_spaces():
+    mounts = facts.parse_mounts("/dev/pmem0 /mnt/vm\\040ram ext4 rw,relatime,dax=always 0 0\n")
+    assert mounts[0]["target"] == "/mnt/vm ram"
+    assert "dax=always" in mounts[0]["options"]
+
+
+def test_meminfo_units():
+    info = facts.parse_meminfo("MemTotal:  1024 kB\nHugePages_Total:  3\nNode 0 MemFree: 2 kB\n")
+    assert info == {"MemTotal": 1048576, "HugePages_Total": 3, "MemFree": 2048}
+
+
+def _tree(tmp_path, files):
+    for rel, content in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        else:
+            p.write_text(content)
+    return str(tmp_path)
+
+
+def test_rfc_kho_host_with_config_gz(tmp_path):
+    # The guestmemfs RFC's interface (KHO v2): /sys/kernel/kho/{active,scratch_len}, and after a
+    # handover kexec /sys/firmware/kho/dt. No /boot/config: the config comes from /proc/config.gz.
+    root = _tree(tmp_path, {
+        "proc/sys/kernel/osrelease": "6.12.117-guestmemfs\n",
+        "proc/config.gz": gzip.compress(b"CONFIG_KEXEC_FILE=y\nCONFIG_KEXEC_KHO=y\nCONFIG_GUESTMEMFS_FS=y\n"),
+        "proc/filesystems": "nodev\tsysfs\nnodev\tguestmemfs\n",
+        "proc/cmdline": "console=ttyS0 guestmemfs=512M kho_scratch=256M nokaslr\n",
+        "sys/kernel/kho/active": "1\n",
+        "sys/kernel/kho/scratch_len": "0x10000000\n",
+        "sys/firmware/kho/dt": b"\xd0\x0d\xfe\xed",
+    })
+    f = facts.gather(root)
+    assert f["kernel_config_source"] == "/proc/config.gz"
+    assert f["kernel_config"]["CONFIG_KEXEC_KHO"] == "y"
+    assert f["guestmemfs_fs"] is True
+    assert f["kho"]["interface"] == "rfc" and f["kho"]["active"] is True and f["kho"]["incoming"] is True
+    assert f["cmdline"]["options"]["guestmemfs"] == ["512M"]
+
+
+def test_mainline_kho_and_liveupdate(tmp_path):
+    root = _tree(tmp_path, {
+        "proc/sys/kernel/osrelease": "7.3.4\n",
+        "sys/kernel/debug/kho/out/fdt": b"",
+        "sys/kernel/debug/kho/in/fdt": b"",
+        "dev/liveupdate": "",
+    })
+    f = facts.gather(root)
+    assert f["kernel_config"] is None and f["kexec_file"] is False
+    assert f["kho"] == {"interface": "mainline", "active": None, "incoming": True, "liveupdate_device": True}
+
+
+def test_backend_files_and_capacity(tmp_path):
+    (tmp_path / "mnt" / "pmem").mkdir(parents=True)
+    (tmp_path / "mnt" / "pmem" / "vm1.ram").write_bytes(b"\0" * 8192)
+    root = _tree(tmp_path, {"proc/self/mounts": "/dev/pmem0 /mnt/pmem ext4 rw,dax 0 0\n"})
+    m = facts.gather(root, mount_point="/mnt/pmem")["backend_mount"]
+    assert m["mounted"] and m["dax"] and m["source"] == "/dev/pmem0"
+    assert m["files"] == [{"name": "vm1.ram", "size_bytes": 8192, "allocated_bytes": m["files"][0]["allocated_bytes"]}]
+    assert m["size_bytes"] > 0 and m["free_bytes"] <= m["size_bytes"]
+
+
+def run_module(capsys, args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exc:
+            guestmemfs_facts.main()
+    return exc.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_module_returns_fact(capsys):
+    rc, out = run_module(capsys, {"root": TRIXIE, "_ansible_check_mode": True})
+    assert rc == 0 and out["changed"] is False
+    assert out["ansible_facts"]["guestmemfs"]["kernel_release"] == "6.12.117+deb13-amd64"
+
+
+def test_module_refuses_missing_root(capsys, tmp_path):
+    rc, out = run_module(capsys, {"root": str(tmp_path / "nope")})
+    assert rc == 1 and out["failed"] and "is not a directory" in out["msg"]

@@ -1,0 +1,102 @@
+"""The virtual fleet's pure parts and its refusals (the VMs themselves run under molecule)."""
+
+import socket
+
+import pytest
+import yaml
+
+import fleet
+
+
+def test_mirror_from_deb822_skips_security(tmp_path, monkeypatch):
+    monkeypatch.delenv("GUESTMEMFS_DEBIAN_MIRROR", raising=False)
+    src = tmp_path / "debian.sources"
+    src.write_text("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\n"
+                   "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n")
+    assert fleet.debian_mirror([str(src)]) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_format(tmp_path, monkeypatch):
+    monkeypatch.delenv("GUESTMEMFS_DEBIAN_MIRROR", raising=False)
+    src = tmp_path / "sources.list"
+    src.write_text("# comment\ndeb [arch=amd64] http://m.example/debian bookworm main\n")
+    assert fleet.debian_mirror([str(tmp_path / "missing"), str(src)]) == "http://m.example/debian"
+
+
+def test_mirror_env_wins_and_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUESTMEMFS_DEBIAN_MIRROR", "http://env.example/debian")
+    assert fleet.debian_mirror([]) == "http://env.example/debian"
+    monkeypatch.delenv("GUESTMEMFS_DEBIAN_MIRROR")
+    with pytest.raises(fleet.FleetError, match="GUESTMEMFS_DEBIAN_MIRROR"):
+        fleet.debian_mirror([str(tmp_path / "none")])
+
+
+def test_recipe_key_follows_image_files(tmp_path, monkeypatch):
+    (tmp_path / "a").write_text("one")
+    monkeypatch.setattr(fleet, "IMAGE_FILES", str(tmp_path))
+    k1 = fleet.recipe_key()
+    assert fleet.recipe_key() == k1
+    (tmp_path / "a").write_text("two")
+    assert fleet.recipe_key() != k1
+
+
+def test_inventory_lists_every_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
+    (tmp_path / "fleets" / "t").mkdir(parents=True)
+    state = {"key": "/k/id", "hosts": [{"name": "host1", "port": 2222}, {"name": "host2", "port": 2223}]}
+    fleet.write_inventory("t", state, str(tmp_path / "copy.yml"))
+    inv = yaml.safe_load((tmp_path / "fleets" / "t" / "inventory.yml").read_text())
+    hosts = inv["all"]["children"]["hypervisors"]["hosts"]
+    assert hosts == {"host1": {"ansible_host": "127.0.0.1", "ansible_port": 2222},
+                     "host2": {"ansible_host": "127.0.0.1", "ansible_port": 2223}}
+    assert inv["all"]["children"]["hypervisors"]["vars"]["ansible_ssh_private_key_file"] == "/k/id"
+    assert (tmp_path / "copy.yml").read_text() == (tmp_path / "fleets" / "t" / "inventory.yml").read_text()
+
+
+def test_port_in_use_is_seen():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert fleet.port_free(s.getsockname()[1]) is False
+
+
+def test_up_refuses_a_busy_port(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
+    monkeypatch.setattr(fleet, "build_image", lambda: str(tmp_path / "base.raw"))
+    monkeypatch.setattr(fleet.os, "geteuid", lambda: 0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        rc = fleet.main(["--name", "busy", "up", "--hosts", "1", "--base-port", str(s.getsockname()[1])])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "is in use" in err and "--base-port" in err
+    assert not list((tmp_path / "fleets" / "busy").glob("*.qcow2"))
+
+
+def test_not_root_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr(fleet.os, "geteuid", lambda: 1000)
+    assert fleet.main(["image", "--force"]) == 2
+    assert "needs root" in capsys.readouterr().err
+
+
+def test_missing_tool_is_named(monkeypatch):
+    monkeypatch.setattr(fleet.shutil, "which", lambda t: None if t == "debootstrap" else "/bin/" + t)
+    with pytest.raises(fleet.FleetError, match="missing tools: debootstrap.*scripts/bootstrap"):
+        fleet.require_tools("debootstrap", "sfdisk")
+
+
+def test_too_little_space_is_refused(tmp_path):
+    with pytest.raises(fleet.FleetError, match="not enough disk space"):
+        fleet.require_space(str(tmp_path), 2**60, "a test")
+
+
+def test_bad_sizes_are_refused(capsys):
+    assert fleet.main(["up", "--hosts", "0"]) == 2
+    assert "--hosts" in capsys.readouterr().err
+
+
+def test_ssh_to_unknown_host(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
+    assert fleet.main(["--name", "none", "ssh", "host9", "true"]) == 2
+    assert "no host host9" in capsys.readouterr().err
