@@ -21,7 +21,7 @@ KERNEL_OPTIONS = (
     "CONFIG_KEXEC", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_KHO", "CONFIG_KEXEC_HANDOVER",
     "CONFIG_KEXEC_HANDOVER_DEBUGFS", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD",
     "CONFIG_GUESTMEMFS_FS", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX",
-    "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM",
+    "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_FTRACE_KHO",
 )
 
 
@@ -149,6 +149,29 @@ def hugepage_sizes(root):
     return sorted(sizes)
 
 
+def firmware_memmap(root):
+    """/sys/firmware/memmap: the firmware's (e820) map, which memmap= and guestmemfs= leave as it
+    was. Returns [{start, end (inclusive), type}] sorted by start."""
+    base = os.path.join(root, "sys/firmware/memmap")
+    out = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for name in names:
+        start = _read(root, "sys/firmware/memmap/%s/start" % name)
+        end = _read(root, "sys/firmware/memmap/%s/end" % name)
+        kind = _read(root, "sys/firmware/memmap/%s/type" % name)
+        if start is None or end is None or kind is None:
+            continue
+        out.append({"start": int(start.strip(), 16), "end": int(end.strip(), 16), "type": kind.strip()})
+    return sorted(out, key=lambda e: e["start"])
+
+
+def ram_ranges(memmap):
+    return [[e["start"], e["end"]] for e in memmap if e["type"] == "System RAM"]
+
+
 def kho_state(root):
     """Which KHO interface this kernel has and its state.
 
@@ -210,6 +233,7 @@ def gather(root="/", mount_point=None):
     filesystems = [line.split()[-1] for line in (_read(root, "/proc/filesystems", "") or "").splitlines()
                    if line.strip()]
     kexec_loaded = (_read(root, "/sys/kernel/kexec_loaded", "") or "").strip() == "1"
+    ranges = ram_ranges(firmware_memmap(root))
     facts = {
         "kernel_release": release,
         "boot_id": (_read(root, "/proc/sys/kernel/random/boot_id", "") or "").strip(),
@@ -218,6 +242,9 @@ def gather(root="/", mount_point=None):
             "available_bytes": meminfo.get("MemAvailable", 0),
             "numa_nodes": numa_nodes(root),
             "hugepage_sizes": hugepage_sizes(root),
+            # Physical RAM as the firmware reports it: a carve-out does not shrink it (MemTotal it does).
+            "firmware_ram_bytes": sum(e - s + 1 for s, e in ranges),
+            "firmware_ram_ranges": ranges,
         },
         "cmdline": {"running": cmdline_text, "args": args, "options": cmdline_dict(args)},
         "kernel_config": config,

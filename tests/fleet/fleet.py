@@ -39,7 +39,7 @@ PART_START = 1024 * 1024  # the partition starts at 1 MiB; GRUB's core.img sits 
 PACKAGES = [
     "linux-image-amd64", "initramfs-tools", "grub-pc", "systemd-sysv", "udev", "dbus",
     "openssh-server", "python3", "kexec-tools", "qemu-system-x86", "ndctl", "iproute2",
-    "procps", "kmod", "e2fsprogs", "zstd", "less",
+    "procps", "kmod", "e2fsprogs", "zstd", "less", "python3-apt",
 ]
 # Debconf answers: no GRUB install device during the build (there is no disk in a chroot; the
 # MBR is written from the image file), /dev/vda afterwards; kexec-tools must not take over
@@ -461,6 +461,34 @@ def down(name):
     log(f"fleet '{name}' is down; console logs kept in {fleet_dir(name)}")
 
 
+def ssh_out(state, host, command, timeout=120):
+    r = subprocess.run(ssh_base(state, host) + [command], capture_output=True, text=True,
+                       timeout=timeout, check=False)
+    if r.returncode != 0:
+        raise FleetError(f"{host['name']}: `{command}` failed (rc={r.returncode}): {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def kexec_roundtrip(state, host, timeout=600):
+    """Kexec a host into its running kernel (kexec_file_load, same cmdline); time it to SSH."""
+    before = ssh_out(state, host, "cat /proc/sys/kernel/random/boot_id")
+    t0 = time.monotonic()
+    ssh_out(state, host, "k=$(uname -r); kexec -s -l /boot/vmlinuz-$k --initrd=/boot/initrd.img-$k --reuse-cmdline")
+    load_s = time.monotonic() - t0
+    t1 = time.monotonic()
+    ssh_out(state, host, "systemd-run -q --on-active=1 systemctl kexec")
+    while time.monotonic() - t1 < timeout:
+        try:
+            now = ssh_out(state, host, "cat /proc/sys/kernel/random/boot_id", timeout=30)
+        except (FleetError, subprocess.TimeoutExpired):
+            now = None
+        if now and now != before:
+            return {"host": host["name"], "load_s": round(load_s, 1),
+                    "kexec_to_ssh_s": round(time.monotonic() - t1, 1), "boot_id": now}
+        time.sleep(1)
+    raise FleetError(f"{host['name']}: no new boot_id within {timeout}s after kexec; see {host['console']}")
+
+
 def status(name):
     state = load_state(name)
     if not state:
@@ -493,6 +521,8 @@ def main(argv=None):
     sub.add_parser("down", help="stop the fleet")
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
+    pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
+    pk.add_argument("host")
     ps = sub.add_parser("ssh", help="run a command on a host")
     ps.add_argument("host")
     ps.add_argument("command", nargs=argparse.REMAINDER)
@@ -521,11 +551,14 @@ def main(argv=None):
             if not state:
                 raise FleetError(f"fleet '{a.name}' is not up")
             print(state["inventory"])
-        elif a.cmd == "ssh":
+        elif a.cmd in ("ssh", "kexec"):
             state = load_state(a.name)
             host = next((h for h in (state or {}).get("hosts", []) if h["name"] == a.host), None)
             if not host:
                 raise FleetError(f"no host {a.host} in fleet '{a.name}'")
+            if a.cmd == "kexec":
+                print(json.dumps(kexec_roundtrip(state, host)))
+                return 0
             return subprocess.call(ssh_base(state, host) + a.command)
     except FleetError as exc:
         print(f"fleet: error: {exc}", file=sys.stderr)
