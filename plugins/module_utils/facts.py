@@ -15,6 +15,8 @@ import gzip
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
+
 # Kernel options that decide which backends and handovers a kernel can do. KEXEC_KHO is the name
 # in the guestmemfs RFC's KHO v2; mainline calls it KEXEC_HANDOVER.
 KERNEL_OPTIONS = (
@@ -253,6 +255,7 @@ def gather(root="/", mount_point=None):
         "kexec_loaded": kexec_loaded,
         "guestmemfs_fs": "guestmemfs" in filesystems,
         "kho": kho_state(root),
+        "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
     }
     if mount_point:
         facts["backend_mount"] = backend_mount(root, mount_point)

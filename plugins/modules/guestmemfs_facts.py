@@ -112,6 +112,10 @@ ansible_facts:
           description: C(interface) (C(rfc), C(mainline) or null), C(active), C(incoming) (this boot
             came with a handover) and C(liveupdate_device).
           type: dict
+        qemu_processes:
+          description: Running QEMU system emulators (each C(pid), C(comm)); a cold reboot would kill them.
+          type: list
+          elements: dict
         backend_mount:
           description: With I(mount_point), C(mounted), C(source), C(fstype), C(dax), C(size_bytes),
             C(free_bytes), C(used_bytes) and C(files) (each C(name), C(size_bytes), C(allocated_bytes)).

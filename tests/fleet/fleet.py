@@ -425,7 +425,10 @@ def write_inventory(name, state, copy_to=None):
               f"        ansible_ssh_private_key_file: {state['key']}",
               "        ansible_ssh_common_args: >-", "          -o StrictHostKeyChecking=no",
               "          -o UserKnownHostsFile=/dev/null", "          -o LogLevel=ERROR",
-              "        ansible_python_interpreter: /usr/bin/python3", ""]
+              "        ansible_python_interpreter: /usr/bin/python3"]
+    with open(os.path.join(HERE, "inventory-vars.yml")) as fh:
+        lines += ["        " + line if line.strip() else "" for line in fh.read().splitlines()]
+    lines.append("")
     path = os.path.join(fleet_dir(name), "inventory.yml")
     write(path, "\n".join(lines))
     state["inventory"] = path

@@ -1,0 +1,59 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The interface every memory backend implements. Pure where it can be: I/O stays in modules."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import abc
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import MiB
+
+
+class BackendError(Exception):
+    """A request the backend cannot satisfy; the message says why and what to do."""
+
+
+class Backend(abc.ABC):
+    name = None
+    # Kernel options (any one of each tuple) the running and the next kernel must have.
+    required_kernel_options = ()
+    # Granule of a carve-out and of each VM file.
+    size_align = 2 * MiB
+    # Largest single VM memory file, None when unlimited.
+    max_file_bytes = None
+    fstype = None
+
+    def overhead_bytes(self, size):
+        """Host RAM the backend consumes outside the carve-out for a carve-out of ``size``."""
+        return 0
+
+    @abc.abstractmethod
+    def cmdline_args(self, size, firmware_ram_ranges):
+        """Boot arguments that carve out ``size`` bytes; BackendError when it cannot."""
+
+    def owns_arg(self, arg):
+        """Whether a cmdline argument is one this backend manages (to replace or remove it)."""
+        return any(arg == a or arg.startswith(a + "=") for a in self.cmdline_names)
+
+    cmdline_names = ()
+
+    def next_kernel_args(self, running_args):
+        """The arguments the kexec target's cmdline must carry, from the running ones.
+
+        The default keeps all of them: a backend whose region must be reserved again (pmem) needs
+        that; a backend whose region rides the handover overrides this to drop what would carve a
+        second region (guestmemfs).
+        """
+        return list(running_args)
+
+    @abc.abstractmethod
+    def mount_spec(self, mount_point, device=None):
+        """(source, fstype, options) for the backend's filesystem at ``mount_point``."""
+
+    def file_size(self, vm_bytes):
+        """The size a VM's memory file gets for ``vm_bytes`` of guest RAM."""
+        rem = vm_bytes % self.size_align
+        return vm_bytes + (self.size_align - rem if rem else 0)

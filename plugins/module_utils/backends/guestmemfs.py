@@ -1,0 +1,37 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""guestmemfs (kernel RFC, 2024): ``guestmemfs=SIZE`` carves memory out at boot, the filesystem
+is mounted with ``mount -t guestmemfs guestmemfs DIR``, and KHO carries its metadata across
+kexec. The region rides the handover: repeating ``guestmemfs=`` on the kexec target's cmdline
+would carve a second, unused region, so the next kernel's cmdline drops it."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB, format_size
+
+
+class GuestmemfsBackend(Backend):
+    name = "guestmemfs"
+    # KEXEC_KHO is the RFC's KHO v2; the FS registers its KHO notifier only with FTRACE_KHO.
+    required_kernel_options = (("CONFIG_GUESTMEMFS_FS",), ("CONFIG_KEXEC_KHO",), ("CONFIG_FTRACE_KHO",),
+                               ("CONFIG_KEXEC_FILE",))
+    size_align = 2 * MiB  # guestmemfs allocates in 2 MiB blocks
+    # One file's block map is one page of 8-byte entries: 512 blocks of 2 MiB.
+    max_file_bytes = 1 * GiB
+    fstype = "guestmemfs"
+    cmdline_names = ("guestmemfs",)
+
+    def cmdline_args(self, size, firmware_ram_ranges=None):
+        if size <= 0 or size % self.size_align:
+            raise BackendError("a guestmemfs carve-out must be a positive multiple of 2 MiB, not %d" % size)
+        return ["guestmemfs=%s" % format_size(size)]
+
+    def next_kernel_args(self, running_args):
+        return [a for a in running_args if not self.owns_arg(a)]
+
+    def mount_spec(self, mount_point, device=None):
+        return "guestmemfs", self.fstype, "defaults"

@@ -1,0 +1,202 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The persistent kernel command line: pure editing of GRUB's default files and argument lists.
+
+GRUB (Debian, Ubuntu) reads ``GRUB_CMDLINE_LINUX`` (every entry, recovery too) and
+``GRUB_CMDLINE_LINUX_DEFAULT`` (normal entries) from /etc/default/grub, then from each
+/etc/default/grub.d/*.cfg in order; grub-mkconfig sources them as shell. Arguments are edited where
+they are defined; new ones go into the collection's own drop-in, which is sourced last and appends
+to what came before. Only plain assignments are edited (double, single or no quotes, with
+``$VAR`` references kept as they are): anything else is refused rather than guessed at.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import parse_cmdline
+
+CMDLINE_VARS = ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT")
+DROPIN_NAME = "99-guestmemfs-liveupdate.cfg"
+DROPIN_HEADER = ("# Managed by guestmemfs.liveupdate (kernel_cmdline): arguments the collection adds.\n"
+                 "# Sourced after /etc/default/grub and earlier drop-ins; it appends to their value.\n")
+
+_ASSIGN = re.compile(r"^(?P<indent>\s*)(?P<export>export\s+)?(?P<var>GRUB_CMDLINE_LINUX(?:_DEFAULT)?)="
+                     r"(?P<rest>.*)$")
+
+
+class CmdlineError(Exception):
+    """A bootloader config the module will not edit, or a request it cannot honour."""
+
+
+def arg_name(arg):
+    return arg.split("=", 1)[0]
+
+
+def format_arg(name, value):
+    """(name, value) -> 'name=value', or 'name' for a flag (value None or True)."""
+    if value is None or value is True:
+        return name
+    if value is False:
+        raise CmdlineError("argument %s: use remove to drop it, not false" % name)
+    return "%s=%s" % (name, value)
+
+
+def apply_args(args, set_args, remove):
+    """Edit an argument list: each name in ``set_args`` ends up exactly once with its value (at
+    the place of its first occurrence, else appended), each name in ``remove`` not at all."""
+    out, placed = [], set()
+    for arg in args:
+        name = arg_name(arg)
+        if name in remove:
+            continue
+        if name in set_args:
+            if name in placed:
+                continue
+            placed.add(name)
+            out.append(format_arg(name, set_args[name]))
+            continue
+        out.append(arg)
+    for name, value in set_args.items():
+        if name not in placed:
+            out.append(format_arg(name, value))
+    return out
+
+
+def _split_value(rest, where):
+    """The right-hand side of an assignment -> (quote, words, trailing text)."""
+    rest = rest.rstrip("\n")
+    if rest.endswith("\\"):
+        raise CmdlineError("%s: a value continued on the next line is not edited; join it first" % where)
+    if rest[:1] in ('"', "'"):
+        quote = rest[0]
+        end = rest.find(quote, 1)
+        if end < 0:
+            raise CmdlineError("%s: the quoted value does not end on this line" % where)
+        body, trailing = rest[1:end], rest[end + 1:]
+    else:
+        quote = ""
+        m = re.match(r"^(\S*)(.*)$", rest)
+        body, trailing = m.group(1), m.group(2)
+    if trailing.strip() and not trailing.strip().startswith("#"):
+        raise CmdlineError("%s: text after the value (%r) is not edited" % (where, trailing.strip()))
+    if quote != "'" and re.search(r"[`\\]|\$\(", body):
+        raise CmdlineError("%s: command substitution or escapes in the value are not edited" % where)
+    if quote == '"' and '"' in body:
+        raise CmdlineError("%s: nested quotes are not edited" % where)
+    return quote, body.split(), trailing
+
+
+def find_assignments(text, path="file"):
+    """Every GRUB_CMDLINE_LINUX(_DEFAULT)= line: [(index, var, quote, words)]."""
+    found = []
+    for i, line in enumerate(text.splitlines(True)):
+        m = _ASSIGN.match(line)
+        if m:
+            quote, words, _trailing = _split_value(m.group("rest"), "%s line %d" % (path, i + 1))
+            found.append((i, m.group("var"), quote, words))
+    return found
+
+
+def _is_ref(word):
+    return word.startswith("$")
+
+
+def _render(m, quote, words, trailing):
+    body = " ".join(words)
+    if not quote and (len(words) > 1 or not words):
+        quote = '"'
+    if quote == "'" and any(_is_ref(w) for w in words):
+        quote = '"'
+    return "%s%s%s=%s%s%s%s\n" % (m.group("indent"), m.group("export") or "", m.group("var"),
+                                  quote, body, quote, trailing.rstrip("\n"))
+
+
+def edit_text(text, set_args, remove, path="file"):
+    """Replace or remove managed arguments wherever a cmdline variable defines them.
+    Returns (new text, names found); ``$VAR`` references are kept."""
+    lines = text.splitlines(True)
+    names = set(set_args) | set(remove)
+    found = set()
+    for i, line in enumerate(lines):
+        m = _ASSIGN.match(line)
+        if not m:
+            continue
+        quote, words, trailing = _split_value(m.group("rest"), "%s line %d" % (path, i + 1))
+        plain = [w for w in words if not _is_ref(w)]
+        hit = set(arg_name(w) for w in plain) & names
+        if not hit:
+            continue
+        found |= hit
+        keep = dict((n, v) for n, v in set_args.items() if n in hit)
+        new_words = []
+        placed = set()
+        for w in words:
+            n = arg_name(w)
+            if _is_ref(w) or n not in names:
+                new_words.append(w)
+            elif n in keep and n not in placed:
+                placed.add(n)
+                new_words.append(format_arg(n, keep[n]))
+        if not line.endswith("\n"):
+            trailing = trailing.rstrip("\n")
+        lines[i] = _render(m, quote, new_words, trailing)
+    return "".join(lines), found
+
+
+def dropin_text(existing, add_args):
+    """The collection's drop-in with ``add_args`` appended to GRUB_CMDLINE_LINUX (every entry, so
+    a recovery boot keeps the carve-out reserved too)."""
+    words = []
+    for _i, var, _q, w in find_assignments(existing or "", DROPIN_NAME):
+        if var == "GRUB_CMDLINE_LINUX":
+            words = [x for x in w if not _is_ref(x)]
+    for arg in add_args:
+        if arg not in words:
+            words.append(arg)
+    if not words:
+        return None
+    return DROPIN_HEADER + 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX %s"\n' % " ".join(words)
+
+
+def missing_and_unwanted(effective_args, set_args, remove):
+    """What ``effective_args`` still lacks of ``set_args`` and still has of ``remove``."""
+    have = {}
+    for a in effective_args:
+        have.setdefault(arg_name(a), []).append(a)
+    missing = [format_arg(n, v) for n, v in set_args.items() if have.get(n) != [format_arg(n, v)]]
+    unwanted = [a for n in remove for a in have.get(n, [])]
+    return missing, unwanted
+
+
+def linux_lines(grub_cfg):
+    """The ``linux`` lines of a generated grub.cfg as argument lists, recovery entries left out."""
+    out = []
+    entry_is_recovery = False
+    for line in grub_cfg.splitlines():
+        s = line.strip()
+        if s.startswith("menuentry ") or s.startswith("submenu "):
+            entry_is_recovery = "recovery mode" in s
+        m = re.match(r"^linux(?:16|efi)?\s+(\S+)\s*(.*)$", s)
+        if m and not entry_is_recovery:
+            out.append(parse_cmdline(m.group(2)))
+    return out
+
+
+def parse_grubby_info(text):
+    """``grubby --info=...`` output -> [{index, kernel, args}] per entry."""
+    entries, cur = [], None
+    for line in text.splitlines():
+        m = re.match(r'^(\w+)=(?:"(.*)"|(.*))$', line.strip())
+        if not m:
+            continue
+        key, value = m.group(1), m.group(2) if m.group(2) is not None else m.group(3)
+        if key == "index":
+            cur = {"index": int(value)}
+            entries.append(cur)
+        elif cur is not None:
+            cur[key] = value
+    return entries

@@ -1,0 +1,276 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: memory_backend
+short_description: Mount the persistent memory backend that holds VM RAM across kexec
+version_added: 0.1.0
+description:
+  - Makes the backend's filesystem available at I(path), in C(/etc/fstab) and mounted.
+  - C(pmem) - legacy persistent memory from C(memmap=SIZE!OFFSET). Loads C(nd_e820) and C(nd_pmem)
+    early at boot (C(modules-load.d)) so the device is there before the mount after a kexec, creates
+    an ext4 filesystem once (only on a device without any filesystem signature), and mounts it with
+    C(-o dax) by UUID.
+  - C(guestmemfs) - C(mount -t guestmemfs guestmemfs PATH); the kernel must have been booted with
+    C(guestmemfs=SIZE).
+  - Never unmounts or reformats what VMs use - a mount in use by a process is refused.
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  backend:
+    description: Which backend.
+    type: str
+    choices: [pmem, guestmemfs]
+    required: true
+  path:
+    description: Mount point.
+    type: path
+    required: true
+  device:
+    description:
+      - The pmem block device. By default the only C(/dev/pmem*) device of the host; required when
+        there are several.
+    type: path
+  state:
+    description:
+      - C(mounted) - in fstab and mounted; C(present) - in fstab only; C(unmounted) - not mounted,
+        fstab kept; C(absent) - neither.
+    type: str
+    choices: [mounted, present, unmounted, absent]
+    default: mounted
+  root:
+    description: Directory holding C(etc/) instead of C(/) (tests replaying a recorded host).
+    type: path
+    default: /
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change and runs nothing.
+  diff_mode:
+    support: full
+    description: Shows C(/etc/fstab) before and after.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux.
+"""
+
+EXAMPLES = r"""
+- name: Mount legacy pmem with DAX at /mnt/pmem
+  guestmemfs.liveupdate.memory_backend:
+    backend: pmem
+    path: /mnt/pmem
+
+- name: Mount guestmemfs
+  guestmemfs.liveupdate.memory_backend:
+    backend: guestmemfs
+    path: /mnt/guestmemfs
+"""
+
+RETURN = r"""
+source:
+  description: What is mounted (C(UUID=...) for pmem, C(guestmemfs) for guestmemfs).
+  returned: when the backend is present
+  type: str
+device:
+  description: The pmem block device.
+  returned: backend is pmem and state is mounted or present
+  type: str
+mkfs:
+  description: Whether a filesystem was (or would be) created.
+  returned: always
+  type: bool
+mounted:
+  description: Whether the backend is mounted at the end.
+  returned: always
+  type: bool
+size_bytes:
+  description: Capacity of the mounted filesystem.
+  returned: when mounted
+  type: int
+free_bytes:
+  description: Free space of the mounted filesystem.
+  returned: when mounted
+  type: int
+"""
+
+import glob
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
+
+FSTAB_COMMENT = "guestmemfs.liveupdate: VM memory backend"
+PMEM_MODULES = "# guestmemfs.liveupdate: legacy pmem early, so /dev/pmem* exists before its mount\nnd_e820\nnd_pmem\n"
+PMEM_OPTIONS = "dax,noatime,nofail,x-systemd.device-timeout=60s"
+
+
+def write_file(module, path, text):
+    d = os.path.dirname(path)
+    if not os.path.isdir(d):
+        os.makedirs(d, 0o755)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=d)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
+    module.atomic_move(tmp, path)
+
+
+def run(module, cmd, what):
+    rc, out, err = module.run_command(cmd)
+    if rc != 0:
+        module.fail_json(msg="%s failed: %s" % (what, (err or out).strip()), rc=rc, stdout=out, stderr=err, cmd=cmd)
+    return out
+
+
+def pmem_device(module, root):
+    if module.params["device"]:
+        dev = module.params["device"]
+        if not os.path.exists(os.path.join(root, dev.lstrip("/"))):
+            module.fail_json(msg="pmem device %s does not exist" % dev)
+        return dev
+    devs = sorted("/dev/" + os.path.basename(p) for p in glob.glob(os.path.join(root, "sys/block/pmem*")))
+    if not devs:
+        module.fail_json(msg="no /dev/pmem* device: the running kernel has no memmap=SIZE!OFFSET carve-out. "
+                             "Set it with kernel_cmdline and cold-reboot (the memory_backend role does both "
+                             "with memory_backend_reboot_ok=true)")
+    if len(devs) > 1:
+        module.fail_json(msg="several pmem devices (%s): say which with device" % ", ".join(devs))
+    return devs[0]
+
+
+def fs_uuid_type(module, device):
+    """(uuid, type) of a device's filesystem signature, (None, None) for none."""
+    blkid = module.get_bin_path("blkid", required=True)
+    rc, out, err = module.run_command([blkid, "-p", "-o", "export", device])
+    if rc == 2:  # no signature at all
+        return None, None
+    if rc != 0:
+        module.fail_json(msg="blkid %s failed" % device, rc=rc, stdout=out, stderr=err, cmd=[blkid, "-p", device])
+    vals = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return vals.get("UUID"), vals.get("TYPE") or vals.get("PTTYPE") or "unknown"
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backend=dict(type="str", choices=["pmem", "guestmemfs"], required=True),
+            path=dict(type="path", required=True),
+            device=dict(type="path"),
+            state=dict(type="str", choices=["mounted", "present", "unmounted", "absent"], default="mounted"),
+            root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    root, path = p["root"], os.path.normpath(p["path"])
+    backend = get_backend(p["backend"])
+    result = dict(changed=False, mkfs=False, mounted=False)
+    fstab_path = os.path.join(root, "etc/fstab")
+    try:
+        with open(fstab_path) as fh:
+            fstab_before = fh.read()
+    except (IOError, OSError):
+        fstab_before = ""
+    current = backend_mount(root, path)
+    want_fstab = p["state"] in ("mounted", "present")
+    want_mounted = p["state"] == "mounted"
+
+    if current["mounted"] and not want_mounted:
+        busy = users(os.path.join(root, path.lstrip("/")), os.path.join(root, "proc"))
+        if busy:
+            module.fail_json(msg="%s is in use and stays mounted: %s" % (path, ", ".join(
+                "%s[%d] %s" % (c, pid, f) for pid, c, f in busy[:5])))
+
+    fstab_after = fstab_before
+    if want_fstab:
+        if backend.name == "pmem":
+            device = pmem_device(module, root)
+            result["device"] = device
+            uuid, fstype = fs_uuid_type(module, device)
+            if fstype and fstype != "ext4":
+                module.fail_json(msg="%s holds a %s signature, not ext4: not formatting it. If it is yours to "
+                                     "lose, clear it (wipefs -a %s) and run again" % (device, fstype, device))
+            if not fstype:
+                result["mkfs"] = True
+                if not module.check_mode:
+                    run(module, [module.get_bin_path("mkfs.ext4", required=True), "-q", "-F", "-L", "vmmem",
+                                 "-m", "0", device], "mkfs.ext4 %s" % device)
+                    uuid, fstype = fs_uuid_type(module, device)
+            source = "UUID=%s" % uuid if uuid else device
+            options = PMEM_OPTIONS
+            modules_conf = os.path.join(root, "etc/modules-load.d/guestmemfs-liveupdate-pmem.conf")
+            try:
+                with open(modules_conf) as fh:
+                    have = fh.read()
+            except (IOError, OSError):
+                have = None
+            if have != PMEM_MODULES:
+                result["changed"] = True
+                if not module.check_mode:
+                    write_file(module, modules_conf, PMEM_MODULES)
+        else:
+            source, _fstype, options = backend.mount_spec(path)
+            options = "nofail"
+        result["source"] = source
+        if current["mounted"] and (current["fstype"] != backend.fstype):
+            module.fail_json(msg="%s is already mounted with %s from %s: unmount it first"
+                             % (path, current["fstype"], current["source"]))
+        fstab_after = fstab.set_entry(fstab_before, source, path, backend.fstype, options, FSTAB_COMMENT)
+    elif p["state"] == "absent":
+        fstab_after = fstab.remove_entry(fstab_before, path)
+
+    if fstab_after != fstab_before:
+        result["changed"] = True
+        if module._diff:
+            result["diff"] = dict(before_header="/etc/fstab", after_header="/etc/fstab",
+                                  before=fstab_before, after=fstab_after)
+        if not module.check_mode:
+            write_file(module, fstab_path, fstab_after)
+    if result["mkfs"]:
+        result["changed"] = True
+
+    if want_mounted and not current["mounted"]:
+        result["changed"] = True
+        if not module.check_mode:
+            if not os.path.isdir(os.path.join(root, path.lstrip("/"))):
+                os.makedirs(os.path.join(root, path.lstrip("/")), 0o700)
+            if backend.name == "pmem":
+                cmd = [module.get_bin_path("mount", required=True), "-t", "ext4", "-o", "dax,noatime",
+                       result["source"], path]
+            else:
+                cmd = [module.get_bin_path("mount", required=True), "-t", "guestmemfs", "guestmemfs", path]
+            run(module, cmd, "mounting %s" % path)
+    elif not want_mounted and current["mounted"]:
+        result["changed"] = True
+        if not module.check_mode:
+            run(module, [module.get_bin_path("umount", required=True), path], "unmounting %s" % path)
+
+    final = backend_mount(root, path)
+    result["mounted"] = final["mounted"] or (module.check_mode and want_mounted)
+    if final["mounted"]:
+        result["size_bytes"] = final.get("size_bytes")
+        result["free_bytes"] = final.get("free_bytes")
+        if backend.name == "pmem" and not final.get("dax"):
+            module.fail_json(msg="%s is mounted without DAX (options %s): VM memory would sit in the page "
+                                 "cache and not survive kexec" % (path, ",".join(final.get("options", []))),
+                             **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

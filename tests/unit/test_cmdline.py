@@ -1,0 +1,185 @@
+"""Editing the persistent kernel command line: pure edits on real bootloader configs, and the
+kernel_cmdline module on copies of them (GRUB's own update-grub runs in the fleet VMs)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import kernel_cmdline
+
+from conftest import FIXTURES
+
+GRUB = os.path.join(FIXTURES, "grub")
+
+
+def read(*parts):
+    with open(os.path.join(GRUB, *parts)) as fh:
+        return fh.read()
+
+
+def test_apply_args_replaces_in_place_and_appends():
+    args = ["ro", "memmap=2G!8G", "quiet", "memmap=1G!4G"]
+    assert cl.apply_args(args, {"memmap": "1G!5G", "kho": "on"}, ["quiet"]) == ["ro", "memmap=1G!5G", "kho=on"]
+
+
+def test_rhel_file_edit_keeps_everything_else():
+    text = read("rhel9", "etc", "default", "grub")
+    new, found = cl.edit_text(text, {"crashkernel": "512M"}, ["rhgb"])
+    assert found == {"crashkernel", "rhgb"}
+    old_lines, new_lines = text.splitlines(), new.splitlines()
+    changed = [(a, b) for a, b in zip(old_lines, new_lines) if a != b]
+    assert changed == [(old_lines[5], 'GRUB_CMDLINE_LINUX="crashkernel=512M resume=/dev/mapper/rhel-swap '
+                        'rd.lvm.lv=rhel/root rd.lvm.lv=rhel/swap quiet"')]
+    assert len(old_lines) == len(new_lines)
+
+
+def test_ubuntu_dropin_defines_memmap():
+    text = read("ubuntu2404", "etc", "default", "grub.d", "50-cloudimg-settings.cfg")
+    new, found = cl.edit_text(text, {"memmap": "1G!5G"}, [])
+    assert found == {"memmap"}
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0 memmap=1G!5G"' in new
+    assert new.count("\n") == text.count("\n") and "# Set the default commandline" in new
+
+
+def test_references_are_kept_and_single_quotes_become_double():
+    new, _ = cl.edit_text("GRUB_CMDLINE_LINUX='$GRUB_CMDLINE_LINUX a=1 b'  # note\n", {"a": "2"}, [])
+    assert new == 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX a=2 b"  # note\n'
+
+
+def test_unquoted_and_export():
+    new, _ = cl.edit_text("export GRUB_CMDLINE_LINUX=quiet\n", {}, ["quiet"])
+    assert new == 'export GRUB_CMDLINE_LINUX=""\n'
+
+
+@pytest.mark.parametrize("text,why", [
+    ('GRUB_CMDLINE_LINUX="a\n b"\n', "does not end on this line"),
+    ("GRUB_CMDLINE_LINUX=a\\\n", "continued on the next line"),
+    ('GRUB_CMDLINE_LINUX="$(cat /x) a"\n', "command substitution"),
+    ('GRUB_CMDLINE_LINUX="a" ; echo hi\n', "text after the value"),
+])
+def test_unsafe_forms_are_refused(text, why):
+    with pytest.raises(cl.CmdlineError, match=why):
+        cl.edit_text(text, {"a": "1"}, [])
+
+
+def test_dropin_accumulates():
+    first = cl.dropin_text(None, ["memmap=1G!5G"])
+    assert first.endswith('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX memmap=1G!5G"\n')
+    second = cl.dropin_text(first, ["kho=on"])
+    assert second.endswith('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX memmap=1G!5G kho=on"\n')
+    assert cl.dropin_text(None, []) is None
+
+
+def test_missing_and_unwanted():
+    assert cl.missing_and_unwanted(["a=1", "b", "c=2"], {"a": "1", "b": None}, ["c"]) == ([], ["c=2"])
+    assert cl.missing_and_unwanted(["a=1", "a=2"], {"a": "1"}, []) == (["a=1"], [])
+
+
+def test_grub_cfg_linux_lines_skip_recovery():
+    cfg = ("menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-6.12 root=UUID=x ro memmap=1G!5G quiet\n}\n"
+           "submenu 'Advanced' {\n menuentry 'Debian, with Linux 6.12 (recovery mode)' {\n"
+           "\tlinux\t/boot/vmlinuz-6.12 root=UUID=x ro single\n }\n}\n")
+    assert cl.linux_lines(cfg) == [["root=UUID=x", "ro", "memmap=1G!5G", "quiet"]]
+
+
+def test_grubby_info():
+    entries = cl.parse_grubby_info(read("rhel9", "grubby-info-all.txt"))
+    assert [e["index"] for e in entries] == [0, 1]
+    assert entries[0]["args"].endswith("memmap=2G!8G")
+    assert entries[1]["kernel"].startswith("/boot/vmlinuz-0-rescue")
+
+
+# ------------------------------------------------------------------ the module on copied trees
+
+def tree(tmp_path, name, running="BOOT_IMAGE=/boot/vmlinuz root=UUID=x ro quiet"):
+    root = tmp_path / name
+    shutil.copytree(os.path.join(GRUB, name), root)
+    (root / "proc").mkdir()
+    (root / "proc" / "cmdline").write_text(running + "\n")
+    return root
+
+
+def run(capsys, **args):
+    args.setdefault("bootloader", "grub")
+    args.setdefault("update_bootloader", False)
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exc:
+            kernel_cmdline.main()
+    return exc.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_module_adds_to_dropin_and_is_idempotent(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404")
+    rc, out = run(capsys, root=str(root), args={"kho": "on", "liveupdate": "on"})
+    assert rc == 0 and out["changed"] and out["reboot_required"]
+    assert out["files"] == ["/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
+    dropin = (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").read_text()
+    assert dropin.endswith('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX kho=on liveupdate=on"\n')
+    assert out["configured"] == "kho=on liveupdate=on console=tty1 console=ttyS0 memmap=4G!12G"
+    rc, out = run(capsys, root=str(root), args={"kho": "on", "liveupdate": "on"})
+    assert rc == 0 and out["changed"] is False and out["reboot_required"] is True
+
+
+def test_module_replaces_where_defined_with_backup(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404", running="root=UUID=x ro memmap=1G!5G")
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"})
+    assert rc == 0 and out["changed"] and out["reboot_required"] is False
+    cfg = (root / "etc/default/grub.d/50-cloudimg-settings.cfg").read_text()
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0 memmap=1G!5G"' in cfg
+    assert not (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").exists()
+    [backup] = out["backup_files"]
+    assert "memmap=4G!12G" in open(backup).read() and not backup.endswith(".cfg")
+
+
+def test_module_removes_from_every_file(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404")
+    rc, out = run(capsys, root=str(root), remove=["memmap", "splash"])
+    assert rc == 0 and out["changed"]
+    assert "memmap" not in out["configured"] and "splash" not in out["configured"]
+    assert sorted(out["files"]) == ["/etc/default/grub", "/etc/default/grub.d/50-cloudimg-settings.cfg"]
+
+
+def test_check_mode_and_diff_change_nothing(tmp_path, capsys):
+    root = tree(tmp_path, "rhel9")
+    before = (root / "etc/default/grub").read_text()
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"}, remove=["rhgb"],
+                  _ansible_check_mode=True, _ansible_diff=True)
+    assert rc == 0 and out["changed"]
+    assert (root / "etc/default/grub").read_text() == before
+    assert not (root / "etc/default/grub.d").exists()
+    assert [d["after_header"] for d in out["diff"]] == ["/etc/default/grub",
+                                                         "/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"args": {"a": "1"}, "remove": ["a"]}, "both set and removed: a"),
+    ({"args": {"a b": "1"}}, "invalid argument name"),
+    ({"args": {"a": "x y"}}, "has spaces"),
+    ({"args": {"a": False}}, "use remove"),
+    ({"args": {}, "remove": []}, "nothing to do"),
+])
+def test_bad_input_changes_nothing(tmp_path, capsys, args, msg):
+    root = tree(tmp_path, "rhel9")
+    before = (root / "etc/default/grub").read_text()
+    rc, out = run(capsys, root=str(root), **args)
+    assert rc == 1 and msg in out["msg"]
+    assert (root / "etc/default/grub").read_text() == before
+
+
+def test_unsafe_config_is_refused_untouched(tmp_path, capsys):
+    root = tree(tmp_path, "rhel9")
+    (root / "etc/default/grub").write_text('GRUB_CMDLINE_LINUX="$(cat /etc/args) memmap=2G!8G"\n')
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"})
+    assert rc == 1 and "command substitution" in out["msg"]
+    assert "$(cat /etc/args)" in (root / "etc/default/grub").read_text()
+
+
+def test_later_override_is_detected(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404")
+    (root / "etc/default/grub.d/99-zz-site.cfg").write_text('GRUB_CMDLINE_LINUX="nomodeset"\n')
+    rc, out = run(capsys, root=str(root), args={"kho": "on"})
+    assert rc == 1 and "still lack ['kho=on']" in out["msg"]

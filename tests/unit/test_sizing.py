@@ -1,0 +1,122 @@
+"""The carve-out planner: every policy mode, every refusal, the reports."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB, parse_size, format_size
+
+from conftest import FIXTURES
+
+# The recorded 4 GiB q35 fleet host: RAM at 0-640K, 1M-2G and 4G-6G.
+FLEET = gather(FIXTURES + "/trixie-fleet-host")["memory"]
+
+
+def host(policy, name="h1", memory=None, ranges=None):
+    return {"name": name, "memory_bytes": FLEET["firmware_ram_bytes"] if memory is None else memory,
+            "firmware_ram_ranges": FLEET["firmware_ram_ranges"] if ranges is None else ranges,
+            "policy": policy}
+
+
+def test_recorded_firmware_ram():
+    assert FLEET["firmware_ram_ranges"][-1] == [4 * GiB, 6 * GiB - 1]
+    assert 4 * GiB - 256 * MiB < FLEET["firmware_ram_bytes"] <= 4 * GiB
+
+
+def test_absolute_pmem_goes_to_top_of_high_ram():
+    r = sizing.plan_host(host({"mode": "absolute", "size": "1G", "reserve": "1G"}))
+    assert r["ok"], r["reason"]
+    assert r["size_bytes"] == GiB and r["cmdline_args"] == ["memmap=1G!5G"]
+    assert r["overhead_bytes"] == 16 * MiB
+
+
+def test_fraction_rounds_down_to_alignment():
+    r = sizing.plan_host(host({"mode": "fraction", "fraction": 0.3, "align": "1G", "reserve": "1G"}))
+    assert r["ok"], r["reason"]
+    assert r["size_bytes"] == GiB  # 0.3 x ~4 GiB = ~1.2 GiB, down to 1 GiB
+
+
+def test_vms_sum_plus_headroom_rounds_up():
+    vms = [{"name": "vm1", "memory": "256M"}, {"name": "vm2", "memory": "300M"}]
+    r = sizing.plan_host(host({"backend": "guestmemfs", "mode": "vms", "vms": vms, "headroom": "10%"}))
+    assert r["ok"], r["reason"]
+    assert r["vms_bytes"] == 256 * MiB + 300 * MiB
+    assert r["size_bytes"] == 612 * MiB  # 556 MiB + 10 % = 611.6 MiB, up to 2 MiB
+    assert r["cmdline_args"] == ["guestmemfs=612M"]
+
+
+def test_guestmemfs_rounds_each_vm_to_2m_blocks():
+    r = sizing.plan_host(host({"backend": "guestmemfs", "mode": "vms", "vms": [{"memory": 1}] * 3}))
+    assert r["vms_bytes"] == 6 * MiB
+
+
+def test_pmem_aligns_to_sections():
+    r = sizing.plan_host(host({"mode": "vms", "vms": [{"name": "a", "memory": "200M"}], "reserve": "1G"}))
+    assert r["ok"] and r["size_bytes"] == 256 * MiB
+
+
+@pytest.mark.parametrize("policy,reason", [
+    ({"mode": "absolute", "size": "3G"}, "below the reserve"),
+    ({"mode": "absolute", "size": "1G", "reserve": "4G"}, "below the reserve"),
+    ({"mode": "fraction", "fraction": 1.5}, "not between 0 and 1"),
+    ({"mode": "fraction"}, "needs 'fraction'"),
+    ({"mode": "absolute"}, "needs 'size'"),
+    ({"mode": "absolute", "size": "ten"}, "not a size"),
+    ({"mode": "vms", "vms": []}, "non-empty list"),
+    ({"mode": "vms", "vms": [{"name": "x"}]}, "needs 'memory'"),
+    ({"mode": "guess"}, "use one of fraction, absolute, vms"),
+    ({"mode": "absolute", "size": "1G", "align": "4K"}, "use 2M (PMD) or 1G (PUD)"),
+    ({"mode": "absolute", "size": "1G", "backend": "nvram"}, "unknown memory backend 'nvram'"),
+    ({"mode": "absolute", "size": "1G", "sise": 1}, "unknown policy keys sise"),
+    ({"mode": "absolute", "size": "2560M", "reserve": "0"}, "no System RAM range above 4 GiB holds 2.5 GiB"),
+    ({"backend": "guestmemfs", "mode": "vms", "vms": [{"name": "big", "memory": "2G"}]},
+     "VM big needs 2.0 GiB, above the guestmemfs backend's 1.0 GiB per file"),
+    ({"mode": "vms", "vms": [{"memory": 1}], "headroom": "x%"}, "not a percentage"),
+])
+def test_refusals_name_the_reason(policy, reason):
+    r = sizing.plan_host(host(policy))
+    assert r["ok"] is False
+    assert reason in r["reason"]
+    assert r["cmdline_args"] == []
+
+
+def test_unreachable_host_is_refused_not_crashed():
+    r = sizing.plan_host({"name": "gone", "policy": {"mode": "absolute", "size": "1G"}})
+    assert not r["ok"] and "no memory facts" in r["reason"]
+
+
+def test_pmem_without_firmware_map():
+    r = sizing.plan_host(host({"mode": "absolute", "size": "1G", "reserve": "1G"}, ranges=[]))
+    assert not r["ok"] and "/sys/firmware/memmap" in r["reason"]
+
+
+def test_reports():
+    rows = sizing.plan_fleet([host({"mode": "absolute", "size": "1G", "reserve": "1G"}, name="a"),
+                              host({"mode": "absolute", "size": "9G"}, name="b")])
+    table = sizing.render_table(rows)
+    assert "memmap=1G!5G" in table and "REFUSED: carve-out 9.0 GiB" in table
+    assert table.splitlines()[-1] == "2 hosts: 1 ok, 1 refused; 1.0 GiB carved in all"
+    data = json.loads(sizing.render_json(rows))
+    assert data["summary"] == {"hosts": 2, "ok": 1, "refused": 1, "carved_bytes": GiB}
+    parsed = list(csv.DictReader(io.StringIO(sizing.render_csv(rows))))
+    assert parsed[0]["cmdline_args"] == "memmap=1G!5G" and parsed[1]["ok"] == "False"
+
+
+@pytest.mark.parametrize("text,value", [("10G", 10 * GiB), ("512M", 512 * MiB), ("1.5G", 3 * GiB // 2),
+                                        ("0x40000000", GiB), (4096, 4096), ("2GiB", 2 * GiB), ("7", 7)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["", "G", "-1G", "1.3K", True, -5])
+def test_parse_size_refuses(bad):
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_format_size():
+    assert [format_size(v) for v in (GiB, 5 * GiB, 614 * MiB, 1536 * MiB, 1000)] == ["1G", "5G", "614M", "1536M", "1000"]
