@@ -19,7 +19,7 @@ def _fields(line):
 
 
 def entry_line(source, target, fstype, options, comment=None):
-    line = "%s %s %s %s 0 0\n" % (source, target.replace(" ", "\\040"), fstype, options)
+    line = "%s %s %s %s 0 0\n" % (source, os.path.normpath(target).replace(" ", "\\040"), fstype, options)
     return ("# %s\n" % comment if comment else "") + line
 
 

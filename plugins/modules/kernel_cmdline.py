@@ -36,7 +36,6 @@ options:
         other value of that name.
       - A flag without value (C(nokaslr)) takes C(null) or C(true).
     type: dict
-    default: {}
   arg_list:
     description:
       - The same as I(args), given as C(name=value) or C(name) strings, for example the
@@ -150,7 +149,6 @@ cmd:
 import glob
 import os
 import shutil
-import subprocess
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule

@@ -137,8 +137,8 @@ def main():
     if p["require_mounted"] and not mount["mounted"]:
         module.fail_json(msg="%s is not mounted: mount the %s backend first (memory_backend)" % (path, backend.name))
     if mount["mounted"] and mount["fstype"] != backend.fstype:
-        module.fail_json(msg="%s is a %s mount, not the %s backend's %s" % (path, mount["fstype"], backend.name,
-                                                                             backend.fstype))
+        module.fail_json(msg="%s is a %s mount, not the %s backend's %s"
+                         % (path, mount["fstype"], backend.name, backend.fstype))
     plan, names = [], set()
     for vm in p["vms"]:
         name = vm["name"]
@@ -168,7 +168,11 @@ def main():
                     name, fpath, ", ".join("%s[%d]" % (c, pid) for pid, c, _f in busy)))
         plan.append(dict(name=name, path=fpath, size_bytes=want, before_bytes=have or 0, action=action))
 
-    free = mount.get("free_bytes", 0)
+    try:
+        st = os.statvfs(path)
+        free = st.f_bavail * st.f_frsize
+    except OSError as exc:
+        module.fail_json(msg="cannot read the free space of %s: %s" % (path, exc))
     need = sum(f["size_bytes"] - f["before_bytes"] for f in plan)
     if need > free:
         module.fail_json(msg="the VM memory files need %s more, but %s has %s free: shrink the VMs or grow the "

@@ -46,12 +46,12 @@ def test_ubuntu_dropin_defines_memmap():
 
 
 def test_references_are_kept_and_single_quotes_become_double():
-    new, _ = cl.edit_text("GRUB_CMDLINE_LINUX='$GRUB_CMDLINE_LINUX a=1 b'  # note\n", {"a": "2"}, [])
+    new = cl.edit_text("GRUB_CMDLINE_LINUX='$GRUB_CMDLINE_LINUX a=1 b'  # note\n", {"a": "2"}, [])[0]
     assert new == 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX a=2 b"  # note\n'
 
 
 def test_unquoted_and_export():
-    new, _ = cl.edit_text("export GRUB_CMDLINE_LINUX=quiet\n", {}, ["quiet"])
+    new = cl.edit_text("export GRUB_CMDLINE_LINUX=quiet\n", {}, ["quiet"])[0]
     assert new == 'export GRUB_CMDLINE_LINUX=""\n'
 
 
@@ -151,8 +151,8 @@ def test_check_mode_and_diff_change_nothing(tmp_path, capsys):
     assert rc == 0 and out["changed"]
     assert (root / "etc/default/grub").read_text() == before
     assert not (root / "etc/default/grub.d").exists()
-    assert [d["after_header"] for d in out["diff"]] == ["/etc/default/grub",
-                                                         "/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
+    headers = [d["after_header"] for d in out["diff"]]
+    assert headers == ["/etc/default/grub", "/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
 
 
 @pytest.mark.parametrize("args,msg", [
