@@ -82,8 +82,8 @@ def test_memory_backend_guestmemfs_mounted_adds_fstab_then_idempotent(tmp_path, 
 
 def test_memory_backend_guestmemfs_check_mode_mounts_nothing(tmp_path, capsys):
     root = gm_tree(tmp_path, mounted=False)
-    rc, out = run(capsys, memory_backend, {"backend": "guestmemfs", "path": "/mnt/guestmemfs", "root": str(root),
-                                          "_ansible_check_mode": True})
+    args = {"backend": "guestmemfs", "path": "/mnt/guestmemfs", "root": str(root), "_ansible_check_mode": True}
+    rc, out = run(capsys, memory_backend, args)
     assert rc == 0 and out["changed"]
     assert (root / "etc/fstab").read_text() == "\n"
 
