@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU VMs whose RAM lives on the memory backend, and their save and restore with QEMU's
+cpr-reboot migration mode: only device state goes to the state file (x-ignore-shared skips the
+shared RAM file), the RAM stays where it is."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+import struct
+import time
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError, event_time
+
+CONF_DIR = "/etc/guestmemfs-liveupdate/vms"
+RUN_DIR = "/run/guestmemfs-liveupdate"
+STATE_DIR = "/var/lib/guestmemfs-liveupdate/state"
+CAPABILITIES = [{"capability": "events", "state": True}, {"capability": "x-ignore-shared", "state": True}]
+
+# The test guest: multiboot code that zeroes a counter at guest-physical COUNTER_ADDR and then
+# increments it forever. A VM that resumed shows a value at or above the saved one; a VM that
+# rebooted starts again from 0.
+COUNTER_ADDR = 0x200000
+_LOAD = 0x100000
+
+
+def counter_guest():
+    """The test guest as a multiboot (a.out kludge) image: 32-byte header and 13 bytes of code."""
+    magic, flags = 0x1BADB002, 0x00010000
+    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
+                         _LOAD, _LOAD, 0, 0, _LOAD + 32)
+    code = (b"\xbf" + struct.pack("<I", COUNTER_ADDR)  # mov edi, COUNTER_ADDR
+            + b"\xc7\x07\x00\x00\x00\x00"              # mov dword [edi], 0
+            + b"\xff\x07"                              # loop: inc dword [edi]
+            + b"\xeb\xfc")                             # jmp loop
+    return header + code
+
+
+def read_counter(mem_path):
+    with open(mem_path, "rb") as fh:
+        fh.seek(COUNTER_ADDR)
+        return struct.unpack("<I", fh.read(4))[0]
+
+
+class VM(object):
+    """One VM's configuration, as the qemu_vm role writes it to CONF_DIR/<name>.json."""
+
+    def __init__(self, conf):
+        self.name = conf["name"]
+        self.memory_bytes = int(conf["memory_bytes"])
+        self.mem_path = conf["mem_path"]
+        self.machine = conf.get("machine", "pc-q35-10.0")
+        self.kernel = conf.get("kernel")
+        self.qemu = conf.get("qemu", "qemu-system-x86_64")
+        self.accel = conf.get("accel", "tcg")
+        self.extra_args = list(conf.get("extra_args", []))
+        self.qmp_path = conf.get("qmp") or os.path.join(RUN_DIR, self.name + ".qmp")
+        self.state_path = conf.get("state") or os.path.join(STATE_DIR, self.name + ".state")
+
+    @classmethod
+    def load(cls, name, conf_dir=CONF_DIR):
+        with open(os.path.join(conf_dir, name + ".json")) as fh:
+            return cls(json.load(fh))
+
+    def argv(self, incoming=False):
+        size = "%dM" % (self.memory_bytes // (1024 * 1024))
+        argv = [self.qemu, "-name", self.name, "-nodefaults", "-display", "none",
+                "-machine", "%s,memory-backend=ram0" % self.machine, "-accel", self.accel, "-m", size,
+                "-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, self.mem_path),
+                "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        if self.kernel:
+            argv += ["-kernel", self.kernel]
+        argv += self.extra_args
+        if incoming:
+            argv += ["-incoming", "defer"]
+        return argv
+
+
+def _prepare_migration(q):
+    q.cmd("migrate-set-capabilities", capabilities=CAPABILITIES)
+    q.cmd("migrate-set-parameters", mode="cpr-reboot")
+
+
+def _fsync_path(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(vm, timeout=120):
+    """Pause the VM, write its device state with cpr-reboot, make it durable, quit QEMU.
+
+    Returns timings (QMP timestamps, host CLOCK_REALTIME). On failure the VM is resumed when it
+    still runs and QMPError says what happened; the state file is removed unless complete."""
+    tmp = vm.state_path + ".partial"
+    if not os.path.isdir(os.path.dirname(vm.state_path)):
+        os.makedirs(os.path.dirname(vm.state_path), 0o700)
+    q = QMP(vm.qmp_path, timeout=timeout)
+    q.connect()
+    stopped = False
+    try:
+        _prepare_migration(q)
+        q.cmd("stop")
+        stopped = True
+        stop = q.wait_event("STOP", 30)
+        q.cmd("migrate", uri="file:" + tmp)
+        done = q.wait_event("MIGRATION", timeout,
+                            match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
+        if done["data"]["status"] != "completed":
+            raise QMPError("migration of %s ended %s" % (vm.name, done["data"]["status"]))
+        _fsync_path(tmp)
+        os.rename(tmp, vm.state_path)
+        _fsync_path(os.path.dirname(vm.state_path))
+        size = os.path.getsize(vm.state_path)
+        try:
+            q.cmd("quit")
+        except QMPError:
+            pass  # QEMU may close the socket before answering
+        return {"stop_ts": event_time(stop), "saved_ts": event_time(done), "state_bytes": size,
+                "save_s": round(event_time(done) - event_time(stop), 3)}
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if stopped:
+            try:
+                q.cmd("cont")
+            except QMPError:
+                pass
+        raise
+    finally:
+        q.close()
+
+
+def restore(vm, timeout=120, connect_wait=60):
+    """Feed the saved state to a QEMU started with ``-incoming defer`` and resume the VM.
+    The caller has verified the memory file first."""
+    q = QMP(vm.qmp_path, timeout=timeout)
+    q.connect(wait=connect_wait)
+    try:
+        t0 = time.time()
+        _prepare_migration(q)
+        q.cmd("migrate-incoming", uri="file:" + vm.state_path)
+        done = q.wait_event("MIGRATION", timeout,
+                            match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
+        if done["data"]["status"] != "completed":
+            raise QMPError("incoming migration of %s ended %s" % (vm.name, done["data"]["status"]))
+        q.cmd("cont")
+        resume = q.wait_event("RESUME", 30)
+        return {"restore_started_ts": t0, "loaded_ts": event_time(done), "resume_ts": event_time(resume)}
+    finally:
+        q.close()
+
+
+def status(vm):
+    """QEMU's run state over QMP, or None when no QEMU answers."""
+    try:
+        with QMP(vm.qmp_path, timeout=5) as q:
+            q.connect()
+            return q.cmd("query-status").get("status")
+    except (QMPError, IOError, OSError):
+        return None
