@@ -29,7 +29,7 @@ _LOAD = 0x100000
 
 
 def counter_guest():
-    """The test guest as a multiboot (a.out kludge) image: 32-byte header and 13 bytes of code."""
+    """The test guest as a multiboot (a.out kludge) image: 32-byte header and 15 bytes of code."""
     magic, flags = 0x1BADB002, 0x00010000
     header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
                          _LOAD, _LOAD, 0, 0, _LOAD + 32)

@@ -50,6 +50,8 @@ grub-pc grub-pc/install_devices_empty boolean true
 kexec-tools kexec-tools/load_kexec boolean false
 """
 PRESEED_FINAL = "grub-pc grub-pc/install_devices multiselect /dev/vda\n"
+# A second, newer kernel from trixie-backports, so a live update has another kernel to kexec into.
+BACKPORTS_PACKAGES = ["linux-image-amd64"]
 RECIPE_VERSION = 3  # bump when the build steps below change in a way the inputs don't show
 
 
@@ -142,7 +144,8 @@ def debian_mirror(sources=APT_SOURCES):
 
 def recipe_key():
     h = hashlib.sha256()
-    h.update(json.dumps([RECIPE_VERSION, SUITE, DISK_SIZE, PACKAGES, PRESEED_BUILD, PRESEED_FINAL]).encode())
+    h.update(json.dumps([RECIPE_VERSION, SUITE, DISK_SIZE, PACKAGES, BACKPORTS_PACKAGES, PRESEED_BUILD,
+                         PRESEED_FINAL]).encode())
     for name in sorted(os.listdir(IMAGE_FILES)):
         with open(os.path.join(IMAGE_FILES, name), "rb") as fh:
             h.update(name.encode() + b"\0" + fh.read())
@@ -196,7 +199,7 @@ def build_image(force=False):
         run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}", SUITE, root, mirror],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         log(f"debootstrap done in {time.monotonic() - t0:.0f}s; installing {len(PACKAGES)} packages")
-        configure_root(root, debs)
+        configure_root(root, debs, mirror)
         log(f"packages installed at {time.monotonic() - t0:.0f}s; writing the disk")
         raw = os.path.join(work, "disk.raw")
         make_disk(root, raw)
@@ -210,7 +213,7 @@ def build_image(force=False):
     return path
 
 
-def configure_root(root, debs):
+def configure_root(root, debs, mirror):
     write(os.path.join(root, "usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n", 0o755)
     write(os.path.join(root, "tmp/preseed"), PRESEED_BUILD)
     archives = os.path.join(root, "var/cache/apt/archives")
@@ -220,6 +223,13 @@ def configure_root(root, debs):
         try:
             run(["chroot", root, "debconf-set-selections", "/tmp/preseed"])
             run(["chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            write(os.path.join(root, "etc/apt/sources.list.d/backports.list"),
+                  f"deb {mirror} {SUITE}-backports main\n")
+            run(["chroot", root, "apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE)
+            run(["chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                 "-t", f"{SUITE}-backports", *BACKPORTS_PACKAGES],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         finally:
             subprocess.run(["umount", "-l", archives], check=False)

@@ -1,0 +1,188 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kexec
+short_description: Preflight and load the next kernel for a kexec live update
+version_added: 0.1.0
+description:
+  - C(loaded) - checks, before anything changes, that the kernel and initrd are staged, kexec-tools
+    and the running kernel's kexec_file_load are there, and the memory backend is mounted (pmem - with
+    DAX). Builds the next kernel's command line from the running one as the backend needs it (pmem
+    keeps C(memmap=), without which the next kernel would overwrite the region; guestmemfs drops
+    C(guestmemfs=), which would carve a second region) plus I(append), and loads it with
+    C(kexec -s) (kexec_file_load; the legacy kexec_load can place the new kernel inside the region).
+  - C(unloaded) - unloads a loaded kernel (a failure before the kexec).
+  - The kexec itself is C(systemctl kexec), run by M(ansible.builtin.reboot) with
+    C(reboot_command), which waits for a new boot_id; kexec-tools syncs filesystems before it
+    (never given C(-y)).
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  state:
+    description: Load or unload.
+    type: str
+    choices: [loaded, unloaded]
+    default: loaded
+  kernel:
+    description: The kernel image to kexec into.
+    type: path
+  initrd:
+    description: Its initramfs.
+    type: path
+  backend:
+    description: The memory backend whose rules the next command line follows.
+    type: str
+    choices: [pmem, guestmemfs]
+    default: pmem
+  path:
+    description: The backend's mount point, checked to be mounted.
+    type: path
+    required: true
+  append:
+    description: Arguments added to the next kernel's command line.
+    type: list
+    elements: str
+    default: []
+attributes:
+  check_mode:
+    support: full
+    description: Runs the preflight and reports the command line; loads nothing.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+    description: Linux with kexec-tools.
+"""
+
+EXAMPLES = r"""
+- name: Preflight and load the new kernel before any VM pauses
+  guestmemfs.liveupdate.kexec:
+    kernel: /boot/vmlinuz-6.12.117+deb13-amd64
+    initrd: /boot/initrd.img-6.12.117+deb13-amd64
+    backend: pmem
+    path: /mnt/vmmem
+"""
+
+RETURN = r"""
+cmdline:
+  description: The command line loaded for the next kernel.
+  returned: state is loaded
+  type: str
+boot_id:
+  description: This boot's id; the kexec is confirmed by a different one.
+  returned: always
+  type: str
+load_s:
+  description: Seconds C(kexec -s -l) took.
+  returned: when loaded
+  type: float
+"""
+
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+
+
+def next_cmdline(backend, running_args, append):
+    args = [a for a in running_args if not a.startswith("BOOT_IMAGE=")]
+    args = backend.next_kernel_args(args)
+    names = set(a.split("=", 1)[0] for a in append)
+    return [a for a in args if a.split("=", 1)[0] not in names] + list(append)
+
+
+def preflight(module, backend, f):
+    p = module.params
+    problems = []
+    for what in ("kernel", "initrd"):
+        if not p[what]:
+            problems.append("%s is not given" % what)
+        elif not os.path.isfile(p[what]):
+            problems.append("%s %s is not staged (no such file)" % (what, p[what]))
+    if not module.get_bin_path("kexec"):
+        problems.append("kexec-tools is not installed")
+    if not f["kexec_file"]:
+        problems.append("the running kernel has no kexec_file_load (CONFIG_KEXEC_FILE), the only safe load")
+    m = f["backend_mount"]
+    if not m["mounted"]:
+        problems.append("the %s backend is not mounted at %s" % (backend.name, p["path"]))
+    elif m["fstype"] != backend.fstype:
+        problems.append("%s is %s, not the %s backend" % (p["path"], m["fstype"], backend.name))
+    elif backend.name == "pmem" and not m.get("dax"):
+        problems.append("%s is mounted without DAX" % p["path"])
+    if backend.name == "guestmemfs" and f["kho"]["interface"] is None:
+        problems.append("no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen")
+    return problems
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", choices=["loaded", "unloaded"], default="loaded"),
+            kernel=dict(type="path"),
+            initrd=dict(type="path"),
+            backend=dict(type="str", choices=["pmem", "guestmemfs"], default="pmem"),
+            path=dict(type="path", required=True),
+            append=dict(type="list", elements="str", default=[]),
+        ),
+        required_if=[("state", "loaded", ("kernel", "initrd"))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    f = facts.gather("/", mount_point=p["path"])
+    result = dict(changed=False, boot_id=f["boot_id"])
+    kexec = module.get_bin_path("kexec")
+    if p["state"] == "unloaded":
+        if f["kexec_loaded"] and kexec:
+            result["changed"] = True
+            if not module.check_mode:
+                cmd = [kexec, "-s", "-u"]
+                rc, out, err = module.run_command(cmd)
+                if rc != 0:
+                    module.fail_json(msg="kexec -s -u failed", rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
+        module.exit_json(**result)
+
+    backend = get_backend(p["backend"])
+    problems = preflight(module, backend, f)
+    args = next_cmdline(backend, f["cmdline"]["args"], p["append"])
+    if backend.name == "pmem":
+        running = [a for a in f["cmdline"]["args"] if a.startswith("memmap=") and "!" in a]
+        if not running:
+            problems.append("the running cmdline has no memmap=SIZE!OFFSET: this boot has no pmem carve-out")
+        elif [a for a in args if a.startswith("memmap=") and "!" in a] != running:
+            problems.append("the next cmdline's memmap= (%s) differs from the running one (%s): the next kernel "
+                            "would overwrite the VMs' memory" % (
+                                " ".join(a for a in args if a.startswith("memmap=")), " ".join(running)))
+    cmdline = " ".join(args)
+    result["cmdline"] = cmdline
+    if problems:
+        module.fail_json(msg="kexec preflight failed, nothing was changed: " + "; ".join(problems), **result)
+    result["changed"] = True
+    if module.check_mode:
+        module.exit_json(**result)
+    cmd = [kexec, "-s", "-l", p["kernel"], "--initrd=%s" % p["initrd"], "--command-line=%s" % cmdline]
+    t0 = time.time()
+    rc, out, err = module.run_command(cmd)
+    result["load_s"] = round(time.time() - t0, 2)
+    if rc != 0:
+        module.fail_json(msg="loading %s failed (under lockdown or Secure Boot an unsigned kernel is refused)"
+                         % p["kernel"], rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
+    if not facts.gather("/")["kexec_loaded"]:
+        module.fail_json(msg="kexec -s -l returned 0 but /sys/kernel/kexec_loaded is not 1", cmd=cmd, **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

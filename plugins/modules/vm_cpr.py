@@ -1,0 +1,151 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vm_cpr
+short_description: Save a host's VMs with QEMU cpr-reboot, restore them, or wait for their restore
+version_added: 0.1.0
+description:
+  - C(save) - for every running VM of the host (or those in I(vms)), in parallel, over QMP - the
+    C(events) and C(x-ignore-shared) capabilities, mode C(cpr-reboot), C(stop), C(migrate) to a
+    state file on the root disk, wait for C(completed), fsync, C(quit). The memory manifest that gates
+    the restore is recorded - extents before any VM pauses, content once they are stopped. If one VM
+    fails, it is resumed and the VMs already saved are restored on the running kernel.
+  - C(restore) - restore the saved VMs on the running kernel (the path a failure before kexec takes).
+    Each VM's unit verifies its memory against the manifest, starts QEMU with C(-incoming defer),
+    loads the state and resumes it; a VM whose memory fails verification is not resumed.
+  - C(wait) - after a kexec, wait until the host's own restore (which runs at boot without the
+    controller) has resumed or held every VM, and report each VM's blackout from the QMP C(STOP)
+    and C(RESUME) timestamps.
+  - C(status) - the host's journal.
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  action:
+    description: What to do.
+    type: str
+    choices: [save, restore, wait, status]
+    required: true
+  vms:
+    description: VM names (default - all VMs configured on the host).
+    type: list
+    elements: str
+  manifest_mode:
+    description: Content check of the memory manifest - every chunk, a seeded sample, or extents only.
+    type: str
+    choices: [full, sampled, extents]
+    default: full
+  timeout:
+    description: Seconds for one VM's migration (C(save)) or for the whole restore (C(wait)).
+    type: int
+    default: 300
+attributes:
+  check_mode:
+    support: partial
+    description: C(save) and C(restore) report the VMs they would act on and do nothing; C(wait) and
+      C(status) only read.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+    description: Linux hypervisors whose VMs the M(guestmemfs.liveupdate.qemu_vm) role set up.
+"""
+
+EXAMPLES = r"""
+- name: Save every VM of the host
+  guestmemfs.liveupdate.vm_cpr:
+    action: save
+
+- name: After the kexec, wait for the VMs to be resumed
+  guestmemfs.liveupdate.vm_cpr:
+    action: wait
+  register: restored
+"""
+
+RETURN = r"""
+vms:
+  description: Per VM - C(state), and for a restored VM C(stop_ts), C(resume_ts), C(blackout_s),
+    C(save_s), C(state_bytes), C(verify).
+  returned: always
+  type: dict
+update_id:
+  description: The update this journal belongs to.
+  returned: when a journal exists
+  type: str
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate
+
+FINAL = ("restored", "held", "restore_failed")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", choices=["save", "restore", "wait", "status"], required=True),
+            vms=dict(type="list", elements="str"),
+            manifest_mode=dict(type="str", choices=["full", "sampled", "extents"], default="full"),
+            timeout=dict(type="int", default=300),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    action = p["action"]
+    names = p["vms"]
+    if action == "save":
+        if module.check_mode:
+            module.exit_json(changed=True, vms=dict((n, {"state": "would save"}) for n in names or hostupdate.vm_names()))
+        try:
+            r = hostupdate.save_all(names, mode=p["manifest_mode"], timeout=p["timeout"])
+        except hostupdate.UpdateError as exc:
+            module.fail_json(msg=str(exc), vms=hostupdate.load_journal().get("vms", {}))
+        module.exit_json(changed=True, update_id=r["update_id"], vms=hostupdate.load_journal().get("vms", {}),
+                         manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
+    j = hostupdate.load_journal()
+    if action == "restore":
+        saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed")
+                 and (names is None or n in names)]
+        if module.check_mode or not saved:
+            module.exit_json(changed=bool(saved), vms=j.get("vms", {}))
+        text = hostupdate.rollback(saved)
+        j = hostupdate.load_journal()
+        bad = [n for n in saved if j["vms"][n].get("state") != "restored"]
+        if bad:
+            module.fail_json(msg="restore on the running kernel left %s not running: %s" % (", ".join(bad), text),
+                             vms=j["vms"])
+        module.exit_json(changed=True, vms=j["vms"], update_id=j.get("update_id"))
+    if action == "wait":
+        deadline = time.time() + p["timeout"]
+        while True:
+            j = hostupdate.load_journal()
+            vms = dict((n, v) for n, v in j.get("vms", {}).items() if names is None or n in names)
+            if vms and all(v.get("state") in FINAL for v in vms.values()):
+                break
+            if time.time() > deadline:
+                module.fail_json(msg="after %ss, not every VM is restored: %s. See journalctl -u 'guestmemfs-vm@*'"
+                                 % (p["timeout"], dict((n, v.get("state")) for n, v in vms.items())), vms=vms)
+            time.sleep(1)
+        bad = dict((n, v) for n, v in vms.items() if v.get("state") != "restored")
+        if bad:
+            module.fail_json(msg="not resumed: %s. Their state and memory files are kept; the journal "
+                                 "(/var/lib/guestmemfs-liveupdate/journal.json) says why" % "; ".join(
+                                     "%s %s (%s)" % (n, v.get("state"), (v.get("verify") or {}).get("detail") or v.get("error"))
+                                     for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
+        module.exit_json(changed=False, vms=vms, update_id=j.get("update_id"))
+    module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"))
+
+
+if __name__ == "__main__":
+    main()
