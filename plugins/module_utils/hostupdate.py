@@ -16,7 +16,6 @@ __metaclass__ = type
 
 import glob
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -64,12 +63,12 @@ def _set_vm(name, **fields):
     return fn
 
 
-def save_all(names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
+def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     """Save every running VM (in parallel) and record the manifest that gates their restore.
 
     Extents are recorded before any VM pauses; content once they are stopped. On a failure the
     VMs already saved are restored on this kernel (their units restart them from the state file)
-    and UpdateError names each VM's outcome."""
+    and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command (systemctl)."""
     names = names if names is not None else vm_names(conf_dir)
     vms = [cpr.VM.load(n, conf_dir) for n in names]
     running = [vm for vm in vms if cpr.status(vm) in ("running", "paused")]
@@ -103,7 +102,7 @@ def save_all(names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     if errors:
         for name in errors:
             update_journal(_set_vm(name, state="running", error=errors[name]))
-        rolled = rollback([n for n in results])
+        rolled = rollback(run, list(results))
         update_journal(lambda j: j.update(phase="rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
                           "were restored on this kernel: %s" % (
@@ -121,12 +120,12 @@ def save_all(names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
             "manifest_content_s": m.get("content_s")}
 
 
-def rollback(names):
+def rollback(run, names):
     """Restore saved VMs on the running kernel by starting their units (the same path as after a
     kexec: verify, incoming migration, resume). Returns a text per VM."""
     out = []
     for name in names:
-        rc = subprocess.call(["systemctl", "start", UNIT % name])
+        rc = run(["systemctl", "start", UNIT % name])
         out.append("%s %s" % (name, "restored" if rc == 0 else "NOT restored (rc %d): see journalctl -u %s"
                               % (rc, UNIT % name)))
     return ", ".join(out)

@@ -57,6 +57,7 @@ attributes:
     description: Runs the preflight and reports the command line; loads nothing.
   diff_mode:
     support: none
+    description: Nothing to diff.
   platform:
     support: full
     platforms: posix

@@ -53,6 +53,7 @@ attributes:
     description: C(record) computes and does not write; C(verify) only reads.
   diff_mode:
     support: none
+    description: Nothing to diff.
   platform:
     support: full
     platforms: posix

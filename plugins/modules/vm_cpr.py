@@ -49,10 +49,12 @@ options:
 attributes:
   check_mode:
     support: partial
-    description: C(save) and C(restore) report the VMs they would act on and do nothing; C(wait) and
+    description: Runs in check mode.
+    details: C(save) and C(restore) report the VMs they would act on and do nothing; C(wait) and
       C(status) only read.
   diff_mode:
     support: none
+    description: Nothing to diff.
   platform:
     support: full
     platforms: posix
@@ -103,12 +105,15 @@ def main():
     )
     p = module.params
     action = p["action"]
+
+    def run(argv):
+        return module.run_command(argv)[0]
     names = p["vms"]
     if action == "save":
         if module.check_mode:
             module.exit_json(changed=True, vms=dict((n, {"state": "would save"}) for n in names or hostupdate.vm_names()))
         try:
-            r = hostupdate.save_all(names, mode=p["manifest_mode"], timeout=p["timeout"])
+            r = hostupdate.save_all(run, names, mode=p["manifest_mode"], timeout=p["timeout"])
         except hostupdate.UpdateError as exc:
             module.fail_json(msg=str(exc), vms=hostupdate.load_journal().get("vms", {}))
         module.exit_json(changed=True, update_id=r["update_id"], vms=hostupdate.load_journal().get("vms", {}),
@@ -119,7 +124,7 @@ def main():
                  and (names is None or n in names)]
         if module.check_mode or not saved:
             module.exit_json(changed=bool(saved), vms=j.get("vms", {}))
-        text = hostupdate.rollback(saved)
+        text = hostupdate.rollback(run, saved)
         j = hostupdate.load_journal()
         bad = [n for n in saved if j["vms"][n].get("state") != "restored"]
         if bad:

@@ -1,7 +1,6 @@
 """The test guest and the QMP client against a real QEMU on this machine (TCG): the counter runs
 in a shared RAM file, and stop/cont over QMP freeze and release it."""
 
-import os
 import shutil
 import subprocess
 import time
