@@ -99,8 +99,7 @@ def save(vm, timeout=120):
     Returns timings (QMP timestamps, host CLOCK_REALTIME). On failure the VM is resumed when it
     still runs and QMPError says what happened; the state file is removed unless complete."""
     tmp = vm.state_path + ".partial"
-    if not os.path.isdir(os.path.dirname(vm.state_path)):
-        os.makedirs(os.path.dirname(vm.state_path), 0o700)
+    os.makedirs(os.path.dirname(vm.state_path), 0o700, exist_ok=True)  # VMs save in parallel
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect()
     stopped = False

@@ -90,7 +90,11 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
 
     def one(vm):
         try:
-            results[vm.name] = cpr.save(vm, timeout=timeout)
+            r = cpr.save(vm, timeout=timeout)
+            # The test guest's counter, as the saved memory holds it (any guest: 4 bytes at 2 MiB).
+            r["counter_saved"] = cpr.read_counter(vm.mem_path)
+            results[vm.name] = r
+            update_journal(_set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
         except Exception as exc:  # any failure of one VM must not stop the others' rollback
             errors[vm.name] = str(exc)
     threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
@@ -99,20 +103,23 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     for t in threads:
         t.join()
 
+    # The saved VMs' memory is final now: hash it, so that whatever comes next (kexec, or a
+    # rollback on this kernel) restores them only on verified memory.
+    manifest.add_content(m, names=set(results))
+    for name in errors:
+        m["files"].pop(name, None)
+    manifest.save(m)
     if errors:
-        for name in errors:
-            update_journal(_set_vm(name, state="running", error=errors[name]))
-        rolled = rollback(run, list(results))
+        for vm in running:
+            if vm.name in errors:
+                now = cpr.status(vm)
+                update_journal(_set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
+                                       error=errors[vm.name]))
+        rolled = rollback(run, sorted(results))
         update_journal(lambda j: j.update(phase="rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
                           "were restored on this kernel: %s" % (
                               "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none"))
-    manifest.add_content(m)
-    manifest.save(m)
-    for vm in running:
-        # The test guest's counter, as the saved memory holds it (any guest: 4 bytes at 2 MiB).
-        results[vm.name]["counter_saved"] = cpr.read_counter(vm.mem_path)
-        update_journal(_set_vm(vm.name, state="saved", state_path=vm.state_path, **results[vm.name]))
     os.sync()
     update_journal(lambda j: j.update(phase="saved", saved_ts=time.time()),
                    msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
@@ -121,42 +128,67 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
 
 
 def rollback(run, names):
-    """Restore saved VMs on the running kernel by starting their units (the same path as after a
-    kexec: verify, incoming migration, resume). Returns a text per VM."""
+    """Restore saved VMs on the running kernel: verify their memory, then start their units (the
+    same path as after a kexec: incoming migration, resume). Returns a text per VM."""
+    verdicts = verify_pending(names)
     out = []
     for name in names:
+        if verdicts.get(name, {}).get("status") not in (None, manifest.OK):
+            out.append("%s NOT restored: %s" % (name, verdicts[name]["detail"]))
+            continue
         rc = run(["systemctl", "start", UNIT % name])
         out.append("%s %s" % (name, "restored" if rc == 0 else "NOT restored (rc %d): see journalctl -u %s"
                               % (rc, UNIT % name)))
     return ", ".join(out)
 
 
+def verify_pending(names=None):
+    """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
+    ``ok`` -> state restoring (its unit may restore it); anything else -> held, never resumed.
+    Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
+    j = load_journal()
+    pending = [n for n, v in j.get("vms", {}).items()
+               if v.get("state") in ("saved", "restore_failed") and (names is None or n in names)]
+    m = manifest.load() or {}
+    verdicts = {}
+
+    def one(name):
+        entry = m.get("files", {}).get(name)
+        verdicts[name] = manifest.verify_file(entry) if entry else {
+            "status": "no_manifest", "detail": "no manifest entry for %s" % name}
+    threads = [threading.Thread(target=one, args=(n,)) for n in pending]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, verdict in verdicts.items():
+        if verdict["status"] == manifest.OK:
+            update_journal(_set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
+                           msg="%s verified" % name)
+        else:
+            update_journal(_set_vm(name, state="held", verify=verdict),
+                           msg="%s held: %s" % (name, verdict["detail"]))
+    return verdicts
+
+
 def vm_run(name, conf_dir=cpr.CONF_DIR):
-    """The VM unit's ExecStart: cold start, or incoming restore on verified memory, or refuse."""
+    """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
+    with -incoming defer. A VM whose state file exists is never cold-started."""
     vm = cpr.VM.load(name, conf_dir)
     if not os.path.exists(vm.state_path):
         os.execvp(vm.argv()[0], vm.argv())
     rec = load_journal().get("vms", {}).get(name, {})
-    if rec.get("state") not in ("saved", "restoring", "restore_failed"):
-        sys.stderr.write("%s: state file %s exists but the journal has no saved record (%s): not starting. "
-                         "Inspect it; remove it only if the VM is to boot afresh.\n" % (name, vm.state_path, rec))
-        return 3
-    m = manifest.load()
-    entry = (m or {}).get("files", {}).get(name)
-    if not entry:
-        verdict = {"status": "no_manifest", "detail": "no manifest entry for %s" % name}
-    else:
-        verdict = manifest.verify_file(entry)
-    if verdict["status"] != manifest.OK:
-        update_journal(_set_vm(name, state="held", verify=verdict),
-                       msg="%s held: %s" % (name, verdict["detail"]))
+    if rec.get("state") == "restoring":
+        os.execvp(vm.argv(incoming=True)[0], vm.argv(incoming=True))
+    if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
-                         "then restore from a copy of the memory, or boot the VM afresh after removing the "
-                         "state file.\n" % (name, verdict["detail"], vm.state_path, vm.mem_path))
+                         "then restore the memory file from a copy and run `agent verify`, or boot the VM "
+                         "afresh after moving the state file away.\n"
+                         % (name, rec.get("verify", {}).get("detail"), vm.state_path, vm.mem_path))
         return 4
-    update_journal(_set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
-                   msg="%s verified; restoring" % name)
-    os.execvp(vm.argv(incoming=True)[0], vm.argv(incoming=True))
+    sys.stderr.write("%s: state file %s exists but its memory is not verified (journal: %s): not starting. "
+                     "Run `agent verify %s` first.\n" % (name, vm.state_path, rec.get("state"), name))
+    return 3
 
 
 def vm_restore(name, conf_dir=cpr.CONF_DIR):
@@ -185,13 +217,19 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        sys.stderr.write("usage: agent vm-run NAME | vm-restore NAME | status | counter-guest PATH\n")
+        sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | "
+                         "counter-guest PATH\n")
         return 2
     cmd, args = argv[0], argv[1:]
     if cmd == "vm-run" and len(args) == 1:
         return vm_run(args[0])
     if cmd == "vm-restore" and len(args) == 1:
         return vm_restore(args[0])
+    if cmd == "verify":
+        verdicts = verify_pending(args or None)
+        for name, v in sorted(verdicts.items()):
+            sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
+        return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) else 4
     if cmd == "counter-guest" and len(args) == 1:
         with open(args[0], "wb") as fh:
             fh.write(cpr.counter_guest())
