@@ -23,6 +23,7 @@ import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 BASE = "/var/lib/guestmemfs-liveupdate"
 JOURNAL = os.path.join(BASE, "journal.json")
@@ -71,7 +72,15 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command (systemctl)."""
     names = names if names is not None else vm_names(conf_dir)
     vms = [cpr.VM.load(n, conf_dir) for n in names]
-    running = [vm for vm in vms if cpr.status(vm) in ("running", "paused")]
+    status = dict((vm.name, cpr.status(vm)) for vm in vms)
+    running = [vm for vm in vms if status[vm.name] in ("running", "paused")]
+    # A VM whose QEMU holds its memory but cannot be saved would die in the kexec: refuse.
+    unsaveable = ["%s (QMP status %s; mapped by %s)" % (vm.name, status[vm.name], ", ".join(
+        "%s[%d]" % (c, pid) for pid, c, _f in users(vm.mem_path)))
+        for vm in vms if vm not in running and users(vm.mem_path)]
+    if unsaveable:
+        raise UpdateError("VMs that run but cannot be saved: %s. Nothing was paused; fix or stop them first"
+                          % "; ".join(unsaveable))
     if not running:
         raise UpdateError("no running VM to save among %s" % (", ".join(names) or "none"))
     for vm in running:

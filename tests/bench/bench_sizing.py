@@ -6,8 +6,10 @@ Prints seconds and hosts per second for planning and for each report format, in 
 """
 
 import argparse
+import atexit
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -20,6 +22,7 @@ def importable_collection():
     os.makedirs(os.path.join(tree, "ansible_collections", "guestmemfs"))
     os.symlink(ROOT, os.path.join(tree, "ansible_collections", "guestmemfs", "liveupdate"))
     sys.path.insert(0, tree)
+    atexit.register(shutil.rmtree, tree, True)  # removes the symlink, never what it points at
 
 
 def fleet(n, seed=1):
