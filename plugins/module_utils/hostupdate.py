@@ -157,7 +157,7 @@ def verify_pending(names=None):
     Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
     j = load_journal()
     pending = [n for n, v in j.get("vms", {}).items()
-               if v.get("state") in ("saved", "restore_failed") and (names is None or n in names)]
+               if v.get("state") in ("saved", "restore_failed", "held") and (names is None or n in names)]
     m = manifest.load() or {}
     verdicts = {}
 

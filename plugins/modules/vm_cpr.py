@@ -120,7 +120,7 @@ def main():
                          manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
     j = hostupdate.load_journal()
     if action == "restore":
-        saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed")
+        saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed", "held")
                  and (names is None or n in names)]
         if module.check_mode or not saved:
             module.exit_json(changed=bool(saved), vms=j.get("vms", {}))
