@@ -59,7 +59,7 @@ def main():
     size = int(a.gib * (1 << 30))
     with open(path, "wb") as fh:
         block = os.urandom(1 << 20)
-        for _ in range(size >> 20):
+        for _block in range(size >> 20):
             fh.write(block)
     gib = size / (1 << 30)
     cases = [("raw read", lambda: raw_read(path)),
@@ -72,7 +72,7 @@ def main():
     print("%-12s %9s %9s %9s %14s" % ("mode", "seconds", "GiB/s", "x raw", "manifest/GiB"))
     for name, fn in cases:
         times, out = [], None
-        for _ in range(a.runs):
+        for _run in range(a.runs):
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
