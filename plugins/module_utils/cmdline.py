@@ -15,9 +15,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import glob
+import os
 import re
-
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import parse_cmdline
+import shutil
+import tempfile
 
 CMDLINE_VARS = ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT")
 DROPIN_NAME = "99-guestmemfs-liveupdate.cfg"
@@ -30,6 +32,87 @@ _ASSIGN = re.compile(r"^(?P<indent>\s*)(?P<export>export\s+)?(?P<var>GRUB_CMDLIN
 
 class CmdlineError(Exception):
     """A bootloader config the module will not edit, or a request it cannot honour."""
+
+    def __init__(self, msg, **details):
+        super(CmdlineError, self).__init__(msg)
+        self.details = details
+
+
+# Source the default files as grub-mkconfig does (no set -e: it does not stop on a failing
+# command substitution either), then print the two variables.
+EVAL = ('. "$1/grub"; for x in "$1"/grub.d/*.cfg; do if [ -e "$x" ]; then . "$x"; fi; done; '
+        'printf "%s\\n%s\\n" "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"')
+
+
+def grub_files(root="/"):
+    """/etc/default/grub, its drop-ins in order, and the collection's drop-in (which may not exist
+    yet and sorts last by its name) -> (paths, drop-in path)."""
+    files = ["/etc/default/grub"]
+    files += sorted("/etc/default/grub.d/" + os.path.basename(p)
+                    for p in glob.glob(os.path.join(root, "etc/default/grub.d/*.cfg")))
+    dropin = "/etc/default/grub.d/" + DROPIN_NAME
+    if dropin not in files:
+        files.append(dropin)
+    return files, dropin
+
+
+def evaluate(run, texts):
+    """(GRUB_CMDLINE_LINUX, GRUB_CMDLINE_LINUX_DEFAULT) from {path: text} of the default files,
+    sourced in a scratch copy. ``run(argv) -> (rc, out, err)``."""
+    scratch = tempfile.mkdtemp(prefix="kernel_cmdline-")
+    try:
+        os.mkdir(os.path.join(scratch, "grub.d"))
+        for path, text in texts.items():
+            if text is None:
+                continue
+            name = "grub" if path == "/etc/default/grub" else os.path.join("grub.d", os.path.basename(path))
+            with open(os.path.join(scratch, name), "w") as fh:
+                fh.write(text)
+        cmd = ["/bin/sh", "-c", EVAL, "sh", scratch]
+        rc, out, err = run(cmd)
+        if rc != 0:
+            raise CmdlineError("the GRUB default files do not source cleanly: %s" % err.strip(),
+                               rc=rc, stdout=out, stderr=err, cmd=cmd)
+        parts = out.split("\n")
+        return parts[0], parts[1] if len(parts) > 1 else ""
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def configured(run, root="/"):
+    """The configured cmdline of normal GRUB entries as an argument list, None without GRUB."""
+    files, _dropin = grub_files(root)
+    texts = {}
+    for p in files:
+        try:
+            with open(os.path.join(root, p.lstrip("/"))) as fh:
+                texts[p] = fh.read()
+        except (IOError, OSError):
+            texts[p] = None
+    if texts.get("/etc/default/grub") is None:
+        return None
+    linux, default = evaluate(run, texts)
+    return parse_cmdline(linux + " " + default)
+
+
+def parse_cmdline(text):
+    """A kernel command line -> list of arguments, honouring double quotes like the kernel."""
+    args, cur, quoted, started = [], "", False, False
+    for ch in (text or "").strip():
+        if ch == '"':
+            quoted = not quoted
+            cur += ch
+            started = True
+        elif ch.isspace() and not quoted:
+            if started:
+                args.append(cur)
+            cur, started = "", False
+        else:
+            cur += ch
+            started = True
+    if started:
+        args.append(cur)
+    return args
 
 
 def arg_name(arg):

@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 
 # Kernel options that decide which backends and handovers a kernel can do. KEXEC_KHO is the name
@@ -44,26 +45,6 @@ def parse_meminfo(text):
             val = int(m.group(2))
             out[m.group(1)] = val * 1024 if line.rstrip().endswith("kB") else val
     return out
-
-
-def parse_cmdline(text):
-    """A kernel command line -> list of arguments, honouring double quotes like the kernel."""
-    args, cur, quoted, started = [], "", False, False
-    for ch in (text or "").strip():
-        if ch == '"':
-            quoted = not quoted
-            cur += ch
-            started = True
-        elif ch.isspace() and not quoted:
-            if started:
-                args.append(cur)
-            cur, started = "", False
-        else:
-            cur += ch
-            started = True
-    if started:
-        args.append(cur)
-    return args
 
 
 def cmdline_dict(args):
@@ -225,8 +206,9 @@ def backend_mount(root, mount_point):
     return info
 
 
-def gather(root="/", mount_point=None):
-    """All host facts as one dict (the module's ``guestmemfs`` fact)."""
+def gather(root="/", mount_point=None, run=None):
+    """All host facts as one dict (the module's ``guestmemfs`` fact). With ``run(argv) -> (rc,
+    out, err)``, also the cmdline GRUB is configured to give the next cold boot."""
     release = (_read(root, "/proc/sys/kernel/osrelease", "") or "").strip()
     meminfo = parse_meminfo(_read(root, "/proc/meminfo", ""))
     cmdline_text = (_read(root, "/proc/cmdline", "") or "").strip()
@@ -257,6 +239,14 @@ def gather(root="/", mount_point=None):
         "kho": kho_state(root),
         "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
     }
+    if run is not None:
+        try:
+            conf = configured(run, root)
+        except CmdlineError as exc:
+            conf, facts["cmdline"]["configured_error"] = None, str(exc)
+        facts["cmdline"]["configured"] = " ".join(conf) if conf is not None else None
+        # Whether the next cold boot would change what runs: a configured argument not running.
+        facts["cmdline"]["reboot_required"] = conf is not None and not set(conf) <= set(args)
     if mount_point:
         facts["backend_mount"] = backend_mount(root, mount_point)
     return facts

@@ -88,7 +88,9 @@ ansible_facts:
           type: dict
         cmdline:
           description: The running command line, as text (C(running)), as a list (C(args)) and as a
-            dict of name to list of values (C(options)).
+            dict of name to list of values (C(options)); on GRUB hosts also the command line the GRUB
+            default files configure for normal entries (C(configured)) and whether a configured
+            argument is not running (C(reboot_required)).
           type: dict
         kernel_config:
           description: Each option that matters for live update, with C(n) when unset; null when no
@@ -140,7 +142,8 @@ def main():
     )
     if not os.path.isdir(module.params["root"]):
         module.fail_json(msg="root %s is not a directory" % module.params["root"])
-    facts = gather(root=module.params["root"], mount_point=module.params["mount_point"])
+    facts = gather(root=module.params["root"], mount_point=module.params["mount_point"],
+                   run=module.run_command)
     module.exit_json(changed=False, ansible_facts={"guestmemfs": facts})
 
 

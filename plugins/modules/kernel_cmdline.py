@@ -146,19 +146,12 @@ cmd:
   elements: str
 """
 
-import glob
 import os
-import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import parse_cmdline
-
-EVAL = ('. "$1/grub"; for x in "$1"/grub.d/*.cfg; do if [ -e "$x" ]; then . "$x"; fi; done; '
-        'printf "%s\\n%s\\n" "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"')
-
 
 class Host(object):
     def __init__(self, module):
@@ -184,34 +177,14 @@ class Host(object):
 
 
 def grub_files(host):
-    files = ["/etc/default/grub"]
-    files += sorted("/etc/default/grub.d/" + os.path.basename(p)
-                    for p in glob.glob(host.path("/etc/default/grub.d/*.cfg")))
-    dropin = "/etc/default/grub.d/" + cl.DROPIN_NAME
-    if dropin not in files:
-        files.append(dropin)  # may not exist yet; sorts last by its name
-    return files, dropin
+    return cl.grub_files(host.root)
 
 
 def evaluate(host, texts):
-    """Source the default files as grub-mkconfig does, in a scratch copy -> (linux, default)."""
-    scratch = tempfile.mkdtemp(prefix="kernel_cmdline-")
     try:
-        os.mkdir(os.path.join(scratch, "grub.d"))
-        for path, text in texts.items():
-            if text is None:
-                continue
-            name = "grub" if path == "/etc/default/grub" else os.path.join("grub.d", os.path.basename(path))
-            with open(os.path.join(scratch, name), "w") as fh:
-                fh.write(text)
-        rc, out, err = host.run(["/bin/sh", "-c", EVAL, "sh", scratch])
-        if rc != 0:
-            host.fail("the GRUB default files do not source cleanly: %s" % err.strip(), rc=rc, stdout=out,
-                      stderr=err, cmd=["/bin/sh", "-c", EVAL])
-        parts = out.split("\n")
-        return parts[0], parts[1] if len(parts) > 1 else ""
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        return cl.evaluate(host.run, texts)
+    except cl.CmdlineError as exc:
+        host.fail(str(exc), **exc.details)
 
 
 def write_atomic(host, path, text):
@@ -268,13 +241,13 @@ def plan_grub(host, set_args, remove):
             else:
                 after[p] = None
         linux, default = evaluate(host, after)
-        missing, unwanted = cl.missing_and_unwanted(parse_cmdline(linux + " " + default), set_args, remove)
+        missing, unwanted = cl.missing_and_unwanted(cl.parse_cmdline(linux + " " + default), set_args, remove)
         if missing:
             after[dropin] = cl.dropin_text(after.get(dropin), missing)
             linux, default = evaluate(host, after)
     except cl.CmdlineError as exc:
         host.fail("not editing the GRUB config: %s" % exc)
-    configured = parse_cmdline(linux + " " + default)
+    configured = cl.parse_cmdline(linux + " " + default)
     missing, unwanted = cl.missing_and_unwanted(configured, set_args, remove)
     if missing or unwanted:
         host.fail("after editing, the GRUB config would still lack %s and still have %s: a file sourced "
@@ -330,9 +303,9 @@ def apply_grubby(host, set_args, remove, result):
     if rc != 0:
         host.fail("grubby --info=ALL failed", rc=rc, stdout=out, stderr=err, cmd=[grubby, "--info=ALL"])
     entries = [e for e in cl.parse_grubby_info(out) if e.get("kernel", "").startswith("/")]
-    stale = [e for e in entries if cl.missing_and_unwanted(parse_cmdline(e.get("args", "")), set_args, remove)
+    stale = [e for e in entries if cl.missing_and_unwanted(cl.parse_cmdline(e.get("args", "")), set_args, remove)
              != ([], [])]
-    result["configured"] = " ".join(cl.apply_args(parse_cmdline(entries[0].get("args", "")), set_args, remove)) \
+    result["configured"] = " ".join(cl.apply_args(cl.parse_cmdline(entries[0].get("args", "")), set_args, remove)) \
         if entries else ""
     # /etc/default/grub's GRUB_CMDLINE_LINUX feeds kernels installed later.
     before = host.read("/etc/default/grub")
@@ -444,7 +417,7 @@ def main():
         apply_grubby(host, set_args, remove, result)
     running = (host.read("/proc/cmdline") or "").strip()
     result["running"] = running
-    result["reboot_required"] = cl.missing_and_unwanted(parse_cmdline(running), set_args, remove) != ([], [])
+    result["reboot_required"] = cl.missing_and_unwanted(cl.parse_cmdline(running), set_args, remove) != ([], [])
     module.exit_json(**result)
 
 

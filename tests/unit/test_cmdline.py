@@ -183,3 +183,29 @@ def test_later_override_is_detected(tmp_path, capsys):
     (root / "etc/default/grub.d/99-zz-site.cfg").write_text('GRUB_CMDLINE_LINUX="nomodeset"\n')
     rc, out = run(capsys, root=str(root), args={"kho": "on"})
     assert rc == 1 and "still lack ['kho=on']" in out["msg"]
+
+
+def test_debian_trixie_fleet_config(tmp_path, capsys):
+    # /etc/default/grub recorded from a fleet VM (Debian trixie's shipped file) and the fleet's drop-in.
+    root = tree(tmp_path, "debian-trixie", running="BOOT_IMAGE=/boot/vmlinuz root=UUID=x ro console=tty0 "
+                "console=ttyS0,115200 quiet")
+    rc, out = run(capsys, root=str(root), args={"memmap": "640M!5504M"})
+    assert rc == 0 and out["changed"] and out["reboot_required"]
+    assert out["configured"] == "console=tty0 console=ttyS0,115200 memmap=640M!5504M quiet"
+    assert out["files"] == ["/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
+    assert (root / "etc/default/grub").read_text() == read("debian-trixie", "etc", "default", "grub")
+
+
+def test_facts_report_configured_against_running(tmp_path):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
+    import subprocess
+
+    def run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return r.returncode, r.stdout, r.stderr
+    root = tree(tmp_path, "debian-trixie", running="root=UUID=x ro console=tty0 console=ttyS0,115200 quiet")
+    f = gather(str(root), run=run)["cmdline"]
+    assert f["configured"] == "console=tty0 console=ttyS0,115200 quiet" and f["reboot_required"] is False
+    (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").write_text(
+        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX memmap=640M!5504M"\n')
+    assert gather(str(root), run=run)["cmdline"]["reboot_required"] is True
