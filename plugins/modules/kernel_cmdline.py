@@ -153,6 +153,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
 
+
 class Host(object):
     def __init__(self, module):
         self.module = module
