@@ -14,14 +14,12 @@ def _under(path, prefix):
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
-def users(prefix, proc="/proc"):
-    """[(pid, comm, path)] of processes that map or hold open a file at or under ``prefix``."""
-    prefix = os.path.realpath(prefix)
-    out = []
+def _processes(proc):
+    """(pid, comm, /proc/<pid>) of every process that can be read."""
     try:
         pids = [p for p in os.listdir(proc) if p.isdigit()]
     except OSError:
-        return out
+        return
     for pid in pids:
         base = os.path.join(proc, pid)
         try:
@@ -29,6 +27,14 @@ def users(prefix, proc="/proc"):
                 comm = fh.read().strip()
         except (IOError, OSError):
             continue
+        yield int(pid), comm, base
+
+
+def users(prefix, proc="/proc"):
+    """[(pid, comm, path)] of processes that map or hold open a file at or under ``prefix``."""
+    prefix = os.path.realpath(prefix)
+    out = []
+    for pid, comm, base in _processes(proc):
         seen = set()
         try:
             with open(os.path.join(base, "maps")) as fh:
@@ -51,23 +57,11 @@ def users(prefix, proc="/proc"):
         except OSError:
             pass
         for path in sorted(seen):
-            out.append((int(pid), comm, path))
+            out.append((pid, comm, path))
     return out
 
 
 def qemu_processes(proc="/proc"):
     """[(pid, comm)] of running QEMU system emulators."""
-    out = []
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return out
-    for pid in pids:
-        try:
-            with open(os.path.join(proc, pid, "comm")) as fh:
-                comm = fh.read().strip()
-        except (IOError, OSError):
-            continue
-        if comm.startswith("qemu-system") or comm in ("qemu-kvm", "kvm"):
-            out.append((int(pid), comm))
-    return out
+    return [(pid, comm) for pid, comm, _base in _processes(proc)
+            if comm.startswith("qemu-system") or comm in ("qemu-kvm", "kvm")]

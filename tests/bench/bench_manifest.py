@@ -14,19 +14,10 @@ import mmap
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def importable_collection():
-    tree = tempfile.mkdtemp(prefix="glu-bench-")
-    os.makedirs(os.path.join(tree, "ansible_collections", "guestmemfs"))
-    os.symlink(ROOT, os.path.join(tree, "ansible_collections", "guestmemfs", "liveupdate"))
-    sys.path.insert(0, tree)
-    atexit.register(shutil.rmtree, tree, True)
+from _collection import importable_collection
 
 
 def raw_read(path):

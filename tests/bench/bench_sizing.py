@@ -6,23 +6,10 @@ Prints seconds and hosts per second for planning and for each report format, in 
 """
 
 import argparse
-import atexit
-import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def importable_collection():
-    tree = tempfile.mkdtemp(prefix="glu-bench-")
-    os.makedirs(os.path.join(tree, "ansible_collections", "guestmemfs"))
-    os.symlink(ROOT, os.path.join(tree, "ansible_collections", "guestmemfs", "liveupdate"))
-    sys.path.insert(0, tree)
-    atexit.register(shutil.rmtree, tree, True)  # removes the symlink, never what it points at
+from _collection import importable_collection
 
 
 def fleet(n, seed=1):
