@@ -83,10 +83,13 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                           % "; ".join(unsaveable))
     if not running:
         raise UpdateError("no running VM to save among %s" % (", ".join(names) or "none"))
-    for vm in running:
+    for vm in vms:
         if os.path.exists(vm.state_path):
-            raise UpdateError("%s: a state file already exists (%s): an earlier save was not restored; "
-                              "restore it first (systemctl start %s)" % (vm.name, vm.state_path, UNIT % vm.name))
+            raise UpdateError("%s: a state file already exists (%s): an earlier save was not restored "
+                              "(journal: %s). Nothing was paused; restore it first (agent verify %s, then "
+                              "systemctl start %s)" % (vm.name, vm.state_path,
+                                                       load_journal().get("vms", {}).get(vm.name, {}).get("state"),
+                                                       vm.name, UNIT % vm.name))
     update_id = str(uuid.uuid4())
 
     def begin(j):
