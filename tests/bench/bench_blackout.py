@@ -136,7 +136,8 @@ def cold_reboot(state, host, vms):
     before = ssh(state, host, "cat /proc/sys/kernel/random/boot_id")
     ssh(state, host, "systemd-run -q --on-active=1 systemctl reboot")
     wait_new_boot(state, host, before)
-    ssh(state, host, "systemctl is-active -q %s" % " ".join("guestmemfs-vm@%s" % v for v in vms))
+    units = " ".join("guestmemfs-vm@%s" % v for v in vms)
+    ssh(state, host, "for i in $(seq 300); do systemctl is-active -q %s && exit 0; sleep 1; done; exit 1" % units)
 
 
 def main():
