@@ -66,6 +66,9 @@ json.dump(out, open("/root/hand-stop.json", "w")); os.sync()
 RESTORE = QMP_LIB + r'''
 import subprocess
 out = {}
+# The backend is mounted from fstab some time after SSH answers: QEMU must not create the RAM file
+# on the root disk instead.
+while subprocess.call(["mountpoint", "-q", "/mnt/vmmem"]): time.sleep(0.2)
 for name in sys.argv[1:]:
     conf = json.load(open("/etc/guestmemfs-liveupdate/vms/%s.json" % name))
     size = "%dM" % (conf["memory_bytes"] // 2**20)
