@@ -97,7 +97,7 @@ def ssh(state, host, command, stdin=None, timeout=600):
 def collection_run(state, host, inventory, report):
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=report)
     subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "--limit",
-                    host["name"]], env=env, check=True, stdout=subprocess.DEVNULL)
+                    host["name"] + ",localhost"], env=env, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(report, "blackout.json")) as fh:
         return dict((r["vm"], r["blackout_s"]) for r in json.load(fh) if r["host"] == host["name"])
 
@@ -154,9 +154,11 @@ def main():
         raise SystemExit("fleet %r is not up: run scripts/demo first" % a.name)
     host = next(h for h in state["hosts"] if h["name"] == a.host)
     vms = ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
-    # Both runs go the same way (GRUB's default kernel -> the other one): hand-written first, then a
-    # cold reboot back to the default kernel, then the collection.
+    # Both runs go the same way (GRUB's default kernel -> the other one): a cold reboot to the
+    # default kernel, the hand-written run, a cold reboot again, then the collection.
+    cold_reboot(state, host, vms)
     hand = hand_run(state, host, vms)
+    print("hand-written blackout: %s" % hand, flush=True)
     cold_reboot(state, host, vms)
     col = collection_run(state, host, state["inventory"], a.report)
     print("blackout on %s, %d VMs (QMP STOP to RESUME, seconds)" % (a.host, len(vms)))
