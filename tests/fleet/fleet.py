@@ -309,6 +309,17 @@ menuentry 'Debian GNU/Linux' {{
 
 # ---------------------------------------------------------------- the fleet
 
+def pick_base_port(name, hosts, lo=2222, span=2000):
+    """The first run of free ports for this fleet, starting at a place its name picks, so that two
+    fleets (two checkouts testing at once) rarely even look at the same ports."""
+    start = lo + (int(hashlib.sha256(name.encode()).hexdigest(), 16) % (span // 8)) * 8
+    for offset in range(0, span, 8):
+        base = lo + (start - lo + offset) % span
+        if all(port_free(base + i) for i in range(hosts)):
+            return base
+    raise FleetError(f"no {hosts} free consecutive ports in 127.0.0.1:{lo}-{lo + span}; pass --base-port")
+
+
 def fleet_dir(name):
     return os.path.join(cache_dir(), "fleets", name)
 
@@ -339,6 +350,7 @@ def pid_alive(pid, cmd_hint):
 def ssh_base(state, host):
     return ["ssh", "-i", state["key"], "-p", str(host["port"]), "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
             "-o", "BatchMode=yes", "root@127.0.0.1"]
 
 
@@ -377,6 +389,8 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
     base = build_image()
     fdir = fleet_dir(name)
     require_space(fdir, hosts * 2 * 2**30, f"{hosts} overlays")
+    if base_port is None:
+        base_port = pick_base_port(name, hosts)
     for i in range(hosts):
         if not port_free(base_port + i):
             raise FleetError(f"port {base_port + i} on 127.0.0.1 is in use (SSH forward of host{i + 1}): "
@@ -435,6 +449,8 @@ def write_inventory(name, state, copy_to=None):
               f"        ansible_ssh_private_key_file: {state['key']}",
               "        ansible_ssh_common_args: >-", "          -o StrictHostKeyChecking=no",
               "          -o UserKnownHostsFile=/dev/null", "          -o LogLevel=ERROR",
+              # A VM that dies under a connection must fail the task, not hang it.
+              "          -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o ConnectTimeout=30",
               "        ansible_python_interpreter: /usr/bin/python3"]
     with open(os.path.join(HERE, "inventory-vars.yml")) as fh:
         lines += ["        " + line if line.strip() else "" for line in fh.read().splitlines()]
@@ -527,7 +543,8 @@ def main(argv=None):
     pu.add_argument("--hosts", type=int, default=2)
     pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
     pu.add_argument("--cpus", type=int, default=1)
-    pu.add_argument("--base-port", type=int, default=2222)
+    pu.add_argument("--base-port", type=int, default=None,
+                    help="first SSH port on 127.0.0.1 (default: free ports picked by the fleet's name)")
     pu.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
     pu.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg: KVM hangs here)")
     pu.add_argument("--inventory", help="also write the inventory to this path")

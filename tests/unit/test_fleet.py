@@ -74,6 +74,17 @@ def test_up_refuses_a_busy_port(tmp_path, monkeypatch, capsys):
     assert not list((tmp_path / "fleets" / "busy").glob("*.qcow2"))
 
 
+def test_fleets_pick_apart_ports_and_skip_busy_ones():
+    a = fleet.pick_base_port("molecule-aaaa", 2)
+    b = fleet.pick_base_port("molecule-bbbb", 2)
+    assert a != b and 2222 <= a < 4222 and 2222 <= b < 4222
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", a + 1))
+        s.listen()
+        moved = fleet.pick_base_port("molecule-aaaa", 2)
+    assert moved != a and fleet.port_free(moved) and fleet.port_free(moved + 1)
+
+
 def test_not_root_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(fleet.os, "geteuid", lambda: 1000)
     assert fleet.main(["image", "--force"]) == 2
