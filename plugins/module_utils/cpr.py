@@ -156,6 +156,13 @@ def restore(vm, timeout=120, connect_wait=60):
         q.close()
 
 
+def resume(vm):
+    """Resume a VM paused by a save that did not finish (its RAM never left this kernel)."""
+    with QMP(vm.qmp_path, timeout=10) as q:
+        q.connect()
+        q.cmd("cont")
+
+
 def status(vm):
     """QEMU's run state over QMP, or None when no QEMU answers."""
     try:

@@ -175,6 +175,43 @@ def kho_state(root):
     return out
 
 
+def image_release(path):
+    """The release a bzImage announces in its setup header (boot protocol 2.00+: "HdrS" at 0x202,
+    the version string's offset - 0x200 at 0x20E), or None when it is not such an image."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(0x4000)
+            if head[0x202:0x206] != b"HdrS":
+                return None
+            off = 0x200 + (head[0x20E] | head[0x20F] << 8)
+            fh.seek(off)
+            text = fh.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
+    except (IOError, OSError, IndexError):
+        return None
+    return text.split(" ", 1)[0] or None
+
+
+def release_key(release):
+    """Sort key that orders kernel releases as versions (6.9 < 6.12 < 7.3.4)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+~-]", release)]
+
+
+def staged_kernels(root):
+    """[(release, vmlinuz, initrd or None)] under /boot, oldest first."""
+    boot = os.path.join(root, "boot")
+    out = []
+    try:
+        names = os.listdir(boot)
+    except OSError:
+        return out
+    for name in names:
+        if name.startswith("vmlinuz-"):
+            release = name[len("vmlinuz-"):]
+            initrd = os.path.join(boot, "initrd.img-" + release)
+            out.append((release, os.path.join(boot, name), initrd if os.path.exists(initrd) else None))
+    return sorted(out, key=lambda k: release_key(k[0]))
+
+
 def backend_mount(root, mount_point):
     """The backend's mount: whether mounted, its fs, DAX, capacity and usage, and its files."""
     info = {"path": mount_point, "mounted": False}

@@ -5,9 +5,12 @@
 drives a host) and by the host's own agent (the boot-time restore runs without a controller).
 
 Journal (root-only, durable): ``{"update_id", "phase", "vms": {name: {"state", ...}}, "log"}``.
-A VM's state goes running -> saving -> saved -> restoring -> restored, or ends ``held`` (its
-memory failed verification: not resumed, state and memory files kept) or ``restore_failed``.
+The host's phase goes preflight -> saving -> saved -> [handover] -> kexec -> booted -> verified ->
+restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update stopped before
+the kexec). A VM's state goes running -> saving -> saved -> restoring -> restored, or ends ``held``
+(its memory failed verification: not resumed, state and memory files kept) or ``restore_failed``.
 A VM whose state file exists is never cold-started: it is restored, on verified memory, or held.
+``next_step`` reads the journal to tell a re-run (after a dead controller) where this host is.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -34,17 +37,90 @@ class UpdateError(Exception):
     """A step failed; the message says what was left where and how to recover."""
 
 
+# Phases in which VMs are saved and the kexec has not yet been confirmed by a new boot.
+SAVED_PHASES = ("saved", "handover", "kexec")
+# Phases after which a host has no update in flight.
+IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
+# VM states that are final for one update.
+VM_FINAL = ("restored", "held", "restore_failed")
+
+
 def _boot_id():
     with open("/proc/sys/kernel/random/boot_id") as fh:
         return fh.read().strip()
 
 
-def load_journal(path=JOURNAL):
-    return read_json(path, {}) or {}
+def _pid_alive(pid):
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as fh:
+            return b"python" in fh.read()
+    except (IOError, OSError, TypeError, ValueError):
+        return False
 
 
-def update_journal(fn, path=JOURNAL, msg=None):
+def _phase(phase, **fields):
+    def fn(j):
+        j["phase"] = phase
+        j.setdefault("phases", {})[phase] = {"ts": time.time(), "boot_id": _boot_id()}
+        j.update(fields)
+    return fn
+
+
+def set_phase(phase, msg=None, **fields):
+    """Record that this host reached ``phase`` (durably, before the step it guards acts)."""
+    return update_journal(_phase(phase, **fields), msg=msg or "phase %s" % phase)
+
+
+def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_pid_alive):
+    """What a run of the live update must do on this host, from its journal alone.
+
+    Returns ``(step, reason)``; step is one of:
+    ``start`` (nothing in flight: preflight, save, kexec), ``done`` (already running the target,
+    nothing in flight), ``kexec`` (VMs saved on this boot: do not save again, load and kexec),
+    ``wait`` (the host is past the kexec: wait for its own restore), ``wait_save`` (a save is still
+    running), ``rollback`` (a save died half-way: restore the saved VMs on this kernel) or
+    ``blocked`` (VMs held or failed: an operator must look; nothing may act on this host).
+    """
+    vms = j.get("vms", {}) or {}
+    phase = j.get("phase")
+    same_boot = j.get("from_boot_id") == boot_id
+    held = sorted(n for n, v in vms.items() if v.get("state") in ("held", "restore_failed"))
+    if held:
+        return "blocked", ("VMs not resumed after update %s: %s. Their state and memory files are kept; see "
+                           "`agent status`, recover each (agent verify NAME, systemctl start guestmemfs-vm@NAME) "
+                           "and re-run" % (j.get("update_id"), ", ".join(
+                               "%s (%s)" % (n, vms[n].get("state")) for n in held)))
+    if phase == "saving":
+        if same_boot and pid_alive(j.get("saver_pid")):
+            return "wait_save", "a save of update %s is still running (pid %s)" % (
+                j.get("update_id"), j.get("saver_pid"))
+        if same_boot:
+            return "rollback", "the save of update %s stopped half-way: restore its VMs on this kernel" % (
+                j.get("update_id"))
+        return "wait", "the host rebooted during a save: its boot-time restore handles the saved VMs"
+    if phase in SAVED_PHASES:
+        if same_boot:
+            return "kexec", "VMs of update %s are saved on this boot (phase %s): kexec without saving again" % (
+                j.get("update_id"), phase)
+        return "wait", "the host left the boot it saved on (phase %s): wait for its own restore" % phase
+    if phase in ("booted", "verified"):
+        return "wait", "the new kernel is restoring the VMs of update %s" % j.get("update_id")
+    pending = sorted(n for n, v in vms.items() if v.get("state") not in VM_FINAL + ("running",)
+                     and not str(v.get("state", "")).startswith("down"))
+    if pending and phase not in ("rolled_back",):
+        return "wait", "VMs still pending: %s" % ", ".join(pending)
+    if target_release and running_release == target_release:
+        return "done", "already running %s with nothing in flight" % target_release
+    return "start", "no update in flight (phase %s)" % phase
+
+
+def load_journal(path=None):
+    return read_json(path or JOURNAL, {}) or {}
+
+
+def update_journal(fn, path=None, msg=None):
     """Read, change with ``fn(journal)``, write, under a lock: VM units restore in parallel."""
+    path = path or JOURNAL
     with locked(path):
         j = load_journal(path)
         fn(j)
@@ -93,7 +169,11 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     update_id = str(uuid.uuid4())
 
     def begin(j):
-        j.update(update_id=update_id, phase="saving", started_ts=time.time(), from_boot_id=_boot_id())
+        # A new update: only this boot's preflight carries over from the journal.
+        j["phases"] = dict((k, v) for k, v in (j.get("phases") or {}).items()
+                           if k == "preflight" and v.get("boot_id") == _boot_id())
+        _phase("saving", update_id=update_id, started_ts=time.time(), from_boot_id=_boot_id(),
+               saver_pid=os.getpid())(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path}) for vm in running)
     update_journal(begin, msg="saving %d VMs" % len(running))
     m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
@@ -128,12 +208,12 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                 update_journal(_set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
                                        error=errors[vm.name]))
         rolled = rollback(run, sorted(results))
-        update_journal(lambda j: j.update(phase="rolled_back"), msg="save failed: %s" % errors)
+        update_journal(_phase("rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
                           "were restored on this kernel: %s" % (
                               "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none"))
     os.sync()
-    update_journal(lambda j: j.update(phase="saved", saved_ts=time.time()),
+    update_journal(_phase("saved", saved_ts=time.time()),
                    msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
     return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
             "manifest_content_s": m.get("content_s")}
@@ -151,7 +231,38 @@ def rollback(run, names):
         rc = run(["systemctl", "start", UNIT % name])
         out.append("%s %s" % (name, "restored" if rc == 0 else "NOT restored (rc %d): see journalctl -u %s"
                               % (rc, UNIT % name)))
+    finish_if_done()
     return ", ".join(out)
+
+
+def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
+    """After a save whose process died half-way: a VM still paused in QEMU is resumed (its memory
+    never left this kernel), a VM whose QEMU quit after a complete save counts as saved (restored
+    next, on verified memory), a VM with neither is reported down with its memory file kept."""
+    out = {}
+    for name, v in sorted((load_journal().get("vms") or {}).items()):
+        if v.get("state") != "saving":
+            continue
+        vm = cpr.VM.load(name, conf_dir)
+        now = cpr.status(vm)
+        if now in ("paused", "postmigrate", "finish-migrate", "running"):
+            try:
+                if now != "running":
+                    cpr.resume(vm)
+                state = "running"
+            except Exception as exc:
+                state = "down (resume failed: %s)" % exc
+            if os.path.exists(vm.state_path + ".partial"):
+                os.unlink(vm.state_path + ".partial")
+        elif os.path.exists(vm.state_path):
+            state = "saved"
+        else:
+            state = "down (QEMU gone, no state file: boot it afresh with systemctl start %s; memory %s kept)" % (
+                UNIT % name, vm.mem_path)
+        update_journal(_set_vm(name, state=state, state_path=vm.state_path),
+                       msg="%s after an interrupted save: %s" % (name, state))
+        out[name] = state
+    return out
 
 
 def verify_pending(names=None):
@@ -159,6 +270,17 @@ def verify_pending(names=None):
     ``ok`` -> state restoring (its unit may restore it); anything else -> held, never resumed.
     Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
     j = load_journal()
+    after_kexec = j.get("phase") in SAVED_PHASES and j.get("from_boot_id") not in (None, _boot_id())
+    if after_kexec:
+        # Whether this boot is the kernel the update loaded, or a cold boot into the default one
+        # (a new kernel that panicked, a power cycle): the VMs restore either way, on verified memory.
+        target = j.get("kexec_target") or {}
+        with open("/proc/cmdline") as fh:
+            cmdline = fh.read().strip()
+        as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
+        set_phase("booted", to_boot_id=_boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
+                  msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
+                                                         "NOT the loaded kernel", j.get("phase")))
     pending = [n for n, v in j.get("vms", {}).items()
                if v.get("state") in ("saved", "restore_failed", "held") and (names is None or n in names)]
     m = manifest.load() or {}
@@ -180,7 +302,66 @@ def verify_pending(names=None):
         else:
             update_journal(_set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
+    if after_kexec:
+        set_phase("verified", msg="verified: %s" % ", ".join(
+            "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
+        finish_if_done()
     return verdicts
+
+
+def _release():
+    return os.uname()[2]
+
+
+def finish_if_done():
+    """Close the update once every VM of it is final: ``restored`` on a new boot, ``rolled_back``
+    on the boot it saved on, ``held`` when any VM was not resumed."""
+    def fn(j):
+        vms = j.get("vms") or {}
+        if not vms or j.get("phase") in IDLE_PHASES:
+            return
+        if any(v.get("state") not in VM_FINAL and v.get("state") != "running"
+               and not str(v.get("state", "")).startswith("down") for v in vms.values()):
+            return
+        if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
+            phase = "held"
+        else:
+            phase = "restored" if j.get("from_boot_id") != _boot_id() else "rolled_back"
+        _phase(phase, finished_ts=time.time())(j)
+        j.setdefault("log", []).append({"ts": time.time(), "boot_id": _boot_id(), "msg": "phase %s" % phase})
+    return update_journal(fn)
+
+
+def kexec_now(run, conf_dir=cpr.CONF_DIR):
+    """``systemctl kexec``, only for a host whose every VM is saved on this boot and whose next
+    kernel is loaded: a VM still running would die with its memory unsaved. Returns an error text,
+    or does not return when the kexec started."""
+    j = load_journal()
+    problems = []
+    if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != _boot_id():
+        problems.append("the journal's phase is %s (boot %s), not saved on this boot" % (
+            j.get("phase"), j.get("from_boot_id")))
+    for name, v in sorted((j.get("vms") or {}).items()):
+        if v.get("state") != "saved" or not os.path.exists(v.get("state_path") or ""):
+            problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
+    for name in vm_names(conf_dir):
+        vm = cpr.VM.load(name, conf_dir)
+        mapped = users(vm.mem_path)
+        if mapped:
+            problems.append("%s's memory is still mapped by %s" % (name, ", ".join(
+                "%s[%d]" % (c, pid) for pid, c, _f in mapped)))
+    try:
+        with open("/sys/kernel/kexec_loaded") as fh:
+            if fh.read().strip() != "1":
+                problems.append("no kernel is loaded for kexec")
+    except (IOError, OSError):
+        problems.append("/sys/kernel/kexec_loaded cannot be read")
+    if problems:
+        return "not kexecing: " + "; ".join(problems)
+    set_phase("kexec", kexec_ts=time.time())
+    os.sync()
+    rc = run(["systemctl", "kexec"])
+    return None if rc == 0 else "systemctl kexec failed (rc %d)" % rc
 
 
 def vm_run(name, conf_dir=cpr.CONF_DIR):
@@ -215,6 +396,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     except Exception as exc:
         update_journal(_set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))
+        finish_if_done()
         sys.stderr.write("%s: restore failed: %s; state %s and memory %s kept\n" % (name, exc, vm.state_path,
                                                                                     vm.mem_path))
         return 1
@@ -223,13 +405,14 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     update_journal(_set_vm(name, state="restored", blackout_s=blackout, to_boot_id=_boot_id(),
                            counter_at_restore=counter_at_restore, **r),
                    msg="%s resumed, blackout %ss" % (name, blackout))
+    finish_if_done()
     return 0
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | "
+        sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | kexec | "
                          "counter-guest PATH\n")
         return 2
     cmd, args = argv[0], argv[1:]
@@ -242,6 +425,13 @@ def main(argv=None):
         for name, v in sorted(verdicts.items()):
             sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
         return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) else 4
+    if cmd == "kexec" and not args:
+        import subprocess
+        err = kexec_now(subprocess.call)
+        if err:
+            sys.stderr.write(err + "\n")
+            return 5
+        return 0
     if cmd == "counter-guest" and len(args) == 1:
         with open(args[0], "wb") as fh:
             fh.write(cpr.counter_guest())

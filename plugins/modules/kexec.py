@@ -93,7 +93,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 
@@ -182,6 +182,11 @@ def main():
                          % p["kernel"], rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
     if not facts.gather("/")["kexec_loaded"]:
         module.fail_json(msg="kexec -s -l returned 0 but /sys/kernel/kexec_loaded is not 1", cmd=cmd, **result)
+    target = dict(kernel=p["kernel"], initrd=p["initrd"], cmdline=cmdline, release=facts.image_release(p["kernel"]))
+    if hostupdate.load_journal().get("phase") in hostupdate.IDLE_PHASES:
+        hostupdate.set_phase("preflight", kexec_target=target, msg="loaded %s" % p["kernel"])
+    else:  # an update in flight keeps its phase: only the loaded kernel is noted
+        hostupdate.update_journal(lambda j: j.update(kexec_target=target), msg="loaded %s" % p["kernel"])
     module.exit_json(**result)
 
 

@@ -19,6 +19,8 @@ description:
     the restore is recorded - extents before any VM pauses, content once they are stopped. If one VM
     fails, it is resumed and the VMs already saved are restored on the running kernel.
   - C(restore) - restore the saved VMs on the running kernel (the path a failure before kexec takes).
+    After a save whose process died half-way, first resumes the VMs it left paused and counts those
+    whose state file was completed as saved.
     Each VM's unit verifies its memory against the manifest, starts QEMU with C(-incoming defer),
     loads the state and resumes it; a VM whose memory fails verification is not resumed.
   - C(wait) - after a kexec, wait until the host's own restore (which runs at boot without the
@@ -82,6 +84,20 @@ update_id:
   description: The update this journal belongs to.
   returned: when a journal exists
   type: str
+phase:
+  description: The journal's phase (see M(guestmemfs.liveupdate.update_step)).
+  returned: action is wait or status
+  type: str
+booted_release:
+  description: The kernel release the host booted after its kexec.
+  returned: action is wait
+  type: str
+booted_as_loaded:
+  description:
+    - Whether the host booted the kernel and command line the update loaded; false after a cold boot
+      into the default kernel (a new kernel that panicked).
+  returned: action is wait
+  type: bool
 """
 
 import time
@@ -90,7 +106,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate
 
-FINAL = ("restored", "held", "restore_failed")
+FINAL = hostupdate.VM_FINAL
 
 
 def main():
@@ -119,6 +135,10 @@ def main():
         module.exit_json(changed=True, update_id=r["update_id"], vms=hostupdate.load_journal().get("vms", {}),
                          manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
     j = hostupdate.load_journal()
+    if action == "restore" and not module.check_mode and j.get("phase") == "saving" \
+            and not hostupdate._pid_alive(j.get("saver_pid")):
+        hostupdate.recover_interrupted_save()
+        j = hostupdate.load_journal()
     if action == "restore":
         saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed", "held")
                  and (names is None or n in names)]
@@ -148,7 +168,8 @@ def main():
                                  "(/var/lib/guestmemfs-liveupdate/journal.json) says why" % "; ".join(
                                      "%s %s (%s)" % (n, v.get("state"), (v.get("verify") or {}).get("detail") or v.get("error"))
                                      for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
-        module.exit_json(changed=False, vms=vms, update_id=j.get("update_id"))
+        module.exit_json(changed=False, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
+                         booted_release=j.get("booted_release"), booted_as_loaded=j.get("booted_as_loaded"))
     module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"))
 
 

@@ -94,10 +94,15 @@ def ssh(state, host, command, stdin=None, timeout=600):
     return r.stdout.strip()
 
 
+OTHER_KERNEL = "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1"
+
+
 def collection_run(state, host, inventory, report):
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=report)
+    other = ssh(state, host, OTHER_KERNEL)
     subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "--limit",
-                    host["name"] + ",localhost"], env=env, check=True, stdout=subprocess.DEVNULL)
+                    host["name"] + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(report, "blackout.json")) as fh:
         return dict((r["vm"], r["blackout_s"]) for r in json.load(fh) if r["host"] == host["name"])
 
@@ -105,7 +110,7 @@ def collection_run(state, host, inventory, report):
 def hand_run(state, host, vms):
     ssh(state, host, "systemctl disable -q guestmemfs-verify.service %s" % " ".join(
         "guestmemfs-vm@%s" % v for v in vms))
-    other = ssh(state, host, "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1")
+    other = ssh(state, host, OTHER_KERNEL)
     initrd = other.replace("vmlinuz-", "initrd.img-")
     before = ssh(state, host, "cat /proc/sys/kernel/random/boot_id")
     ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, initrd))

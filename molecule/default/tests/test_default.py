@@ -102,3 +102,14 @@ def test_memory_pattern_intact(host):
 def test_state_files_consumed(host):
     for name in ("vm1", "vm2"):
         assert not host.file(f"/var/lib/guestmemfs-liveupdate/state/{name}.state").exists
+
+
+def test_journal_records_every_phase_of_the_update(host):
+    j = journal(host)
+    assert j["phase"] == "restored"
+    assert {"preflight", "saving", "saved", "kexec", "booted", "verified", "restored"} <= set(j["phases"])
+    # Saved and kexeced on the old boot; booted, verified and restored on the new one.
+    old, new = j["from_boot_id"], j["to_boot_id"]
+    assert old != new
+    assert j["phases"]["saved"]["boot_id"] == j["phases"]["kexec"]["boot_id"] == old
+    assert j["phases"]["booted"]["boot_id"] == j["phases"]["restored"]["boot_id"] == new

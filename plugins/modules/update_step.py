@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: update_step
+short_description: Say where a hypervisor's live update stands and what a (re-)run must do next
+version_added: 0.1.0
+description:
+  - Reads the host's journal (C(/var/lib/guestmemfs-liveupdate/journal.json)), its boot id and its
+    running kernel, and picks the kernel to kexec into. From these alone it tells a run of
+    C(playbooks/liveupdate.yml) what to do on this host, so that a re-run after a dead controller or
+    play picks up where the host is - never saving a VM twice, never skipping a pending restore,
+    never kexecing a host whose VMs are not saved.
+  - C(start) - nothing in flight; preflight, save, kexec.
+  - C(done) - already running the target kernel with nothing in flight.
+  - C(kexec) - the VMs are saved on this boot; load the kernel and kexec without saving again.
+  - C(wait) - the host is past its kexec (or rebooted); wait for its own boot-time restore.
+  - C(wait_save) - a save is still running on the host.
+  - C(rollback) - a save stopped half-way; restore its VMs on the running kernel.
+  - C(blocked) - VMs were held or failed to restore; an operator must look first.
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  kernel:
+    description:
+      - The kernel image to kexec into. Default - the newest C(/boot/vmlinuz-*) by version.
+      - Its release is read from the image's own header, not from its file name.
+    type: path
+  initrd:
+    description: Its initramfs. Default - C(/boot/initrd.img-RELEASE) beside a C(/boot/vmlinuz-RELEASE).
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: Reads only.
+  diff_mode:
+    support: none
+    description: Nothing to diff.
+  platform:
+    support: full
+    platforms: posix
+    description: Linux.
+"""
+
+EXAMPLES = r"""
+- name: Read where this host's update stands
+  guestmemfs.liveupdate.update_step:
+  register: step
+
+- name: Stop on a host that needs an operator
+  ansible.builtin.fail:
+    msg: "{{ step.reason }}"
+  when: step.step == 'blocked'
+"""
+
+RETURN = r"""
+step:
+  description: What to do next - C(start), C(done), C(kexec), C(wait), C(wait_save), C(rollback) or C(blocked).
+  returned: always
+  type: str
+reason:
+  description: Why, in words, from the journal.
+  returned: always
+  type: str
+phase:
+  description: The journal's phase (C(saving), C(saved), C(kexec), C(booted), C(verified), C(restored), ...).
+  returned: always
+  type: str
+update_id:
+  description: The journal's update id.
+  returned: always
+  type: str
+vms:
+  description: Each VM's record in the journal.
+  returned: always
+  type: dict
+boot_id:
+  description: This boot's id.
+  returned: always
+  type: str
+running_release:
+  description: The running kernel's release.
+  returned: always
+  type: str
+kernel:
+  description: The kernel image chosen to kexec into.
+  returned: always
+  type: str
+initrd:
+  description: Its initramfs.
+  returned: always
+  type: str
+target_release:
+  description: The release that image announces.
+  returned: always
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(kernel=dict(type="path"), initrd=dict(type="path")),
+        supports_check_mode=True,
+    )
+    kernel, initrd = module.params["kernel"], module.params["initrd"]
+    if not kernel:
+        staged = facts.staged_kernels("/")
+        if not staged:
+            module.fail_json(msg="no /boot/vmlinuz-* is staged and no kernel was given")
+        _release, kernel, staged_initrd = staged[-1]
+        initrd = initrd or staged_initrd
+    if not os.path.isfile(kernel):
+        module.fail_json(msg="kernel %s is not staged (no such file)" % kernel)
+    target = facts.image_release(kernel)
+    if not target:
+        module.fail_json(msg="%s is not a bzImage (no setup header): cannot tell its release" % kernel)
+    if not initrd and os.path.basename(kernel).startswith("vmlinuz-"):
+        candidate = os.path.join(os.path.dirname(kernel), "initrd.img-" + os.path.basename(kernel)[8:])
+        initrd = candidate if os.path.exists(candidate) else None
+    j = hostupdate.load_journal()
+    with open("/proc/sys/kernel/random/boot_id") as fh:
+        boot_id = fh.read().strip()
+    running = os.uname()[2]
+    step, reason = hostupdate.next_step(j, boot_id, running, target)
+    module.exit_json(changed=False, step=step, reason=reason, phase=j.get("phase"), update_id=j.get("update_id"),
+                     vms=j.get("vms", {}), boot_id=boot_id, running_release=running, kernel=kernel,
+                     initrd=initrd, target_release=target)
+
+
+if __name__ == "__main__":
+    main()

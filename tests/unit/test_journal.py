@@ -1,0 +1,183 @@
+"""The host journal: what a re-run of the live update does on a host, from its journal alone, and
+the guard that never kexecs a host whose VMs are not saved."""
+
+import json
+import os
+import struct
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+
+BOOT_A, BOOT_B = "boot-a", "boot-b"
+
+
+def j(phase, vms=None, boot=BOOT_A, **kw):
+    d = {"phase": phase, "update_id": "u1", "from_boot_id": boot, "vms": vms or {}}
+    d.update(kw)
+    return d
+
+
+def step(journal, boot=BOOT_A, running="7.3.4", target="7.3.5", alive=lambda pid: False):
+    return hostupdate.next_step(journal, boot, running, target, pid_alive=alive)[0]
+
+
+def test_fresh_host_starts():
+    assert step({}) == "start"
+
+
+def test_host_on_target_with_nothing_in_flight_is_done():
+    assert step({}, running="7.3.5", target="7.3.5") == "done"
+    assert step(j("restored", {"vm1": {"state": "restored"}}), running="7.3.5", target="7.3.5") == "done"
+
+
+def test_finished_update_to_another_kernel_starts_again():
+    # An operator staged a newer kernel after the last update: a new update, not a resume.
+    assert step(j("restored", {"vm1": {"state": "restored"}}), boot=BOOT_B) == "start"
+
+
+def test_saved_on_this_boot_goes_to_kexec_without_saving_again():
+    for phase in ("saved", "handover", "kexec"):
+        assert step(j(phase, {"vm1": {"state": "saved"}})) == "kexec"
+
+
+def test_saved_then_new_boot_waits_for_the_hosts_own_restore():
+    for phase in ("saved", "kexec", "booted", "verified"):
+        assert step(j(phase, {"vm1": {"state": "restoring"}}), boot=BOOT_B) == "wait"
+
+
+def test_save_still_running_is_waited_for():
+    assert step(j("saving", {"vm1": {"state": "saving"}}, saver_pid=42), alive=lambda pid: pid == 42) == "wait_save"
+
+
+def test_save_that_died_is_rolled_back():
+    assert step(j("saving", {"vm1": {"state": "saved"}, "vm2": {"state": "saving"}}, saver_pid=42)) == "rollback"
+
+
+def test_reboot_during_save_waits_for_the_boot_time_restore():
+    assert step(j("saving", {"vm1": {"state": "saved"}}), boot=BOOT_B) == "wait"
+
+
+def test_held_vm_blocks_everything_even_on_target():
+    journal = j("held", {"vm1": {"state": "restored"}, "vm2": {"state": "held"}}, boot=BOOT_A)
+    assert step(journal, boot=BOOT_B, running="7.3.5", target="7.3.5") == "blocked"
+    reason = hostupdate.next_step(journal, BOOT_B, "7.3.5", "7.3.5")[1]
+    assert "vm2 (held)" in reason and "agent verify" in reason
+
+
+def test_restore_failed_blocks():
+    assert step(j("verified", {"vm1": {"state": "restore_failed"}}), boot=BOOT_B) == "blocked"
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """A host's journal, VM configs and state files under tmp_path; boot id BOOT_A."""
+    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    boot = {"id": BOOT_A}
+    monkeypatch.setattr(hostupdate, "_boot_id", lambda: boot["id"])
+    conf = tmp_path / "vms"
+    conf.mkdir()
+    for name in ("vm1", "vm2"):
+        mem = tmp_path / (name + ".ram")
+        mem.write_bytes(b"\0" * 4096)
+        (conf / (name + ".json")).write_text(json.dumps({
+            "name": name, "memory_bytes": 4096, "mem_path": str(mem),
+            "state": str(tmp_path / (name + ".state")), "qmp": str(tmp_path / (name + ".qmp"))}))
+    return {"dir": tmp_path, "conf": str(conf), "boot": boot}
+
+
+def saved_journal(host, **vm_states):
+    vms = {}
+    for name, state in vm_states.items():
+        path = str(host["dir"] / (name + ".state"))
+        if state == "saved":
+            open(path, "w").close()
+        vms[name] = {"state": state, "state_path": path}
+    hostupdate.update_journal(lambda d: d.update(j("saved", vms)))
+
+
+def test_kexec_guard_refuses_a_host_whose_vm_is_not_saved(host):
+    saved_journal(host, vm1="saved", vm2="running")
+    calls = []
+    err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
+    assert err and "vm2 is running" in err
+    assert calls == []
+    assert hostupdate.load_journal()["phase"] == "saved"
+
+
+def test_kexec_guard_refuses_a_missing_state_file(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    os.unlink(str(host["dir"] / "vm2.state"))
+    err = hostupdate.kexec_now(lambda argv: 0, conf_dir=host["conf"])
+    assert "vm2 is saved (state file" in err
+
+
+def test_kexec_guard_refuses_on_another_boot(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    host["boot"]["id"] = BOOT_B
+    err = hostupdate.kexec_now(lambda argv: 0, conf_dir=host["conf"])
+    assert "not saved on this boot" in err
+
+
+def test_kexec_guard_refuses_memory_still_mapped(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    import mmap
+    with open(str(host["dir"] / "vm1.ram"), "r+b") as fh:
+        m = mmap.mmap(fh.fileno(), 4096)
+        try:
+            err = hostupdate.kexec_now(lambda argv: 0, conf_dir=host["conf"])
+        finally:
+            m.close()
+    assert "vm1's memory is still mapped by" in err
+
+
+def test_finish_marks_rollback_and_restore(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
+    hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["phase"] == "saved"  # vm2 still pending
+    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["phase"] == "rolled_back"  # same boot it saved on
+
+
+def test_finish_after_kexec_is_restored_or_held(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    host["boot"]["id"] = BOOT_B
+    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
+    hostupdate.update_journal(hostupdate._set_vm("vm2", state="held"))
+    hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["phase"] == "held"
+    # The documented recovery resumes vm2: the update closes as restored.
+    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["phase"] == "restored"
+
+
+def bzimage(path, version):
+    """The first bytes of a bzImage: the setup header's magic and version pointer (boot protocol)."""
+    data = bytearray(0x400)
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = struct.pack("<H", 0x300 - 0x200)
+    text = version.encode() + b"\0"
+    data[0x300:0x300 + len(text)] = text
+    path.write_bytes(bytes(data))
+
+
+def test_image_release_reads_the_header_not_the_name(tmp_path):
+    bzimage(tmp_path / "vmlinuz-misnamed", "7.3.4+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP")
+    assert facts.image_release(str(tmp_path / "vmlinuz-misnamed")) == "7.3.4+deb13-amd64"
+    (tmp_path / "notakernel").write_bytes(b"\0" * 0x400)
+    assert facts.image_release(str(tmp_path / "notakernel")) is None
+    assert facts.image_release(str(tmp_path / "missing")) is None
+
+
+def test_staged_kernels_sort_by_version(tmp_path):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for rel in ("6.9.1-amd64", "6.12.117+deb13-amd64", "7.3.4+deb13-amd64", "6.1.0-28-amd64"):
+        (boot / ("vmlinuz-" + rel)).write_bytes(b"")
+    (boot / "initrd.img-7.3.4+deb13-amd64").write_bytes(b"")
+    staged = facts.staged_kernels(str(tmp_path))
+    assert [s[0] for s in staged] == ["6.1.0-28-amd64", "6.9.1-amd64", "6.12.117+deb13-amd64", "7.3.4+deb13-amd64"]
+    assert staged[-1][2].endswith("initrd.img-7.3.4+deb13-amd64") and staged[0][2] is None
