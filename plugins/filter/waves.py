@@ -1,0 +1,88 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters over the rollout wave planner (module_utils/waves.py): plan and report."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.collections import is_sequence
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import waves
+
+POLICY_VAR = "guestmemfs_rollout"
+_UNSET = object()
+
+
+def _plain(value):
+    """Host variables as plain dicts, lists and strings (they come as Ansible's lazy containers)."""
+    if isinstance(value, Mapping):
+        return dict((str(k), _plain(v)) for k, v in value.items())
+    if is_sequence(value):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _host_policies(names, hostvars):
+    """Every host's own guestmemfs_rollout -> the one policy they share; differing ones are refused."""
+    by_text = {}
+    for name in names:
+        hv = hostvars[name]
+        policy = _plain(hv[POLICY_VAR]) if POLICY_VAR in hv else _UNSET
+        text = "(not set)" if policy is _UNSET else json.dumps(policy, sort_keys=True)
+        by_text.setdefault(text, (policy, []))[1].append(name)
+    if len(by_text) > 1:
+        groups = sorted(by_text.items(), key=lambda kv: -len(kv[1][1]))
+        raise AnsibleFilterError(
+            "rollout_waves: the hosts disagree on %s, which is one policy for the whole rollout (set it for "
+            "the group or as an extra var): %s" % (POLICY_VAR, "; ".join(
+                "%s%s: %s" % (", ".join(hs[:3]), " and %d more" % (len(hs) - 3) if len(hs) > 3 else "", text)
+                for text, (_p, hs) in groups)))
+    policy = next(iter(by_text.values()))[0] if by_text else _UNSET
+    return None if policy is _UNSET else policy
+
+
+def rollout_waves(hosts, policy=_UNSET, hostvars=None):
+    if not isinstance(hosts, list) and not is_sequence(hosts):
+        raise AnsibleFilterError("rollout_waves expects a list of hosts, got %s" % type(hosts).__name__)
+    hosts = list(hosts)
+    try:
+        if hostvars is None:
+            if policy is _UNSET:
+                policy = None
+            return waves.plan_waves([_plain(h) for h in hosts], _plain(policy))
+        for name in hosts:
+            if not isinstance(name, str):
+                raise AnsibleFilterError("rollout_waves with hostvars expects host names, got %r" % (name,))
+            if name not in hostvars:
+                raise AnsibleFilterError("rollout_waves: %s is not in the inventory" % name)
+        policy = _host_policies(hosts, hostvars) if policy is _UNSET else _plain(policy)
+        wanted = waves.needed_vars(policy)
+        rows = []
+        for name in hosts:
+            hv = hostvars[name] if wanted else {}
+            rows.append({"name": str(name), "vars": dict((v, _plain(hv[v])) for v in wanted if v in hv)})
+        return waves.plan_waves(rows, policy)
+    except waves.WaveError as exc:
+        raise AnsibleFilterError("rollout_waves: %s" % exc)
+
+
+def rollout_report(plan, fmt="table"):
+    renderers = {"table": waves.render_table, "csv": waves.render_csv, "json": waves.render_json}
+    if fmt not in renderers:
+        raise AnsibleFilterError("rollout_report format %r: use table, csv or json" % (fmt,))
+    if not isinstance(plan, Mapping) or "waves" not in plan:
+        raise AnsibleFilterError("rollout_report expects a plan from guestmemfs.liveupdate.rollout_waves")
+    return renderers[fmt](_plain(plan))
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"rollout_waves": rollout_waves, "rollout_report": rollout_report}
