@@ -301,45 +301,59 @@ def _subnet_name(version, value, plen, cache):
     return name
 
 
-def _host_values(d, name, hvars, zones, cache):
-    """A host's values in one domain -> (values, shown, problem, malformed). No values and no
-    problem cannot happen; a problem that is not malformed is an absence, fine where not required."""
-    var = d["var"]
-    if d["kind"] == "var":
-        if var not in hvars:
-            return [], None, "no variable %r" % var, False
-        raw = hvars[var]
-        values = set()
-        for v in (raw if isinstance(raw, list) else [raw]):
-            if isinstance(v, bool) or (v is not None and not isinstance(v, (str, int, float))):
-                return [], None, "%s=%r, but a domain value is a string or a number, or a list of them" % (var, raw), True
-            if v is not None and str(v).strip():
-                values.add(str(v))
-        if not values:
-            return [], None, "an empty %r" % var, False
-        values = sorted(values)
-        return values, values if isinstance(raw, list) else values[0], None, False
-    if var in hvars:
-        text, where = hvars[var], "%s=%r" % (var, hvars[var])
-    elif var == ADDRESS_VAR:
-        text, where = name, "no ansible_host, and the name"
-    else:
-        return [], None, "no variable %r (an address)" % var, False
-    addr = _address(text, cache)
-    if addr is None:
-        return [], None, "%s is not an IP address" % where, var in hvars
-    version, value = addr
-    if d["kind"] == "subnet":
-        plen = d["prefix"] if version == 4 else d["prefix6"]
-        if plen is None:
-            return [], None, "the IPv%d address %s, and domain %s has no %s" % (
-                version, text, d["name"], "prefix" if version == 4 else "prefix6"), False
-        value = _subnet_name(version, value, plen, cache)
-    else:
-        value = zones.zone(version, value)
-        if value is None:
-            return [], None, "an address in none of the networks of domain %s" % d["name"], False
-    return [value], value, None, False
+def _var_values(var, raw):
+    """A host variable's value -> (values, shown, problem, malformed)."""
+    if raw.__class__ is str and raw and not raw.isspace():
+        return [raw], raw, None, False
+    values = set()
+    for v in (raw if isinstance(raw, list) else [raw]):
+        if isinstance(v, bool) or (v is not None and not isinstance(v, (str, int, float))):
+            return [], None, "%s=%r, but a domain value is a string or a number, or a list of them" % (var, raw), True
+        if v is not None and str(v).strip():
+            values.add(str(v))
+    if not values:
+        return [], None, "an empty %r" % var, False
+    values = sorted(values)
+    return values, values if isinstance(raw, list) else values[0], None, False
+
+
+def _resolver(d, cache):
+    """One domain -> f(host name, host vars) -> (values, shown, problem, malformed). A problem that
+    is not malformed is an absence: fine where the domain is not required."""
+    var, kind = d["var"], d["kind"]
+    if kind == "var":
+        def values(name, hvars):
+            if var not in hvars:
+                return [], None, "no variable %r" % var, False
+            return _var_values(var, hvars[var])
+        return values
+    zones = _Zones(d) if kind == "cidrs" else None
+
+    def address_values(name, hvars):
+        if var in hvars:
+            text = hvars[var]
+        elif var == ADDRESS_VAR:
+            text = name  # as Ansible connects
+        else:
+            return [], None, "no variable %r (an address)" % var, False
+        addr = _address(text, cache)
+        if addr is None:
+            if var in hvars:
+                return [], None, "%s=%r is not an IP address" % (var, text), True
+            return [], None, "no ansible_host, and the name is not an IP address", False
+        version, value = addr
+        if kind == "subnet":
+            plen = d["prefix"] if version == 4 else d["prefix6"]
+            if plen is None:
+                return [], None, "the IPv%d address %s, and domain %s has no %s" % (
+                    version, text, d["name"], "prefix" if version == 4 else "prefix6"), False
+            value = _subnet_name(version, value, plen, cache)
+        else:
+            value = zones.zone(version, value)
+            if value is None:
+                return [], None, "an address in none of the networks of domain %s" % d["name"], False
+        return [value], value, None, False
+    return address_values
 
 
 def _hosts(hosts):
@@ -383,19 +397,21 @@ def plan_waves(hosts, policy=None):
     pol = _policy(policy)
     _hosts(hosts)
     domains = pol["domains"]
-    zones = [_Zones(d) if d["kind"] == "cidrs" else None for d in domains]
+    cache = {}  # addresses and network names, shared by the domains
+    resolvers = list(enumerate(_resolver(d, cache) for d in domains))
     names = [h["name"] for h in hosts]
     n = len(names)
 
     # every (domain, value) pair gets an id; a host is the tuple of its pair ids
     pair_id, pair_dom, pair_val = {}, [], []
-    host_pairs, host_domains, problems, cache = [], [], {}, {}  # cache: addresses, network names
+    host_pairs, host_domains, problems = [], [], {}
     free = [0] * len(domains)  # hosts a domain does not limit
     for h in hosts:
         hvars = h.get("vars") or {}
         pairs, shown = [], {}
-        for di, d in enumerate(domains):
-            values, show, problem, malformed = _host_values(d, h["name"], hvars, zones[di], cache)
+        for di, resolve in resolvers:
+            values, show, problem, malformed = resolve(h["name"], hvars)
+            d = domains[di]
             if problem and (malformed or d["required"]):
                 why = problem if malformed else "%s (domain %s is required)" % (problem, d["name"])
                 problems.setdefault(why, []).append(h["name"])
@@ -473,7 +489,7 @@ def _schedule(n, host_pairs, pair_dom, count, limit, domains, free, targets, mos
         if most is not None and len(waves) >= most:
             return None
         target = min(next(targets), left)
-        taken, aside, used, blocked = [], [], {}, set()
+        taken, aside, used = [], [], {}
         opened = list(live_values)
         while len(taken) < target and heap:
             neg, pos, b = heapq.heappop(heap)
@@ -485,7 +501,6 @@ def _schedule(n, host_pairs, pair_dom, count, limit, domains, free, targets, mos
             for p in bpairs[b]:
                 room = min(room, limit[p] - used.get(p, 0))
             if room <= 0:
-                blocked.update(pair_dom[p] for p in bpairs[b] if used.get(p, 0) >= limit[p])
                 aside.append((neg, pos, b))
                 continue
             hs = buckets[b]
@@ -510,15 +525,15 @@ def _schedule(n, host_pairs, pair_dom, count, limit, domains, free, targets, mos
                     # every host left has a value of this domain, each one full: nothing else fits
                     if opened[di] == 0 and free[di] == 0 and left:
                         stop = True
-                        blocked.add(di)
             if nxt[b] < len(hs):
                 aside.append((-pressure(b), hs[nxt[b]], b))
-                blocked.update(pair_dom[p] for p in bpairs[b] if used[p] >= limit[p])
             if stop:
                 break
         for entry in aside:
             heapq.heappush(heap, entry)
-        waves.append((target, sorted(taken), sorted(blocked) if len(taken) < target else []))
+        # cut short: by the domains with a full value whose other hosts had to wait
+        blocked = sorted(set(pair_dom[p] for p, u in used.items() if u >= limit[p] and rem[p])) if len(taken) < target else []
+        waves.append((target, sorted(taken), blocked))
     return waves
 
 
