@@ -30,11 +30,10 @@ def _plain(value):
     return value
 
 
-def _host_policies(names, hostvars):
+def _host_policies(names, hvs):
     """Every host's own guestmemfs_rollout -> the one policy they share; differing ones are refused."""
     by_text = {}
-    for name in names:
-        hv = hostvars[name]
+    for name, hv in zip(names, hvs):
         policy = _plain(hv[POLICY_VAR]) if POLICY_VAR in hv else _UNSET
         text = "(not set)" if policy is _UNSET else json.dumps(policy, sort_keys=True)
         by_text.setdefault(text, (policy, []))[1].append(name)
@@ -63,24 +62,36 @@ def rollout_waves(hosts, policy=_UNSET, hostvars=None):
                 raise AnsibleFilterError("rollout_waves with hostvars expects host names, got %r" % (name,))
             if name not in hostvars:
                 raise AnsibleFilterError("rollout_waves: %s is not in the inventory" % name)
-        policy = _host_policies(hosts, hostvars) if policy is _UNSET else _plain(policy)
+        # one look-up per host at most: Ansible builds all of a host's variables for each
+        hvs = None
+        if policy is _UNSET:
+            hvs = [hostvars[name] for name in hosts]
+            policy = _host_policies(hosts, hvs)
+        else:
+            policy = _plain(policy)
         wanted = waves.needed_vars(policy)
-        rows = []
-        for name in hosts:
-            hv = hostvars[name] if wanted else {}
-            rows.append({"name": str(name), "vars": dict((v, _plain(hv[v])) for v in wanted if v in hv)})
+        if wanted and hvs is None:
+            hvs = [hostvars[name] for name in hosts]
+        rows = [{"name": str(name), "vars": dict((v, _plain(hvs[i][v])) for v in wanted if v in hvs[i]) if wanted else {}}
+                for i, name in enumerate(hosts)]
         return waves.plan_waves(rows, policy)
     except waves.WaveError as exc:
         raise AnsibleFilterError("rollout_waves: %s" % exc)
 
 
 def rollout_report(plan, fmt="table"):
+    """One format -> its text; a list of formats -> {format: text}, reading the plan once (a large
+    plan is slow to read back from a fact)."""
     renderers = {"table": waves.render_table, "csv": waves.render_csv, "json": waves.render_json}
-    if fmt not in renderers:
-        raise AnsibleFilterError("rollout_report format %r: use table, csv or json" % (fmt,))
+    fmts = list(fmt) if is_sequence(fmt) else [fmt]
+    for f in fmts:
+        if f not in renderers:
+            raise AnsibleFilterError("rollout_report format %r: use table, csv or json" % (f,))
     if not isinstance(plan, Mapping) or "waves" not in plan:
         raise AnsibleFilterError("rollout_report expects a plan from guestmemfs.liveupdate.rollout_waves")
-    return renderers[fmt](_plain(plan))
+    plan = _plain(plan)
+    texts = dict((f, renderers[f](plan)) for f in fmts)
+    return texts if is_sequence(fmt) else texts[fmt]
 
 
 class FilterModule(object):

@@ -555,6 +555,10 @@ def test_report_filter_renders_each_format():
     assert wave_filters.rollout_report(plan) == waves.render_table(plan)
     assert wave_filters.rollout_report(plan, "csv") == waves.render_csv(plan)
     assert wave_filters.rollout_report(plan, "json") == waves.render_json(plan)
+    assert wave_filters.rollout_report(plan, ["table", "json"]) == {"table": waves.render_table(plan),
+                                                                    "json": waves.render_json(plan)}
+    with pytest.raises(AnsibleFilterError, match="format 'xml'"):
+        wave_filters.rollout_report(plan, ["table", "xml"])
 
 
 def test_needed_vars():
