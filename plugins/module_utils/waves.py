@@ -106,7 +106,7 @@ def _factor(value):
         factor = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
         factor = None
-    if factor is None or not factor >= 1:
+    if factor is None or not math.isfinite(factor) or factor < 1:
         raise WaveError("growth %r: use a factor of at least 1 (2 doubles each wave)" % (value,))
     return factor
 
@@ -452,7 +452,7 @@ def plan_waves(hosts, policy=None):
         why = ("; the domain limits alone need %d: %s %s has %d hosts, at most %d per wave"
                % (bound, domains[pair_dom[bound_pair]]["name"], pair_val[bound_pair], count[bound_pair],
                   limit[bound_pair]) if bound_pair is not None else "")
-        raise WaveError("this plan needs more than max_waves=%d waves%s" % (most, why))
+        raise WaveError("this plan needs more than max_waves=%s waves%s" % (most, why))
     return _output(names, host_domains, host_pairs, waves, pol, domains, pair_dom, pair_val, count, limit,
                    free, bound, bound_pair)
 

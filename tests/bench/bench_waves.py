@@ -56,14 +56,14 @@ def main():
 
     print("rollout wave planning (%s)" % ", ".join("%s: %s" % (name, policy and policy.get("max_per_domain"))
                                                    for name, policy in POLICIES))
-    print("%-10s %8s %8s %6s %9s %9s %12s %9s %9s" % ("policy", "hosts", "values", "waves", "min_waves",
-                                                     "plan_s", "hosts/s", "table_s", "json_s"))
+    columns = ("policy", "hosts", "values", "waves", "min_waves", "plan_s", "hosts/s", "table_s", "json_s")
+    print("%-10s %8s %8s %6s %9s %9s %12s %9s %9s" % columns)
     for name, policy in POLICIES:
         for n in a.hosts:
             hosts = fleet(n)
             t_plan, plan = timed(waves.plan_waves, hosts, policy)
-            t_table, _ = timed(waves.render_table, plan)
-            t_json, _ = timed(waves.render_json, plan)
+            t_table = timed(waves.render_table, plan)[0]
+            t_json = timed(waves.render_json, plan)[0]
             values = sum(len(d["values"]) for d in plan["domains"].values())
             print("%-10s %8d %8d %6d %9d %9.3f %12.0f %9.3f %9.3f" % (
                 name, n, values, plan["summary"]["waves"], plan["summary"]["min_waves"], t_plan, n / t_plan,

@@ -259,6 +259,8 @@ def test_imports_without_netaddr():
     ({"waves": [0]}, r"waves\[0\] is 0"),
     ({"growth": 0.5}, "growth 0.5: use a factor of at least 1"),
     ({"growth": "fast"}, "growth 'fast'"),
+    ({"growth": "inf"}, "growth 'inf'"),
+    ({"growth": float("nan")}, "growth nan"),
     ({"max_waves": "50%"}, "max_waves '50%': use a count"),
     ("rack", "the rollout policy must be a dict"),
 ])
@@ -448,7 +450,7 @@ def check(hosts, policy, plan):
 
 def test_limits_hold_over_random_inventories():
     rnd = random.Random(20261130)
-    for _ in range(200):
+    for _case in range(200):
         hosts, policy = random_case(rnd)
         plan = plan_waves(hosts, policy)
         check(hosts, policy, plan)
@@ -458,7 +460,7 @@ def test_limits_hold_over_random_inventories():
 
 def test_one_domain_with_unbounded_waves_meets_the_lower_bound():
     rnd = random.Random(7)
-    for _ in range(100):
+    for _case in range(100):
         n = rnd.randint(1, 200)
         hosts = inv(n, rack=lambda i: "r%d" % rnd.randrange(rnd.randint(1, 12)))
         k = rnd.randint(1, 4)
@@ -579,7 +581,7 @@ def test_fast_dotted_quads_read_as_netaddr_reads_them():
     texts = ["0.0.0.0", "255.255.255.255", "1.2.3.4", "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.5",
              "1.2.3.4\n", " 1.2.3.4", "1.2.3.٤", "1.2.3.+4", "1..3.4", "::ffff:1.2.3.4", "1.2.3.4/32", ""]
     texts += [".".join(str(rnd.choice([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256, 300, 1000, "00", "007"]))
-                       for _ in range(4)) for _ in range(500)]
+                       for _octet in range(4)) for _text in range(500)]
     for text in texts:
         try:
             ip = netaddr.IPAddress(text)
