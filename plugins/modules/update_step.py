@@ -30,7 +30,9 @@ author:
 options:
   kernel:
     description:
-      - The kernel image to kexec into. Default - the newest C(/boot/vmlinuz-*) by version.
+      - The kernel image to kexec into. Default - the kernel the C(kernel_install) role staged (its
+        local fact C(/etc/ansible/facts.d/guestmemfs_kernel.fact)), else the newest C(/boot/vmlinuz-*)
+        by version.
       - Its release is read from the image's own header, not from its file name.
     type: path
   initrd:
@@ -108,6 +110,10 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import read_json
+
+# What the kernel_install role records about the kernel it staged.
+STAGED_FACT = "/etc/ansible/facts.d/guestmemfs_kernel.fact"
 
 
 def main():
@@ -116,6 +122,9 @@ def main():
         supports_check_mode=True,
     )
     kernel, initrd = module.params["kernel"], module.params["initrd"]
+    if not kernel:
+        recorded = read_json(STAGED_FACT, {}) or {}
+        kernel, initrd = recorded.get("kernel"), initrd or recorded.get("initrd")
     if not kernel:
         staged = facts.staged_kernels("/")
         if not staged:

@@ -143,6 +143,11 @@ def failure_messages(output):
     return msgs
 
 
+def saves_since(journal, since_ts):
+    """How many saves the journal logged since ``since_ts`` (a second save of one update would show)."""
+    return sum(1 for e in journal.get("log", []) if e["msg"].startswith("saving ") and e["ts"] >= since_ts)
+
+
 def summarize(msgs):
     text = " | ".join(str(m) for m in msgs) or "-"
     return re.sub(r"\s+", " ", text)
@@ -161,9 +166,10 @@ def fault_qemu_killed_during_save(host, ctx):
              "end=time.time()+600\n"
              "while not os.path.exists(p) and time.time()<end: time.sleep(0.005)\n"
              "os.kill(pid,9)\"" % (vm, vm))
-    rc, output = host.playbook("guestmemfs_kexec_kernel=" + host.other_kernel())
+    rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
     host.ssh("systemctl stop fault-killer 2>/dev/null; systemctl reset-failed fault-killer 2>/dev/null", check=False)
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = True
     ctx["device_state_lost"] = [vm]  # killed by the fault, not by the collection: its memory stays
     recovery = "systemctl start guestmemfs-vm@%s  # cold-boots the VM whose QEMU died; its RAM file is kept" % vm
@@ -171,23 +177,40 @@ def fault_qemu_killed_during_save(host, ctx):
     return recovery
 
 
-def fault_kexec_load_fails(host, ctx):
-    """A bad kernel path: nothing may pause."""
+def fault_bad_kernel_path(host, ctx):
+    """A kernel path that does not exist: nothing may pause."""
     rc, output = host.playbook("guestmemfs_kexec_kernel=/boot/vmlinuz-does-not-exist")
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = True
     return "fix guestmemfs_kexec_kernel and re-run ansible-playbook guestmemfs.liveupdate.liveupdate"
+
+
+def fault_kexec_load_fails(host, ctx):
+    """A kernel image that passes for one but cannot load (its first 1 MiB only): kexec_file_load
+    refuses it; nothing may pause."""
+    host.ssh("head -c 1M %s > /boot/vmlinuz-fault-truncated" % ctx["target"])
+    try:
+        rc, output = host.playbook("guestmemfs_kexec_kernel=/boot/vmlinuz-fault-truncated",
+                                   "guestmemfs_kexec_initrd=" + ctx["target"].replace("vmlinuz-", "initrd.img-"))
+    finally:
+        host.ssh("rm -f /boot/vmlinuz-fault-truncated", check=False)
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = True
+    return "stage a kernel that loads (kexec -s -l by hand shows why), re-run the live update"
 
 
 def fault_new_kernel_does_not_boot(host, ctx):
     """The new kernel panics (an initramfs it cannot unpack, panic=5): the host cold-boots into
     its default kernel via GRUB, whose cmdline carries the carve-out again."""
     host.ssh("head -c 1M /dev/urandom > /boot/fault-initrd.img")
-    rc, output = host.playbook("guestmemfs_kexec_kernel=" + host.other_kernel(),
+    rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"],
                                "guestmemfs_kexec_initrd=/boot/fault-initrd.img",
                                '{"guestmemfs_kexec_append": ["panic=5"]}')
     host.ssh("rm -f /boot/fault-initrd.img")
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = False
     return "none needed for the VMs (restored at boot); fix the kernel, then re-run the live update"
 
@@ -196,32 +219,36 @@ def fault_memory_altered(host, ctx):
     """One byte of vm2's RAM changes between the save and the restore (after the VMs are saved,
     before the kexec); the update is then driven by a re-run, which must not save again."""
     vm = host.vms()[-1]
+    t0 = time.time()
     save = subprocess.run(["ansible", "-i", host.state["inventory"], host.name, "-m",
                            "guestmemfs.liveupdate.vm_cpr", "-a", "action=save"],
                           capture_output=True, text=True, check=False)
     if save.returncode != 0:
         raise RuntimeError("save failed: %s" % save.stdout[-800:])
+    update_id = host.journal().get("update_id")
     offset = 100 * 2**20 + 7
-    host.ssh("python3 -c \"f=open('%s/%s.ram','r+b'); f.seek(%d); b=f.read(1); f.seek(%d); "
-             "f.write(bytes([b[0]^255])); f.close()\"" % (MEM_DIR, vm, offset, offset))
+    flip = ("python3 -c \"f=open('%s/%s.ram','r+b'); f.seek(%d); b=f.read(1); f.seek(%d); "
+            "f.write(bytes([b[0]^255])); f.close()\"" % (MEM_DIR, vm, offset, offset))
+    host.ssh(flip)
     ctx["altered"] = {vm: offset}
     rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = False
     j = host.journal()
-    ctx["saves"] = sum(1 for e in j.get("log", []) if e["msg"].startswith("saving "))
-    recovery = ("put the memory back (here: flip the byte again), then %s verify %s && systemctl start "
-                "guestmemfs-vm@%s" % (AGENT, vm, vm))
-    host.ssh("python3 -c \"f=open('%s/%s.ram','r+b'); f.seek(%d); b=f.read(1); f.seek(%d); "
-             "f.write(bytes([b[0]^255])); f.close()\" && %s verify %s && systemctl start guestmemfs-vm@%s"
-             % (MEM_DIR, vm, offset, offset, AGENT, vm, vm))
-    ctx["altered_restored"] = True
+    ctx["same_update"] = j.get("update_id") == update_id
+    ctx["saves"] = saves_since(j, t0)
+    ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
+                                       if v.get("state") == "held")
+    recovery = "put the memory back, then %s verify %s && systemctl start guestmemfs-vm@%s" % (AGENT, vm, vm)
+    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s" % (flip, AGENT, vm, vm))
     return recovery
 
 
 def fault_controller_killed(host, ctx):
     """The controller dies mid-wave, right after the host saved its VMs; a re-run finishes."""
-    p = host.playbook("guestmemfs_kexec_kernel=" + host.other_kernel(), background=True)
+    t0 = time.time()
+    p = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], background=True)
     deadline = time.time() + 1200
     phase = None
     while time.time() < deadline and p.poll() is None:
@@ -233,12 +260,13 @@ def fault_controller_killed(host, ctx):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     ctx["killed_at"] = phase
+    host.wait_ssh()
     update_id = host.journal().get("update_id")
     rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
     j = host.journal()
     ctx["same_update"] = j.get("update_id") == update_id
-    ctx["saves"] = sum(1 for e in j.get("log", []) if e["msg"].startswith("saving "))
+    ctx["saves"] = saves_since(j, t0)
     ctx["expect_same_boot"] = False
     return "re-run ansible-playbook guestmemfs.liveupdate.liveupdate (it resumes from each host's journal)"
 
@@ -248,40 +276,50 @@ def fault_state_storage_full(host, ctx):
     host.ssh("mkdir -p /var/lib/guestmemfs-liveupdate/state && "
              "mount -t tmpfs -o size=64k,mode=0700 fault-full /var/lib/guestmemfs-liveupdate/state")
     try:
-        rc, output = host.playbook("guestmemfs_kexec_kernel=" + host.other_kernel())
+        rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
     finally:
         host.ssh("umount /var/lib/guestmemfs-liveupdate/state", check=False)
     ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = True
     return "free space where /var/lib/guestmemfs-liveupdate/state lives, re-run the live update"
 
 
+def console_boots(host):
+    try:
+        with open(host.h["console"], "rb") as fh:
+            return fh.read().count(b"Linux version ")
+    except OSError:
+        return 0
+
+
 def fault_unreachable_after_kexec(host, ctx):
-    """The host's network goes away as it kexecs: the controller times out, the host restores its
-    VMs by itself; a re-run once it answers again finds it done."""
-    p = host.playbook("guestmemfs_kexec_kernel=" + host.other_kernel(), "guestmemfs_kexec_timeout=150",
-                      background=True)
+    """The host's network goes away as its new kernel starts: the controller times out, the host
+    restores its VMs by itself; a re-run once it answers again finds it done."""
+    boots = console_boots(host)
+    p = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], "guestmemfs_kexec_timeout=150", background=True)
     deadline = time.time() + 1200
-    while time.time() < deadline and p.poll() is None:
-        out = host.try_out("%s status" % AGENT)
-        if out and json.loads(out).get("phase") == "kexec":
-            break
-        time.sleep(0.5)
-    host.set_link(False)
-    output = p.communicate(timeout=2400)[0]
-    ctx["msgs"], ctx["rc"] = failure_messages(output), p.returncode
-    time.sleep(120)  # the host boots and restores without anyone watching
-    host.set_link(True)
+    while time.time() < deadline and p.poll() is None and console_boots(host) == boots:
+        time.sleep(0.2)
+    host.set_link(False)  # the new kernel is starting (its first line is on the console)
+    try:
+        output = p.communicate(timeout=2400)[0]
+        ctx["msgs"], ctx["rc"] = failure_messages(output), p.returncode
+        time.sleep(90)  # nobody is watching: the host boots and restores its VMs by itself
+    finally:
+        host.set_link(True)
     host.wait_ssh()
-    ctx["journal_while_unreachable"] = host.journal().get("phase")
+    ctx["phase_when_reachable_again"] = host.journal().get("phase")
     rc2, output2 = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
     ctx["rerun_rc"], ctx["rerun_msgs"] = rc2, failure_messages(output2)
+    ctx["expect_failure"] = True
     ctx["expect_same_boot"] = False
     return "wait for the host to answer, then re-run the live update (it reports the host done)"
 
 
 FAULTS = [
     ("qemu_killed_during_save", fault_qemu_killed_during_save),
+    ("bad_kernel_path", fault_bad_kernel_path),
     ("kexec_load_fails", fault_kexec_load_fails),
     ("new_kernel_does_not_boot", fault_new_kernel_does_not_boot),
     ("memory_altered", fault_memory_altered),
@@ -325,8 +363,8 @@ def run_fault(host, name, fn):
         "recovery": recovery,
         "seconds": round(time.time() - t0),
     }
-    for k in ("killed_at", "same_update", "saves", "journal_while_unreachable", "rerun_rc", "rerun_msgs",
-              "device_state_lost", "altered"):
+    for k in ("killed_at", "same_update", "saves", "phase_when_reachable_again", "rerun_rc", "rerun_msgs",
+              "device_state_lost", "altered", "held_before_recovery"):
         if k in ctx:
             row[k] = ctx[k]
     problems = []
@@ -338,6 +376,12 @@ def run_fault(host, name, fn):
         problems.append("VMs not running after the recovery: %s" % [v for v, r in running.items() if not r])
     if ctx.get("expect_same_boot") and kexeced:
         problems.append("the host kexeced although the update had to stop before it")
+    if ctx.get("expect_failure") and ctx.get("rc") == 0:
+        problems.append("the run reported success although the update could not happen")
+    if not ctx.get("expect_failure") and ctx.get("rc") not in (0, None):
+        problems.append("the run failed (rc %s)" % ctx.get("rc"))
+    if ctx.get("rerun_rc") not in (0, None):
+        problems.append("the re-run failed (rc %s)" % ctx["rerun_rc"])
     if ctx.get("saves", 1) != 1:
         problems.append("the VMs were saved %s times in one update" % ctx["saves"])
     if ctx.get("same_update") is False:
