@@ -1,0 +1,65 @@
+"""Pinning the cold-boot kernel: GRUB entry ids from a generated grub.cfg of a trixie fleet host
+with two kernels, and the kernel_default module on a copy of it."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import kernel_default
+
+from conftest import FIXTURES
+
+HOST = os.path.join(FIXTURES, "grub", "debian-trixie-two-kernels")
+UUID = "fc9bc002-9396-4e77-8feb-53efeae2a5ef"
+OLD = "6.12.117+deb13-amd64"
+
+
+def grub_cfg():
+    with open(os.path.join(HOST, "boot", "grub", "grub.cfg")) as fh:
+        return fh.read()
+
+
+def test_menu_entries_by_id_path():
+    entries = cl.grub_menu_entries(grub_cfg())
+    assert [(e["release"], e["recovery"]) for e in entries] == [
+        ("7.3.4-lu1", False), ("7.3.4-lu1", False), ("7.3.4-lu1", True), (OLD, False), (OLD, True)]
+    assert entries[0]["path"] == "gnulinux-simple-" + UUID
+    # The top entry follows the newest kernel: the submenu's entry is the stable choice.
+    assert cl.grub_default_path(entries, "7.3.4-lu1") == \
+        "gnulinux-advanced-%s>gnulinux-7.3.4-lu1-advanced-%s" % (UUID, UUID)
+    assert cl.grub_default_path(entries, OLD) == "gnulinux-advanced-%s>gnulinux-%s-advanced-%s" % (UUID, OLD, UUID)
+    assert cl.grub_default_path(entries, "5.10.0") is None
+    assert cl.grub_set_default(grub_cfg()) == "0"
+
+
+def run(capsys, **args):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exc:
+            kernel_default.main()
+    return exc.value.code, json.loads(capsys.readouterr().out)
+
+
+def test_module_pins_the_old_kernel(tmp_path, capsys):
+    root = tmp_path / "host"
+    shutil.copytree(HOST, str(root))
+    dropin = root / "etc" / "default" / "grub.d" / cl.DEFAULT_DROPIN_NAME
+    rc, out = run(capsys, root=str(root), release=OLD, bootloader="grub", update_bootloader=False,
+                  _ansible_check_mode=True)
+    assert rc == 0 and out["changed"] and not dropin.exists()
+    rc, out = run(capsys, root=str(root), release=OLD, bootloader="grub", update_bootloader=False)
+    assert rc == 0 and out["changed"] and out["previous_default"] == "0"
+    assert out["files"] == ["/etc/default/grub.d/" + cl.DEFAULT_DROPIN_NAME]
+    assert 'GRUB_DEFAULT="gnulinux-advanced-%s>gnulinux-%s-advanced-%s"\n' % (UUID, OLD, UUID) in dropin.read_text()
+    rc, out = run(capsys, root=str(root), release=OLD, bootloader="grub", update_bootloader=False)
+    assert rc == 0 and out["changed"] is False
+
+
+def test_module_refuses_a_kernel_without_entry(tmp_path, capsys):
+    root = tmp_path / "host"
+    shutil.copytree(HOST, str(root))
+    rc, out = run(capsys, root=str(root), release="5.10.0-30-amd64", bootloader="grub", update_bootloader=False)
+    assert rc == 1 and "has no normal boot entry for kernel 5.10.0-30-amd64" in out["msg"]
