@@ -310,7 +310,7 @@ def grub_menu_entries(grub_cfg):
             if kind == "submenu":
                 stack.append((ident, depth))
             else:
-                path = ">".join([i for i, _ in stack] + [ident])
+                path = ">".join([i for i, _depth in stack] + [ident])
                 current = dict(path=path, title=title, release=None,
                                recovery="recovery" in title or "-recovery-" in ident)
                 out.append(current)

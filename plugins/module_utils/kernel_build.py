@@ -75,8 +75,8 @@ def parse_fragment(text, where="fragment"):
             raise KernelBuildError("%s line %d: %r has no value (write %s=y, =m, or \"# %s is not set\")"
                                    % (where, n, s, name, name))
         if name in seen and seen[name] != value:
-            raise KernelBuildError("%s line %d: %s=%s contradicts %s=%s earlier" % (where, n, name, value, name,
-                                                                                   seen[name]))
+            raise KernelBuildError("%s line %d: %s=%s contradicts %s=%s earlier"
+                                   % (where, n, name, value, name, seen[name]))
         if name not in seen:
             out.append((name, value))
         seen[name] = value
@@ -368,13 +368,12 @@ class Kconfig(object):
     def defined(self):
         return set(self.entries)
 
-    def _sources(self, arg, current):
+    def _sources(self, arg):
         arg = arg.replace("$(SRCARCH)", self.arch).replace("$(ARCH)", self.arch).replace("$(HEADER_ARCH)", self.arch)
         if "$(" in arg:
             return []
-        base = self.srctree
-        return sorted(glob.glob(os.path.join(base, arg))) or ([os.path.join(os.path.dirname(current), arg)]
-                                                               if not os.path.isabs(arg) else [])
+        # ``source`` paths are relative to the top of the tree; a glob may name several files.
+        return sorted(glob.glob(os.path.join(self.srctree, arg)))
 
     def _read(self, path, context):
         real = os.path.realpath(path)
@@ -410,9 +409,9 @@ class Kconfig(object):
             s = text.split("#", 1)[0].strip() if not text.strip().startswith("#") else ""
             if not s:
                 continue
-            word, _, rest = s.partition(" ")
+            word, _sp, rest = s.partition(" ")
             rest = rest.strip()
-            ctx = [c for _, conds in stack for c in conds]
+            ctx = [c for _kind, conds in stack for c in conds]
             if word in ("config", "menuconfig"):
                 entry = Entry(rest, rel, n, context + ctx)
                 self.entries.setdefault(rest, []).append(entry)
@@ -432,7 +431,7 @@ class Kconfig(object):
                 arg = rest.strip('"')
                 if word in ("rsource", "orsource"):
                     arg = os.path.relpath(os.path.join(os.path.dirname(path), arg), self.srctree)
-                for sub in self._sources(arg, path):
+                for sub in self._sources(arg):
                     self._read(sub, context + ctx)
                 entry = None
             elif word in ("help", "---help---"):
@@ -443,8 +442,8 @@ class Kconfig(object):
                     entry.depends.append((expr, rel, n))
                 elif isinstance(entry, tuple) and entry[0] == "block":
                     entry[1].append((expr, rel, n, "menu"))
-            elif word in ("select", "imply") and isinstance(entry, Entry) and word == "select":
-                target, _, cond = rest.partition(" if ")
+            elif word == "select" and isinstance(entry, Entry):
+                target, _if, cond = rest.partition(" if ")
                 self.selected_by.setdefault(target.strip(), []).append((entry.name, cond.strip() or None))
             elif word in ("bool", "tristate", "string", "int", "hex", "def_bool", "def_tristate", "prompt"):
                 if isinstance(entry, Entry):
@@ -488,7 +487,7 @@ class Kconfig(object):
                 out["unmet"].append(item)
         out["prompt"] = any(e.prompt for e in entries)
         if not out["unmet"] and not out["prompt"]:
-            out["selected_by"] = ["CONFIG_" + s for s, _ in self.selected_by.get(sym, [])]
+            out["selected_by"] = ["CONFIG_" + s for s, _cond in self.selected_by.get(sym, [])]
         out["reason"] = _reason(out)
         return out
 

@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: kernel_build
 short_description: Build a live-update kernel once and package it
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Builds a kernel from a source tree (a git checkout at a ref, a tarball, or Debian's
     C(linux-source-X.Y) package), in this order - extract, apply the patch series, merge a config
@@ -271,8 +271,8 @@ import json
 import mailbox
 import os
 import platform
+import shlex
 import shutil
-import subprocess
 import tempfile
 import time
 
@@ -303,18 +303,18 @@ class Build(object):
         with open(self.log, "a") as fh:
             fh.write("\n=== %s %s\n" % (time.strftime("%H:%M:%S"), text))
 
-    def run(self, cmd, what, cwd=None, ok_rcs=(0,)):
+    def run(self, cmd, what, cwd=None):
         """Run with output appended to the log (a build's output is too big for a result)."""
         self.say("%s: %s" % (what, " ".join(cmd)))
-        nice = self.p["nice"]
-        env = dict(os.environ, LC_ALL="C")
-        with open(self.log, "ab") as out:
-            rc = subprocess.call(cmd, cwd=cwd or self.src, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        if rc not in ok_rcs:
+        nice = ["nice", "-n", str(self.p["nice"])] if self.p["nice"] else []
+        # The shell only redirects into the log; every word is quoted.
+        line = "%s >> %s 2>&1" % (" ".join(shlex.quote(c) for c in nice + cmd), shlex.quote(self.log))
+        rc, out, err = self.module.run_command(line, cwd=cwd or self.src, use_unsafe_shell=True,
+                                               environ_update={"LC_ALL": "C"})
+        if rc != 0:
             tail, errors = self.log_tail()
             self.fail("%s failed (rc %d); the full log is %s" % (what, rc, self.log), rc=rc, cmd=cmd,
-                      stdout=tail, stderr=errors)
+                      stdout=tail, stderr=(errors + "\n" + err).strip())
         return rc
 
     def log_tail(self):
@@ -410,7 +410,7 @@ class Build(object):
             items += kb.parse_fragment("\n".join(p["config_options"]), "config_options")
             # The same symbol in file and list: the list wins, as a later merge_config.sh file would.
             merged = dict(items)
-            return [(n, merged[n]) for n in dict.fromkeys(n for n, _ in items)]
+            return [(n, merged[n]) for n in dict.fromkeys(n for n, _v in items)]
         except kb.KernelBuildError as exc:
             self.fail(str(exc))
 
@@ -451,7 +451,7 @@ class Build(object):
             shutil.rmtree(tmp, ignore_errors=True)
         self.apply_patches(patches)
         with open(stamp, "w") as fh:
-            json.dump(dict(key=src_key, source=source, patches=[label for label, _ in patches]), fh)
+            json.dump(dict(key=src_key, source=source, patches=[label for label, _data in patches]), fh)
         return True
 
     def apply_patches(self, patches):
@@ -467,10 +467,11 @@ class Build(object):
                 with open(self.log, "a") as fh:
                     fh.write("\n=== patch %d/%d %s%s\n%s%s" % (i, total, label, " (dry run)" if dry else "", out, err))
                 if rc != 0:
-                    self.fail("patch %d of %d, %s, does not apply to this tree: %s" % (
-                        i, total, label, "; ".join(ln for ln in (out + err).splitlines()
-                                                    if "FAILED" in ln or "can't find" in ln or "Reversed" in ln)
-                        or (out + err).strip()[-500:]), rc=rc, stdout=out, stderr=err, cmd=cmd)
+                    bad = [ln for ln in (out + err).splitlines()
+                           if "FAILED" in ln or "can't find" in ln or "Reversed" in ln]
+                    self.fail("patch %d of %d, %s, does not apply to this tree: %s"
+                              % (i, total, label, "; ".join(bad) or (out + err).strip()[-500:]),
+                              rc=rc, stdout=out, stderr=err, cmd=cmd)
             os.unlink(path)
 
     def configure(self, base_text, fragment, required_spec):
@@ -510,7 +511,7 @@ class Build(object):
             changed.append(dict(name=name, wanted=wanted, got=got))
             self.module.warn("olddefconfig changed %s=%s to %s: %s" % (
                 name, wanted, got, kconfig.explain(name, [wanted], config)["reason"]))
-        return dict((n, config.get(n, "n")) for n, _ in required), changed
+        return dict((n, config.get(n, "n")) for n, _accepted in required), changed
 
     def build_and_package(self, jobs):
         p = self.p
@@ -590,11 +591,11 @@ def main():
     fragment = b.fragment()
     required_spec = b.required()
     src_key = kb.input_hash(dict(source={k: v for k, v in source.items() if k not in ("path", "ref")},
-                                 patches=[hashlib.sha256(d).hexdigest() for _, d in patches]))
+                                 patches=[hashlib.sha256(d).hexdigest() for _label, d in patches]))
     digest = kb.input_hash(dict(
         src=src_key, base=[p["base_config"], hashlib.sha256(base_text.encode()).hexdigest() if base_text else None],
         targets=p["config_targets"], fragment=fragment,
-        required=[[list(a), list(v)] for a, v, _ in required_spec],
+        required=[[list(a), list(v)] for a, v, _why in required_spec],
         package=p["package"], localversion=p["localversion"]))
     b.result["input_hash"] = digest
     out_dir = os.path.join(p["build_dir"], "out", digest[:16])

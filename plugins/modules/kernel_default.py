@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: kernel_default
 short_description: Pin the kernel a cold boot starts
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Makes I(release) (by default the running kernel) the default boot entry, so that installing a
     newer kernel package does not change what a cold boot (a power loss, a fallback) starts. On
