@@ -240,3 +240,72 @@ def test_module_reuses_a_stamp(capsys, tmp_path):
     os.unlink(stamp["packages"][0])
     rc, out = run(capsys, _ansible_check_mode=True, **args)
     assert out["changed"] is True
+
+
+# ---------------------------------------------------------------- patch series on a toy tree
+
+def toy_tree(tmp_path):
+    import tarfile
+    src = tmp_path / "linux-toy"
+    src.mkdir()
+    (src / "Makefile").write_text("VERSION = 7\nPATCHLEVEL = 3\n")
+    (src / "README").write_text("one\ntwo\nthree\n")
+    tarball = tmp_path / "linux-toy.tar.xz"
+    with tarfile.open(str(tarball), "w:xz") as tf:
+        tf.add(str(src), arcname="linux-toy")
+    return str(tarball)
+
+
+PATCH_OK = """From: A <a@example.org>
+Subject: [PATCH 1/2] readme: add four
+
+---
+ README | 1 +
+ 1 file changed, 1 insertion(+)
+
+--- a/README
++++ b/README
+@@ -1,3 +1,4 @@
+ one
+ two
+ three
++four
+"""
+
+PATCH_BAD = """From: B <b@example.org>
+Subject: [PATCH 2/2] readme: change a line that is not there
+
+--- a/README
++++ b/README
+@@ -1,3 +1,3 @@
+ one
+-zwei
++deux
+ three
+"""
+
+
+def test_patch_dir_names_the_patch_that_does_not_apply(capsys, tmp_path):
+    patches = tmp_path / "series"
+    patches.mkdir()
+    (patches / "0001-readme-add-four.patch").write_text(PATCH_OK)
+    (patches / "0002-readme-change.patch").write_text(PATCH_BAD)
+    (patches / "notes.txt").write_text("not a patch")
+    build = tmp_path / "b"
+    rc, out = run(capsys, build_dir=str(build), tarball=toy_tree(tmp_path), patch_dir=str(patches))
+    assert rc == 1
+    assert out["msg"].startswith("patch 2 of 2, 0002-readme-change.patch, does not apply to this tree: ")
+    assert "FAILED" in out["msg"] and out["cmd"][:2] == ["patch", "-p1"]
+    # The first patch went in, the failing one left nothing behind, and the tree is not reused.
+    assert (build / "src" / "README").read_text() == "one\ntwo\nthree\nfour\n"
+    assert not list((build / "src").glob("*.rej")) and not (build / "src.json").exists()
+
+
+def test_patch_mbox_is_applied_in_order(capsys, tmp_path):
+    mbox = tmp_path / "series.mbox"
+    mbox.write_text("From 0000 Mon Sep 17 00:00:00 2001\n" + PATCH_OK + "\nFrom 0000 Mon Sep 17 00:00:00 2001\n"
+                    + PATCH_BAD)
+    rc, out = run(capsys, build_dir=str(tmp_path / "b"), tarball=toy_tree(tmp_path), patch_mbox=str(mbox))
+    assert rc == 1
+    assert out["msg"].startswith("patch 2 of 2, mbox message 2 ([PATCH 2/2] readme: change a line that is not "
+                                 "there), does not apply")
