@@ -329,12 +329,19 @@ def grub_menu_entries(grub_cfg):
 
 
 def grub_default_path(entries, release):
-    """The GRUB_DEFAULT value booting ``release`` normally: its entry under the submenu (the top
-    entry boots whichever kernel is newest, so it is taken only when no other has it)."""
+    """The GRUB_DEFAULT value booting ``release`` normally. The top entry (``gnulinux-simple-*``)
+    boots whichever kernel is newest, so an entry whose own id names the release comes first, then
+    one in a submenu, then any."""
     normal = [e for e in entries if e["release"] == release and not e["recovery"]]
-    nested = [e for e in normal if ">" in e["path"]]
-    chosen = (nested or normal or [None])[0]
-    return chosen["path"] if chosen else None
+    if not normal:
+        return None
+    best = max(normal, key=lambda e: ("-%s-" % release in e["path"].rsplit(">", 1)[-1], ">" in e["path"]))
+    return best["path"]
+
+
+def grub_cfg_generated(grub_cfg):
+    """Whether grub-mkconfig wrote this grub.cfg (a hand-written one has no stable entry ids)."""
+    return "### BEGIN /etc/grub.d/10_linux ###" in grub_cfg
 
 
 def grub_set_default(grub_cfg):

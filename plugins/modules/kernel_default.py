@@ -151,7 +151,8 @@ def pin_grub(host, release, result):
         m.fail_json(msg="%s does not exist: is GRUB 2 installed? (bootloader=grub)" % GRUB_CFG, **result)
     result["previous_default"] = cl.grub_set_default(cfg) or ""
     path = cl.grub_default_path(cl.grub_menu_entries(cfg), release)
-    if path is None and m.params["update_bootloader"] and not m.check_mode:
+    # A hand-written grub.cfg (an image's first boot) has no entry ids to pin: generate it first.
+    if (path is None or not cl.grub_cfg_generated(cfg)) and m.params["update_bootloader"] and not m.check_mode:
         cmd, rc, out, err = host.update_grub()
         result["cmd"] = cmd
         if rc != 0:

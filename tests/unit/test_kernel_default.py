@@ -33,6 +33,10 @@ def test_menu_entries_by_id_path():
         "gnulinux-advanced-%s>gnulinux-7.3.4-lu1-advanced-%s" % (UUID, UUID)
     assert cl.grub_default_path(entries, OLD) == "gnulinux-advanced-%s>gnulinux-%s-advanced-%s" % (UUID, OLD, UUID)
     assert cl.grub_default_path(entries, "5.10.0") is None
+    # With GRUB_DISABLE_SUBMENU=y every entry is at the top: the release's own entry, not the simple one.
+    flat = [dict(e, path=e["path"].split(">")[-1]) for e in entries]
+    assert cl.grub_default_path(flat, "7.3.4-lu1") == "gnulinux-7.3.4-lu1-advanced-" + UUID
+    assert cl.grub_cfg_generated(grub_cfg()) and not cl.grub_cfg_generated("menuentry 'x' {\n}\n")
     assert cl.grub_set_default(grub_cfg()) == "0"
 
 
