@@ -211,6 +211,8 @@ class Entry(object):
         self.selects = []  # (target, cond or None)
         self.prompt = False
         self.type = None
+        self.defaults = []  # Expr of def_bool/def_tristate/default (its ``if`` folded in)
+        self.prompt_ifs = []  # (Expr or None, line): a prompt is visible only when its ``if`` holds
 
 
 _TOKEN = re.compile(r'\s*(&&|\|\||!=|<=|>=|[!()=<>]|"[^"]*"|\'[^\']*\'|[A-Za-z0-9_.$-]+)')
@@ -453,6 +455,12 @@ class Kconfig(object):
                         entry.type = word
                     if word in ("bool", "tristate", "string", "int", "hex", "prompt") and rest.startswith(('"', "'")):
                         entry.prompt = True
+                        m = re.match(r"""^("[^"]*"|'[^']*')\s+if\s+(.+)$""", rest)
+                        entry.prompt_ifs.append((Expr(m.group(2)) if m else None, n))
+                    if word in ("def_bool", "def_tristate"):
+                        entry.defaults.append(_default_expr(rest))
+            elif word == "default" and isinstance(entry, Entry):
+                entry.defaults.append(_default_expr(rest))
 
     # -------------------------------------------------------- why an option is not what was asked
 
@@ -463,7 +471,7 @@ class Kconfig(object):
         sym = name[len("CONFIG_"):]
         seen.add(sym)
         got = config.get(name, "n")
-        out = dict(option=name, wanted=list(wanted), got=got, unmet=[], selected_by=[])
+        out = dict(option=name, wanted=list(wanted), got=got, unmet=[], selected_by=[], defaults=[])
         entries = self.entries.get(sym)
         if not entries:
             out["reason"] = "%s is not defined in any Kconfig file of this tree (misspelt, or added by a patch " \
@@ -471,7 +479,11 @@ class Kconfig(object):
             return out
         need = 1 if "m" in wanted else 2
         for e in entries:
-            for expr, path, line, what in e.context + [(x[0], x[1], x[2], "depends on") for x in e.depends]:
+            conds = e.context + [(x[0], x[1], x[2], "depends on") for x in e.depends]
+            # A prompt hidden by its own ``if`` (``bool "..." if EXPERT``) ignores the fragment.
+            if e.prompt_ifs and all(c is not None and c.value(config) == 0 for c, _line in e.prompt_ifs):
+                conds += [(c, e.path, line, "prompt") for c, line in e.prompt_ifs]
+            for expr, path, line, what in conds:
                 if expr.value(config) >= need:
                     continue
                 unset = [s for s in expr.symbols() if _tri(_sym_value(s, config)) < need]
@@ -482,14 +494,29 @@ class Kconfig(object):
                         if s in seen or s not in self.entries:
                             continue
                         sub = self.explain("CONFIG_" + s, ["y", "m"] if need == 1 else ["y"], config, depth + 1, seen)
-                        if sub["unmet"] or sub["selected_by"]:
+                        if sub["unmet"] or sub["selected_by"] or sub["defaults"]:
                             item["why"].append(sub)
                 out["unmet"].append(item)
         out["prompt"] = any(e.prompt for e in entries)
+        out["defaults"] = []
         if not out["unmet"] and not out["prompt"]:
             out["selected_by"] = ["CONFIG_" + s for s, _cond in self.selected_by.get(sym, [])]
+            # Without a prompt the value is its default: say which symbols that default lacks.
+            for e in entries:
+                for expr in e.defaults:
+                    if expr.value(config) < need:
+                        unset = ["CONFIG_" + s for s in expr.symbols() if _tri(_sym_value(s, config)) < need]
+                        out["defaults"].append(dict(expr=expr.text, file=e.path, unset=unset))
         out["reason"] = _reason(out)
         return out
+
+
+def _default_expr(rest):
+    """``default A if B`` / ``def_bool A if B`` -> the Expr ``(A) && (B)``; a prompt string is not a default."""
+    value, _if, cond = rest.partition(" if ")
+    if value.strip().startswith(('"', "'")) and not cond:
+        return Expr(value)
+    return Expr("(%s) && (%s)" % (value, cond) if cond else value)
 
 
 def _fmt_values(values):
@@ -501,6 +528,8 @@ def _reason(info):
     for u in info["unmet"]:
         if u["kind"] == "depends on":
             s = "%s:%d depends on %s" % (u["file"], u["line"], u["expr"])
+        elif u["kind"] == "prompt":
+            s = "%s:%d can be set only if %s" % (u["file"], u["line"], u["expr"])
         else:
             s = "%s:%d sits inside `%s %s`" % (u["file"], u["line"], u["kind"], u["expr"])
         if u["unset"]:
@@ -511,10 +540,14 @@ def _reason(info):
     if parts:
         return "%s needs %s" % (info["option"], " and ".join(parts))
     if not info.get("prompt", True):
+        said = []
+        if info.get("defaults"):
+            said.append("its default is %s" % " or ".join(
+                "`%s`%s" % (d["expr"], " (unset: %s)" % ", ".join(d["unset"]) if d["unset"] else "")
+                for d in info["defaults"]))
         if info["selected_by"]:
-            return "%s has no prompt: only `select` sets it, from %s (none of them set)" % (
-                info["option"], ", ".join(info["selected_by"]))
-        return "%s has no prompt and nothing selects it" % info["option"]
+            said.append("`select` sets it from %s (none of them set)" % ", ".join(info["selected_by"]))
+        return "%s has no prompt: %s" % (info["option"], "; ".join(said) or "nothing sets it")
     return "%s has its dependencies met but olddefconfig set it to %s (a choice, a range, or =m without " \
            "CONFIG_MODULES)" % (info["option"], info["got"])
 

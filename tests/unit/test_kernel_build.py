@@ -146,7 +146,18 @@ def test_luo_memfd_dropped_by_shmem(tree):
 def test_no_prompt_is_explained_by_its_selectors(tree):
     info = tree.explain("CONFIG_X86_PMEM_LEGACY_DEVICE", ("y",), config())
     assert info["unmet"] == [] and info["selected_by"] == ["CONFIG_X86_PMEM_LEGACY"]
-    assert "only `select` sets it, from CONFIG_X86_PMEM_LEGACY" in info["reason"]
+    assert info["reason"] == ("CONFIG_X86_PMEM_LEGACY_DEVICE has no prompt: `select` sets it from "
+                              "CONFIG_X86_PMEM_LEGACY (none of them set)")
+
+
+def test_hidden_prompt_and_default_are_explained(tree):
+    # tinyconfig leaves EXPERT set; without it SHMEM's prompt is hidden and its default decides.
+    c = dict(config(), CONFIG_EXPERT="n", CONFIG_SPARSEMEM_VMEMMAP="n")
+    info = tree.explain("CONFIG_SHMEM", ("y",), dict(c, CONFIG_SHMEM="n"))
+    assert [(u["kind"], u["expr"], u["unset"]) for u in info["unmet"]] == [("prompt", "EXPERT", ["CONFIG_EXPERT"])]
+    assert "mm/Kconfig:6 can be set only if EXPERT (unset: CONFIG_EXPERT)" in info["reason"]
+    info = tree.explain("CONFIG_PHYS_ADDR_T_64BIT", ("y",), dict(c, CONFIG_64BIT="n", CONFIG_PHYS_ADDR_T_64BIT="n"))
+    assert info["reason"] == "CONFIG_PHYS_ADDR_T_64BIT has no prompt: its default is `64BIT` (unset: CONFIG_64BIT)"
 
 
 def test_module_value_limited_by_a_module_dependency(tree):
