@@ -294,8 +294,9 @@ class Build(object):
         self.result = dict(changed=False, built=False, build_log=self.log)
 
     def fail(self, msg, **kw):
-        kw.update(self.result)
-        self.module.fail_json(msg=msg, **kw)
+        merged = dict(self.result)
+        merged.update(kw)
+        self.module.fail_json(msg=msg, **merged)
 
     # ------------------------------------------------------------ running commands into the log
 

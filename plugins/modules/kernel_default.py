@@ -144,11 +144,18 @@ class Host(object):
         return cmd, rc, out, err
 
 
+def fail(module, result, msg, **details):
+    """fail_json with the result so far; ``details`` (rc, cmd, output) take precedence."""
+    merged = dict(result)
+    merged.update(details)
+    module.fail_json(msg=msg, **merged)
+
+
 def pin_grub(host, release, result):
     m = host.module
     cfg = host.read(GRUB_CFG)
     if cfg is None:
-        m.fail_json(msg="%s does not exist: is GRUB 2 installed? (bootloader=grub)" % GRUB_CFG, **result)
+        fail(m, result, "%s does not exist: is GRUB 2 installed? (bootloader=grub)" % GRUB_CFG)
     result["previous_default"] = cl.grub_set_default(cfg) or ""
     path = cl.grub_default_path(cl.grub_menu_entries(cfg), release)
     # A hand-written grub.cfg (an image's first boot) has no entry ids to pin: generate it first.
@@ -156,12 +163,12 @@ def pin_grub(host, release, result):
         cmd, rc, out, err = host.update_grub()
         result["cmd"] = cmd
         if rc != 0:
-            m.fail_json(msg="%s failed" % cmd[0], rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
+            fail(m, result, "%s failed" % cmd[0], rc=rc, stdout=out, stderr=err, cmd=cmd)
         cfg = host.read(GRUB_CFG) or ""
         path = cl.grub_default_path(cl.grub_menu_entries(cfg), release)
     if path is None:
-        m.fail_json(msg="%s has no normal boot entry for kernel %s: is /boot/vmlinuz-%s installed?"
-                    % (GRUB_CFG, release, release), **result)
+        fail(m, result, "%s has no normal boot entry for kernel %s: is /boot/vmlinuz-%s installed?"
+                    % (GRUB_CFG, release, release))
     result["default_entry"] = path
     dropin = "/etc/default/grub.d/" + cl.DEFAULT_DROPIN_NAME
     before = host.read(dropin)
@@ -180,10 +187,10 @@ def pin_grub(host, release, result):
     if rc != 0 or now != path:
         host.write(dropin, before)
         host.update_grub()
-        m.fail_json(msg="%s %s; the drop-in was put back and grub.cfg regenerated" % (
+        fail(m, result, "%s %s; the drop-in was put back and grub.cfg regenerated" % (
             cmd[0], "failed" if rc != 0 else "did not write set default=\"%s\" (found %r: does a later "
                                              "/etc/default/grub.d file set GRUB_DEFAULT?)" % (path, now)),
-            rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
+            rc=rc, stdout=out, stderr=err, cmd=cmd)
 
 
 def pin_grubby(host, release, result):
@@ -191,8 +198,8 @@ def pin_grubby(host, release, result):
     grubby = m.get_bin_path("grubby", required=True)
     rc, out, err = m.run_command([grubby, "--default-kernel"])
     if rc != 0:
-        m.fail_json(msg="grubby --default-kernel failed", rc=rc, stdout=out, stderr=err,
-                    cmd=[grubby, "--default-kernel"], **result)
+        fail(m, result, "grubby --default-kernel failed", rc=rc, stdout=out, stderr=err,
+                    cmd=[grubby, "--default-kernel"])
     kernel = "/boot/vmlinuz-%s" % release
     result["previous_default"] = out.strip()
     result["default_entry"] = kernel
@@ -203,8 +210,8 @@ def pin_grubby(host, release, result):
     rc, out, err = m.run_command(cmd)
     result["cmd"] = cmd
     if rc != 0:
-        m.fail_json(msg="grubby --set-default failed (is %s installed?)" % kernel, rc=rc, stdout=out, stderr=err,
-                    cmd=cmd, **result)
+        fail(m, result, "grubby --set-default failed (is %s installed?)" % kernel, rc=rc, stdout=out, stderr=err,
+                    cmd=cmd)
 
 
 def main():

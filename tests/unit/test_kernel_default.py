@@ -67,3 +67,43 @@ def test_module_refuses_a_kernel_without_entry(tmp_path, capsys):
     shutil.copytree(HOST, str(root))
     rc, out = run(capsys, root=str(root), release="5.10.0-30-amd64", bootloader="grub", update_bootloader=False)
     assert rc == 1 and "has no normal boot entry for kernel 5.10.0-30-amd64" in out["msg"]
+
+
+# A stand-in for update-grub: sources the default files as grub-mkconfig does and writes the
+# recorded grub.cfg with the resulting GRUB_DEFAULT (or fails, with FAKE_GRUB_FAIL set).
+FAKE_UPDATE_GRUB = """#!/bin/sh
+[ -z "$FAKE_GRUB_FAIL" ] || { echo "grub-probe: error: failed to get canonical path" >&2; exit 1; }
+. "$FAKE_ROOT/etc/default/grub"
+for f in "$FAKE_ROOT"/etc/default/grub.d/*.cfg; do [ -e "$f" ] && . "$f"; done
+sed "s|^   set default=\\"0\\"|   set default=\\"$GRUB_DEFAULT\\"|" "$FAKE_ROOT/recorded-grub.cfg" > "$FAKE_ROOT/boot/grub/grub.cfg"
+"""
+
+
+@pytest.fixture
+def fake_grub(tmp_path, monkeypatch):
+    root = tmp_path / "host"
+    shutil.copytree(HOST, str(root))
+    shutil.copy(str(root / "boot" / "grub" / "grub.cfg"), str(root / "recorded-grub.cfg"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "update-grub").write_text(FAKE_UPDATE_GRUB)
+    (bindir / "update-grub").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bindir, os.environ["PATH"]))
+    monkeypatch.setenv("FAKE_ROOT", str(root))
+    return root
+
+
+def test_module_pins_through_update_grub(fake_grub, capsys):
+    path = "gnulinux-advanced-%s>gnulinux-%s-advanced-%s" % (UUID, OLD, UUID)
+    rc, out = run(capsys, root=str(fake_grub), release=OLD, bootloader="grub")
+    assert rc == 0 and out["changed"] and out["default_entry"] == path
+    assert cl.grub_set_default((fake_grub / "boot" / "grub" / "grub.cfg").read_text()) == path
+    rc, out = run(capsys, root=str(fake_grub), release=OLD, bootloader="grub")
+    assert rc == 0 and out["changed"] is False and out["previous_default"] == path
+
+
+def test_module_puts_the_dropin_back_when_update_grub_fails(fake_grub, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_GRUB_FAIL", "1")
+    rc, out = run(capsys, root=str(fake_grub), release=OLD, bootloader="grub")
+    assert rc == 1 and "the drop-in was put back" in out["msg"] and "grub-probe" in out["stderr"]
+    assert not (fake_grub / "etc" / "default" / "grub.d" / cl.DEFAULT_DROPIN_NAME).exists()
