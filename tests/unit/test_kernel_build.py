@@ -4,6 +4,7 @@ argument errors and check mode (no build: the real build is tests/integration)."
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -320,3 +321,83 @@ def test_patch_mbox_is_applied_in_order(capsys, tmp_path):
     assert rc == 1
     assert out["msg"].startswith("patch 2 of 2, mbox message 2 ([PATCH 2/2] readme: change a line that is not "
                                  "there), does not apply")
+
+
+# ---------------------------------------------------------------- the whole flow on a toy kernel
+
+TOY_MAKEFILE = """all:
+\tmkdir -p arch/x86/boot && echo kernel > arch/x86/boot/bzImage
+
+tinyconfig defconfig:
+\tprintf 'CONFIG_64BIT=y\\nCONFIG_X86_64=y\\nCONFIG_MMU=y\\nCONFIG_ARCH_SUPPORTS_KEXEC_FILE=y\\nCONFIG_ARCH_SUPPORTS_KEXEC_HANDOVER=y\\n' > .config
+
+# Like the real one: an option whose dependency is unset does not survive.
+olddefconfig:
+\tgrep -q '^CONFIG_ZONE_DEVICE=y' .config || sed -i '/^CONFIG_FS_DAX=/d' .config
+\tgrep -q '^CONFIG_MEMFD_CREATE=y' .config || sed -i '/^CONFIG_LIVEUPDATE_MEMFD=/d' .config
+
+bindeb-pkg:
+\techo image > ../linux-image-7.3.4$(LOCALVERSION)_7.3.4-1_amd64.deb
+\techo libc > ../linux-libc-dev_7.3.4-1_amd64.deb
+
+kernelrelease:
+\t@echo 7.3.4$(LOCALVERSION)
+
+image_name:
+\t@echo arch/x86/boot/bzImage
+"""
+
+
+def toy_kernel(tmp_path):
+    import tarfile
+    src = tmp_path / "linux-toy"
+    shutil.copytree(os.path.join(KCONFIG, "tree"), str(src))
+    (src / "Makefile").write_text(TOY_MAKEFILE)
+    (src / "scripts" / "kconfig").mkdir(parents=True)
+    (src / "scripts" / "kconfig" / "merge_config.sh").write_text('#!/bin/sh\n[ "$1" = -m ] && cat "$3" >> "$2"\n')
+    tarball = tmp_path / "linux-toy.tar.gz"
+    with tarfile.open(str(tarball), "w:gz") as tf:
+        tf.add(str(src), arcname="linux-toy")
+    return str(tarball)
+
+
+def test_module_builds_packages_stamps_and_explains_on_a_toy_kernel(capsys, tmp_path):
+    build = tmp_path / "b"
+    args = dict(build_dir=str(build), tarball=toy_kernel(tmp_path), base_config="tinyconfig", jobs=2,
+                config_options=["CONFIG_RELOCATABLE=y", "CONFIG_LIVEUPDATE_MEMFD=y"], require_kho=True,
+                localversion="-toy")
+    rc, out = run(capsys, **args)
+    assert rc == 0 and out["changed"] and out["built"], out.get("msg")
+    assert out["kernel_release"] == "7.3.4-toy"
+    assert [os.path.basename(p) for p in out["packages"]] == ["linux-image-7.3.4-toy_7.3.4-1_amd64.deb",
+                                                              "linux-libc-dev_7.3.4-1_amd64.deb"]
+    assert out["image_package"] == out["packages"][0] and out["output_dir"] in out["packages"][0]
+    assert out["required"] == {"CONFIG_KEXEC_FILE": "y", "CONFIG_KEXEC_HANDOVER": "y"}
+    # A fragment option olddefconfig dropped is a warning naming why, not a failure.
+    assert out["changed_options"] == [dict(name="CONFIG_LIVEUPDATE_MEMFD", wanted="y", got="n")]
+    warnings = json.dumps(out["warnings"])  # (2.19+ returns them as structured events)
+    assert "olddefconfig changed CONFIG_LIVEUPDATE_MEMFD=y to n: " in warnings
+    assert "depends on MEMFD_CREATE (unset: CONFIG_MEMFD_CREATE)" in warnings
+    assert open(out["vmlinuz"]).read() == "kernel\n"
+    assert "CONFIG_KEXEC_HANDOVER=y" in open(out["config"]).read()
+    log = open(out["build_log"]).read()
+    assert "=== " in log and "make -j2" in log and "make bindeb-pkg" in log
+    assert not list(build.glob("*.deb"))  # moved beside the stamp
+    stamp = json.load(open(os.path.join(out["output_dir"], "kernel_build.json")))
+    assert stamp["input_hash"] == out["input_hash"]
+
+    rc, again = run(capsys, **args)
+    assert rc == 0 and again["changed"] is False and again["packages"] == out["packages"]
+
+    rc, bad = run(capsys, **dict(args, required_options=["FS_DAX"]))
+    assert rc == 1 and "CONFIG_FS_DAX wanted y or m, got n" in bad["msg"]
+    assert "fs/Kconfig:6 depends on ZONE_DEVICE (unset: CONFIG_ZONE_DEVICE)" in bad["msg"]
+    assert bad["dropped"][0]["option"] == "CONFIG_FS_DAX"
+
+
+def test_module_reports_a_failing_make_with_the_log(capsys, tmp_path):
+    tarball = toy_kernel(tmp_path)
+    rc, out = run(capsys, build_dir=str(tmp_path / "b"), tarball=tarball, base_config="defconfig",
+                  config_targets=["nonexistent.config"])
+    assert rc == 1 and out["msg"].startswith("make nonexistent.config failed (rc 2); the full log is ")
+    assert "No rule to make target" in out["stdout"] and out["cmd"] == ["make", "nonexistent.config"]
