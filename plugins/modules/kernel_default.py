@@ -168,7 +168,7 @@ def pin_grub(host, release, result):
         path = cl.grub_default_path(cl.grub_menu_entries(cfg), release)
     if path is None:
         fail(m, result, "%s has no normal boot entry for kernel %s: is /boot/vmlinuz-%s installed?"
-                    % (GRUB_CFG, release, release))
+             % (GRUB_CFG, release, release))
     result["default_entry"] = path
     dropin = "/etc/default/grub.d/" + cl.DEFAULT_DROPIN_NAME
     before = host.read(dropin)
@@ -187,10 +187,10 @@ def pin_grub(host, release, result):
     if rc != 0 or now != path:
         host.write(dropin, before)
         host.update_grub()
-        fail(m, result, "%s %s; the drop-in was put back and grub.cfg regenerated" % (
-            cmd[0], "failed" if rc != 0 else "did not write set default=\"%s\" (found %r: does a later "
-                                             "/etc/default/grub.d file set GRUB_DEFAULT?)" % (path, now)),
-            rc=rc, stdout=out, stderr=err, cmd=cmd)
+        why = "failed" if rc != 0 else ("did not write set default=\"%s\" (found %r: does a later "
+                                        "/etc/default/grub.d file set GRUB_DEFAULT?)" % (path, now))
+        fail(m, result, "%s %s; the drop-in was put back and grub.cfg regenerated" % (cmd[0], why),
+             rc=rc, stdout=out, stderr=err, cmd=cmd)
 
 
 def pin_grubby(host, release, result):
@@ -199,7 +199,7 @@ def pin_grubby(host, release, result):
     rc, out, err = m.run_command([grubby, "--default-kernel"])
     if rc != 0:
         fail(m, result, "grubby --default-kernel failed", rc=rc, stdout=out, stderr=err,
-                    cmd=[grubby, "--default-kernel"])
+             cmd=[grubby, "--default-kernel"])
     kernel = "/boot/vmlinuz-%s" % release
     result["previous_default"] = out.strip()
     result["default_entry"] = kernel
@@ -210,8 +210,8 @@ def pin_grubby(host, release, result):
     rc, out, err = m.run_command(cmd)
     result["cmd"] = cmd
     if rc != 0:
-        fail(m, result, "grubby --set-default failed (is %s installed?)" % kernel, rc=rc, stdout=out, stderr=err,
-                    cmd=cmd)
+        fail(m, result, "grubby --set-default failed (is %s installed?)" % kernel, rc=rc, stdout=out,
+             stderr=err, cmd=cmd)
 
 
 def main():
