@@ -283,3 +283,77 @@ def parse_grubby_info(text):
         elif cur is not None:
             cur[key] = value
     return entries
+
+
+# ---------------------------------------------------------------- the default boot entry
+
+DEFAULT_DROPIN_NAME = "98-guestmemfs-default.cfg"
+_ENTRY = re.compile(r"^\s*(menuentry|submenu)\s+(?:'([^']*)'|\"([^\"]*)\")(.*)$")
+_ENTRY_ID = re.compile(r"\$menuentry_id_option\s+'([^']*)'|--id[= ]'?([^'\s]+)'?")
+
+
+def grub_menu_entries(grub_cfg):
+    """The boot entries of a generated grub.cfg -> [{path, title, release, recovery}], ``path``
+    being what GRUB_DEFAULT takes (``submenu-id>entry-id``, by ids, which stay when kernels are
+    added; titles and positions do not)."""
+    out = []
+    stack = []  # (kind, id, depth at which it closes)
+    depth = 0
+    current = None
+    for line in grub_cfg.splitlines():
+        s = line.strip()
+        m = _ENTRY.match(line)
+        if m:
+            kind, title = m.group(1), m.group(2) if m.group(2) is not None else m.group(3)
+            idm = _ENTRY_ID.search(m.group(4))
+            ident = (idm.group(1) or idm.group(2)) if idm else title
+            if kind == "submenu":
+                stack.append((ident, depth))
+            else:
+                path = ">".join([i for i, _depth in stack] + [ident])
+                current = dict(path=path, title=title, release=None,
+                               recovery="recovery" in title or "-recovery-" in ident)
+                out.append(current)
+            depth += s.count("{") - s.count("}")
+            continue
+        if current is not None:
+            k = re.match(r"^linux(?:16|efi)?\s+\S*/vmlinuz-(\S+)", s)
+            if k:
+                current["release"] = k.group(1)
+        depth += s.count("{") - s.count("}")
+        while stack and depth <= stack[-1][1]:
+            stack.pop()
+        if depth <= len(stack):
+            current = None
+    return out
+
+
+def grub_default_path(entries, release):
+    """The GRUB_DEFAULT value booting ``release`` normally. The top entry (``gnulinux-simple-*``)
+    boots whichever kernel is newest, so an entry whose own id names the release comes first, then
+    one in a submenu, then any."""
+    normal = [e for e in entries if e["release"] == release and not e["recovery"]]
+    if not normal:
+        return None
+    best = max(normal, key=lambda e: ("-%s-" % release in e["path"].rsplit(">", 1)[-1], ">" in e["path"]))
+    return best["path"]
+
+
+def grub_cfg_generated(grub_cfg):
+    """Whether grub-mkconfig wrote this grub.cfg (a hand-written one has no stable entry ids)."""
+    return "### BEGIN /etc/grub.d/10_linux ###" in grub_cfg
+
+
+def grub_set_default(grub_cfg):
+    """The ``set default=`` value a generated grub.cfg starts with (None when absent)."""
+    for line in grub_cfg.splitlines():
+        m = re.match(r'^\s*set default="?([^"]*)"?\s*$', line)
+        if m and "${" not in m.group(1):
+            return m.group(1)
+    return None
+
+
+def default_dropin_text(path):
+    return ("# Managed by guestmemfs.liveupdate (kernel_default): the kernel a cold boot starts, by\n"
+            "# GRUB entry id, so that installing a newer kernel does not change it.\n"
+            'GRUB_DEFAULT="%s"\n' % path)

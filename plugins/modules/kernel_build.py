@@ -1,0 +1,655 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: kernel_build
+short_description: Build a live-update kernel once and package it
+version_added: 0.1.0
+description:
+  - Builds a kernel from a source tree (a git checkout at a ref, a tarball, or Debian's
+    C(linux-source-X.Y) package), in this order - extract, apply the patch series, merge a config
+    fragment onto a base config with the kernel's own C(scripts/kconfig/merge_config.sh -m) and
+    C(make olddefconfig), check the required options, C(make -jN), and package with the kernel's
+    own C(bindeb-pkg) or C(binrpm-pkg).
+  - Required options - C(CONFIG_KEXEC_FILE) always; KHO (C(CONFIG_KEXEC_HANDOVER) in mainline,
+    C(CONFIG_KEXEC_KHO) with the KHO v2 patches of the guestmemfs RFC, whichever the tree defines)
+    with I(require_kho); the options of I(backend); and I(required_options). Each is added to the
+    fragment as C(=y) unless the fragment sets it. When one did not survive C(olddefconfig) the
+    module fails naming it and the dependency that dropped it, read from the tree's Kconfig files
+    (its C(depends on) lines and enclosing C(if)/C(menu) blocks, a few levels deep, or the
+    C(select)s of an option without prompt).
+  - Idempotent by a hash of its inputs - source identity (git commit, tarball sha256 or package
+    version), the patches' content, the base config's content, the fragment, the required options,
+    the package target and I(localversion). The same inputs build nothing and return the earlier
+    result (changed=false), read from a JSON stamp beside the packages in
+    C(<build_dir>/out/<hash>/). The source tree in C(<build_dir>/src) is kept while source and
+    patches stay the same, so a config change builds incrementally.
+  - Progress - the whole build's output goes to C(<build_dir>/build.log) (returned as
+    I(build_log)); follow it with C(tail -f). Run the task with C(async) and C(poll) so a long
+    build does not hold the connection (see the examples).
+author:
+  - guestmemfs.liveupdate developers (@guestmemfs)
+options:
+  build_dir:
+    description:
+      - Directory for the source tree, the log, the packages and the stamps. Created if missing.
+    type: path
+    required: true
+  git_repo:
+    description: A git repository (URL or path) to build from, at I(git_ref).
+    type: str
+  git_ref:
+    description: Branch, tag or commit of I(git_repo).
+    type: str
+    default: HEAD
+  tarball:
+    description: A kernel source tarball (C(.tar.xz), C(.tar.gz), ...) with one top directory.
+    type: path
+  linux_source:
+    description:
+      - The series C(X.Y) of Debian's installed C(linux-source-X.Y) package; the tree is
+        C(/usr/src/linux-source-X.Y.tar.xz).
+    type: str
+  patches:
+    description: Patch files applied in this order with C(patch -p1).
+    type: list
+    elements: path
+    default: []
+  patch_dir:
+    description: A directory whose C(*.patch) files are applied in sorted order.
+    type: path
+  patch_mbox:
+    description: An mbox of patch mails (as from a mailing-list archive), applied in mbox order.
+    type: path
+  base_config:
+    description:
+      - The config the fragment is merged onto. C(running) - C(/boot/config-$(uname -r)) of the
+        build host; C(file) - I(base_config_file); C(defconfig) and C(tinyconfig) - the kernel's
+        own targets.
+    type: str
+    choices: [running, file, defconfig, tinyconfig]
+    default: defconfig
+  base_config_file:
+    description: The base config when I(base_config=file).
+    type: path
+  config_targets:
+    description:
+      - The kernel's own fragment targets applied after the base, for example C(kvm_guest.config).
+    type: list
+    elements: str
+    default: []
+  config_fragment:
+    description: A config fragment file (C(CONFIG_X=y) lines) merged onto the base.
+    type: path
+  config_options:
+    description: Fragment lines given inline (C(CONFIG_X=y), C(X=m), C(# CONFIG_X is not set)), merged after
+      I(config_fragment).
+    type: list
+    elements: str
+    default: []
+  require_kho:
+    description: Require KHO (C(CONFIG_KEXEC_HANDOVER) or C(CONFIG_KEXEC_KHO)).
+    type: bool
+    default: false
+  backend:
+    description:
+      - Require the kernel options of this memory backend - C(pmem) (legacy pmem, LIBNVDIMM, FS_DAX),
+        C(guestmemfs) (C(CONFIG_GUESTMEMFS_FS=y), KHO, FTRACE_KHO), C(luo) (KHO, LIVEUPDATE,
+        LIVEUPDATE_MEMFD).
+    type: str
+    choices: [none, pmem, guestmemfs, luo]
+    default: none
+  required_options:
+    description:
+      - More options the result must have. C(X) or C(CONFIG_X) accepts C(y) or C(m); C(CONFIG_X=y)
+        only that value.
+    type: list
+    elements: str
+    default: []
+  package:
+    description: The kernel's packaging target.
+    type: str
+    choices: [bindeb-pkg, binrpm-pkg]
+    default: bindeb-pkg
+  localversion:
+    description: Appended to the kernel release (make's C(LOCALVERSION)), for example C(-lu1).
+    type: str
+    default: ""
+  jobs:
+    description: Parallel make jobs; C(0) means one per CPU of the build host.
+    type: int
+    default: 0
+  nice:
+    description: Niceness the build's commands run with, so a build shares a busy host politely.
+    type: int
+    default: 0
+  force:
+    description: Build even when a stamp for the same inputs exists.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Computes the input hash and reports whether a build would happen; changes nothing.
+  diff_mode:
+    support: none
+    description: Nothing to diff.
+  platform:
+    support: full
+    platforms: posix
+    description: A Linux build host with the kernel's build dependencies (make, gcc, bc, bison, flex,
+      libelf, libssl, and for C(bindeb-pkg) debhelper, dpkg-dev, libdw-dev, rsync, cpio, kmod; for
+      C(binrpm-pkg) rpmbuild).
+notes:
+  - The build takes from minutes (C(tinyconfig)) to an hour or more (a distribution config); use
+    C(async).
+  - Patches are operator input - the collection ships none.
+  - With I(base_config=running) on Debian, C(CONFIG_SYSTEM_TRUSTED_KEYS) and
+    C(CONFIG_SYSTEM_REVOCATION_KEYS) name certificates that only Debian's build has; they are
+    emptied unless the fragment sets them.
+"""
+
+EXAMPLES = r"""
+- name: Build a LUO kernel from Debian's linux-source-7.3, in the background (tail -f the build log)
+  guestmemfs.liveupdate.kernel_build:
+    linux_source: "7.3"
+    build_dir: /var/tmp/kernel-build
+    base_config: defconfig
+    config_targets: [kvm_guest.config]
+    config_fragment: /srv/kernel/liveupdate.config
+    backend: luo
+    localversion: -lu1
+  async: 7200
+  poll: 30
+  register: kernel
+
+- name: Build the guestmemfs RFC kernel from a tarball and a patch series
+  guestmemfs.liveupdate.kernel_build:
+    tarball: /srv/kernel/linux-source-6.12.tar.xz
+    patch_dir: /srv/kernel/guestmemfs-rfc
+    build_dir: /var/tmp/kernel-build-gmfs
+    base_config: tinyconfig
+    config_options:
+      - CONFIG_RELOCATABLE=y
+      - CONFIG_MISC_FILESYSTEMS=y
+      - CONFIG_FTRACE=y
+    backend: guestmemfs
+
+- name: Build from git, fire and forget; check later with ansible.builtin.async_status
+  guestmemfs.liveupdate.kernel_build:
+    git_repo: https://git.example.org/linux.git
+    git_ref: v7.3
+    build_dir: /var/tmp/kernel-build-git
+    require_kho: true
+    required_options: [CONFIG_KEXEC_HANDOVER_DEBUGFS]
+  async: 7200
+  poll: 0
+  register: kernel_job
+
+- name: Wait for it
+  ansible.builtin.async_status:
+    jid: "{{ kernel_job.ansible_job_id }}"
+  register: kernel
+  until: kernel.finished
+  retries: 240
+  delay: 30
+"""
+
+RETURN = r"""
+input_hash:
+  description: sha256 of every input; the stamp's name.
+  returned: always
+  type: str
+built:
+  description: Whether this run built (false - the stamp of the same inputs was reused).
+  returned: always
+  type: bool
+kernel_release:
+  description: C(make -s kernelrelease).
+  returned: success, not in check mode unless the stamp exists
+  type: str
+  sample: 7.3.4-lu1
+packages:
+  description: The packages made.
+  returned: success, not in check mode unless the stamp exists
+  type: list
+  elements: str
+image_package:
+  description: The kernel image package among I(packages) (C(linux-image-*), C(kernel-*)).
+  returned: success, not in check mode unless the stamp exists
+  type: str
+vmlinuz:
+  description: A copy of the built kernel image beside the packages.
+  returned: success, not in check mode unless the stamp exists
+  type: str
+config:
+  description: A copy of the resulting C(.config) beside the packages.
+  returned: success, not in check mode unless the stamp exists
+  type: str
+output_dir:
+  description: Where the packages, image, config and stamp are.
+  returned: success, not in check mode unless the stamp exists
+  type: str
+build_log:
+  description: The build's log; C(tail -f) it to follow a build.
+  returned: always
+  type: str
+required:
+  description: Each required option with the value it got.
+  returned: success, not in check mode unless the stamp exists
+  type: dict
+changed_options:
+  description: Fragment options that C(olddefconfig) changed (also warned about), as C(name), C(wanted), C(got).
+  returned: success, not in check mode unless the stamp exists
+  type: list
+  elements: dict
+dropped:
+  description: On failure, each required option that did not survive, with the unmet dependencies.
+  returned: when required options were dropped
+  type: list
+  elements: dict
+timings:
+  description: Seconds per step (extract, patch, config, build, package).
+  returned: when built
+  type: dict
+source:
+  description: The source kind and identity (commit, sha256 or package version).
+  returned: always
+  type: dict
+"""
+
+import glob
+import hashlib
+import json
+import mailbox
+import os
+import platform
+import shlex
+import shutil
+import tempfile
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import kernel_build as kb
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+
+LOG_TAIL = 60
+
+
+class Build(object):
+    def __init__(self, module):
+        self.module = module
+        self.p = module.params
+        self.dir = self.p["build_dir"]
+        self.src = os.path.join(self.dir, "src")
+        self.log = os.path.join(self.dir, "build.log")
+        self.result = dict(changed=False, built=False, build_log=self.log)
+
+    def fail(self, msg, **kw):
+        merged = dict(self.result)
+        merged.update(kw)
+        self.module.fail_json(msg=msg, **merged)
+
+    # ------------------------------------------------------------ running commands into the log
+
+    def say(self, text):
+        with open(self.log, "a") as fh:
+            fh.write("\n=== %s %s\n" % (time.strftime("%H:%M:%S"), text))
+
+    def run(self, cmd, what, cwd=None):
+        """Run with output appended to the log (a build's output is too big for a result)."""
+        self.say("%s: %s" % (what, " ".join(cmd)))
+        nice = ["nice", "-n", str(self.p["nice"])] if self.p["nice"] else []
+        # The shell only redirects into the log; every word is quoted.
+        line = "%s >> %s 2>&1" % (" ".join(shlex.quote(c) for c in nice + cmd), shlex.quote(self.log))
+        rc, out, err = self.module.run_command(line, cwd=cwd or self.src, use_unsafe_shell=True,
+                                               environ_update={"LC_ALL": "C"})
+        if rc != 0:
+            tail, errors = self.log_tail()
+            self.fail("%s failed (rc %d); the full log is %s" % (what, rc, self.log), rc=rc, cmd=cmd,
+                      stdout=tail, stderr=(errors + "\n" + err).strip())
+        return rc
+
+    def log_tail(self):
+        with open(self.log, errors="replace") as fh:
+            lines = fh.read().splitlines()
+        errors = [ln for ln in lines if "error" in ln.lower() or "***" in ln][-20:]
+        return "\n".join(lines[-LOG_TAIL:]), "\n".join(errors)
+
+    def capture(self, cmd, what, cwd=None):
+        rc, out, err = self.module.run_command(cmd, cwd=cwd)
+        if rc != 0:
+            self.fail("%s failed" % what, rc=rc, stdout=out, stderr=err, cmd=cmd)
+        return out.strip()
+
+    def make(self, *targets):
+        lv = self.p["localversion"]
+        return ["make"] + (["LOCALVERSION=%s" % lv] if lv else []) + list(targets)
+
+    # ------------------------------------------------------------ inputs
+
+    def source(self):
+        p = self.p
+        if p["git_repo"]:
+            ref = p["git_ref"]
+            if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref.lower()):
+                commit = ref.lower()
+            else:
+                out = self.capture(["git", "ls-remote", p["git_repo"], ref], "git ls-remote %s" % p["git_repo"])
+                lines = [ln.split() for ln in out.splitlines() if ln.strip()]
+                # An annotated tag's peeled commit (ref^{}) is what gets built.
+                peeled = [ln[0] for ln in lines if ln[1].endswith("^{}")]
+                if not lines:
+                    self.fail("%s has no ref %s" % (p["git_repo"], ref))
+                commit = (peeled or [lines[0][0]])[0]
+            return dict(kind="git", repo=p["git_repo"], ref=ref, commit=commit)
+        if p["tarball"]:
+            if not os.path.isfile(p["tarball"]):
+                self.fail("tarball %s does not exist" % p["tarball"])
+            return dict(kind="tarball", path=p["tarball"], sha256=kb.file_sha256(p["tarball"]))
+        pkg = "linux-source-%s" % p["linux_source"]
+        path = "/usr/src/%s.tar.xz" % pkg
+        rc, out, err = self.module.run_command(["dpkg-query", "-W", "-f=${Version}", pkg])
+        if rc != 0 or not out.strip() or not os.path.isfile(path):
+            self.fail("Debian's %s is not installed on this host (%s missing): apt-get install %s" % (pkg, path, pkg),
+                      rc=rc, stdout=out, stderr=err, cmd=["dpkg-query", "-W", pkg])
+        return dict(kind="debian", package=pkg, version=out.strip(), path=path)
+
+    def patch_list(self):
+        """[(label, path or bytes)] in application order."""
+        p = self.p
+        if p["patch_dir"]:
+            if not os.path.isdir(p["patch_dir"]):
+                self.fail("patch_dir %s is not a directory" % p["patch_dir"])
+            files = sorted(glob.glob(os.path.join(p["patch_dir"], "*.patch")))
+            return [(os.path.basename(f), _read_bytes(f)) for f in files]
+        if p["patch_mbox"]:
+            if not os.path.isfile(p["patch_mbox"]):
+                self.fail("patch_mbox %s does not exist" % p["patch_mbox"])
+            out = []
+            for i, msg in enumerate(mailbox.mbox(p["patch_mbox"], create=False), 1):
+                subject = " ".join(str(msg.get("Subject", "")).split())
+                out.append(("mbox message %d (%s)" % (i, subject or "no subject"), msg.as_bytes()))
+            return out
+        out = []
+        for f in p["patches"]:
+            if not os.path.isfile(f):
+                self.fail("patch %s does not exist" % f)
+            out.append((os.path.basename(f), _read_bytes(f)))
+        return out
+
+    def base_config_text(self):
+        p = self.p
+        if p["base_config"] == "running":
+            path = "/boot/config-%s" % platform.release()
+        elif p["base_config"] == "file":
+            path = p["base_config_file"]
+        else:
+            return None
+        if not os.path.isfile(path):
+            self.fail("base config %s does not exist" % path)
+        with open(path) as fh:
+            return fh.read()
+
+    def fragment(self):
+        p = self.p
+        items = []
+        try:
+            if p["config_fragment"]:
+                if not os.path.isfile(p["config_fragment"]):
+                    self.fail("config_fragment %s does not exist" % p["config_fragment"])
+                with open(p["config_fragment"]) as fh:
+                    items += kb.parse_fragment(fh.read(), p["config_fragment"])
+            items += kb.parse_fragment("\n".join(p["config_options"]), "config_options")
+            # The same symbol in file and list: the list wins, as a later merge_config.sh file would.
+            merged = dict(items)
+            return [(n, merged[n]) for n in dict.fromkeys(n for n, _v in items)]
+        except kb.KernelBuildError as exc:
+            self.fail(str(exc))
+
+    def required(self):
+        p = self.p
+        backend_opts, luo = (), False
+        if p["backend"] == "luo":
+            luo = True
+        elif p["backend"] != "none":
+            backend_opts = get_backend(p["backend"]).required_kernel_options
+        try:
+            return kb.required_options(backend_opts, p["require_kho"], luo, p["required_options"])
+        except kb.KernelBuildError as exc:
+            self.fail(str(exc))
+
+    # ------------------------------------------------------------ steps
+
+    def prepare_tree(self, source, patches, src_key):
+        stamp = os.path.join(self.dir, "src.json")
+        if os.path.isdir(self.src) and _read_json(stamp).get("key") == src_key:
+            return False
+        if os.path.exists(stamp):
+            os.unlink(stamp)
+        if source["kind"] == "git":
+            if not os.path.isdir(os.path.join(self.src, ".git")):
+                shutil.rmtree(self.src, ignore_errors=True)
+                self.run(["git", "clone", "--no-checkout", source["repo"], self.src], "git clone", cwd=self.dir)
+            self.run(["git", "fetch", "--quiet", source["repo"], source["ref"]], "git fetch")
+            self.run(["git", "checkout", "--quiet", "--force", "--detach", source["commit"]], "git checkout")
+            self.run(["git", "clean", "-fdxq"], "git clean")
+        else:
+            shutil.rmtree(self.src, ignore_errors=True)
+            tmp = tempfile.mkdtemp(prefix=".extract-", dir=self.dir)
+            self.run(["tar", "-xf", source["path"], "-C", tmp], "extract %s" % source["path"], cwd=self.dir)
+            top = os.listdir(tmp)
+            root = os.path.join(tmp, top[0]) if len(top) == 1 and os.path.isdir(os.path.join(tmp, top[0])) else tmp
+            os.rename(root, self.src)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.apply_patches(patches)
+        with open(stamp, "w") as fh:
+            json.dump(dict(key=src_key, source=source, patches=[label for label, _data in patches]), fh)
+        return True
+
+    def apply_patches(self, patches):
+        total = len(patches)
+        for i, (label, data) in enumerate(patches, 1):
+            path = os.path.join(self.dir, ".patch-%03d" % i)
+            with open(path, "wb") as fh:
+                fh.write(data)
+            # A dry run first, so a patch that does not apply leaves no half-applied hunks behind.
+            for dry in (True, False):
+                cmd = ["patch", "-p1", "--forward", "--batch", "-i", path] + (["--dry-run"] if dry else [])
+                rc, out, err = self.module.run_command(cmd, cwd=self.src)
+                with open(self.log, "a") as fh:
+                    fh.write("\n=== patch %d/%d %s%s\n%s%s" % (i, total, label, " (dry run)" if dry else "", out, err))
+                if rc != 0:
+                    bad = [ln for ln in (out + err).splitlines()
+                           if "FAILED" in ln or "can't find" in ln or "Reversed" in ln]
+                    self.fail("patch %d of %d, %s, does not apply to this tree: %s"
+                              % (i, total, label, "; ".join(bad) or (out + err).strip()[-500:]),
+                              rc=rc, stdout=out, stderr=err, cmd=cmd)
+            os.unlink(path)
+
+    def configure(self, base_text, fragment, required_spec):
+        p = self.p
+        cfg = os.path.join(self.src, ".config")
+        if base_text is not None:
+            with open(cfg, "w") as fh:
+                fh.write(base_text)
+            self.run(self.make("olddefconfig"), "olddefconfig of the base config")
+        else:
+            self.run(self.make(p["base_config"]), "make %s" % p["base_config"])
+        for target in p["config_targets"]:
+            self.run(self.make(target), "make %s" % target)
+        kconfig = kb.Kconfig(self.src, kb.srcarch(platform.machine()))
+        try:
+            required = kb.resolve_required(required_spec, kconfig.defined())
+            if p["base_config"] == "running" or p["base_config"] == "file":
+                names = dict(fragment)
+                fragment = fragment + [(n, '""') for n in ("CONFIG_SYSTEM_TRUSTED_KEYS", "CONFIG_SYSTEM_REVOCATION_KEYS")
+                                       if n not in names and "debian/" in kb.read_config(base_text).get(n, "")]
+            full = kb.fragment_with_required(fragment, required)
+        except kb.KernelBuildError as exc:
+            self.fail(str(exc))
+        frag_path = os.path.join(self.dir, "fragment.config")
+        with open(frag_path, "w") as fh:
+            fh.write(kb.render_fragment(full))
+        self.run(["sh", "scripts/kconfig/merge_config.sh", "-m", ".config", frag_path], "merge_config.sh -m")
+        self.run(self.make("olddefconfig"), "make olddefconfig")
+        with open(cfg) as fh:
+            config = kb.read_config(fh.read())
+        dropped = kb.check_required(kconfig, config, required)
+        if dropped:
+            self.result["dropped"] = dropped
+            self.fail(kb.dropped_message(dropped))
+        changed = []
+        for name, wanted, got in kb.check_fragment(config, fragment):
+            changed.append(dict(name=name, wanted=wanted, got=got))
+            self.module.warn("olddefconfig changed %s=%s to %s: %s" % (
+                name, wanted, got, kconfig.explain(name, [wanted], config)["reason"]))
+        return dict((n, config.get(n, "n")) for n, _accepted in required), changed
+
+    def build_and_package(self, jobs):
+        p = self.p
+        self.run(self.make("-j%d" % jobs), "make -j%d" % jobs)
+        started = time.time()
+        self.run(self.make("-j%d" % jobs, p["package"]), "make %s" % p["package"])
+        release = self.capture(self.make("-s", "kernelrelease"), "make kernelrelease", cwd=self.src)
+        image = self.capture(self.make("-s", "image_name"), "make image_name", cwd=self.src)
+        if p["package"] == "bindeb-pkg":
+            made = glob.glob(os.path.join(self.dir, "*.deb")) + glob.glob(os.path.join(self.dir, "*.buildinfo")) + \
+                glob.glob(os.path.join(self.dir, "*.changes"))
+        else:
+            made = glob.glob(os.path.join(self.src, "rpmbuild", "RPMS", "*", "*.rpm"))
+        made = [f for f in made if os.path.getmtime(f) >= started - 1]
+        if not any(f.endswith((".deb", ".rpm")) for f in made):
+            self.fail("make %s made no package (see %s)" % (p["package"], self.log))
+        return release, image, made
+
+
+def _read_bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _read_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (IOError, OSError, ValueError):
+        return {}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            build_dir=dict(type="path", required=True),
+            git_repo=dict(type="str"),
+            git_ref=dict(type="str", default="HEAD"),
+            tarball=dict(type="path"),
+            linux_source=dict(type="str"),
+            patches=dict(type="list", elements="path", default=[]),
+            patch_dir=dict(type="path"),
+            patch_mbox=dict(type="path"),
+            base_config=dict(type="str", choices=["running", "file", "defconfig", "tinyconfig"], default="defconfig"),
+            base_config_file=dict(type="path"),
+            config_targets=dict(type="list", elements="str", default=[]),
+            config_fragment=dict(type="path"),
+            config_options=dict(type="list", elements="str", default=[]),
+            require_kho=dict(type="bool", default=False),
+            backend=dict(type="str", choices=["none", "pmem", "guestmemfs", "luo"], default="none"),
+            required_options=dict(type="list", elements="str", default=[]),
+            package=dict(type="str", choices=["bindeb-pkg", "binrpm-pkg"], default="bindeb-pkg"),
+            localversion=dict(type="str", default=""),
+            jobs=dict(type="int", default=0),
+            nice=dict(type="int", default=0),
+            force=dict(type="bool", default=False),
+        ),
+        required_one_of=[("git_repo", "tarball", "linux_source")],
+        mutually_exclusive=[("git_repo", "tarball", "linux_source"), ("patches", "patch_dir", "patch_mbox")],
+        required_if=[("base_config", "file", ("base_config_file",))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    b = Build(module)
+    if p["jobs"] < 0:
+        b.fail("jobs must be 0 (one per CPU) or more")
+    if "/" in p["localversion"] or any(c.isspace() for c in p["localversion"]):
+        b.fail("localversion %r may not contain spaces or slashes" % p["localversion"])
+    for target in p["config_targets"]:
+        if not target.endswith(".config"):
+            b.fail("config_targets takes the kernel's fragment targets (NAME.config), not %r" % target)
+
+    source = b.source()
+    b.result["source"] = source
+    patches = b.patch_list()
+    base_text = b.base_config_text()
+    fragment = b.fragment()
+    required_spec = b.required()
+    src_key = kb.input_hash(dict(source={k: v for k, v in source.items() if k not in ("path", "ref")},
+                                 patches=[hashlib.sha256(d).hexdigest() for _label, d in patches]))
+    digest = kb.input_hash(dict(
+        src=src_key, base=[p["base_config"], hashlib.sha256(base_text.encode()).hexdigest() if base_text else None],
+        targets=p["config_targets"], fragment=fragment,
+        required=[[list(a), list(v)] for a, v, _why in required_spec],
+        package=p["package"], localversion=p["localversion"]))
+    b.result["input_hash"] = digest
+    out_dir = os.path.join(p["build_dir"], "out", digest[:16])
+    stamp = _read_json(os.path.join(out_dir, "kernel_build.json"))
+    if stamp.get("input_hash") == digest and not p["force"] and \
+            all(os.path.exists(f) for f in stamp.get("packages", []) + [stamp.get("vmlinuz", "")]):
+        stamp.update(changed=False, built=False, build_log=b.log, source=source)
+        module.exit_json(**stamp)
+    b.result["changed"] = True
+    if module.check_mode:
+        module.exit_json(msg="a build would run (no stamp for these inputs in %s)" % out_dir, **b.result)
+
+    if not os.path.isdir(p["build_dir"]):
+        os.makedirs(p["build_dir"])
+    with open(b.log, "w") as fh:
+        fh.write("kernel_build %s, inputs %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), digest))
+    timings = {}
+    t = time.time()
+    b.prepare_tree(source, patches, src_key)
+    timings["extract_and_patch"] = round(time.time() - t, 1)
+    t = time.time()
+    required, changed_options = b.configure(base_text, fragment, required_spec)
+    timings["config"] = round(time.time() - t, 1)
+    t = time.time()
+    jobs = p["jobs"] or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    release, image, made = b.build_and_package(jobs)
+    timings["build_and_package"] = round(time.time() - t, 1)
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    packages = []
+    for f in sorted(made):
+        dest = os.path.join(out_dir, os.path.basename(f))
+        shutil.move(f, dest)
+        if dest.endswith((".deb", ".rpm")):
+            packages.append(dest)
+    vmlinuz = os.path.join(out_dir, "vmlinuz-%s" % release)
+    config = os.path.join(out_dir, "config-%s" % release)
+    shutil.copy2(os.path.join(b.src, image), vmlinuz)
+    shutil.copy2(os.path.join(b.src, ".config"), config)
+    image_pkgs = [f for f in packages if os.path.basename(f).startswith(("linux-image-", "kernel-"))
+                  and "-dbg" not in os.path.basename(f) and "debuginfo" not in os.path.basename(f)]
+    result = dict(input_hash=digest, kernel_release=release, packages=packages,
+                  image_package=image_pkgs[0] if image_pkgs else "", vmlinuz=vmlinuz, config=config,
+                  output_dir=out_dir, required=required, changed_options=changed_options, timings=timings,
+                  built_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    tmp = os.path.join(out_dir, ".kernel_build.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=1, sort_keys=True)
+    os.rename(tmp, os.path.join(out_dir, "kernel_build.json"))
+    result.update(changed=True, built=True, build_log=b.log, source=source)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
