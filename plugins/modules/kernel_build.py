@@ -246,7 +246,9 @@ required:
   returned: success, not in check mode unless the stamp exists
   type: dict
 changed_options:
-  description: Fragment options that C(olddefconfig) changed (also warned about), as C(name), C(wanted), C(got).
+  description:
+    - Fragment options that C(olddefconfig) changed (also warned about), as C(name), C(wanted), C(got) and
+      C(reason) (the dependency that changed it, read from the tree's Kconfig).
   returned: success, not in check mode unless the stamp exists
   type: list
   elements: dict
@@ -509,9 +511,9 @@ class Build(object):
             self.fail(kb.dropped_message(dropped))
         changed = []
         for name, wanted, got in kb.check_fragment(config, fragment):
-            changed.append(dict(name=name, wanted=wanted, got=got))
-            self.module.warn("olddefconfig changed %s=%s to %s: %s" % (
-                name, wanted, got, kconfig.explain(name, [wanted], config)["reason"]))
+            reason = kconfig.explain(name, [wanted], config)["reason"]
+            changed.append(dict(name=name, wanted=wanted, got=got, reason=reason))
+            self.module.warn("olddefconfig changed %s=%s to %s: %s" % (name, wanted, got, reason))
         return dict((n, config.get(n, "n")) for n, _accepted in required), changed
 
     def build_and_package(self, jobs):
