@@ -114,7 +114,10 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import
 
 FSTAB_COMMENT = "guestmemfs.liveupdate: VM memory backend"
 PMEM_MODULES = "# guestmemfs.liveupdate: legacy pmem early, so /dev/pmem* exists before its mount\nnd_e820\nnd_pmem\n"
-PMEM_OPTIONS = "dax,noatime,nofail,x-systemd.device-timeout=60s"
+# The restore after a kexec waits for this mount. Seen on a loaded host: /dev/pmem0's by-uuid link
+# came 68 s into the boot, after a 60 s device timeout had failed the mount and with it every VM
+# unit. Wait long; nofail keeps the boot itself from waiting.
+PMEM_OPTIONS = "dax,noatime,nofail,x-systemd.device-timeout=15min"
 
 
 def write_file(module, path, text):
