@@ -191,6 +191,29 @@ def image_release(path):
     return text.split(" ", 1)[0] or None
 
 
+def image_problem(path):
+    """Why a kernel image cannot boot though kexec_file_load would take it, or None.
+
+    kexec_file_load loads what the file holds: an image cut short (a copy or a package install
+    interrupted) loads without a word and the host dies in the kexec, with its VMs saved. The setup
+    header says how long the image is: (setup_sects + 1) sectors of real-mode code, then syssize
+    paragraphs of protected-mode kernel (boot protocol 2.04+)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(0x260)
+    except (IOError, OSError) as exc:
+        return "cannot read %s: %s" % (path, exc)
+    if len(head) < 0x260 or head[0x202:0x206] != b"HdrS":
+        return "%s is not a bzImage (no setup header)" % path
+    setup_sects = head[0x1F1] or 4
+    syssize = head[0x1F4] | head[0x1F5] << 8 | head[0x1F6] << 16 | head[0x1F7] << 24
+    want = (setup_sects + 1) * 512 + syssize * 16
+    if size + 16 <= want:  # syssize rounds the kernel and its 4-byte CRC up to 16 bytes
+        return "%s is cut short: %d bytes, its header says %d" % (path, size, want)
+    return None
+
+
 def release_key(release):
     """Sort key that orders kernel releases as versions (6.9 < 6.12 < 7.3.4)."""
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.+~-]", release)]

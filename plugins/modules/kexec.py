@@ -112,6 +112,8 @@ def preflight(module, backend, f):
             problems.append("%s is not given" % what)
         elif not os.path.isfile(p[what]):
             problems.append("%s %s is not staged (no such file)" % (what, p[what]))
+        elif what == "kernel" and facts.image_problem(p[what]):
+            problems.append(facts.image_problem(p[what]))
     if not module.get_bin_path("kexec"):
         problems.append("kexec-tools is not installed")
     if not f["kexec_file"]:

@@ -417,6 +417,12 @@ def main():
     os.makedirs(a.report, exist_ok=True)
     host = Host(state, a.host, a.report)
     rows = []
+
+    def write_report():  # after every fault: a long suite cut short still leaves its results
+        with open(os.path.join(a.report, "faults.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+        with open(os.path.join(a.report, "faults.txt"), "w") as fh:
+            fh.write(render(rows))
     for name, fn in FAULTS:
         if a.only and name not in a.only:
             continue
@@ -427,13 +433,10 @@ def main():
             rows.append({"fault": name, "collection": "-", "vm_states": {}, "kexec": "-", "memory_lost": [],
                          "resumed_unverified": [], "recovery": "-", "ok": False,
                          "problems": ["suite error: %s" % exc]})
+            write_report()
             break
-    with open(os.path.join(a.report, "faults.json"), "w") as fh:
-        json.dump(rows, fh, indent=1)
-    table = render(rows)
-    with open(os.path.join(a.report, "faults.txt"), "w") as fh:
-        fh.write(table)
-    print(table)
+        write_report()
+    print(render(rows))
     print("%d faults, %d ok; report: %s/faults.{txt,json}" % (len(rows), sum(r["ok"] for r in rows), a.report))
     return 0 if rows and all(r["ok"] for r in rows) else 1
 

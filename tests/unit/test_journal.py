@@ -181,3 +181,20 @@ def test_staged_kernels_sort_by_version(tmp_path):
     staged = facts.staged_kernels(str(tmp_path))
     assert [s[0] for s in staged] == ["6.1.0-28-amd64", "6.9.1-amd64", "6.12.117+deb13-amd64", "7.3.4+deb13-amd64"]
     assert staged[-1][2].endswith("initrd.img-7.3.4+deb13-amd64") and staged[0][2] is None
+
+
+def test_a_kernel_image_cut_short_is_refused(tmp_path):
+    # Built like a bzImage: 4 setup sectors after the boot sector, 0x1000 paragraphs of kernel.
+    data = bytearray(0x400)
+    data[0x1F1] = 4
+    data[0x1F4:0x1F8] = struct.pack("<I", 0x1000)
+    data[0x202:0x206] = b"HdrS"
+    whole = bytes(data) + b"\0" * (5 * 512 + 0x1000 * 16 - len(data))
+    (tmp_path / "vmlinuz-whole").write_bytes(whole)
+    (tmp_path / "vmlinuz-cut").write_bytes(whole[:len(whole) // 2])
+    assert facts.image_problem(str(tmp_path / "vmlinuz-whole")) is None
+    (tmp_path / "vmlinuz-crc").write_bytes(whole[:-12])  # syssize rounds up: a few bytes short is whole
+    assert facts.image_problem(str(tmp_path / "vmlinuz-crc")) is None
+    assert "is cut short: 34048 bytes, its header says 68096" in facts.image_problem(str(tmp_path / "vmlinuz-cut"))
+    (tmp_path / "vmlinuz-none").write_bytes(b"\0" * 0x400)
+    assert "not a bzImage" in facts.image_problem(str(tmp_path / "vmlinuz-none"))
