@@ -152,29 +152,7 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
-
-
-class Host(object):
-    def __init__(self, module):
-        self.module = module
-        self.root = module.params["root"]
-
-    def path(self, p):
-        return os.path.join(self.root, p.lstrip("/"))
-
-    def read(self, p):
-        try:
-            with open(self.path(p)) as fh:
-                return fh.read()
-        except (IOError, OSError):
-            return None
-
-    def run(self, cmd, **kw):
-        rc, out, err = self.module.run_command(cmd, **kw)
-        return rc, out, err
-
-    def fail(self, msg, **kw):
-        self.module.fail_json(msg=msg, **kw)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostfiles import HostFiles as Host
 
 
 def grub_files(host):

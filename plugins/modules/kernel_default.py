@@ -99,38 +99,12 @@ import platform
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostfiles import HostFiles
 
 GRUB_CFG = "/boot/grub/grub.cfg"
 
 
-class Host(object):
-    def __init__(self, module):
-        self.module = module
-        self.root = module.params["root"]
-
-    def path(self, p):
-        return os.path.join(self.root, p.lstrip("/"))
-
-    def read(self, p):
-        try:
-            with open(self.path(p)) as fh:
-                return fh.read()
-        except (IOError, OSError):
-            return None
-
-    def write(self, p, text):
-        real = self.path(p)
-        if text is None:
-            if os.path.exists(real):
-                os.unlink(real)
-            return
-        if not os.path.isdir(os.path.dirname(real)):
-            os.makedirs(os.path.dirname(real), 0o755)
-        tmp = real + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        self.module.atomic_move(tmp, real)
-
+class Host(HostFiles):
     def update_grub(self):
         m = self.module
         if m.get_bin_path("update-grub"):
