@@ -418,11 +418,22 @@ def main():
     host = Host(state, a.host, a.report)
     rows = []
 
+    # --only re-runs some faults: keep the earlier results of the others, in the suite's order.
+    earlier = {}
+    if a.only:
+        try:
+            with open(os.path.join(a.report, "faults.json")) as fh:
+                earlier = dict((r["fault"], r) for r in json.load(fh))
+        except (OSError, ValueError, KeyError, TypeError):
+            earlier = {}
+
     def write_report():  # after every fault: a long suite cut short still leaves its results
+        merged = dict(earlier, **dict((r["fault"], r) for r in rows))
+        ordered = [merged[n] for n, _f in FAULTS if n in merged]
         with open(os.path.join(a.report, "faults.json"), "w") as fh:
-            json.dump(rows, fh, indent=1)
+            json.dump(ordered, fh, indent=1)
         with open(os.path.join(a.report, "faults.txt"), "w") as fh:
-            fh.write(render(rows))
+            fh.write(render(ordered))
     for name, fn in FAULTS:
         if a.only and name not in a.only:
             continue
