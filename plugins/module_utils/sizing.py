@@ -220,11 +220,11 @@ def render_table(rows):
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in cells]
     s = summary(rows)
-    tail = "%d hosts: %d ok, %d refused; %s carved in all" % (s["hosts"], s["ok"], s["refused"],
-                                                               human(s["carved_bytes"]))
+    tail = "%d hosts: %d ok, %d refused; %s carved in all" % (
+        s["hosts"], s["ok"], s["refused"], human(s["carved_bytes"]))
     if s["held_bytes"] or s["scratch_bytes"]:
-        tail += "; %s held in memfds (luo) beside %s of KHO scratch" % (human(s["held_bytes"]),
-                                                                          human(s["scratch_bytes"]))
+        tail += "; %s held in memfds (luo) beside %s of KHO scratch" % (
+            human(s["held_bytes"]), human(s["scratch_bytes"]))
     lines.append(tail)
     return "\n".join(lines) + "\n"
 

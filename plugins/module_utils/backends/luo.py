@@ -215,4 +215,3 @@ class LuoBackend(Backend):
                 raise BackendError("the KHO lowmem scratch area (%s) does not fit in the %s of RAM below 4 GiB: "
                                    "the kernel would switch KHO off" % (human(areas["lowmem"]), human(low_ram)))
         return areas
-
