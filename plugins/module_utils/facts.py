@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 
@@ -22,10 +23,15 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import
 # in the guestmemfs RFC's KHO v2; mainline calls it KEXEC_HANDOVER.
 KERNEL_OPTIONS = (
     "CONFIG_KEXEC", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_KHO", "CONFIG_KEXEC_HANDOVER",
-    "CONFIG_KEXEC_HANDOVER_DEBUGFS", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD",
+    "CONFIG_KEXEC_HANDOVER_DEBUGFS", "CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT", "CONFIG_LIVEUPDATE",
+    "CONFIG_LIVEUPDATE_MEMFD",
     "CONFIG_GUESTMEMFS_FS", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX",
     "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_FTRACE_KHO",
 )
+
+
+# arch/x86/include/uapi/asm/setup_data.h: the handover kexec_file_load passes to the new kernel.
+SETUP_KEXEC_KHO = 0xa
 
 
 def _read(root, path, default=None):
@@ -155,23 +161,77 @@ def ram_ranges(memmap):
     return [[e["start"], e["end"]] for e in memmap if e["type"] == "System RAM"]
 
 
-def kho_state(root):
-    """Which KHO interface this kernel has and its state.
+def _setup_data_types(root):
+    """Types of this boot's x86 setup_data entries (/sys/kernel/boot_params/setup_data/N/type)."""
+    base = os.path.join(root, "sys/kernel/boot_params/setup_data")
+    types = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return types
+    for name in sorted(names):
+        text = (_read(root, "sys/kernel/boot_params/setup_data/%s/type" % name, "") or "").strip()
+        try:
+            types.append(int(text, 0))
+        except ValueError:
+            pass
+    return types
 
-    ``rfc``: the guestmemfs RFC's KHO v2 (/sys/kernel/kho/active, write 1 to serialise).
-    ``mainline``: KEXEC_HANDOVER in 6.16+ (debugfs kho/out; no finalize file from 7.x on).
+
+def _scratch_len(root):
+    """The KHO scratch areas' total size from debugfs (one hex size per area), None if unreadable."""
+    text = _read(root, "/sys/kernel/debug/kho/out/scratch_len")
+    if text is None:
+        return None
+    try:
+        return sum(int(line, 16) for line in text.split())
+    except ValueError:
+        return None
+
+
+def kho_state(root, args=None, config=None):
+    """Which KHO interface this kernel has, whether it is on, and whether this boot came from a
+    KHO kexec.
+
+    ``rfc``: the guestmemfs RFC's KHO v2 (/sys/kernel/kho/active, write 1 to serialise; a handover
+    shows as /sys/firmware/kho/dt).
+    ``mainline``: CONFIG_KEXEC_HANDOVER (6.16+). On when ``kho=`` says so (kstrtobool; default
+    CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT); LUO when ``liveupdate=`` also does, and only then
+    /dev/liveupdate exists. debugfs ``kho/`` exists only while KHO runs (with
+    KEXEC_HANDOVER_DEBUGFS, debugfs mounted), with ``out/scratch_len``. A KHO kexec shows without
+    debugfs on x86: kexec_file_load adds a setup_data entry of type SETUP_KEXEC_KHO to the new
+    kernel's boot_params, listed under /sys/kernel/boot_params/setup_data; else debugfs ``kho/in``.
     """
-    out = {"interface": None, "active": None, "incoming": False, "liveupdate_device": False}
+    if args is None:
+        args = parse_cmdline(_read(root, "/proc/cmdline", ""))
+    config = config or {}
+    scratch_arg = [a.split("=", 1)[1] for a in args if a.startswith("kho_scratch=")]
+    out = {"interface": None, "active": None, "enabled": None, "incoming": False, "incoming_evidence": None,
+           "liveupdate_device": os.path.exists(os.path.join(root, "dev/liveupdate")),
+           "kho_flag": luo.flag(args, "kho", config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"),
+           "liveupdate_flag": luo.flag(args, "liveupdate"),
+           "kho_scratch": scratch_arg[-1] if scratch_arg else None, "scratch_bytes": None}
     active = _read(root, "/sys/kernel/kho/active")
+    debugfs_kho = os.path.isdir(os.path.join(root, "sys/kernel/debug/kho"))
     if active is not None:
         out["interface"] = "rfc"
         out["active"] = active.strip() == "1"
         out["scratch_len"] = (_read(root, "/sys/kernel/kho/scratch_len", "") or "").strip() or None
-        out["incoming"] = os.path.exists(os.path.join(root, "sys/firmware/kho/dt"))
-    elif os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/out")):
-        out["interface"] = "mainline"
-        out["incoming"] = os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/in"))
-    out["liveupdate_device"] = os.path.exists(os.path.join(root, "dev/liveupdate"))
+        if os.path.exists(os.path.join(root, "sys/firmware/kho/dt")):
+            out["incoming"], out["incoming_evidence"] = True, "/sys/firmware/kho/dt"
+        return out
+    if not (config.get("CONFIG_KEXEC_HANDOVER") == "y" or debugfs_kho or out["liveupdate_device"]):
+        return out
+    out["interface"] = "mainline"
+    if debugfs_kho or out["liveupdate_device"]:
+        out["enabled"] = True
+    elif config:
+        out["enabled"] = out["kho_flag"]
+    out["scratch_bytes"] = _scratch_len(root)
+    if SETUP_KEXEC_KHO in _setup_data_types(root):
+        out["incoming"], out["incoming_evidence"] = True, "/sys/kernel/boot_params/setup_data"
+    elif os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/in")):
+        out["incoming"], out["incoming_evidence"] = True, "/sys/kernel/debug/kho/in"
     return out
 
 
@@ -296,7 +356,7 @@ def gather(root="/", mount_point=None, run=None):
         "kexec_file": bool(config) and config.get("CONFIG_KEXEC_FILE") == "y",
         "kexec_loaded": kexec_loaded,
         "guestmemfs_fs": "guestmemfs" in filesystems,
-        "kho": kho_state(root),
+        "kho": kho_state(root, args, config),
         "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
     }
     if run is not None:

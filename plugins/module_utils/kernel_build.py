@@ -15,6 +15,8 @@ import json
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import LuoBackend
+
 # Bump when the build steps change in a way the inputs do not show, so old stamps stop matching.
 RECIPE_VERSION = 1
 
@@ -22,8 +24,8 @@ RECIPE_VERSION = 1
 # KEXEC_KHO, mainline (6.16+) has KEXEC_HANDOVER.
 KEXEC_FILE = ("CONFIG_KEXEC_FILE",)
 KHO = ("CONFIG_KEXEC_HANDOVER", "CONFIG_KEXEC_KHO")
-# The LUO memfd backend's options (there is no luo backend module yet; it will own these).
-LUO_OPTIONS = (("CONFIG_KEXEC_HANDOVER",), ("CONFIG_LIVEUPDATE",), ("CONFIG_LIVEUPDATE_MEMFD",))
+# The LUO memfd backend's options, owned by the backend.
+LUO_OPTIONS = LuoBackend.required_kernel_options
 # Built in, never a module: guestmemfs' region is claimed at boot, before any module loads.
 BUILTIN_ONLY = frozenset(["CONFIG_GUESTMEMFS_FS", "CONFIG_KEXEC_FILE", "CONFIG_KEXEC_HANDOVER", "CONFIG_KEXEC_KHO"])
 

@@ -62,6 +62,11 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that: ansible_facts.guestmemfs.kexec_file
     fail_msg: the running kernel lacks CONFIG_KEXEC_FILE
+
+- name: Refuse a host whose running kernel cannot preserve memfds (luo backend)
+  ansible.builtin.assert:
+    that: ansible_facts.guestmemfs.kho.liveupdate_device
+    fail_msg: no /dev/liveupdate - boot a KHO+LUO kernel with kho=on liveupdate=on
 """
 
 RETURN = r"""
@@ -96,7 +101,8 @@ ansible_facts:
           description: Each option that matters for live update, with C(n) when unset; null when no
             config was found.
           type: dict
-          sample: {"CONFIG_KEXEC_FILE": "y", "CONFIG_KEXEC_HANDOVER": "n"}
+          sample: {"CONFIG_KEXEC_FILE": "y", "CONFIG_KEXEC_HANDOVER": "y", "CONFIG_LIVEUPDATE": "y",
+                   "CONFIG_LIVEUPDATE_MEMFD": "y", "CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT": "n"}
         kernel_config_source:
           description: Where the config was read from.
           type: str
@@ -111,9 +117,31 @@ ansible_facts:
           description: Whether guestmemfs is in C(/proc/filesystems).
           type: bool
         kho:
-          description: C(interface) (C(rfc), C(mainline) or null), C(active), C(incoming) (this boot
-            came with a handover) and C(liveupdate_device).
+          description:
+            - Kexec handover (KHO) and the Live Update Orchestrator (LUO).
+            - C(interface) - C(rfc) (the guestmemfs RFC's KHO v2, C(/sys/kernel/kho)), C(mainline)
+              (C(CONFIG_KEXEC_HANDOVER), or its debugfs directory or C(/dev/liveupdate) seen) or null.
+            - C(active) - the RFC's C(/sys/kernel/kho/active) (null on mainline); C(scratch_len) - the
+              RFC's scratch length (RFC only).
+            - C(enabled) - mainline KHO is on at this boot - true when debugfs C(kho/) or
+              C(/dev/liveupdate) exists, else what the config and C(kho_flag) decide; null when
+              neither is known.
+            - C(kho_flag), C(liveupdate_flag) - C(kho=) and C(liveupdate=) on C(/proc/cmdline) as the
+              kernel reads them (the last valid value wins; C(kho) defaults to
+              C(CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT), C(liveupdate) to off).
+            - C(kho_scratch) - the C(kho_scratch=) value on C(/proc/cmdline), or null.
+            - C(liveupdate_device) - C(/dev/liveupdate) exists (KHO and LUO both on).
+            - C(incoming) - this boot came from a KHO kexec; C(incoming_evidence) - what showed it -
+              C(/sys/kernel/boot_params/setup_data) (an entry of type C(0xa), SETUP_KEXEC_KHO, which
+              kexec_file_load adds on x86; no debugfs needed), else C(/sys/kernel/debug/kho/in), or the
+              RFC's C(/sys/firmware/kho/dt).
+            - C(scratch_bytes) - the KHO scratch areas' total size from debugfs
+              C(kho/out/scratch_len), null without debugfs. Fixed at the cold boot and handed down by
+              every kexec after it.
           type: dict
+          sample: {"interface": "mainline", "active": null, "enabled": true, "incoming": true,
+                   "incoming_evidence": "/sys/kernel/boot_params/setup_data", "liveupdate_device": true,
+                   "kho_flag": true, "liveupdate_flag": true, "kho_scratch": null, "scratch_bytes": null}
         qemu_processes:
           description: Running QEMU system emulators (each C(pid), C(comm)); a cold reboot would kill them.
           type: list

@@ -15,6 +15,9 @@ version_added: 0.1.0
 description:
   - Sets kernel arguments such as C(memmap=1G!5G), C(guestmemfs=10G) or C(kho=on) in the
     bootloader configuration, so that the next cold boot has them.
+  - With I(backend), the memory backend's own boot arguments are set as well - C(luo) gives
+    C(kho=on liveupdate=on) (and C(kho_scratch=) from I(kho_scratch)), C(guestmemfs) C(guestmemfs=SIZE)
+    and C(pmem) C(memmap=SIZE!OFFSET) placed in the firmware memory map.
   - GRUB 2 on Debian and Ubuntu (I(bootloader=grub)) - an argument is replaced or removed in the file
     that defines it (C(/etc/default/grub) or a drop-in under C(/etc/default/grub.d/)); a new one is
     appended to C(GRUB_CMDLINE_LINUX) in the collection's drop-in C(99-guestmemfs-liveupdate.cfg).
@@ -48,6 +51,25 @@ options:
     type: list
     elements: str
     default: []
+  backend:
+    description:
+      - A memory backend whose boot arguments are set too, as the backend makes them.
+      - An argument of I(args) or I(arg_list) that the backend also sets must have the backend's value.
+      - Arguments the backend owns but does not set (a C(kho_scratch=) when I(kho_scratch) is not
+        given) are left as they are; name them in I(remove) to drop them.
+    type: str
+    choices: [pmem, guestmemfs, luo]
+  backend_size:
+    description:
+      - For I(backend) C(pmem) and C(guestmemfs) (required there) - the carve-out's size, bytes or
+        K/M/G/T. C(pmem) places it in the firmware memory map (C(/sys/firmware/memmap) under I(root)).
+      - For C(luo) - the memory the VMs will hold; nothing is carved out and no argument depends on it.
+    type: raw
+  kho_scratch:
+    description:
+      - For I(backend=luo) - the C(kho_scratch=) value (C(N%) or C(lowmem,global,per-node) sizes),
+        checked the way the kernel parses it; one it would ignore is refused.
+    type: str
   bootloader:
     description:
       - Which bootloader configuration to edit. C(auto) takes C(grubby) when the host has grubby and
@@ -105,6 +127,11 @@ EXAMPLES = r"""
     remove:
       - memmap
 
+- name: Switch KHO and LUO on for the luo backend, with explicit scratch areas
+  guestmemfs.liveupdate.kernel_cmdline:
+    backend: luo
+    kho_scratch: 64M,1G,512M
+
 - name: Reboot only the hosts whose running cmdline lacks it
   ansible.builtin.reboot:
   when: cmdline.reboot_required and reboot_ok | default(false)
@@ -152,6 +179,10 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import parse_size
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostfiles import HostFiles as Host
 
 
@@ -367,7 +398,44 @@ def validate(module):
             if not value or any(c.isspace() or c in "\"'$`\\" for c in value):
                 module.fail_json(msg="argument %s: value %r is empty or has spaces, quotes or $" % (name, value))
             set_args[name] = value
+    for arg in backend_args(module):
+        name, sep, value = arg.partition("=")
+        value = value if sep else None
+        if name in remove:
+            module.fail_json(msg="argument %s: the %s backend sets it (%s), it cannot be removed"
+                             % (name, module.params["backend"], arg))
+        if name in set_args and cl.format_arg(name, set_args[name]) != arg:
+            module.fail_json(msg="argument %s: the %s backend sets %s, not %s" % (
+                name, module.params["backend"], arg, cl.format_arg(name, set_args[name])))
+        set_args[name] = value
     return set_args, remove
+
+
+def backend_args(module):
+    """The boot arguments I(backend) makes, [] without one. Fails, changing nothing, on a request
+    the backend refuses."""
+    p = module.params
+    if not p["backend"]:
+        for opt in ("backend_size", "kho_scratch"):
+            if p[opt] not in (None, ""):
+                module.fail_json(msg="%s needs backend" % opt)
+        return []
+    backend = get_backend(p["backend"])
+    if p["kho_scratch"] not in (None, "") and backend.name != "luo":
+        module.fail_json(msg="kho_scratch is for the luo backend, not %s" % backend.name)
+    size = p["backend_size"]
+    if size in (None, ""):
+        if backend.carves_out:
+            module.fail_json(msg="backend_size is required for the %s backend: its arguments carve it out" % backend.name)
+        size = 0
+    try:
+        size = parse_size(size, "backend_size")
+        if not backend.carves_out:
+            return backend.cmdline_args(size, kho_scratch=p["kho_scratch"])
+        ranges = facts.ram_ranges(facts.firmware_memmap(p["root"]))
+        return backend.cmdline_args(size, ranges)
+    except (ValueError, BackendError) as exc:
+        module.fail_json(msg="backend %s: %s" % (backend.name, exc))
 
 
 def main():
@@ -380,6 +448,9 @@ def main():
             update_bootloader=dict(type="bool", default=True),
             backup=dict(type="bool", default=True),
             root=dict(type="path", default="/"),
+            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"]),
+            backend_size=dict(type="raw"),
+            kho_scratch=dict(type="str"),
         ),
         mutually_exclusive=[("args", "arg_list")],
         supports_check_mode=True,

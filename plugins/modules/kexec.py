@@ -17,8 +17,15 @@ description:
     and the running kernel's kexec_file_load are there, and the memory backend is mounted (pmem - with
     DAX). Builds the next kernel's command line from the running one as the backend needs it (pmem
     keeps C(memmap=), without which the next kernel would overwrite the region; guestmemfs drops
-    C(guestmemfs=), which would carve a second region) plus I(append), and loads it with
-    C(kexec -s) (kexec_file_load; the legacy kexec_load can place the new kernel inside the region).
+    C(guestmemfs=), which would carve a second region; luo keeps C(kho=on liveupdate=on)) plus
+    I(append), and loads it with C(kexec -s) (kexec_file_load; the legacy kexec_load can place the new
+    kernel inside the region, and carries no KHO handover).
+  - C(luo) - also refuses, before anything is loaded, a running kernel without C(/dev/liveupdate) (KHO
+    and LUO must be built in and switched on with C(kho=on liveupdate=on)), a target kernel whose
+    config (C(/boot/config-RELEASE), or C(config-RELEASE) beside the image; the release is read from
+    the image) lacks C(KEXEC_HANDOVER), C(LIVEUPDATE), C(LIVEUPDATE_MEMFD) or C(KEXEC_FILE), and a
+    next command line on which KHO or LUO would be off (the target would strand the preserved memory).
+    There is no mount to check.
   - C(unloaded) - unloads a loaded kernel (a failure before the kexec).
   - The kexec itself is C(systemctl kexec), run by M(ansible.builtin.reboot) with
     C(reboot_command), which waits for a new boot_id; kexec-tools syncs filesystems before it
@@ -40,12 +47,14 @@ options:
   backend:
     description: The memory backend whose rules the next command line follows.
     type: str
-    choices: [pmem, guestmemfs]
+    choices: [pmem, guestmemfs, luo]
     default: pmem
   path:
-    description: The backend's mount point, checked to be mounted.
+    description:
+      - The backend's mount point, checked to be mounted.
+      - Required for C(pmem) and C(guestmemfs) with I(state=loaded); C(luo) has no filesystem and
+        ignores it.
     type: path
-    required: true
   append:
     description: Arguments added to the next kernel's command line.
     type: list
@@ -71,6 +80,12 @@ EXAMPLES = r"""
     initrd: /boot/initrd.img-6.12.117+deb13-amd64
     backend: pmem
     path: /mnt/vmmem
+
+- name: Load a KHO+LUO kernel for the luo backend (refused unless both ends have KHO and LUO on)
+  guestmemfs.liveupdate.kexec:
+    kernel: /boot/vmlinuz-7.3.4-lu1
+    initrd: /boot/initrd.img-7.3.4-lu1
+    backend: luo
 """
 
 RETURN = r"""
@@ -94,7 +109,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
 
 
 def next_cmdline(backend, running_args, append):
@@ -102,6 +117,58 @@ def next_cmdline(backend, running_args, append):
     args = backend.next_kernel_args(args)
     names = set(a.split("=", 1)[0] for a in append)
     return [a for a in args if a.split("=", 1)[0] not in names] + list(append)
+
+
+def load_command(kexec, kernel, initrd, cmdline):
+    """The load: kexec_file_load (``-s``), the only one that is safe for a carve-out and the only
+    one that carries a KHO handover."""
+    return [kexec, "-s", "-l", kernel, "--initrd=%s" % initrd, "--command-line=%s" % cmdline]
+
+
+def target_config(kernel):
+    """(release, {option: value} or None, where it was looked for) of a kernel image's config: the
+    installed /boot/config-RELEASE, else config-RELEASE beside the image. Never the running
+    kernel's /proc/config.gz: that describes another kernel."""
+    release = facts.image_release(kernel)
+    if not release:
+        return None, None, []
+    places = ["/boot/config-%s" % release, os.path.join(os.path.dirname(kernel), "config-%s" % release)]
+    for place in dict.fromkeys(places):
+        try:
+            with open(place) as fh:
+                return release, facts.parse_kconfig(fh.read()), places
+        except (IOError, OSError):
+            pass
+    return release, None, places
+
+
+def luo_problems(backend, running_kho, release, config, places, next_args, load_cmd):
+    """Why a kexec would lose memfds the luo backend preserves: [] when none. Pure."""
+    problems = []
+    if not running_kho.get("liveupdate_device"):
+        problems.append("the running kernel has no /dev/liveupdate (it needs KEXEC_HANDOVER, LIVEUPDATE and "
+                        "LIVEUPDATE_MEMFD built in and kho=on liveupdate=on on its cmdline): it cannot preserve "
+                        "the VMs' memfds")
+    if not release:
+        problems.append("cannot read the target kernel's release from its image, so not its config either")
+    elif config is None:
+        problems.append("no config for the target kernel %s (looked for %s): cannot check it has KHO and LUO"
+                        % (release, " and ".join(dict.fromkeys(places))))
+    else:
+        lacking = [alts[0] for alts in backend.required_kernel_options if not any(config.get(a) == "y" for a in alts)]
+        if lacking:
+            problems.append("the target kernel %s lacks %s (built in): it cannot take the preserved memfds over"
+                            % (release, ", ".join(lacking)))
+    kho_default = bool(config) and config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
+    off = [a for a, on in (("kho=on", luo.flag(next_args, "kho", kho_default)),
+                           ("liveupdate=on", luo.flag(next_args, "liveupdate"))) if not on]
+    if off:
+        problems.append("the next cmdline would boot the target without %s: the preserved memory would be "
+                        "stranded" % " and ".join(off))
+    if "-s" not in load_cmd[1:] or "-c" in load_cmd[1:] or "--kexec-syscall" in load_cmd[1:]:
+        problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
+                        % " ".join(load_cmd[:3]))
+    return problems
 
 
 def preflight(module, backend, f):
@@ -118,14 +185,15 @@ def preflight(module, backend, f):
         problems.append("kexec-tools is not installed")
     if not f["kexec_file"]:
         problems.append("the running kernel has no kexec_file_load (CONFIG_KEXEC_FILE), the only safe load")
-    m = f["backend_mount"]
-    if not m["mounted"]:
-        problems.append("the %s backend is not mounted at %s" % (backend.name, p["path"]))
-    elif m["fstype"] != backend.fstype:
-        problems.append("%s is %s, not the %s backend" % (p["path"], m["fstype"], backend.name))
-    elif backend.name == "pmem" and not m.get("dax"):
-        problems.append("%s is mounted without DAX" % p["path"])
-    if backend.name == "guestmemfs" and f["kho"]["interface"] is None:
+    if backend.has_filesystem:
+        m = f["backend_mount"]
+        if not m["mounted"]:
+            problems.append("the %s backend is not mounted at %s" % (backend.name, p["path"]))
+        elif m["fstype"] != backend.fstype:
+            problems.append("%s is %s, not the %s backend" % (p["path"], m["fstype"], backend.name))
+        elif backend.name == "pmem" and not m.get("dax"):
+            problems.append("%s is mounted without DAX" % p["path"])
+    if backend.name == "guestmemfs" and f["kho"]["interface"] != "rfc":
         problems.append("no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen")
     return problems
 
@@ -136,15 +204,18 @@ def main():
             state=dict(type="str", choices=["loaded", "unloaded"], default="loaded"),
             kernel=dict(type="path"),
             initrd=dict(type="path"),
-            backend=dict(type="str", choices=["pmem", "guestmemfs"], default="pmem"),
-            path=dict(type="path", required=True),
+            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], default="pmem"),
+            path=dict(type="path"),
             append=dict(type="list", elements="str", default=[]),
         ),
         required_if=[("state", "loaded", ("kernel", "initrd"))],
         supports_check_mode=True,
     )
     p = module.params
-    f = facts.gather("/", mount_point=p["path"])
+    backend = get_backend(p["backend"])
+    if p["state"] == "loaded" and backend.has_filesystem and not p["path"]:
+        module.fail_json(msg="path is required for the %s backend: its mount is checked before loading" % backend.name)
+    f = facts.gather("/", mount_point=p["path"] if backend.has_filesystem else None)
     result = dict(changed=False, boot_id=f["boot_id"])
     kexec = module.get_bin_path("kexec")
     if p["state"] == "unloaded":
@@ -157,9 +228,13 @@ def main():
                     module.fail_json(msg="kexec -s -u failed", rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
         module.exit_json(**result)
 
-    backend = get_backend(p["backend"])
     problems = preflight(module, backend, f)
     args = next_cmdline(backend, f["cmdline"]["args"], p["append"])
+    cmd = load_command(kexec or "kexec", p["kernel"], p["initrd"], " ".join(args))
+    if backend.name == "luo":
+        release, config, places = target_config(p["kernel"]) if p["kernel"] and os.path.isfile(p["kernel"]) \
+            else (None, None, [])
+        problems += luo_problems(backend, f["kho"], release, config, places, args, cmd)
     if backend.name == "pmem":
         running = [a for a in f["cmdline"]["args"] if a.startswith("memmap=") and "!" in a]
         if not running:
@@ -175,7 +250,6 @@ def main():
     result["changed"] = True
     if module.check_mode:
         module.exit_json(**result)
-    cmd = [kexec, "-s", "-l", p["kernel"], "--initrd=%s" % p["initrd"], "--command-line=%s" % cmdline]
     t0 = time.time()
     rc, out, err = module.run_command(cmd)
     result["load_s"] = round(time.time() - t0, 2)

@@ -20,6 +20,8 @@ description:
     C(-o dax) by UUID.
   - C(guestmemfs) - C(mount -t guestmemfs guestmemfs PATH); the kernel must have been booted with
     C(guestmemfs=SIZE).
+  - C(luo) - refused with a message and nothing changed - the luo backend has no filesystem; each VM's
+    memory is a memfd held by the host agent.
   - Never unmounts or reformats what VMs use - a mount in use by a process is refused.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
@@ -27,7 +29,7 @@ options:
   backend:
     description: Which backend.
     type: str
-    choices: [pmem, guestmemfs]
+    choices: [pmem, guestmemfs, luo]
     required: true
   path:
     description: Mount point.
@@ -171,7 +173,7 @@ def fs_uuid_type(module, device):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            backend=dict(type="str", choices=["pmem", "guestmemfs"], required=True),
+            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], required=True),
             path=dict(type="path", required=True),
             device=dict(type="path"),
             state=dict(type="str", choices=["mounted", "present", "unmounted", "absent"], default="mounted"),
@@ -182,6 +184,10 @@ def main():
     p = module.params
     root, path = p["root"], os.path.normpath(p["path"])
     backend = get_backend(p["backend"])
+    if not backend.has_filesystem:
+        module.fail_json(msg="the %s backend has nothing to mount at %s: it has no filesystem, each VM's memory is "
+                             "a memfd the host agent holds; nothing was changed" % (backend.name, path),
+                         changed=False, mkfs=False, mounted=False)
     result = dict(changed=False, mkfs=False, mounted=False)
     fstab_path = os.path.join(root, "etc/fstab")
     try:

@@ -21,13 +21,15 @@ description:
     guestmemfs supports.
   - Refuses, before changing anything, a set of files larger than the free capacity, a file that
     would shrink, and a resize of a file a process maps (a running VM).
+  - C(luo) - refused with a message and nothing changed - that backend has no files; each VM's memory
+    is a memfd the host agent creates and holds.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
   backend:
     description: Which backend the mount belongs to.
     type: str
-    choices: [pmem, guestmemfs]
+    choices: [pmem, guestmemfs, luo]
     required: true
   path:
     description: The backend's mount point.
@@ -120,7 +122,7 @@ def prewrite(path, start, end):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            backend=dict(type="str", choices=["pmem", "guestmemfs"], required=True),
+            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], required=True),
             path=dict(type="path", required=True),
             vms=dict(type="list", elements="dict", required=True, options=dict(
                 name=dict(type="str", required=True),
@@ -133,6 +135,9 @@ def main():
     p = module.params
     backend = get_backend(p["backend"])
     path = os.path.normpath(p["path"])
+    if not backend.has_filesystem:
+        module.fail_json(msg="the %s backend has no memory files: each VM's memory is a memfd the host agent "
+                             "creates and holds; nothing was changed" % backend.name)
     mount = backend_mount("/", path)
     if p["require_mounted"] and not mount["mounted"]:
         module.fail_json(msg="%s is not mounted: mount the %s backend first (memory_backend)" % (path, backend.name))

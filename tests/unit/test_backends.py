@@ -9,7 +9,7 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB
@@ -100,6 +100,95 @@ def test_memory_backend_pmem_without_device_says_reboot(tmp_path, capsys):
     root = gm_tree(tmp_path)
     rc, out = run(capsys, memory_backend, {"backend": "pmem", "path": "/mnt/vmmem", "root": str(root)})
     assert rc == 1 and "no /dev/pmem* device" in out["msg"] and "memmap=" in out["msg"]
+
+
+# ------------------------------------------------------------------ luo
+
+def test_luo_interface():
+    b = get_backend("luo")
+    assert b.has_filesystem is False and b.carves_out is False and b.fstype is None
+    assert b.size_align == 4096 and b.file_size(3 * MiB + 1) == 3 * MiB + 4096
+    assert b.max_file_bytes == (2 ** 32 - 1) * 4096  # memfd_luo refuses more pages (EFBIG)
+    assert [o[0] for o in b.required_kernel_options] == ["CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE",
+                                                         "CONFIG_LIVEUPDATE_MEMFD", "CONFIG_KEXEC_FILE"]
+    assert b.cmdline_args(8 * GiB) == ["kho=on", "liveupdate=on"]
+    assert b.cmdline_args(0, kho_scratch="150%") == ["kho=on", "liveupdate=on", "kho_scratch=150%"]
+    assert [a for a in ["kho=on", "liveupdate=on", "kho_scratch=1G,1G,1G", "khotest", "memmap=1G!4G"]
+            if b.owns_arg(a)] == ["kho=on", "liveupdate=on", "kho_scratch=1G,1G,1G"]
+    with pytest.raises(BackendError, match="use N% or three sizes"):
+        b.cmdline_args(GiB, kho_scratch="lots")
+    with pytest.raises(BackendError, match="has no filesystem to mount"):
+        b.mount_spec("/mnt/vmmem")
+
+
+def test_luo_next_kernel_keeps_its_flags_and_everything_else():
+    running = ["BOOT_IMAGE=/vmlinuz", "console=ttyS0", "kho=on", "liveupdate=on", "kho_scratch=64M,512M,256M"]
+    assert get_backend("luo").next_kernel_args(running) == running
+
+
+def test_luo_overhead_is_the_folio_records():
+    # 16 bytes preserved + 8 bytes while preserving, per 4 KiB page.
+    assert get_backend("luo").overhead_bytes(GiB) == GiB // 4096 * 24
+
+
+@pytest.mark.parametrize("args,expected", [
+    ([], False), (["kho=on"], True), (["kho=1"], True), (["kho=yes"], True), (["kho=off"], False),
+    (["kho=on", "kho=off"], False), (["kho=on", "kho"], True), (["kho=on", "kho=maybe"], True),
+    (["kho=o"], False), (["khoo=on"], False),
+])
+def test_luo_flag_reads_like_kstrtobool(args, expected):
+    assert luo.flag(args, "kho") is expected
+
+
+def test_luo_flag_default_comes_from_the_caller():
+    # CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y turns KHO on without kho=on.
+    assert luo.flag([], "kho", default=True) is True and luo.flag(["kho=0"], "kho", default=True) is False
+
+
+@pytest.mark.parametrize("value,parsed", [
+    ("200%", ("scale", 200)), ("64M,512M,256M", ("sizes", (64 * MiB, 512 * MiB, 256 * MiB))),
+    ("0x1000000,1g,0", ("sizes", (16 * MiB, GiB, 0))), ("010,0,0", ("sizes", (8, 0, 0))),
+])
+def test_luo_parse_kho_scratch(value, parsed):
+    assert luo.parse_kho_scratch(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["", "%", "-5%", "1.5G,1G,1G", "1G,1G", "1G,1G,1G,1G", "1G 1G 1G", "0,0,0",
+                                   "0%", "08,0,0", "1X,1G,1G"])
+def test_luo_parse_kho_scratch_refuses_what_the_kernel_ignores(value):
+    with pytest.raises(ValueError):
+        luo.parse_kho_scratch(value)
+
+
+def test_luo_scratch_areas_follow_kho_reserve_scratch():
+    # Default 200%: lowmem from the reservations below 4 GiB, global the rest, one area per node;
+    # each rounded up to 4 MiB.
+    a = luo.scratch_areas(None, reserved=100 * MiB, reserved_low=30 * MiB, node_reserved=[70 * MiB, 30 * MiB])
+    assert a == {"lowmem": 60 * MiB, "global": 140 * MiB, "nodes": [140 * MiB, 60 * MiB], "total": 400 * MiB}
+    a = luo.scratch_areas(("scale", 50), reserved=10 * MiB, reserved_low=3 * MiB, node_reserved=[10 * MiB])
+    assert a == {"lowmem": 4 * MiB, "global": 4 * MiB, "nodes": [8 * MiB], "total": 16 * MiB}
+    a = luo.scratch_areas(("sizes", (MiB, 100 * MiB, 0)), node_reserved=[0, 0, 0])
+    assert a == {"lowmem": 4 * MiB, "global": 100 * MiB, "nodes": [0, 0, 0], "total": 104 * MiB}
+
+
+def test_luo_scratch_estimate_matches_the_measured_vm():
+    # A 1 GiB q35 VM under the collection's 7.3 kernel had 312 MiB of scratch.
+    ranges = [[0, 0x9FBFF], [0x100000, GiB - 1]]
+    total = get_backend("luo").scratch(GiB, ranges)["total"]
+    assert 312 * MiB <= total <= 312 * MiB + 16 * MiB
+
+
+def test_luo_has_nothing_to_mount(tmp_path, capsys):
+    root = gm_tree(tmp_path)
+    rc, out = run(capsys, memory_backend, {"backend": "luo", "path": "/mnt/vmmem", "root": str(root)})
+    assert rc == 1 and "luo backend has nothing to mount" in out["msg"] and "agent" in out["msg"]
+    assert (root / "etc/fstab").read_text() == "\n"
+    assert not (root / "mnt" / "vmmem").exists()
+
+
+def test_luo_has_no_memory_files(tmp_path, capsys):
+    rc, out = run(capsys, vm_memory, vm_args(tmp_path, [{"name": "vm1", "memory": "2M"}], backend="luo"))
+    assert rc == 1 and "memfd" in out["msg"] and os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------ pmem placement

@@ -209,3 +209,65 @@ def test_facts_report_configured_against_running(tmp_path):
     (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").write_text(
         'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX memmap=640M!5504M"\n')
     assert gather(str(root), run=run)["cmdline"]["reboot_required"] is True
+
+
+# ------------------------------------------------------------------ arguments through a backend
+
+def test_luo_backend_sets_its_flags_on_debian_trixie(tmp_path, capsys):
+    root = tree(tmp_path, "debian-trixie", running="BOOT_IMAGE=/boot/vmlinuz root=UUID=x ro console=tty0 "
+                "console=ttyS0,115200 quiet")
+    rc, out = run(capsys, root=str(root), backend="luo", backend_size="6G")
+    assert rc == 0 and out["changed"] and out["reboot_required"]
+    assert out["configured"] == "console=tty0 console=ttyS0,115200 kho=on liveupdate=on quiet"
+    assert out["files"] == ["/etc/default/grub.d/99-guestmemfs-liveupdate.cfg"]
+    rc, out = run(capsys, root=str(root), backend="luo")
+    assert rc == 0 and out["changed"] is False
+
+
+def test_luo_backend_with_scratch_on_ubuntu_and_explicit_args_agreeing(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404", running="root=UUID=x ro kho=on liveupdate=on kho_scratch=64M,1G,512M")
+    rc, out = run(capsys, root=str(root), backend="luo", kho_scratch="64M,1G,512M", args={"kho": "on"},
+                  remove=["memmap"])
+    assert rc == 0 and out["changed"] and out["reboot_required"] is False
+    assert out["configured"] == "kho=on liveupdate=on kho_scratch=64M,1G,512M console=tty1 console=ttyS0"
+
+
+def test_luo_backend_on_rhel_grub_defaults(tmp_path, capsys):
+    root = tree(tmp_path, "rhel9")
+    rc, out = run(capsys, root=str(root), backend="luo", _ansible_check_mode=True)
+    assert rc == 0 and out["changed"]
+    assert out["configured"].split()[-2:] == ["kho=on", "liveupdate=on"]
+
+
+def test_guestmemfs_backend_sets_its_carveout(tmp_path, capsys):
+    root = tree(tmp_path, "ubuntu2404")
+    rc, out = run(capsys, root=str(root), backend="guestmemfs", backend_size="512M", remove=["memmap"])
+    assert rc == 0 and out["configured"] == "guestmemfs=512M console=tty1 console=ttyS0"
+
+
+def test_pmem_backend_places_its_carveout_from_the_firmware_map(tmp_path, capsys):
+    root = tree(tmp_path, "debian-trixie")
+    shutil.copytree(os.path.join(FIXTURES, "trixie-fleet-host", "sys"), str(root / "sys"))
+    rc, out = run(capsys, root=str(root), backend="pmem", backend_size="640M")
+    assert rc == 0 and "memmap=640M!5504M" in out["configured"].split()
+
+
+@pytest.mark.parametrize("args,msg", [
+    ({"backend": "luo", "args": {"kho": "off"}}, "the luo backend sets kho=on, not kho=off"),
+    ({"backend": "luo", "remove": ["liveupdate"]}, "the luo backend sets it (liveupdate=on), it cannot be removed"),
+    ({"backend": "luo", "kho_scratch": "1.5G,1G,1G"}, "backend luo: kho_scratch=1.5G,1G,1G: use N% or three sizes"),
+    ({"backend": "luo", "kho_scratch": "0%"}, "0% scale leaves no scratch"),
+    ({"backend": "pmem", "kho_scratch": "200%"}, "kho_scratch is for the luo backend, not pmem"),
+    ({"backend": "guestmemfs"}, "backend_size is required for the guestmemfs backend"),
+    ({"backend": "guestmemfs", "backend_size": "3M"}, "multiple of 2 MiB"),
+    ({"backend": "pmem", "backend_size": "1G"}, "/sys/firmware/memmap) is unknown"),
+    ({"backend": "luo", "backend_size": "lots"}, "not a size"),
+    ({"kho_scratch": "200%"}, "kho_scratch needs backend"),
+])
+def test_backend_refusals_change_nothing(tmp_path, capsys, args, msg):
+    root = tree(tmp_path, "debian-trixie")
+    before = (root / "etc/default/grub").read_text()
+    rc, out = run(capsys, root=str(root), **args)
+    assert rc == 1 and msg in out["msg"], out["msg"]
+    assert (root / "etc/default/grub").read_text() == before
+    assert not (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").exists()

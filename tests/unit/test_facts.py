@@ -25,7 +25,9 @@ def test_recorded_trixie_host():
     assert f["kernel_config"]["CONFIG_KEXEC_HANDOVER"] == "n"
     assert f["kernel_config"]["CONFIG_LIVEUPDATE"] == "n"
     assert f["guestmemfs_fs"] is False
-    assert f["kho"] == {"interface": None, "active": None, "incoming": False, "liveupdate_device": False}
+    assert f["kho"] == {"interface": None, "active": None, "enabled": None, "incoming": False,
+                        "incoming_evidence": None, "liveupdate_device": False, "kho_flag": False,
+                        "liveupdate_flag": False, "kho_scratch": None, "scratch_bytes": None}
     assert 3 * 2**30 < f["memory"]["total_bytes"] < 4 * 2**30
     assert [n["node"] for n in f["memory"]["numa_nodes"]] == [0]
     assert f["memory"]["numa_nodes"][0]["total_bytes"] == f["memory"]["total_bytes"]
@@ -102,16 +104,69 @@ def test_rfc_kho_host_with_config_gz(tmp_path):
     assert f["cmdline"]["options"]["guestmemfs"] == ["512M"]
 
 
-def test_mainline_kho_and_liveupdate(tmp_path):
+LUO_HOST = os.path.join(FIXTURES, "luo-host")
+LUO_KEXEC = os.path.join(FIXTURES, "luo-host-kexec")
+
+
+def test_luo_host_cold_boot():
+    f = facts.gather(LUO_HOST)
+    assert f["kernel_release"] == "7.3.4-lu1"
+    for opt in ("CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD", "CONFIG_KEXEC_FILE"):
+        assert f["kernel_config"][opt] == "y", opt
+    assert f["kernel_config"]["CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT"] == "n"
+    assert f["kho"] == {"interface": "mainline", "active": None, "enabled": True, "incoming": False,
+                        "incoming_evidence": None, "liveupdate_device": True, "kho_flag": True,
+                        "liveupdate_flag": True, "kho_scratch": None, "scratch_bytes": 312 * 2**20}
+
+
+def test_luo_host_after_a_kho_kexec_without_debugfs():
+    f = facts.gather(LUO_KEXEC)
+    k = f["kho"]
+    assert k["interface"] == "mainline" and k["enabled"] is True and k["liveupdate_device"]
+    assert k["incoming"] is True and k["incoming_evidence"] == "/sys/kernel/boot_params/setup_data"
+    assert k["scratch_bytes"] is None  # debugfs is not mounted
+    assert f["boot_id"] != facts.gather(LUO_HOST)["boot_id"]
+
+
+def test_kho_in_debugfs_is_the_evidence_without_boot_params(tmp_path):
     root = _tree(tmp_path, {
         "proc/sys/kernel/osrelease": "7.3.4\n",
-        "sys/kernel/debug/kho/out/fdt": b"",
+        "proc/cmdline": "kho=on liveupdate=on kho_scratch=64M,512M,256M\n",
+        "sys/kernel/debug/kho/out/scratch_len": "0x4000000\n0x20000000\n0x10000000\n",
         "sys/kernel/debug/kho/in/fdt": b"",
         "dev/liveupdate": "",
     })
-    f = facts.gather(root)
-    assert f["kernel_config"] is None and f["kexec_file"] is False
-    assert f["kho"] == {"interface": "mainline", "active": None, "incoming": True, "liveupdate_device": True}
+    k = facts.gather(root)["kho"]
+    assert k["interface"] == "mainline" and k["enabled"] is True
+    assert k["incoming"] is True and k["incoming_evidence"] == "/sys/kernel/debug/kho/in"
+    assert k["kho_scratch"] == "64M,512M,256M" and k["scratch_bytes"] == 832 * 2**20
+
+
+@pytest.mark.parametrize("cmdline,config,enabled,lu", [
+    ("kho=on liveupdate=on", "CONFIG_KEXEC_HANDOVER=y\nCONFIG_LIVEUPDATE=y\n", True, True),
+    ("liveupdate=on", "CONFIG_KEXEC_HANDOVER=y\n", False, True),
+    ("liveupdate=1 kho=off", "CONFIG_KEXEC_HANDOVER=y\nCONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y\n", False, True),
+    ("", "CONFIG_KEXEC_HANDOVER=y\nCONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y\n", True, False),
+])
+def test_mainline_kho_without_debugfs_follows_cmdline_and_config(tmp_path, cmdline, config, enabled, lu):
+    root = _tree(tmp_path, {"proc/sys/kernel/osrelease": "7.3.4\n", "proc/cmdline": cmdline + "\n",
+                            "boot/config-7.3.4": config})
+    k = facts.gather(root)["kho"]
+    assert k["interface"] == "mainline" and k["enabled"] is enabled and k["liveupdate_flag"] is lu
+    assert k["incoming"] is False and k["liveupdate_device"] is False
+
+
+def test_setup_data_without_the_kho_type_is_no_handover(tmp_path):
+    root = _tree(tmp_path, {"proc/sys/kernel/osrelease": "7.3.4\n", "boot/config-7.3.4": "CONFIG_KEXEC_HANDOVER=y\n",
+                            "sys/kernel/boot_params/setup_data/0/type": "0x9\n",
+                            "sys/kernel/boot_params/setup_data/1/type": "garbage\n"})
+    assert facts.gather(root)["kho"]["incoming"] is False
+
+
+def test_module_reports_luo(capsys):
+    rc, out = run_module(capsys, {"root": LUO_KEXEC})
+    k = out["ansible_facts"]["guestmemfs"]["kho"]
+    assert rc == 0 and k["incoming"] and k["liveupdate_device"]
 
 
 def test_backend_files_and_capacity(tmp_path):

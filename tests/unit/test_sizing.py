@@ -101,9 +101,92 @@ def test_reports():
     assert "memmap=1G!5G" in table and "REFUSED: carve-out 9.0 GiB" in table
     assert table.splitlines()[-1] == "2 hosts: 1 ok, 1 refused; 1.0 GiB carved in all"
     data = json.loads(sizing.render_json(rows))
-    assert data["summary"] == {"hosts": 2, "ok": 1, "refused": 1, "carved_bytes": GiB}
+    assert data["summary"] == {"hosts": 2, "ok": 1, "refused": 1, "carved_bytes": GiB, "held_bytes": 0,
+                               "scratch_bytes": 0}
     parsed = list(csv.DictReader(io.StringIO(sizing.render_csv(rows))))
     assert parsed[0]["cmdline_args"] == "memmap=1G!5G" and parsed[1]["ok"] == "False"
+
+
+# ------------------------------------------------------------------ luo: nothing carved, scratch beside
+
+def luo(policy, **kw):
+    return sizing.plan_host(host(dict(policy, backend="luo"), **kw))
+
+
+def test_luo_plans_vm_memory_and_default_scratch():
+    vms = [{"name": "vm1", "memory": "256M"}, {"name": "vm2", "memory": "300M"}]
+    r = luo({"mode": "vms", "vms": vms, "reserve": "1G"})
+    assert r["ok"], r["reason"]
+    assert r["vms_bytes"] == 556 * MiB and r["size_bytes"] == 556 * MiB
+    assert r["cmdline_args"] == ["kho=on", "liveupdate=on"]
+    # The recorded host's RAM touches 32 sections of 128 MiB: 64 MiB of struct pages + 64 MiB
+    # fixed, x2 for lowmem+global and x2 again for node 0's area.
+    assert r["scratch_source"] == "estimate"
+    assert r["scratch_bytes"] == 4 * (64 * MiB + 64 * MiB)
+    assert r["overhead_bytes"] == 556 * MiB // 4096 * 24
+    assert r["left_bytes"] == r["memory_bytes"] - r["size_bytes"] - r["overhead_bytes"] - r["scratch_bytes"]
+
+
+def test_luo_explicit_kho_scratch_is_exact_and_on_the_cmdline():
+    r = luo({"mode": "absolute", "size": "1G", "reserve": "1G", "kho_scratch": "16M,100M,30M"})
+    assert r["ok"], r["reason"]
+    assert r["scratch_source"] == "kho_scratch"
+    assert r["scratch_bytes"] == 16 * MiB + 100 * MiB + 32 * MiB  # each area rounded up to 4 MiB
+    assert r["cmdline_args"] == ["kho=on", "liveupdate=on", "kho_scratch=16M,100M,30M"]
+
+
+def test_luo_scale_and_nodes():
+    one = luo({"mode": "absolute", "size": "1G", "reserve": "1G", "kho_scratch": "100%"})
+    assert one["ok"] and one["scratch_bytes"] == 2 * (64 * MiB + 64 * MiB)
+    two = sizing.plan_host(dict(host({"backend": "luo", "mode": "absolute", "size": "1G", "reserve": "1G",
+                                      "kho_scratch": "8M,8M,8M"}), numa_nodes=2))
+    assert two["scratch_bytes"] == 8 * MiB * 4
+
+
+def test_luo_uses_the_running_kernels_scratch_when_the_cmdline_agrees():
+    measured = dict(host({"backend": "luo", "mode": "absolute", "size": "1G", "reserve": "1G"}),
+                    kho_scratch_bytes=312 * MiB, kho_scratch=None)
+    r = sizing.plan_host(measured)
+    assert r["ok"] and r["scratch_bytes"] == 312 * MiB and r["scratch_source"] == "running kernel"
+    # Another kho_scratch= in the policy: the next cold boot changes the areas, the measure is stale.
+    measured["policy"] = dict(measured["policy"], kho_scratch="150%")
+    assert sizing.plan_host(measured)["scratch_source"] == "estimate"
+
+
+@pytest.mark.parametrize("policy,reason", [
+    ({"mode": "absolute", "size": "2G"}, "+ KHO scratch 512.0 MiB (estimate) leaves"),
+    ({"mode": "absolute", "size": "1G", "kho_scratch": "0%"}, "0% scale leaves no scratch"),
+    ({"mode": "absolute", "size": "1G", "kho_scratch": "64M,1.5G,0"}, "use N% or three sizes"),
+    ({"mode": "absolute", "size": "1G", "kho_scratch": "0,0,0"}, "not all zero"),
+    ({"mode": "absolute", "size": "1G", "kho_scratch": "3G,1G,1G", "reserve": "0"},
+     "lowmem scratch area (3.0 GiB) does not fit in the 2.0 GiB of RAM below 4 GiB"),
+    ({"mode": "absolute", "size": "1G", "kernel_reserved": "lots"}, "not a size"),
+])
+def test_luo_refusals(policy, reason):
+    r = luo(policy)
+    assert r["ok"] is False and reason in r["reason"], r["reason"]
+    assert r["cmdline_args"] == []
+
+
+def test_luo_keys_refused_for_carveout_backends():
+    r = sizing.plan_host(host({"mode": "absolute", "size": "1G", "kho_scratch": "200%"}))
+    assert not r["ok"] and "kho_scratch only applies to the luo backend, not pmem" in r["reason"]
+
+
+def test_reports_with_a_luo_row():
+    rows = sizing.plan_fleet([host({"mode": "absolute", "size": "1G", "reserve": "1G"}, name="a"),
+                              host({"backend": "luo", "mode": "absolute", "size": "1G", "reserve": "1G",
+                                    "kho_scratch": "16M,96M,16M"}, name="b")])
+    table = sizing.render_table(rows)
+    assert table.splitlines()[0].split() == list(sizing.COLUMNS)
+    assert "kho=on liveupdate=on kho_scratch=16M,96M,16M" in table
+    assert table.splitlines()[-1] == ("2 hosts: 2 ok, 0 refused; 1.0 GiB carved in all; 1.0 GiB held in memfds "
+                                      "(luo) beside 128.0 MiB of KHO scratch")
+    data = json.loads(sizing.render_json(rows))
+    assert data["summary"]["held_bytes"] == GiB and data["summary"]["scratch_bytes"] == 128 * MiB
+    parsed = list(csv.DictReader(io.StringIO(sizing.render_csv(rows))))
+    assert parsed[1]["scratch_bytes"] == str(128 * MiB) and parsed[1]["scratch_source"] == "kho_scratch"
+    assert parsed[0]["scratch_bytes"] == ""
 
 
 @pytest.mark.parametrize("text,value", [("10G", 10 * GiB), ("512M", 512 * MiB), ("1.5G", 3 * GiB // 2),

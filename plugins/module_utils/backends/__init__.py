@@ -8,9 +8,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.guestmemfs import GuestmemfsBackend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import LuoBackend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.pmem import PmemBackend
 
-BACKENDS = dict((cls.name, cls) for cls in (PmemBackend, GuestmemfsBackend))
+BACKENDS = dict((cls.name, cls) for cls in (PmemBackend, GuestmemfsBackend, LuoBackend))
 
 
 def get_backend(name):

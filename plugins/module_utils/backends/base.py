@@ -24,10 +24,17 @@ class Backend(abc.ABC):
     size_align = 2 * MiB
     # Largest single VM memory file, None when unlimited.
     max_file_bytes = None
+    # A backend without a filesystem (luo: one memfd per VM, held by the host agent) has nothing
+    # to mount, no fstab entry and no VM files; callers check this before mount_spec/fstype.
+    has_filesystem = True
     fstype = None
+    # Whether the backend takes its memory out of the kernel's RAM at boot; luo's memory is
+    # ordinary shmem, so its plan sizes VM memory, not a carve-out.
+    carves_out = True
 
     def overhead_bytes(self, size):
-        """Host RAM the backend consumes outside the carve-out for a carve-out of ``size``."""
+        """Host RAM the backend consumes outside the carve-out for a carve-out of ``size`` (for a
+        backend that carves nothing: besides the ``size`` bytes of VM memory it holds)."""
         return 0
 
     @abc.abstractmethod
@@ -51,7 +58,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def mount_spec(self, mount_point, device=None):
-        """(source, fstype, options) for the backend's filesystem at ``mount_point``."""
+        """(source, fstype, options) for the backend's filesystem at ``mount_point``; BackendError
+        for a backend without a filesystem."""
 
     def file_size(self, vm_bytes):
         """The size a VM's memory file gets for ``vm_bytes`` of guest RAM."""
