@@ -18,6 +18,8 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import Q
 
 CONF_DIR = "/etc/guestmemfs-liveupdate/vms"
 RUN_DIR = "/run/guestmemfs-liveupdate"
+# The luo backend: links to the memfds its holder owns (memfd_holder).
+LUO_LINK_DIR = os.path.join(RUN_DIR, "luo")
 STATE_DIR = "/var/lib/guestmemfs-liveupdate/state"
 CAPABILITIES = [{"capability": "events", "state": True}, {"capability": "x-ignore-shared", "state": True}]
 

@@ -152,8 +152,8 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     running = [vm for vm in vms if status[vm.name] in ("running", "paused")]
     # A VM whose QEMU holds its memory but cannot be saved would die in the kexec: refuse.
     unsaveable = ["%s (QMP status %s; mapped by %s)" % (vm.name, status[vm.name], ", ".join(
-        "%s[%d]" % (c, pid) for pid, c, _f in users(vm.mem_path)))
-        for vm in vms if vm not in running and users(vm.mem_path)]
+        "%s[%d]" % (c, pid) for pid, c, _f in users(vm.mem_path, mapped_only=True)))
+        for vm in vms if vm not in running and users(vm.mem_path, mapped_only=True)]
     if unsaveable:
         raise UpdateError("VMs that run but cannot be saved: %s. Nothing was paused; fix or stop them first"
                           % "; ".join(unsaveable))
@@ -167,6 +167,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                                                        load_journal().get("vms", {}).get(vm.name, {}).get("state"),
                                                        vm.name, UNIT % vm.name))
     update_id = str(uuid.uuid4())
+    tokens = _luo_preserve([vm for vm in running if _is_luo(vm)], update_id)
 
     def begin(j):
         # A new update: only this boot's preflight carries over from the journal.
@@ -177,6 +178,8 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path}) for vm in running)
     update_journal(begin, msg="saving %d VMs" % len(running))
     m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
+    for name, token in tokens.items():
+        m["files"][name]["luo_token"] = token
 
     results, errors = {}, {}
 
@@ -223,6 +226,7 @@ def rollback(run, names):
     """Restore saved VMs on the running kernel: verify their memory, then start their units (the
     same path as after a kexec: incoming migration, resume). Returns a text per VM."""
     verdicts = verify_pending(names)
+    _luo_unpreserve()
     out = []
     for name in names:
         if verdicts.get(name, {}).get("status") not in (None, manifest.OK):
@@ -329,7 +333,44 @@ def finish_if_done():
             phase = "restored" if j.get("from_boot_id") != _boot_id() else "rolled_back"
         _phase(phase, finished_ts=time.time())(j)
         j.setdefault("log", []).append({"ts": time.time(), "boot_id": _boot_id(), "msg": "phase %s" % phase})
-    return update_journal(fn)
+    j = update_journal(fn)
+    if (j.get("luo") or {}).get("retrieved_boot_id") == _boot_id() and not j["luo"].get("finished_ts"):
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+        try:  # the holder decides: it keeps the session while a token did not come back
+            memfd_holder.request("finish")
+        except Exception as exc:
+            update_journal(lambda jj: None, msg="luo: session not finished yet: %s" % exc)
+    return j
+
+
+def _is_luo_path(path):
+    return bool(path) and path.startswith(cpr.LUO_LINK_DIR + "/")
+
+
+def _is_luo(vm):
+    return _is_luo_path(vm.mem_path)
+
+
+def _luo_preserve(vms, update_id):
+    """Preserve the luo VMs' memfds before anything pauses; {name: token}. A failure leaves every
+    VM running and nothing preserved."""
+    if not vms:
+        return {}
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+    try:
+        return memfd_holder.request("preserve", names=[vm.name for vm in vms], update_id=update_id)["tokens"]
+    except Exception as exc:
+        raise UpdateError("preserving the VMs' memfds failed: %s. Nothing was paused; every VM is still running" % exc)
+
+
+def _luo_unpreserve():
+    if (load_journal().get("luo") or {}).get("boot_id") != _boot_id():
+        return
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+    try:
+        memfd_holder.request("unpreserve")
+    except Exception as exc:
+        update_journal(lambda j: None, msg="luo: session left open: %s (agent luo unpreserve)" % exc)
 
 
 def kexec_now(run, conf_dir=cpr.CONF_DIR):
@@ -346,7 +387,7 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
             problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
     for name in vm_names(conf_dir):
         vm = cpr.VM.load(name, conf_dir)
-        mapped = users(vm.mem_path)
+        mapped = users(vm.mem_path, mapped_only=True)
         if mapped:
             problems.append("%s's memory is still mapped by %s" % (name, ", ".join(
                 "%s[%d]" % (c, pid) for pid, c, _f in mapped)))
@@ -358,6 +399,24 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
         problems.append("/sys/kernel/kexec_loaded cannot be read")
     if problems:
         return "not kexecing: " + "; ".join(problems)
+    held = j.get("luo") or {}
+    if held.get("boot_id") == _boot_id() and held.get("tokens"):
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+        preserved = set(held["tokens"])
+        unpreserved = sorted(n for n, v in (j.get("vms") or {}).items()
+                             if _is_luo_path(v.get("mem_path")) and n not in preserved)
+        if unpreserved:
+            return "not kexecing: memfds of %s are not preserved" % ", ".join(unpreserved)
+        set_phase("kexec", kexec_ts=time.time())
+        os.sync()
+        try:  # the holder holds the session: it must be the one to kexec (see memfd_holder)
+            memfd_holder.request("kexec")
+        except Exception as exc:
+            return "the memfd holder did not kexec: %s" % exc
+        return None
+    if any(_is_luo_path(v.get("mem_path")) for v in (j.get("vms") or {}).values()):
+        return "not kexecing: VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
+            held or "none")
     set_phase("kexec", kexec_ts=time.time())
     os.sync()
     rc = run(["systemctl", "kexec"])
@@ -413,7 +472,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | kexec | "
-                         "counter-guest PATH\n")
+                         "luo-hold | luo OP ... | counter-guest PATH\n")
         return 2
     cmd, args = argv[0], argv[1:]
     if cmd == "vm-run" and len(args) == 1:
@@ -432,6 +491,9 @@ def main(argv=None):
             sys.stderr.write(err + "\n")
             return 5
         return 0
+    if cmd in ("luo", "luo-hold"):
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+        return memfd_holder.main(["hold"] if cmd == "luo-hold" else args)
     if cmd == "counter-guest" and len(args) == 1:
         with open(args[0], "wb") as fh:
             fh.write(cpr.counter_guest())
