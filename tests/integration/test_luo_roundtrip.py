@@ -185,8 +185,8 @@ def test_luo_memfd_round_trip(capsys, tarball, build_dir):
 
     log = os.path.join(build_dir, "luo-roundtrip", "console.log")
     lines = boot(built["vmlinuz"], initrd, log)
-    tail = "\n".join(line for _, line in lines[-40:])
-    t_err, err = marked(lines, "ERROR")
+    tail = "\n".join(line for _t, line in lines[-40:])
+    err = marked(lines, "ERROR")[1]
     assert err is None, "the VM's init failed:\n%s\nconsole: %s" % (err, log)
     t_kexec, first = marked(lines, "KEXEC")
     assert first is not None, "the first boot never reached the kexec; console ends:\n%s" % tail
@@ -215,7 +215,7 @@ def test_luo_memfd_round_trip(capsys, tarball, build_dir):
     assert "closed before the kexec" in result["closed_session"]
     assert "already retrieved" in result["retrieved_twice"]
     assert "created in this boot" in result["preserve_on_incoming"]
-    assert any("KHO: found kexec handover data" in line for _, line in lines)
+    assert any("KHO: found kexec handover data" in line for _t, line in lines)
 
     with capsys.disabled():
         print("LUO round trip: cold boot to kexec %.1f s, kexec to verified+finished %.1f s (second kernel's "
