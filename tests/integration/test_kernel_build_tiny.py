@@ -28,10 +28,13 @@ from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kernel_build  # noqa: E402
 
 # What a kexec test VM needs on top of tinyconfig; KEXEC_FILE, KEXEC_HANDOVER and LIVEUPDATE come
-# from the required options.
+# from the required options. The second line is for test_luo_roundtrip.py (LUO memfds, a Python
+# init, KHO's debugfs), so that one kernel serves both tests and the second build is a hash-skip.
 TINY = ["CONFIG_64BIT=y", "CONFIG_RELOCATABLE=y", "CONFIG_PRINTK=y", "CONFIG_TTY=y", "CONFIG_SERIAL_8250=y",
         "CONFIG_SERIAL_8250_CONSOLE=y", "CONFIG_BLK_DEV_INITRD=y", "CONFIG_BINFMT_ELF=y",
-        "CONFIG_BINFMT_SCRIPT=y", "CONFIG_DEVTMPFS=y", "CONFIG_PROC_FS=y", "CONFIG_SYSFS=y"]
+        "CONFIG_BINFMT_SCRIPT=y", "CONFIG_DEVTMPFS=y", "CONFIG_PROC_FS=y", "CONFIG_SYSFS=y",
+        "CONFIG_SHMEM=y", "CONFIG_TMPFS=y", "CONFIG_MEMFD_CREATE=y", "CONFIG_LIVEUPDATE_MEMFD=y", "CONFIG_FUTEX=y",
+        "CONFIG_DEBUG_FS=y", "CONFIG_KEXEC_HANDOVER_DEBUGFS=y"]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,8 @@ def test_tiny_build_packages_skips_and_explains(capsys, tarball, build_dir):
     assert out["image_package"] in out["packages"] and all(os.path.isfile(p) for p in out["packages"])
     with open(out["config"]) as fh:
         config = fh.read().splitlines()
-    for line in ("CONFIG_KEXEC_FILE=y", "CONFIG_KEXEC_HANDOVER=y", "CONFIG_LIVEUPDATE=y", "CONFIG_RELOCATABLE=y"):
+    for line in ("CONFIG_KEXEC_FILE=y", "CONFIG_KEXEC_HANDOVER=y", "CONFIG_LIVEUPDATE=y", "CONFIG_RELOCATABLE=y",
+                 "CONFIG_LIVEUPDATE_MEMFD=y", "CONFIG_KEXEC_HANDOVER_DEBUGFS=y"):
         assert line in config
     assert out["required"] == {"CONFIG_KEXEC_FILE": "y", "CONFIG_KEXEC_HANDOVER": "y", "CONFIG_LIVEUPDATE": "y"}
     contents = subprocess.run(["dpkg-deb", "-c", out["image_package"]], check=True, stdout=subprocess.PIPE,
