@@ -198,6 +198,32 @@ class Holder(object):
             "; NOT retrieved: %s" % "; ".join("%s: %s" % kv for kv in sorted(errors.items()))) if errors else ""))
         return {"retrieved": sorted(got), "errors": errors}
 
+    def ensure_configured(self, conf_dir=None):
+        """At start: a fresh memfd for each configured luo VM that has none and no saved state
+        waiting (a cold-booted host starts its VMs afresh). A VM whose state file waits keeps no
+        memfd here: its memory did not come back, its verify says so and it is held."""
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostupdate import vm_names
+        conf_dir = conf_dir or cpr.CONF_DIR
+        made, skipped = [], []
+        for name in vm_names(conf_dir):
+            vm = cpr.VM.load(name, conf_dir)
+            if name in self.vms or os.path.dirname(vm.mem_path) != LINK_DIR:
+                continue
+            if os.path.exists(vm.state_path):
+                skipped.append(name)
+                continue
+            try:
+                self.ensure(name, vm.memory_bytes)
+                made.append(name)
+            except (HolderError, luo.LuoError) as exc:
+                skipped.append("%s (%s)" % (name, exc))
+        if made or skipped:
+            update_journal(lambda j: None, msg="luo holder: new memfds for %s%s" % (
+                ", ".join(made) or "none", "; none for %s (a saved state waits and its memory did not come back, or refused)"
+                % ", ".join(skipped) if skipped else ""))
+        return made, skipped
+
     # requests
     def status(self):
         out = {"pid": os.getpid(), "vms": {}, "session": None, "finished": self.finished,
@@ -262,8 +288,11 @@ class Holder(object):
             self.session.close()
             self._drop("session.in")
             self.session = None
-        self.open_device()
-        session = self.device.create_session(SESSION)
+        try:
+            self.open_device()
+            session = self.device.create_session(SESSION)
+        except luo.LuoError as exc:
+            raise HolderError("nothing preserved and nothing paused: %s" % exc)
         tokens = {}
         try:
             for i, name in enumerate(sorted(names)):
@@ -347,7 +376,8 @@ def _users_of(name):
     return ["%s[%d]" % (c, pid) for pid, c, _p in users(mem_path(name)) if pid != os.getpid()]
 
 
-def serve(holder, path=SOCKET):
+def serve(holder, path=None):
+    path = path or SOCKET
     if os.path.exists(path):
         os.unlink(path)
     old = os.umask(0o077)
@@ -381,8 +411,9 @@ def serve(holder, path=SOCKET):
         _notify("STATUS=holding %d memfds%s" % (len(holder.vms), ", session open" if holder.session else ""))
 
 
-def request(op, path=SOCKET, timeout=120, **fields):
+def request(op, path=None, timeout=120, **fields):
     """Send one request to the holder; its result, or HolderError with its message."""
+    path = path or SOCKET
     if not os.path.exists(path) or not stat.S_ISSOCK(os.stat(path).st_mode):
         raise HolderError("the memfd holder is not running (no %s): systemctl start guestmemfs-luo.service" % path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -412,8 +443,13 @@ def main(args):
     if args and args[0] == "hold":
         holder = Holder()
         holder.adopt(inherited_fds())
-        holder.open_device()
+        try:
+            holder.open_device()
+        except luo.LuoError as exc:
+            sys.stderr.write("guestmemfs-luo: %s\n" % exc)
+            return 1
         holder.retrieve_after_kexec()
+        holder.ensure_configured()
         holder.publish()
         serve(holder)
         return 0

@@ -21,8 +21,10 @@ description:
     guestmemfs supports.
   - Refuses, before changing anything, a set of files larger than the free capacity, a file that
     would shrink, and a resize of a file a process maps (a running VM).
-  - C(luo) - refused with a message and nothing changed - that backend has no files; each VM's memory
-    is a memfd the host agent creates and holds.
+  - C(luo) - no filesystem; each VM's memory is a memfd of exactly its size that the host's memfd holder
+    (C(guestmemfs-luo.service), installed by the C(qemu_vm) role) creates and holds, reached at
+    C(/run/guestmemfs-liveupdate/luo/<name>). Refuses a memfd whose size differs (its VM maps it; a
+    memfd preserved for a live update cannot change) and memory beyond what the host has available.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
@@ -32,9 +34,8 @@ options:
     choices: [pmem, guestmemfs, luo]
     required: true
   path:
-    description: The backend's mount point.
+    description: The backend's mount point. Required for C(pmem) and C(guestmemfs); not used by C(luo).
     type: path
-    required: true
   vms:
     description: The VMs, each C(name) and C(memory) (bytes or K/M/G/T).
     type: list
@@ -86,7 +87,7 @@ files:
   type: list
   elements: dict
 free_bytes:
-  description: Free space of the backend before the run.
+  description: Free space of the backend before the run (C(luo) - the host's MemAvailable).
   returned: always
   type: int
 """
@@ -96,6 +97,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
@@ -119,37 +121,14 @@ def prewrite(path, start, end):
         os.close(fd)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], required=True),
-            path=dict(type="path", required=True),
-            vms=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str", required=True),
-                memory=dict(type="raw", required=True),
-            )),
-            require_mounted=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
-    backend = get_backend(p["backend"])
-    path = os.path.normpath(p["path"])
-    if not backend.has_filesystem:
-        module.fail_json(msg="the %s backend has no memory files: each VM's memory is a memfd the host agent "
-                             "creates and holds; nothing was changed" % backend.name)
-    mount = backend_mount("/", path)
-    if p["require_mounted"] and not mount["mounted"]:
-        module.fail_json(msg="%s is not mounted: mount the %s backend first (memory_backend)" % (path, backend.name))
-    if mount["mounted"] and mount["fstype"] != backend.fstype:
-        module.fail_json(msg="%s is a %s mount, not the %s backend's %s"
-                         % (path, mount["fstype"], backend.name, backend.fstype))
-    plan, names = [], set()
-    for vm in p["vms"]:
+def _wanted(module, backend):
+    """[(name, bytes)] of the VMs, validated."""
+    out, names = [], set()
+    for vm in module.params["vms"]:
         name = vm["name"]
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name) or name in names:
-            module.fail_json(msg="VM name %r is empty, repeated or has characters other than letters, digits, "
-                                 "'.', '_' and '-'" % name)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name) or name in names or len(name) > 48:
+            module.fail_json(msg="VM name %r is empty, repeated, longer than 48 or has characters other than "
+                                 "letters, digits, '.', '_' and '-'" % name)
         names.add(name)
         try:
             want = backend.file_size(parse_size(vm["memory"], "memory of VM %s" % name))
@@ -160,6 +139,86 @@ def main():
         if backend.max_file_bytes and want > backend.max_file_bytes:
             module.fail_json(msg="VM %s needs %s, above the %s backend's %s per file" % (
                 name, human(want), backend.name, human(backend.max_file_bytes)))
+        out.append((name, want))
+    return out
+
+
+def _diff(plan):
+    return dict(before="".join("%s %d\n" % (f["name"], f["before_bytes"]) for f in plan),
+                after="".join("%s %d\n" % (f["name"], f["size_bytes"]) for f in plan))
+
+
+def _mem_available():
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def memfds(module, backend):
+    """The luo backend: one memfd per VM, held by the host's memfd holder."""
+    wanted = _wanted(module, backend)
+    try:
+        have = memfd_holder.request("status")["vms"]
+    except (memfd_holder.HolderError, OSError, ValueError) as exc:
+        module.fail_json(msg="cannot reach the memfd holder: %s. Nothing was changed" % exc)
+    plan = []
+    for name, want in wanted:
+        size = (have.get(name) or {}).get("size")
+        if size is not None and size != want:
+            module.fail_json(msg="VM %s: its memfd is %s, not %s; a VM's memory is not resized in place: stop "
+                                 "the VM, then `agent luo drop %s`. Nothing was changed" % (
+                                     name, human(size), human(want), name))
+        plan.append(dict(name=name, path=memfd_holder.mem_path(name), size_bytes=want, before_bytes=size or 0,
+                         action="none" if size is not None else "create"))
+    need = sum(f["size_bytes"] for f in plan if f["action"] == "create")
+    free = _mem_available()
+    if free is not None and need > free:
+        module.fail_json(msg="the VMs' memfds need %s more, but the host has %s available: shrink the VMs or "
+                             "move some. Nothing was changed" % (human(need), human(free)), files=plan)
+    changed = need > 0
+    result = dict(changed=changed, files=plan, free_bytes=free)
+    if module._diff and changed:
+        result["diff"] = _diff(plan)
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    for f in plan:
+        if f["action"] == "create":
+            try:
+                memfd_holder.request("ensure", name=f["name"], size=f["size_bytes"])
+            except (memfd_holder.HolderError, OSError, ValueError) as exc:
+                module.fail_json(msg="VM %s: %s" % (f["name"], exc), **result)
+    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], required=True),
+            path=dict(type="path"),
+            vms=dict(type="list", elements="dict", required=True, options=dict(
+                name=dict(type="str", required=True),
+                memory=dict(type="raw", required=True),
+            )),
+            require_mounted=dict(type="bool", default=True),
+        ),
+        required_if=[("backend", "pmem", ["path"]), ("backend", "guestmemfs", ["path"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    backend = get_backend(p["backend"])
+    if not backend.has_filesystem:
+        memfds(module, backend)
+    path = os.path.normpath(p["path"])
+    mount = backend_mount("/", path)
+    if p["require_mounted"] and not mount["mounted"]:
+        module.fail_json(msg="%s is not mounted: mount the %s backend first (memory_backend)" % (path, backend.name))
+    if mount["mounted"] and mount["fstype"] != backend.fstype:
+        module.fail_json(msg="%s is a %s mount, not the %s backend's %s"
+                         % (path, mount["fstype"], backend.name, backend.fstype))
+    plan = []
+    for name, want in _wanted(module, backend):
         fpath = os.path.join(path, name + ".ram")
         have = os.stat(fpath).st_size if os.path.exists(fpath) else None
         if have is not None and have > want:
@@ -185,8 +244,7 @@ def main():
     changed = any(f["action"] != "none" for f in plan)
     result = dict(changed=changed, files=plan, free_bytes=free)
     if module._diff and changed:
-        result["diff"] = dict(before="".join("%s %d\n" % (f["name"], f["before_bytes"]) for f in plan),
-                              after="".join("%s %d\n" % (f["name"], f["size_bytes"]) for f in plan))
+        result["diff"] = _diff(plan)
     if module.check_mode or not changed:
         module.exit_json(**result)
     for f in plan:

@@ -4,11 +4,13 @@ backend and make the VM memory files, on copied host trees (pmem's mkfs/mount ru
 import json
 import os
 import shutil
+import threading
+import time
 
 import pytest
 
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, hostupdate, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
@@ -186,9 +188,38 @@ def test_luo_has_nothing_to_mount(tmp_path, capsys):
     assert not (root / "mnt" / "vmmem").exists()
 
 
-def test_luo_has_no_memory_files(tmp_path, capsys):
+def test_luo_memfds_need_the_holder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(memfd_holder, "SOCKET", str(tmp_path / "absent.sock"))
     rc, out = run(capsys, vm_memory, vm_args(tmp_path, [{"name": "vm1", "memory": "2M"}], backend="luo"))
-    assert rc == 1 and "memfd" in out["msg"] and os.listdir(tmp_path) == []
+    assert rc == 1 and "cannot reach the memfd holder" in out["msg"] and "guestmemfs-luo" in out["msg"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_luo_memfds_through_a_real_holder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    sock = str(tmp_path / "luo.sock")
+    monkeypatch.setattr(memfd_holder, "SOCKET", sock)
+    holder = memfd_holder.Holder(dev_path=str(tmp_path / "none"), link_dir=str(tmp_path / "luo"), store=False)
+    threading.Thread(target=memfd_holder.serve, args=(holder,), daemon=True).start()
+    for _i in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    vms = [{"name": "vm1", "memory": "3M"}, {"name": "vm2", "memory": 10000}]
+    rc, out = run(capsys, vm_memory, dict(backend="luo", vms=vms, _ansible_check_mode=True))
+    assert rc == 0 and out["changed"] and holder.vms == {}
+    rc, out = run(capsys, vm_memory, dict(backend="luo", vms=vms))
+    assert rc == 0 and out["changed"], out
+    assert [(f["name"], f["size_bytes"], f["action"]) for f in out["files"]] == [
+        ("vm1", 3 << 20, "create"), ("vm2", 12288, "create")]
+    assert os.fstat(holder.vms["vm2"]).st_size == 12288
+    rc, out = run(capsys, vm_memory, dict(backend="luo", vms=vms))
+    assert rc == 0 and not out["changed"]
+    rc, out = run(capsys, vm_memory, dict(backend="luo", vms=[{"name": "vm1", "memory": "4M"}]))
+    assert rc == 1 and "not resized in place" in out["msg"]
+    assert os.fstat(holder.vms["vm1"]).st_size == 3 << 20
+    for fd in holder.vms.values():
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ pmem placement
