@@ -52,6 +52,7 @@ LINUX_REBOOT_CMD_RESTART = 0x01234567
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
 
 MFD_CLOEXEC = 0x1
+MFD_ALLOW_SEALING = 0x2
 MFD_HUGETLB = 0x4
 # x86 boot protocol: the setup_data entry kexec_file_load adds when it hands over KHO state.
 SETUP_KEXEC_KHO = 10

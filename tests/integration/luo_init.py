@@ -22,6 +22,8 @@ SESSION = "luo-rt"
 CLOSED = "luo-rt-closed"
 # token -> size; token 1 is written before PRESERVE_FD, token 2 through a mapping after it.
 FILES = {1: 8 * MiB, 2: 8 * MiB}
+SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK  # on token 1
+POS = 12345  # token 1's file position, set after PRESERVE_FD
 UNKNOWN_TOKEN = 99
 INITRD = "/tmp/initrd.img"
 
@@ -65,11 +67,18 @@ def first_boot(cmdline):
     session = dev.create_session(SESSION)
     result["name"] = session.get_name()
     fds = {}
-    for token, size in sorted(FILES.items()):
-        fds[token] = luo.create_memfd("vm%d" % token, size)
+    fds[1] = luo.create_memfd("vm1", FILES[1], luo.MFD_CLOEXEC | luo.MFD_ALLOW_SEALING)
+    fds[2] = luo.create_memfd("vm2", FILES[2])
     os.pwrite(fds[1], pattern(1, FILES[1]), 0)
+    fcntl.fcntl(fds[1], fcntl.F_ADD_SEALS, SEALS)
     for token in sorted(fds):
         session.preserve(fds[token], token)
+    os.lseek(fds[1], POS, os.SEEK_SET)
+    try:
+        os.ftruncate(fds[2], 2 * FILES[2])
+        result["resize_preserved"] = "allowed"
+    except OSError as exc:
+        result["resize_preserved"] = errno.errorcode[exc.errno]
     # Written after PRESERVE_FD, through a shared mapping, as a running VM would.
     with mmap.mmap(fds[2], FILES[2]) as m:
         m[:] = pattern(2, FILES[2])
@@ -108,6 +117,8 @@ def second_boot():
             "bad_pages": sum(1 for i in range(size // 4096) if got[i * 4096:(i + 1) * 4096] != page(token, i)),
             "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC),
             "link": os.readlink("/proc/self/fd/%d" % fd),
+            "pos": os.lseek(fd, 0, os.SEEK_CUR),
+            "seals": fcntl.fcntl(fd, fcntl.F_GET_SEALS),
         }
         files[token]["fd"] = fd
     result["files"] = dict((str(t), dict((k, v) for k, v in f.items() if k != "fd")) for t, f in files.items())
@@ -120,6 +131,11 @@ def second_boot():
     result["finish"] = "ok"
     # After FINISH the files belong to this kernel like any memfd.
     result["after_finish"] = all(os.pread(f["fd"], 4096, 4096 * 7) == page(t, 7) for t, f in files.items())
+    try:
+        os.ftruncate(files[2]["fd"], 2 * FILES[2])
+        result["resize_after_finish"] = "allowed"
+    except OSError as exc:
+        result["resize_after_finish"] = errno.errorcode[exc.errno]
     result["evidence_now"] = luo.kho_boot_evidence()
     say("RESULT", json.dumps(result, sort_keys=True))
 

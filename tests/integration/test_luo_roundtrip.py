@@ -7,7 +7,7 @@ cold boot preserves two 8 MiB memfds (one written before PRESERVE_FD, one throug
 it) in a session, closes a second session, and kexecs (kexec_file_load + reboot) into the same
 kernel and initramfs (kept by ``retain_initrd``); the kexec'd boot retrieves, checks every page,
 finishes, and prints the result on the serial console. The refusals are real ones too: a second
-opener, a file preserved twice, a reused token, a pipe, an unknown token, the closed session, a second retrieve, a
+opener, a file preserved twice, a reused token, a resize of a preserved memfd, a pipe, an unknown token, the closed session, a second retrieve, a
 preserve on an incoming session.
 
 Environment: as test_kernel_build_tiny.py (GUESTMEMFS_KERNEL_TARBALL, GUESTMEMFS_KERNEL_BUILD_DIR);
@@ -199,6 +199,7 @@ def test_luo_memfd_round_trip(capsys, tarball, build_dir):
     assert first["name"] == "luo-rt"
     assert "token is already used" in first["token_reused"]
     assert "already preserved" in first["file_twice"]
+    assert first["resize_preserved"] == "EPERM"  # a preserved memfd is frozen at its size
     assert "only unlinked shmem files" in first["pipe_refused"]
 
     # Second boot: came by KHO, and everything preserved is back, bit-exact.
@@ -209,7 +210,12 @@ def test_luo_memfd_round_trip(capsys, tarball, build_dir):
     for token, f in result["files"].items():
         assert f["intact"] and f["bad_pages"] == 0, (token, f)
         assert f["size"] == 8 << 20 and f["cloexec"], (token, f)
+    # Seals and position came along: token 1 sealed against resizing (F_SEAL_GROW|SHRINK) and moved
+    # after PRESERVE_FD; token 2 made without MFD_ALLOW_SEALING, so F_SEAL_SEAL.
+    assert result["files"]["1"]["seals"] == 0x0006 and result["files"]["1"]["pos"] == 12345
+    assert result["files"]["2"]["seals"] == 0x0001 and result["files"]["2"]["pos"] == 0
     assert result["finish"] == "ok" and result["after_finish"] is True
+    assert result["resize_after_finish"] == "allowed"  # the new kernel's file, no longer frozen
     # What does not survive, or cannot be done.
     assert "no file with that token" in result["unknown_token"]
     assert "closed before the kexec" in result["closed_session"]
