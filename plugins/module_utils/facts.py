@@ -16,6 +16,7 @@ import os
 import re
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 
@@ -28,10 +29,6 @@ KERNEL_OPTIONS = (
     "CONFIG_GUESTMEMFS_FS", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX",
     "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_FTRACE_KHO",
 )
-
-
-# arch/x86/include/uapi/asm/setup_data.h: the handover kexec_file_load passes to the new kernel.
-SETUP_KEXEC_KHO = 0xa
 
 
 def _read(root, path, default=None):
@@ -161,23 +158,6 @@ def ram_ranges(memmap):
     return [[e["start"], e["end"]] for e in memmap if e["type"] == "System RAM"]
 
 
-def _setup_data_types(root):
-    """Types of this boot's x86 setup_data entries (/sys/kernel/boot_params/setup_data/N/type)."""
-    base = os.path.join(root, "sys/kernel/boot_params/setup_data")
-    types = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return types
-    for name in sorted(names):
-        text = (_read(root, "sys/kernel/boot_params/setup_data/%s/type" % name, "") or "").strip()
-        try:
-            types.append(int(text, 0))
-        except ValueError:
-            pass
-    return types
-
-
 def _scratch_len(root):
     """The KHO scratch areas' total size from debugfs (one hex size per area), None if unreadable."""
     text = _read(root, "/sys/kernel/debug/kho/out/scratch_len")
@@ -228,10 +208,9 @@ def kho_state(root, args=None, config=None):
     elif config:
         out["enabled"] = out["kho_flag"]
     out["scratch_bytes"] = _scratch_len(root)
-    if SETUP_KEXEC_KHO in _setup_data_types(root):
-        out["incoming"], out["incoming_evidence"] = True, "/sys/kernel/boot_params/setup_data"
-    elif os.path.isdir(os.path.join(root, "sys/kernel/debug/kho/in")):
-        out["incoming"], out["incoming_evidence"] = True, "/sys/kernel/debug/kho/in"
+    evidence = kho_boot_evidence(root)
+    if evidence:
+        out["incoming"], out["incoming_evidence"] = True, "; ".join(evidence)
     return out
 
 

@@ -132,15 +132,15 @@ ansible_facts:
             - C(kho_scratch) - the C(kho_scratch=) value on C(/proc/cmdline), or null.
             - C(liveupdate_device) - C(/dev/liveupdate) exists (KHO and LUO both on).
             - C(incoming) - this boot came from a KHO kexec; C(incoming_evidence) - what showed it -
-              C(/sys/kernel/boot_params/setup_data) (an entry of type C(0xa), SETUP_KEXEC_KHO, which
-              kexec_file_load adds on x86; no debugfs needed), else C(/sys/kernel/debug/kho/in), or the
-              RFC's C(/sys/firmware/kho/dt).
+              C(setup_data N type SETUP_KEXEC_KHO) (an entry of type C(0xa) under
+              C(/sys/kernel/boot_params/setup_data), which kexec_file_load adds on x86; no debugfs
+              needed), C(debugfs kho/in), or the RFC's C(/sys/firmware/kho/dt).
             - C(scratch_bytes) - the KHO scratch areas' total size from debugfs
               C(kho/out/scratch_len), null without debugfs. Fixed at the cold boot and handed down by
               every kexec after it.
           type: dict
           sample: {"interface": "mainline", "active": null, "enabled": true, "incoming": true,
-                   "incoming_evidence": "/sys/kernel/boot_params/setup_data", "liveupdate_device": true,
+                   "incoming_evidence": "setup_data 1 type SETUP_KEXEC_KHO", "liveupdate_device": true,
                    "kho_flag": true, "liveupdate_flag": true, "kho_scratch": null, "scratch_bytes": null}
         qemu_processes:
           description: Running QEMU system emulators (each C(pid), C(comm)); a cold reboot would kill them.
