@@ -114,7 +114,12 @@ def save(vm, timeout=120):
         done = q.wait_event("MIGRATION", timeout,
                             match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
         if done["data"]["status"] != "completed":
-            raise QMPError("migration of %s ended %s" % (vm.name, done["data"]["status"]))
+            try:  # QEMU says why (e.g. "No space left on device"); the event alone does not
+                why = (q.cmd("query-migrate") or {}).get("error-desc")
+            except QMPError:
+                why = None
+            raise QMPError("migration of %s to %s ended %s%s" % (vm.name, tmp, done["data"]["status"],
+                                                                  ": %s" % why if why else ""))
         _fsync_path(tmp)
         os.rename(tmp, vm.state_path)
         _fsync_path(os.path.dirname(vm.state_path))

@@ -285,23 +285,24 @@ def fault_state_storage_full(host, ctx):
     return "free space where /var/lib/guestmemfs-liveupdate/state lives, re-run the live update"
 
 
-def console_boots(host):
-    try:
-        with open(host.h["console"], "rb") as fh:
-            return fh.read().count(b"Linux version ")
-    except OSError:
-        return 0
-
-
 def fault_unreachable_after_kexec(host, ctx):
     """The host's network goes away as its new kernel starts: the controller times out, the host
     restores its VMs by itself; a re-run once it answers again finds it done."""
-    boots = console_boots(host)
     p = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], "guestmemfs_kexec_timeout=150", background=True)
     deadline = time.time() + 1200
-    while time.time() < deadline and p.poll() is None and console_boots(host) == boots:
-        time.sleep(0.2)
-    host.set_link(False)  # the new kernel is starting (its first line is on the console)
+    phase = None
+    # The journal says "kexec" just before the host goes down (a quiet kernel prints nothing on the
+    # console to wait for): from then on the controller must not reach the new kernel.
+    while time.time() < deadline and p.poll() is None:
+        out = host.try_out("%s status" % AGENT, timeout=20)
+        phase = json.loads(out).get("phase") if out else phase
+        if phase == "kexec":
+            break
+        time.sleep(0.5)
+    if p.poll() is not None:
+        raise RuntimeError("the play ended (rc %s) before the host reached the kexec" % p.returncode)
+    host.set_link(False)
+    ctx["link_cut_at_phase"] = phase
     try:
         output = p.communicate(timeout=2400)[0]
         ctx["msgs"], ctx["rc"] = failure_messages(output), p.returncode
@@ -364,6 +365,7 @@ def run_fault(host, name, fn):
         "seconds": round(time.time() - t0),
     }
     for k in ("killed_at", "same_update", "saves", "phase_when_reachable_again", "rerun_rc", "rerun_msgs",
+              "link_cut_at_phase",
               "device_state_lost", "altered", "held_before_recovery"):
         if k in ctx:
             row[k] = ctx[k]
