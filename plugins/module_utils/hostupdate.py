@@ -409,11 +409,18 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
             return "not kexecing: memfds of %s are not preserved" % ", ".join(unpreserved)
         set_phase("kexec", kexec_ts=time.time())
         os.sync()
-        try:  # the holder holds the session: it must be the one to kexec (see memfd_holder)
-            memfd_holder.request("kexec")
-        except Exception as exc:
-            return "the memfd holder did not kexec: %s" % exc
-        return None
+        # The holder holds the session: it must be the one to kexec (see memfd_holder). A holder
+        # that died is restarted by systemd with every fd from its store: wait for it.
+        deadline = time.time() + 90
+        while True:
+            try:
+                memfd_holder.request("kexec")
+                return None
+            except (memfd_holder.HolderError, OSError) as exc:
+                retry = isinstance(exc, OSError) or "not running" in str(exc)
+                if not retry or time.time() > deadline:
+                    return "the memfd holder did not kexec: %s" % exc
+            time.sleep(2)
     if any(_is_luo_path(v.get("mem_path")) for v in (j.get("vms") or {}).values()):
         return "not kexecing: VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
             held or "none")

@@ -186,6 +186,15 @@ class Holder(object):
                 self.vms[name] = fd
                 self._keep("vm." + name, fd)
                 got[name] = token
+        if errors:  # the manifest keeps each token too: say how to take a VM back by hand
+            from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import manifest
+            files = (manifest.load() or {}).get("files") or {}
+            for name in errors:
+                token = (files.get(name) or {}).get("luo_token")
+                errors[name] += ("; its memory stays in the session (not finished). The manifest records "
+                                 "token %s: agent luo retrieve %s %s, then agent verify %s and systemctl start "
+                                 "guestmemfs-vm@%s" % (token, name, token, name, name)) if token else \
+                    "; its memory stays in the session (not finished) until the holder finishes it"
         self.retrieve_errors = errors
 
         def fn(jj):
@@ -333,6 +342,30 @@ class Holder(object):
         luo.reboot_kexec()  # returns only on failure
         raise HolderError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 
+    def retrieve(self, name, token):
+        """Recovery: take back one memfd by token from the session retrieved in this boot (one that
+        did not come back at start, e.g. under a wrong token), then verify and start its VM."""
+        if not NAME_RE.match(name or ""):
+            raise HolderError("VM name %r: use 1 to 48 of A-Z a-z 0-9 _ . -" % (name,))
+        if self.session is None or not self.session.retrieved or self.finished:
+            raise HolderError("no unfinished session retrieved in this boot: nothing to retrieve from")
+        if name in self.vms:
+            raise HolderError("%s already has a memfd here" % name)
+        fd = self.session.retrieve(int(token))
+        self.vms[name] = fd
+        self._keep("vm." + name, fd)
+        self.retrieve_errors.pop(name, None)
+        self.publish()
+
+        def fn(j):
+            r = j.setdefault("luo", {})
+            r["retrieved"] = sorted(set(r.get("retrieved") or []) | {name})
+            r["retrieve_errors"] = dict(self.retrieve_errors)
+            r.setdefault("tokens", {})[name] = int(token)
+            (j.get("vms") or {}).get(name, {}).pop("luo_error", None)
+        update_journal(fn, msg="luo: %s retrieved by hand (token %s)" % (name, token))
+        return {"changed": True, "path": mem_path(name)}
+
     def finish(self, force=False):
         """Finish the retrieved session once every VM is final; never while a token failed to come
         back (FINISH frees what was not retrieved) unless ``force``."""
@@ -368,6 +401,8 @@ class Holder(object):
             return self.kexec()
         if op == "finish":
             return self.finish(bool(req.get("force")))
+        if op == "retrieve":
+            return self.retrieve(req.get("name"), req.get("token", -1))
         raise HolderError("unknown request %r" % (op,))
 
 
@@ -455,7 +490,7 @@ def main(args):
         return 0
     if not args:
         sys.stderr.write("usage: agent luo status | ensure NAME SIZE | drop NAME | preserve [NAME...] | "
-                         "unpreserve | finish [--force]\n")
+                         "unpreserve | retrieve NAME TOKEN | finish [--force]\n")
         return 2
     op, rest = args[0], args[1:]
     fields = {}
@@ -467,6 +502,8 @@ def main(args):
         fields = {"names": rest}
     elif op == "finish":
         fields = {"force": "--force" in rest}
+    elif op == "retrieve" and len(rest) == 2:
+        fields = {"name": rest[0], "token": int(rest[1])}
     try:
         result = request(op, **fields)
     except HolderError as exc:

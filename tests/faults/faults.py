@@ -36,7 +36,6 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import Q
 
 AGENT = "python3 /usr/lib/guestmemfs-liveupdate/agent"
 PATTERN_OFFSET_MIB = 32
-MEM_DIR = "/mnt/vmmem"
 
 
 def log(msg):
@@ -49,6 +48,7 @@ class Host(object):
         self.h = next(h for h in state["hosts"] if h["name"] == name)
         self.name = name
         self.report = report
+        self._ram = {}
 
     def ssh(self, command, timeout=180, check=True):
         r = subprocess.run(fleet.ssh_base(self.state, self.h) + [command], capture_output=True, text=True,
@@ -77,6 +77,17 @@ class Host(object):
     def boot_id(self):
         return self.out("cat /proc/sys/kernel/random/boot_id")
 
+    def ram(self, vm):
+        """The VM's RAM file as its configuration names it (pmem: /mnt/vmmem/NAME.ram; luo: the
+        holder's link /run/guestmemfs-liveupdate/luo/NAME)."""
+        if vm not in self._ram:
+            self._ram[vm] = self.out("python3 -c \"import json; print(json.load(open("
+                                     "'/etc/guestmemfs-liveupdate/vms/%s.json'))['mem_path'])\"" % vm)
+        return self._ram[vm]
+
+    def backend(self):
+        return "luo" if all(self.ram(vm).startswith("/run/guestmemfs-liveupdate/luo/") for vm in self.vms()) else "file"
+
     def other_kernel(self):
         return self.out('ls /boot/vmlinuz-* | grep -v "$(uname -r)" | tail -1')
 
@@ -87,14 +98,14 @@ class Host(object):
         digests = {}
         for vm in self.vms():
             digests[vm] = self.out(
-                "set -o pipefail; head -c 4M /dev/urandom | dd of=%s/%s.ram bs=1M seek=%d conv=notrunc,fsync "
-                "status=none && dd if=%s/%s.ram bs=1M skip=%d count=4 status=none | sha256sum | cut -c1-64"
-                % (MEM_DIR, vm, PATTERN_OFFSET_MIB, MEM_DIR, vm, PATTERN_OFFSET_MIB))
+                "set -o pipefail; head -c 4M /dev/urandom | dd of=%s bs=1M seek=%d conv=notrunc,fsync "
+                "status=none && dd if=%s bs=1M skip=%d count=4 status=none | sha256sum | cut -c1-64"
+                % (self.ram(vm), PATTERN_OFFSET_MIB, self.ram(vm), PATTERN_OFFSET_MIB))
         return digests
 
     def pattern_digests(self):
-        return dict((vm, self.out("dd if=%s/%s.ram bs=1M skip=%d count=4 status=none | sha256sum | cut -c1-64"
-                                  % (MEM_DIR, vm, PATTERN_OFFSET_MIB))) for vm in self.vms())
+        return dict((vm, self.out("dd if=%s bs=1M skip=%d count=4 status=none | sha256sum | cut -c1-64"
+                                  % (self.ram(vm), PATTERN_OFFSET_MIB))) for vm in self.vms())
 
     def wait_ssh(self, timeout=900):
         deadline = time.time() + timeout
@@ -227,8 +238,8 @@ def fault_memory_altered(host, ctx):
         raise RuntimeError("save failed: %s" % save.stdout[-800:])
     update_id = host.journal().get("update_id")
     offset = 100 * 2**20 + 7
-    flip = ("python3 -c \"f=open('%s/%s.ram','r+b'); f.seek(%d); b=f.read(1); f.seek(%d); "
-            "f.write(bytes([b[0]^255])); f.close()\"" % (MEM_DIR, vm, offset, offset))
+    flip = ("python3 -c \"f=open('%s','r+b'); f.seek(%d); b=f.read(1); f.seek(%d); "
+            "f.write(bytes([b[0]^255])); f.close()\"" % (host.ram(vm), offset, offset))
     host.ssh(flip)
     ctx["altered"] = {vm: offset}
     rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
@@ -327,6 +338,79 @@ def fault_unreachable_after_kexec(host, ctx):
     return "wait for the host to answer, then re-run the live update (it reports the host done)"
 
 
+# ---------------------------------------------------------------- the luo backend's own faults
+# On a host whose VMs live in memfds held by guestmemfs-luo.service (scripts/demo with
+# GUESTMEMFS_BACKEND=luo; scripts/faults --name luo).
+
+def _save_by_hand(host):
+    save = subprocess.run(["ansible", "-i", host.state["inventory"], host.name, "-m",
+                           "guestmemfs.liveupdate.vm_cpr", "-a", "action=save"],
+                          capture_output=True, text=True, check=False)
+    if save.returncode != 0:
+        raise RuntimeError("save failed: %s" % save.stdout[-800:])
+
+
+def fault_luo_preserve_fails(host, ctx):
+    """The preserve before the save fails (here: the holder already has a session preserving vm1
+    only, so it refuses a second): the update stops before any VM pauses."""
+    vm = host.vms()[0]
+    host.ssh("%s luo preserve %s" % (AGENT, vm))
+    rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = True
+    recovery = "%s luo unpreserve  # then re-run the live update" % AGENT
+    host.ssh("%s luo unpreserve" % AGENT)
+    return recovery
+
+
+def fault_luo_holder_killed(host, ctx):
+    """The memfd holder is killed (SIGKILL) right after the VMs are saved, before the kexec: its fds
+    live on in systemd's fd store, systemd restarts it, it takes them back and does the kexec."""
+    host.ssh("systemd-run -q --unit=fault-holder-killer python3 -c \"import json,os,subprocess,time\n"
+             "end=time.time()+1800\n"
+             "while time.time()<end:\n"
+             "    try: ph=json.load(open('/var/lib/guestmemfs-liveupdate/journal.json')).get('phase')\n"
+             "    except Exception: ph=None\n"
+             "    if ph=='saved':\n"
+             "        pid=int(subprocess.check_output(['systemctl','show','-P','MainPID','guestmemfs-luo']))\n"
+             "        os.kill(pid,9); open('/var/lib/fault-holder-killed','w').write(str(pid)); os.sync(); break\n"
+             "    time.sleep(0.02)\"")
+    rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_same_boot"] = False
+    ctx["holder_killed"] = host.try_out("cat /var/lib/fault-holder-killed && rm -f /var/lib/fault-holder-killed")
+    if not ctx["holder_killed"]:
+        raise RuntimeError("the holder was not killed: the watcher never saw the phase saved")
+    return "none: systemd restarts the holder, which takes every fd back from its fd store"
+
+
+def fault_luo_retrieve_fails(host, ctx):
+    """After the kexec, one VM's memfd does not come back (its token in the journal is wrong): that
+    VM is held, not resumed; the session is not finished, so its memory stays retrievable; the
+    manifest's token brings it back."""
+    vm = host.vms()[-1]
+    _save_by_hand(host)
+    host.ssh("python3 -c \"import sys; sys.path.insert(0, '/usr/lib/guestmemfs-liveupdate')\n"
+             "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate\n"
+             "hostupdate.update_journal(lambda j: j['luo']['tokens'].update({'%s': 99}), msg='fault: wrong token')\"" % vm)
+    rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = False
+    j = host.journal()
+    ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
+                                       if v.get("state") == "held")
+    ctx["luo_before_recovery"] = dict((k, (j.get("luo") or {}).get(k)) for k in ("retrieved", "retrieve_errors",
+                                                                                   "finished_ts"))
+    token = host.out("python3 -c \"import json; print(json.load(open('/var/lib/guestmemfs-liveupdate/manifest.json'))"
+                     "['files']['%s']['luo_token'])\"" % vm)
+    recovery = "%s luo retrieve %s %s && %s verify %s && systemctl start guestmemfs-vm@%s" % (
+        AGENT, vm, token, AGENT, vm, vm)
+    host.ssh(recovery)
+    return recovery
+
+
 FAULTS = [
     ("qemu_killed_during_save", fault_qemu_killed_during_save),
     ("bad_kernel_path", fault_bad_kernel_path),
@@ -336,7 +420,12 @@ FAULTS = [
     ("controller_killed", fault_controller_killed),
     ("state_storage_full", fault_state_storage_full),
     ("unreachable_after_kexec", fault_unreachable_after_kexec),
+    ("luo_preserve_fails", fault_luo_preserve_fails),
+    ("luo_holder_killed", fault_luo_holder_killed),
+    ("luo_retrieve_fails", fault_luo_retrieve_fails),
 ]
+# Faults that only a luo host has; on such a host the generic faults that alter a file run too.
+LUO_ONLY = ("luo_preserve_fails", "luo_holder_killed", "luo_retrieve_fails")
 
 
 def run_fault(host, name, fn):
@@ -374,7 +463,7 @@ def run_fault(host, name, fn):
         "seconds": round(time.time() - t0),
     }
     for k in ("killed_at", "same_update", "saves", "phase_when_reachable_again", "rerun_rc", "rerun_msgs",
-              "link_cut_at_phase",
+              "link_cut_at_phase", "holder_killed", "luo_before_recovery",
               "device_state_lost", "altered", "held_before_recovery"):
         if k in ctx:
             row[k] = ctx[k]
@@ -445,8 +534,12 @@ def main():
             json.dump(ordered, fh, indent=1)
         with open(os.path.join(a.report, "faults.txt"), "w") as fh:
             fh.write(render(ordered))
+    luo_host = host.backend() == "luo"
     for name, fn in FAULTS:
         if a.only and name not in a.only:
+            continue
+        if name in LUO_ONLY and not luo_host:
+            log("%s: skipped (a luo backend fault; this host's VMs are not on luo)" % name)
             continue
         try:
             rows.append(run_fault(host, name, fn))
