@@ -375,13 +375,14 @@ def qemu_cmd(state, host, base):
     ]
 
 
-def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None):
+def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem"):
     require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
     state = load_state(name)
     if state and any(pid_alive(h.get("pid", 0), h["name"]) for h in state["hosts"]):
         healthy = all(pid_alive(h["pid"], h["name"]) and ssh_ok(state, h) for h in state["hosts"])
         if len(state["hosts"]) == hosts and healthy:
             log(f"fleet '{name}' is already up with {hosts} hosts: reusing it")
+            state["backend"] = backend
             write_inventory(name, state, inventory_copy)
             return state
         raise FleetStillRunning(f"fleet '{name}' is running but not as asked (or not answering): "
@@ -399,7 +400,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
     if not os.path.exists(key):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-{name}", "-f", key])
     state = {"name": name, "key": key, "memory_mb": memory_mb, "cpus": cpus, "accel": accel,
-             "base": base, "hosts": []}
+             "base": base, "hosts": [], "backend": backend}
     for i in range(hosts):
         hname = f"host{i + 1}"
         host = {"name": hname, "port": base_port + i,
@@ -439,6 +440,29 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
     return state
 
 
+def inventory_vars(text, backend=None):
+    """The fleet's group variables for ``backend``: pmem as written; luo (no carve-out, no mount)
+    sizes the same VMs as memfds beside the KHO scratch."""
+    if backend in (None, "pmem"):
+        return text.splitlines()
+    if backend != "luo":
+        raise FleetError(f"backend {backend!r}: the virtual fleet knows pmem and luo")
+    out, skip = [], False
+    for line in text.splitlines():
+        if line.startswith("guestmemfs_backend:"):
+            line = "guestmemfs_backend: luo"
+        elif line.startswith("guestmemfs_sizing:"):
+            out += ["guestmemfs_sizing:", "  backend: luo", "  mode: vms", '  vms: "{{ guestmemfs_vms }}"',
+                    "  reserve: 1G"]
+            skip = True
+            continue
+        elif skip and line.startswith("  "):
+            continue
+        skip = False
+        out.append(line)
+    return out
+
+
 def write_inventory(name, state, copy_to=None):
     lines = ["# Written by tests/fleet/fleet.py up; the fleet's VMs on 127.0.0.1", "all:",
              "  children:", "    hypervisors:", "      hosts:"]
@@ -453,7 +477,7 @@ def write_inventory(name, state, copy_to=None):
               "          -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o ConnectTimeout=30",
               "        ansible_python_interpreter: /usr/bin/python3"]
     with open(os.path.join(HERE, "inventory-vars.yml")) as fh:
-        lines += ["        " + line if line.strip() else "" for line in fh.read().splitlines()]
+        lines += ["        " + line if line.strip() else "" for line in inventory_vars(fh.read(), state.get("backend"))]
     lines.append("")
     path = os.path.join(fleet_dir(name), "inventory.yml")
     write(path, "\n".join(lines))
@@ -548,6 +572,8 @@ def main(argv=None):
     pu.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
     pu.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg: KVM hangs here)")
     pu.add_argument("--inventory", help="also write the inventory to this path")
+    pu.add_argument("--backend", default="pmem", choices=["pmem", "luo"],
+                    help="the memory backend the inventory gives the hosts (default pmem)")
     sub.add_parser("down", help="stop the fleet")
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
@@ -564,7 +590,8 @@ def main(argv=None):
             if a.hosts < 1 or a.memory < 1024 or a.cpus < 1:
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
             try:
-                state = up(a.name, a.hosts, a.memory, a.cpus, a.base_port, a.timeout, a.accel, a.inventory)
+                state = up(a.name, a.hosts, a.memory, a.cpus, a.base_port, a.timeout, a.accel, a.inventory,
+                           a.backend)
             except FleetStillRunning:
                 raise
             except BaseException:

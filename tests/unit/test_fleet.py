@@ -111,3 +111,16 @@ def test_ssh_to_unknown_host(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
     assert fleet.main(["--name", "none", "ssh", "host9", "true"]) == 2
     assert "no host host9" in capsys.readouterr().err
+
+
+def test_inventory_vars_for_each_backend():
+    with open(fleet.os.path.join(fleet.HERE, "inventory-vars.yml")) as fh:
+        text = fh.read()
+    pmem = yaml.safe_load("\n".join(fleet.inventory_vars(text, "pmem")))
+    luo = yaml.safe_load("\n".join(fleet.inventory_vars(text, "luo")))
+    assert pmem["guestmemfs_backend"] == "pmem" and pmem["guestmemfs_sizing"]["backend"] == "pmem"
+    assert luo["guestmemfs_backend"] == "luo" and luo["guestmemfs_vms"] == pmem["guestmemfs_vms"]
+    assert luo["guestmemfs_sizing"] == {"backend": "luo", "mode": "vms", "vms": "{{ guestmemfs_vms }}",
+                                        "reserve": "1G"}
+    with pytest.raises(fleet.FleetError, match="pmem and luo"):
+        fleet.inventory_vars(text, "guestmemfs")
