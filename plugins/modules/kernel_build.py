@@ -211,6 +211,10 @@ built:
   description: Whether this run built (false - the stamp of the same inputs was reused).
   returned: always
   type: bool
+skipped_in_s:
+  description: Seconds this run took to find that the same inputs were built already (hashing them).
+  returned: when the build was skipped
+  type: float
 kernel_release:
   description: C(make -s kernelrelease).
   returned: success, not in check mode unless the stamp exists
@@ -548,6 +552,7 @@ def _read_json(path):
 
 
 def main():
+    t0 = time.time()
     module = AnsibleModule(
         argument_spec=dict(
             build_dir=dict(type="path", required=True),
@@ -605,7 +610,8 @@ def main():
     stamp = _read_json(os.path.join(out_dir, "kernel_build.json"))
     if stamp.get("input_hash") == digest and not p["force"] and \
             all(os.path.exists(f) for f in stamp.get("packages", []) + [stamp.get("vmlinuz", "")]):
-        stamp.update(changed=False, built=False, build_log=b.log, source=source)
+        # What a skipped rebuild costs: hashing the inputs (the source tarball above all).
+        stamp.update(changed=False, built=False, build_log=b.log, source=source, skipped_in_s=round(time.time() - t0, 2))
         module.exit_json(**stamp)
     b.result["changed"] = True
     if module.check_mode:
