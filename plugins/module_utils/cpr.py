@@ -118,8 +118,8 @@ def save(vm, timeout=120):
                 why = (q.cmd("query-migrate") or {}).get("error-desc")
             except QMPError:
                 why = None
-            raise QMPError("migration of %s to %s ended %s%s" % (vm.name, tmp, done["data"]["status"],
-                                                                  ": %s" % why if why else ""))
+            reason = ": %s" % why if why else ""
+            raise QMPError("migration of %s to %s ended %s%s" % (vm.name, tmp, done["data"]["status"], reason))
         _fsync_path(tmp)
         os.rename(tmp, vm.state_path)
         _fsync_path(os.path.dirname(vm.state_path))

@@ -303,6 +303,7 @@ def fault_unreachable_after_kexec(host, ctx):
     # "kexec" (SSH polls miss that window; a quiet kernel prints nothing to wait for): from then on
     # the controller must not reach the new kernel.
     marker = "FAULT-KEXEC-%d" % os.getpid()
+    host.ssh("systemctl stop fault-kexec-marker; systemctl reset-failed fault-kexec-marker; true", check=False)
     host.ssh("systemd-run -q --unit=fault-kexec-marker python3 -c \"import json,time\n"
              "end=time.time()+1800\n"
              "while time.time()<end:\n"
@@ -367,6 +368,7 @@ def fault_luo_preserve_fails(host, ctx):
 def fault_luo_holder_killed(host, ctx):
     """The memfd holder is killed (SIGKILL) right after the VMs are saved, before the kexec: its fds
     live on in systemd's fd store, systemd restarts it, it takes them back and does the kexec."""
+    host.ssh("systemctl stop fault-holder-killer; systemctl reset-failed fault-holder-killer; true", check=False)
     host.ssh("systemd-run -q --unit=fault-holder-killer python3 -c \"import json,os,subprocess,time\n"
              "end=time.time()+1800\n"
              "while time.time()<end:\n"
@@ -401,8 +403,8 @@ def fault_luo_retrieve_fails(host, ctx):
     j = host.journal()
     ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
                                        if v.get("state") == "held")
-    ctx["luo_before_recovery"] = dict((k, (j.get("luo") or {}).get(k)) for k in ("retrieved", "retrieve_errors",
-                                                                                   "finished_ts"))
+    luo_rec = j.get("luo") or {}
+    ctx["luo_before_recovery"] = dict((k, luo_rec.get(k)) for k in ("retrieved", "retrieve_errors", "finished_ts"))
     token = host.out("python3 -c \"import json; print(json.load(open('/var/lib/guestmemfs-liveupdate/manifest.json'))"
                      "['files']['%s']['luo_token'])\"" % vm)
     recovery = "%s luo retrieve %s %s && %s verify %s && systemctl start guestmemfs-vm@%s" % (
