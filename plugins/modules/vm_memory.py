@@ -143,9 +143,16 @@ def _wanted(module, backend):
     return out
 
 
-def _diff(plan):
-    return dict(before="".join("%s %d\n" % (f["name"], f["before_bytes"]) for f in plan),
-                after="".join("%s %d\n" % (f["name"], f["size_bytes"]) for f in plan))
+def _planned(module, plan, free):
+    """The result of a plan; exits here when nothing is to change or in check mode."""
+    changed = any(f["action"] != "none" for f in plan)
+    result = dict(changed=changed, files=plan, free_bytes=free)
+    if module._diff and changed:
+        result["diff"] = dict(before="".join("%s %d\n" % (f["name"], f["before_bytes"]) for f in plan),
+                              after="".join("%s %d\n" % (f["name"], f["size_bytes"]) for f in plan))
+    if module.check_mode or not changed:
+        module.exit_json(**result)
+    return result
 
 
 def _mem_available():
@@ -177,12 +184,7 @@ def memfds(module, backend):
     if free is not None and need > free:
         module.fail_json(msg="the VMs' memfds need %s more, but the host has %s available: shrink the VMs or "
                              "move some. Nothing was changed" % (human(need), human(free)), files=plan)
-    changed = need > 0
-    result = dict(changed=changed, files=plan, free_bytes=free)
-    if module._diff and changed:
-        result["diff"] = _diff(plan)
-    if module.check_mode or not changed:
-        module.exit_json(**result)
+    result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "create":
             try:
@@ -241,12 +243,7 @@ def main():
     if need > free:
         module.fail_json(msg="the VM memory files need %s more, but %s has %s free: shrink the VMs or grow the "
                              "carve-out" % (human(need), path, human(free)), files=plan)
-    changed = any(f["action"] != "none" for f in plan)
-    result = dict(changed=changed, files=plan, free_bytes=free)
-    if module._diff and changed:
-        result["diff"] = _diff(plan)
-    if module.check_mode or not changed:
-        module.exit_json(**result)
+    result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "none":
             continue
