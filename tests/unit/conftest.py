@@ -4,6 +4,7 @@ so plain pytest runs the unit tests without installing the collection."""
 import atexit
 import os
 import shutil
+import struct
 import sys
 import tempfile
 
@@ -16,3 +17,13 @@ os.symlink(ROOT, os.path.join(_tree, "ansible_collections", "guestmemfs", "liveu
 sys.path.insert(0, _tree)
 atexit.register(shutil.rmtree, _tree, True)  # removes the symlink, never what it points at
 sys.path.insert(0, os.path.join(ROOT, "tests", "fleet"))
+
+
+def bzimage(path, version):
+    """The first bytes of a bzImage: the setup header's magic and version pointer (boot protocol)."""
+    data = bytearray(0x400)
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = struct.pack("<H", 0x300 - 0x200)
+    text = version.encode() + b"\0"
+    data[0x300:0x300 + len(text)] = text
+    path.write_bytes(bytes(data))

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from conftest import bzimage
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
 
@@ -152,16 +153,6 @@ def test_finish_after_kexec_is_restored_or_held(host):
     hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "restored"
-
-
-def bzimage(path, version):
-    """The first bytes of a bzImage: the setup header's magic and version pointer (boot protocol)."""
-    data = bytearray(0x400)
-    data[0x202:0x206] = b"HdrS"
-    data[0x20E:0x210] = struct.pack("<H", 0x300 - 0x200)
-    text = version.encode() + b"\0"
-    data[0x300:0x300 + len(text)] = text
-    path.write_bytes(bytes(data))
 
 
 def test_image_release_reads_the_header_not_the_name(tmp_path):

@@ -4,7 +4,6 @@ anything is loaded. The decision is pure; the module runs against recorded host 
 import json
 import os
 import shutil
-import struct
 
 import pytest
 
@@ -14,7 +13,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec
 
-from conftest import FIXTURES
+from conftest import FIXTURES, bzimage
 
 LUO = get_backend("luo")
 LUO_HOST = os.path.join(FIXTURES, "luo-host")
@@ -86,15 +85,6 @@ def test_a_running_kernel_without_dev_liveupdate_is_refused():
 def test_any_load_but_kexec_file_load_is_refused(cmd):
     assert problems(cmd=cmd) == ["the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
                                  % " ".join(cmd[:3])]
-
-
-def bzimage(path, version):
-    data = bytearray(0x400)
-    data[0x202:0x206] = b"HdrS"
-    data[0x20E:0x210] = struct.pack("<H", 0x300 - 0x200)
-    text = version.encode() + b"\0"
-    data[0x300:0x300 + len(text)] = text
-    path.write_bytes(bytes(data))
 
 
 def test_target_config_is_read_for_the_images_release(tmp_path):
