@@ -217,6 +217,23 @@ def kho_state(root, args=None, config=None):
 def image_release(path):
     """The release a bzImage announces in its setup header (boot protocol 2.00+: "HdrS" at 0x202,
     the version string's offset - 0x200 at 0x20E), or None when it is not such an image."""
+    return image_version(path)[0]
+
+
+def image_version(path):
+    """(release, build) a bzImage announces: its header string is "RELEASE (BY@HOST) BUILD", where
+    BUILD is what ``uname -v`` prints once it runs ("#1 SMP PREEMPT_DYNAMIC Debian 7.3.4-1 (...)").
+    A rebuild of the same release (a fix built with the same localversion, a distribution update
+    that kept its ABI name) differs in BUILD only. (None, None) when it is not such an image."""
+    text = _image_header_text(path)
+    if not text:
+        return None, None
+    release, _sep, rest = text.partition(" ")
+    build = rest.split(") ", 1)[1] if rest.startswith("(") and ") " in rest else None
+    return release or None, build or None
+
+
+def _image_header_text(path):
     try:
         with open(path, "rb") as fh:
             head = fh.read(0x4000)
@@ -224,10 +241,9 @@ def image_release(path):
                 return None
             off = 0x200 + (head[0x20E] | head[0x20F] << 8)
             fh.seek(off)
-            text = fh.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
+            return fh.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
     except (IOError, OSError, IndexError):
         return None
-    return text.split(" ", 1)[0] or None
 
 
 def image_problem(path):

@@ -71,7 +71,8 @@ def set_phase(phase, msg=None, **fields):
     return update_journal(_phase(phase, **fields), msg=msg or "phase %s" % phase)
 
 
-def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_pid_alive):
+def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_pid_alive,
+              running_build=None, target_build=None):
     """What a run of the live update must do on this host, from its journal alone.
 
     Returns ``(step, reason)``; step is one of:
@@ -80,6 +81,8 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_
     ``wait`` (the host is past the kexec: wait for its own restore), ``wait_save`` (a save is still
     running), ``rollback`` (a save died half-way: restore the saved VMs on this kernel) or
     ``blocked`` (VMs held or failed: an operator must look; nothing may act on this host).
+    The target is running when its release and, if both are known, its build (``uname -v``) match:
+    a rebuild of the same release is a new kernel.
     """
     vms = j.get("vms", {}) or {}
     phase = j.get("phase")
@@ -110,6 +113,9 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_
     if pending and phase not in ("rolled_back",):
         return "wait", "VMs still pending: %s" % ", ".join(pending)
     if target_release and running_release == target_release:
+        if running_build and target_build and running_build != target_build:
+            return "start", "running %s build %r; the staged image is build %r of the same release" % (
+                running_release, running_build, target_build)
         return "done", "already running %s with nothing in flight" % target_release
     return "start", "no update in flight (phase %s)" % phase
 

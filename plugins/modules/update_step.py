@@ -103,6 +103,17 @@ target_release:
   description: The release that image announces.
   returned: always
   type: str
+running_build:
+  description: The running kernel's build (C(uname -v)).
+  returned: always
+  type: str
+  sample: "#1 SMP PREEMPT_DYNAMIC Debian 7.3.4-1 (2026-10-02)"
+target_build:
+  description:
+    - The build the image announces after its release. Same release with another build is a new
+      kernel - the step is C(start), not C(done).
+  returned: always
+  type: str
 """
 
 import os
@@ -133,7 +144,7 @@ def main():
         initrd = initrd or staged_initrd
     if not os.path.isfile(kernel):
         module.fail_json(msg="kernel %s is not staged (no such file)" % kernel)
-    target = facts.image_release(kernel)
+    target, target_build = facts.image_version(kernel)
     if not target:
         module.fail_json(msg="%s is not a bzImage (no setup header): cannot tell its release" % kernel)
     if not initrd and os.path.basename(kernel).startswith("vmlinuz-"):
@@ -142,11 +153,12 @@ def main():
     j = hostupdate.load_journal()
     with open("/proc/sys/kernel/random/boot_id") as fh:
         boot_id = fh.read().strip()
-    running = os.uname()[2]
-    step, reason = hostupdate.next_step(j, boot_id, running, target)
+    running, running_build = os.uname()[2], os.uname()[3]
+    step, reason = hostupdate.next_step(j, boot_id, running, target, running_build=running_build,
+                                        target_build=target_build)
     module.exit_json(changed=False, step=step, reason=reason, phase=j.get("phase"), update_id=j.get("update_id"),
                      vms=j.get("vms", {}), boot_id=boot_id, running_release=running, kernel=kernel,
-                     initrd=initrd, target_release=target)
+                     initrd=initrd, target_release=target, running_build=running_build, target_build=target_build)
 
 
 if __name__ == "__main__":

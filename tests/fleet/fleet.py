@@ -15,11 +15,13 @@ MBR and the gap after it, so no loop device is needed.
 """
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -557,6 +559,65 @@ def status(name):
     return 0
 
 
+# What the unit tests' host fixtures hold: the kernel files guestmemfs_facts and the backends read.
+# Read on the host by a small Python program; /proc and /sys files report size 0, so no tar.
+RECORD_PATHS = [
+    "proc/cmdline", "proc/meminfo", "proc/filesystems", "proc/self/mounts", "proc/sys/kernel/osrelease",
+    "proc/sys/kernel/random/boot_id", "boot/config-{release}", "sys/firmware/memmap/*/start",
+    "sys/firmware/memmap/*/end", "sys/firmware/memmap/*/type", "sys/kernel/kexec_loaded",
+    "sys/kernel/boot_params/setup_data/*/type", "sys/kernel/debug/kho/**", "sys/kernel/kho/*",
+    "sys/firmware/kho/dt", "sys/devices/system/node/node*/meminfo",
+    "sys/kernel/mm/hugepages/*/nr_hugepages", "sys/kernel/mm/hugepages/*/free_hugepages", "dev/liveupdate",
+]
+RECORD_PROGRAM = r"""
+import base64, glob, json, os, stat, sys
+release = os.uname()[2]
+out = {}
+for pattern in json.loads(sys.argv[1]):
+    for path in sorted(glob.glob("/" + pattern.format(release=release), recursive=True)):
+        st = os.stat(path)
+        if stat.S_ISCHR(st.st_mode):
+            out[path] = {"chardev": "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))}
+        elif stat.S_ISDIR(st.st_mode):
+            out[path] = {"dir": True}
+        else:
+            try:
+                with open(path, "rb") as fh:
+                    out[path] = {"b64": base64.b64encode(fh.read(1 << 20)).decode()}
+            except OSError as exc:
+                out[path] = {"error": str(exc)}
+print(json.dumps(out))
+"""
+
+
+def record(state, host, dest):
+    """Copy ``host``'s kernel files (RECORD_PATHS) into the fixture directory ``dest``. A character
+    device becomes an empty file, a directory stays (with .gitkeep), an unreadable file is left out.
+    Returns {path: what was written}."""
+    r = subprocess.run(ssh_base(state, host) + ["python3", "-c", shlex.quote(RECORD_PROGRAM),
+                                                shlex.quote(json.dumps(RECORD_PATHS))],
+                       stdout=subprocess.PIPE, check=True, timeout=120)
+    got = json.loads(r.stdout)
+    written = {}
+    for path, item in sorted(got.items()):
+        local = os.path.join(dest, path.lstrip("/"))
+        if item.get("dir"):
+            os.makedirs(local, exist_ok=True)
+            if not os.listdir(local):
+                open(os.path.join(local, ".gitkeep"), "w").close()
+            continue
+        if "error" in item:
+            written[path] = "unreadable: " + item["error"]
+            continue
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        data = b"" if "chardev" in item else base64.b64decode(item["b64"])
+        with open(local, "wb") as fh:
+            fh.write(data)
+        written[path] = "character device %s (empty file)" % item["chardev"] if "chardev" in item else \
+            "%d bytes" % len(data)
+    return written
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--name", default="fleet", help="fleet name (state directory); default: fleet")
@@ -579,6 +640,9 @@ def main(argv=None):
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
     pk.add_argument("host")
+    pr = sub.add_parser("record", help="record a host's kernel files as a unit-test fixture directory")
+    pr.add_argument("host")
+    pr.add_argument("dest")
     ps = sub.add_parser("ssh", help="run a command on a host")
     ps.add_argument("host")
     ps.add_argument("command", nargs=argparse.REMAINDER)
@@ -608,13 +672,17 @@ def main(argv=None):
             if not state:
                 raise FleetError(f"fleet '{a.name}' is not up")
             print(state["inventory"])
-        elif a.cmd in ("ssh", "kexec"):
+        elif a.cmd in ("ssh", "kexec", "record"):
             state = load_state(a.name)
             host = next((h for h in (state or {}).get("hosts", []) if h["name"] == a.host), None)
             if not host:
                 raise FleetError(f"no host {a.host} in fleet '{a.name}'")
             if a.cmd == "kexec":
                 print(json.dumps(kexec_roundtrip(state, host)))
+                return 0
+            if a.cmd == "record":
+                for path, what in record(state, host, a.dest).items():
+                    print(f"{path}: {what}")
                 return 0
             return subprocess.call(ssh_base(state, host) + a.command)
     except FleetError as exc:

@@ -32,6 +32,16 @@ def test_host_on_target_with_nothing_in_flight_is_done():
     assert step(j("restored", {"vm1": {"state": "restored"}}), running="7.3.5", target="7.3.5") == "done"
 
 
+def test_rebuild_of_the_running_release_is_a_new_kernel():
+    # A fix built with the same localversion, or a distribution update that kept its ABI name.
+    done = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                                target_build="#1 SMP Mon")
+    assert done[0] == "done"
+    again = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                                 target_build="#2 SMP Tue")
+    assert again[0] == "start" and "same release" in again[1]
+
+
 def test_finished_update_to_another_kernel_starts_again():
     # An operator staged a newer kernel after the last update: a new update, not a resume.
     assert step(j("restored", {"vm1": {"state": "restored"}}), boot=BOOT_B) == "start"
@@ -158,6 +168,10 @@ def test_finish_after_kexec_is_restored_or_held(host):
 def test_image_release_reads_the_header_not_the_name(tmp_path):
     bzimage(tmp_path / "vmlinuz-misnamed", "7.3.4+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP")
     assert facts.image_release(str(tmp_path / "vmlinuz-misnamed")) == "7.3.4+deb13-amd64"
+    assert facts.image_version(str(tmp_path / "vmlinuz-misnamed")) == ("7.3.4+deb13-amd64", "#1 SMP")
+    bzimage(tmp_path / "vmlinuz-debian", "6.12.48+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP "
+            "PREEMPT_DYNAMIC Debian 6.12.48-1 (2025-09-20)")
+    assert facts.image_version(str(tmp_path / "vmlinuz-debian"))[1] == "#1 SMP PREEMPT_DYNAMIC Debian 6.12.48-1 (2025-09-20)"
     (tmp_path / "notakernel").write_bytes(b"\0" * 0x400)
     assert facts.image_release(str(tmp_path / "notakernel")) is None
     assert facts.image_release(str(tmp_path / "missing")) is None

@@ -1,7 +1,21 @@
-"""What the default scenario leaves on each fleet hypervisor (testinfra, over Ansible)."""
+"""What the default (pmem) and luo scenarios leave on each fleet hypervisor (testinfra, over
+Ansible). The backend comes from GUESTMEMFS_MOLECULE_BACKEND (the luo scenario sets it); a test
+for the other backend is skipped, saying so."""
 
 import json
+import os
 import re
+
+import pytest
+
+BACKEND = os.environ.get("GUESTMEMFS_MOLECULE_BACKEND", "pmem")
+pmem_only = pytest.mark.skipif(BACKEND != "pmem", reason="pmem backend only (this run: %s)" % BACKEND)
+luo_only = pytest.mark.skipif(BACKEND != "luo", reason="luo backend only (this run: %s)" % BACKEND)
+
+
+def ram(name):
+    """Where a VM's RAM is: a file on the pmem DAX mount, or the luo holder's memfd (a link)."""
+    return f"/run/guestmemfs-liveupdate/luo/{name}" if BACKEND == "luo" else f"/mnt/vmmem/{name}.ram"
 
 
 def test_kernel_has_kexec_file(host):
@@ -17,7 +31,7 @@ def test_qemu_is_new_enough_for_cpr_reboot(host):
 
 
 def test_packages_installed(host):
-    for name in ("kexec-tools", "qemu-system-x86", "ndctl"):
+    for name in ("kexec-tools", "qemu-system-x86") + (("ndctl",) if BACKEND == "pmem" else ()):
         assert host.package(name).is_installed
 
 
@@ -35,9 +49,14 @@ def test_facts_module_reports_this_host(host):
     facts = result["ansible_facts"]["guestmemfs"]
     assert facts["kexec_file"] is True
     assert facts["boot_id"] == host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
-    # MemTotal lacks the 640 MiB carve-out; the firmware map still counts it.
-    assert facts["memory"]["total_bytes"] < facts["memory"]["firmware_ram_bytes"] - 600 * 2**20
-    assert facts["backend_mount"]["mounted"] is True
+    if BACKEND == "pmem":
+        # MemTotal lacks the 640 MiB carve-out; the firmware map still counts it.
+        assert facts["memory"]["total_bytes"] < facts["memory"]["firmware_ram_bytes"] - 600 * 2**20
+        assert facts["backend_mount"]["mounted"] is True
+    else:
+        # This boot came from a KHO kexec, and says so in the boot parameters.
+        assert facts["kho"]["incoming"] is True, facts["kho"]
+        assert facts["kho"]["liveupdate_device"] is True
     assert json.dumps(facts)
 
 
@@ -45,6 +64,7 @@ def test_hostname_from_inventory(host):
     assert host.check_output("hostname") == host.backend.get_hostname()
 
 
+@pmem_only
 def test_pmem_carveout_on_running_and_configured_cmdline(host):
     running = host.file("/proc/cmdline").content_string.split()
     memmap = [a for a in running if a.startswith("memmap=")]
@@ -54,6 +74,7 @@ def test_pmem_carveout_on_running_and_configured_cmdline(host):
     assert memmap[0] in host.file("/boot/grub/grub.cfg").content_string
 
 
+@pmem_only
 def test_pmem_mounted_with_dax_from_fstab(host):
     mounts = [line.split() for line in host.file("/proc/mounts").content_string.splitlines()]
     entry = next(m for m in mounts if m[1] == "/mnt/vmmem")
@@ -62,9 +83,10 @@ def test_pmem_mounted_with_dax_from_fstab(host):
     assert "nd_pmem" in host.file("/etc/modules-load.d/guestmemfs-liveupdate-pmem.conf").content_string
 
 
+@pmem_only
 def test_vm_memory_files(host):
     for name in ("vm1", "vm2"):
-        f = host.file(f"/mnt/vmmem/{name}.ram")
+        f = host.file(ram(name))
         assert f.exists and f.size == 256 * 2**20 and f.mode == 0o600
 
 
@@ -88,14 +110,14 @@ def test_every_vm_resumed_where_it_stopped(host):
 
 
 def read_counter(host, name):
-    out = host.check_output(f"od -An -t u4 -j $((0x200000)) -N 4 /mnt/vmmem/{name}.ram")
+    out = host.check_output(f"od -An -t u4 -j $((0x200000)) -N 4 {ram(name)}")
     return int(out.split()[0])
 
 
 def test_memory_pattern_intact(host):
     for name in ("vm1", "vm2"):
         want = host.file(f"/var/lib/molecule-pattern-{name}").content_string.strip()
-        got = host.check_output(f"dd if=/mnt/vmmem/{name}.ram bs=1M skip=32 count=4 status=none | sha256sum")
+        got = host.check_output(f"dd if={ram(name)} bs=1M skip=32 count=4 status=none | sha256sum")
         assert len(want) == 64 and got.split()[0] == want
 
 
@@ -113,3 +135,27 @@ def test_journal_records_every_phase_of_the_update(host):
     assert old != new
     assert j["phases"]["saved"]["boot_id"] == j["phases"]["kexec"]["boot_id"] == old
     assert j["phases"]["booted"]["boot_id"] == j["phases"]["restored"]["boot_id"] == new
+
+
+@luo_only
+def test_luo_flags_on_running_and_configured_cmdline(host):
+    running = host.file("/proc/cmdline").content_string.split()
+    assert "kho=on" in running and "liveupdate=on" in running
+    dropin = host.file("/etc/default/grub.d/99-guestmemfs-liveupdate.cfg").content_string
+    assert "kho=on" in dropin and "liveupdate=on" in dropin
+
+
+@luo_only
+def test_luo_memfds_retrieved_held_and_session_finished(host):
+    status = json.loads(host.check_output("python3 /usr/lib/guestmemfs-liveupdate/agent luo status"))
+    assert set(status["vms"]) == {"vm1", "vm2"}
+    for name, vm in status["vms"].items():
+        assert vm["size"] == 256 * 2**20, (name, vm)
+        # QEMU maps the holder's memfd: the link resolves into the holder's fd table.
+        target = host.check_output(f"readlink {ram(name)}")
+        assert target == f"/proc/{status['pid']}/fd/{vm['fd']}"
+    j = journal(host)
+    assert sorted(j["luo"]["retrieved"]) == ["vm1", "vm2"] and not j["luo"]["retrieve_errors"]
+    assert j["luo"]["retrieved_boot_id"] == j["to_boot_id"]
+    assert j["luo"]["finished_ts"] >= j["phases"]["restored"]["ts"] - 60
+    assert status["finished"] is True and not status["retrieve_errors"]
