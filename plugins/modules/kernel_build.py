@@ -68,6 +68,14 @@ options:
   patch_mbox:
     description: An mbox of patch mails (as from a mailing-list archive), applied in mbox order.
     type: path
+  patch_fuzz:
+    description:
+      - The context lines a hunk may ignore (C(patch --fuzz)). C(0), the default, applies a hunk only
+        where all its context matches, as C(git am) does; a series written for another tree may need
+        C(1) or C(2), and the failure says so. Every hunk that applied with fuzz or at an offset is
+        listed in I(patch_notes) and warned about - look at each before trusting the kernel.
+    type: int
+    default: 0
   base_config:
     description:
       - The config the fragment is merged onto. C(running) - C(/boot/config-$(uname -r)) of the
@@ -215,6 +223,18 @@ skipped_in_s:
   description: Seconds this run took to find that the same inputs were built already (hashing them).
   returned: when the build was skipped
   type: float
+patch_notes:
+  description: Each hunk that applied with fuzz or at an offset, as C(patch) reported it, with its patch.
+  returned: when patches were applied in this run
+  type: list
+  elements: str
+  sample: ["0003-kexec-Add-KHO-parsing-support.patch: Hunk #2 succeeded at 1190 with fuzz 1 (offset 12 lines)."]
+waited_for_lock_s:
+  description:
+    - Seconds this run waited for another build in the same I(build_dir) to end (one build at a
+      time per directory; the waiting run then finds that build's result if its inputs are the same).
+  returned: when it waited a second or more
+  type: float
 kernel_release:
   description: C(make -s kernelrelease).
   returned: success, not in check mode unless the stamp exists
@@ -262,7 +282,7 @@ dropped:
   type: list
   elements: dict
 timings:
-  description: Seconds per step (extract, patch, config, build, package).
+  description: Seconds per step (C(extract_and_patch), C(config), C(build_and_package)).
   returned: when built
   type: dict
 source:
@@ -271,6 +291,7 @@ source:
   type: dict
 """
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -463,23 +484,46 @@ class Build(object):
 
     def apply_patches(self, patches):
         total = len(patches)
+        fuzz = self.p["patch_fuzz"]
+        notes = self.result.setdefault("patch_notes", [])
         for i, (label, data) in enumerate(patches, 1):
             path = os.path.join(self.dir, ".patch-%03d" % i)
             with open(path, "wb") as fh:
                 fh.write(data)
             # A dry run first, so a patch that does not apply leaves no half-applied hunks behind.
             for dry in (True, False):
-                cmd = ["patch", "-p1", "--forward", "--batch", "-i", path] + (["--dry-run"] if dry else [])
+                cmd = self._patch_cmd(path, fuzz, dry)
                 rc, out, err = self.module.run_command(cmd, cwd=self.src)
                 with open(self.log, "a") as fh:
                     fh.write("\n=== patch %d/%d %s%s\n%s%s" % (i, total, label, " (dry run)" if dry else "", out, err))
                 if rc != 0:
                     bad = [ln for ln in (out + err).splitlines()
                            if "FAILED" in ln or "can't find" in ln or "Reversed" in ln]
-                    self.fail("patch %d of %d, %s, does not apply to this tree: %s"
-                              % (i, total, label, "; ".join(bad) or (out + err).strip()[-500:]),
-                              rc=rc, stdout=out, stderr=err, cmd=cmd)
+                    self.fail("patch %d of %d, %s, does not apply to this tree with fuzz %d: %s%s"
+                              % (i, total, label, fuzz, "; ".join(bad) or (out + err).strip()[-500:],
+                                 self._fuzz_hint(path, fuzz)), rc=rc, stdout=out, stderr=err, cmd=cmd)
+                if not dry:
+                    for ln in out.splitlines():
+                        if "with fuzz" in ln or "offset" in ln:
+                            notes.append("%s: %s" % (label, ln.strip()))
             os.unlink(path)
+        for note in notes:
+            self.module.warn("patch hunk not applied exactly where posted - check it: %s" % note)
+
+    @staticmethod
+    def _patch_cmd(path, fuzz, dry):
+        return ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "--fuzz=%d" % fuzz,
+                "-i", path] + (["--dry-run"] if dry else [])
+
+    def _fuzz_hint(self, path, fuzz):
+        """Whether more fuzz would apply the patch, and where its hunks would land."""
+        for more in range(fuzz + 1, 4):
+            rc, out, _err = self.module.run_command(self._patch_cmd(path, more, True), cwd=self.src)
+            if rc == 0:
+                landed = [ln.strip() for ln in out.splitlines() if "with fuzz" in ln]
+                return (". It applies with patch_fuzz=%d (%s): check that each such hunk lands where it "
+                        "belongs before allowing it" % (more, "; ".join(landed)))
+        return ""
 
     def configure(self, base_text, fragment, required_spec):
         p = self.p
@@ -551,6 +595,23 @@ def _read_json(path):
         return {}
 
 
+_LOCKS = {}
+
+
+def _lock(build_dir):
+    """Hold build_dir/.kernel_build.lock (flock) until this process ends; seconds waited."""
+    key = os.path.realpath(build_dir)
+    if key in _LOCKS:  # held already by this process (a test calling main() again)
+        return 0.0
+    if not os.path.isdir(build_dir):
+        os.makedirs(build_dir)
+    fd = os.open(os.path.join(build_dir, ".kernel_build.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    _LOCKS[key] = fd
+    t = time.time()
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return time.time() - t
+
+
 def main():
     t0 = time.time()
     module = AnsibleModule(
@@ -563,6 +624,7 @@ def main():
             patches=dict(type="list", elements="path", default=[]),
             patch_dir=dict(type="path"),
             patch_mbox=dict(type="path"),
+            patch_fuzz=dict(type="int", default=0),
             base_config=dict(type="str", choices=["running", "file", "defconfig", "tinyconfig"], default="defconfig"),
             base_config_file=dict(type="path"),
             config_targets=dict(type="list", elements="str", default=[]),
@@ -586,6 +648,8 @@ def main():
     b = Build(module)
     if p["jobs"] < 0:
         b.fail("jobs must be 0 (one per CPU) or more")
+    if not 0 <= p["patch_fuzz"] <= 3:
+        b.fail("patch_fuzz must be 0 to 3 (context lines a hunk may ignore), not %d" % p["patch_fuzz"])
     if "/" in p["localversion"] or any(c.isspace() for c in p["localversion"]):
         b.fail("localversion %r may not contain spaces or slashes" % p["localversion"])
     for target in p["config_targets"]:
@@ -607,11 +671,18 @@ def main():
         package=p["package"], localversion=p["localversion"]))
     b.result["input_hash"] = digest
     out_dir = os.path.join(p["build_dir"], "out", digest[:16])
+    if not module.check_mode:
+        # One build at a time per build directory (two playbook runs, two test checkouts sharing
+        # a cache): the second waits, then finds the first one's stamp if the inputs are the same.
+        waited = _lock(p["build_dir"])
+        if waited >= 1:
+            b.result["waited_for_lock_s"] = round(waited, 1)
     stamp = _read_json(os.path.join(out_dir, "kernel_build.json"))
     if stamp.get("input_hash") == digest and not p["force"] and \
             all(os.path.exists(f) for f in stamp.get("packages", []) + [stamp.get("vmlinuz", "")]):
         # What a skipped rebuild costs: hashing the inputs (the source tarball above all).
-        stamp.update(changed=False, built=False, build_log=b.log, source=source, skipped_in_s=round(time.time() - t0, 2))
+        stamp.update(changed=False, built=False, build_log=b.log, source=source, skipped_in_s=round(time.time() - t0, 2),
+                     **({"waited_for_lock_s": b.result["waited_for_lock_s"]} if "waited_for_lock_s" in b.result else {}))
         module.exit_json(**stamp)
     b.result["changed"] = True
     if module.check_mode:

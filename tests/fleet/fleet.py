@@ -598,13 +598,12 @@ def record(state, host, dest):
                                                 shlex.quote(json.dumps(RECORD_PATHS))],
                        stdout=subprocess.PIPE, check=True, timeout=120)
     got = json.loads(r.stdout)
-    written = {}
+    written, dirs = {}, []
     for path, item in sorted(got.items()):
         local = os.path.join(dest, path.lstrip("/"))
         if item.get("dir"):
             os.makedirs(local, exist_ok=True)
-            if not os.listdir(local):
-                open(os.path.join(local, ".gitkeep"), "w").close()
+            dirs.append(local)
             continue
         if "error" in item:
             written[path] = "unreadable: " + item["error"]
@@ -615,6 +614,9 @@ def record(state, host, dest):
             fh.write(data)
         written[path] = "character device %s (empty file)" % item["chardev"] if "chardev" in item else \
             "%d bytes" % len(data)
+    for local in dirs:  # git keeps no empty directory
+        if not os.listdir(local):
+            open(os.path.join(local, ".gitkeep"), "w").close()
     return written
 
 

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 
 import pytest
 
@@ -109,23 +110,34 @@ LUO_KEXEC = os.path.join(FIXTURES, "luo-host-kexec")
 
 
 def test_luo_host_cold_boot():
+    # Recorded on a fleet host (tests/unit/fixtures/luo-host/README).
     f = facts.gather(LUO_HOST)
-    assert f["kernel_release"] == "7.3.4-lu1"
+    assert f["kernel_release"] == "7.3.4-small1"
     for opt in ("CONFIG_KEXEC_HANDOVER", "CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD", "CONFIG_KEXEC_FILE"):
         assert f["kernel_config"][opt] == "y", opt
     assert f["kernel_config"]["CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT"] == "n"
+    # kho/out/scratch_len: 0x9400000 + 0xa800000 + 0x3b000000 (lowmem, global, node 0).
     assert f["kho"] == {"interface": "mainline", "active": None, "enabled": True, "incoming": False,
                         "incoming_evidence": None, "liveupdate_device": True, "kho_flag": True,
-                        "liveupdate_flag": True, "kho_scratch": None, "scratch_bytes": 312 * 2**20}
+                        "liveupdate_flag": True, "kho_scratch": None, "scratch_bytes": 1260 * 2**20}
+    assert f["memory"]["total_bytes"] == 4045696 * 1024 and f["memory"]["firmware_ram_bytes"] == 0
 
 
-def test_luo_host_after_a_kho_kexec_without_debugfs():
+def test_luo_host_after_a_kho_kexec(tmp_path):
     f = facts.gather(LUO_KEXEC)
     k = f["kho"]
+    assert f["kernel_release"] == "7.3.4-small2" and "BOOT_IMAGE=" not in f["cmdline"]["running"]
     assert k["interface"] == "mainline" and k["enabled"] is True and k["liveupdate_device"]
     assert k["incoming"] is True and "type SETUP_KEXEC_KHO" in k["incoming_evidence"]
-    assert k["scratch_bytes"] is None  # debugfs is not mounted
+    assert "debugfs kho/in" in k["incoming_evidence"]
+    assert k["scratch_bytes"] == 1260 * 2**20
     assert f["boot_id"] != facts.gather(LUO_HOST)["boot_id"]
+    # Without debugfs (not mounted) the boot_params setup_data entry alone tells the KHO boot.
+    shutil.copytree(LUO_KEXEC, str(tmp_path / "host"))
+    shutil.rmtree(str(tmp_path / "host" / "sys" / "kernel" / "debug"))
+    k = facts.gather(str(tmp_path / "host"))["kho"]
+    assert k["incoming"] is True and k["incoming_evidence"].startswith("setup_data 1 type SETUP_KEXEC_KHO")
+    assert k["scratch_bytes"] is None
 
 
 def test_kho_in_debugfs_is_the_evidence_without_boot_params(tmp_path):

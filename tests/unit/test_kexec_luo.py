@@ -18,7 +18,7 @@ from conftest import FIXTURES, bzimage
 LUO = get_backend("luo")
 LUO_HOST = os.path.join(FIXTURES, "luo-host")
 LUO_KEXEC = os.path.join(FIXTURES, "luo-host-kexec")
-GOOD_CONFIG = facts.parse_kconfig(open(os.path.join(LUO_HOST, "boot/config-7.3.4-lu1")).read())
+GOOD_CONFIG = facts.parse_kconfig(open(os.path.join(LUO_HOST, "boot/config-7.3.4-small1")).read())
 RUNNING = facts.gather(LUO_KEXEC)["kho"]
 ARGS = ["root=/dev/vda1", "ro", "kho=on", "liveupdate=on"]
 CMD = kexec.load_command("/sbin/kexec", "/boot/vmlinuz-7.3.4-lu2", "/boot/initrd.img-7.3.4-lu2", " ".join(ARGS))
@@ -92,7 +92,7 @@ def test_target_config_is_read_for_the_images_release(tmp_path):
     release, config, places = kexec.target_config(str(tmp_path / "vmlinuz-staged"))
     assert release == "7.3.4-lu9" and config is None
     assert places == ["/boot/config-7.3.4-lu9", str(tmp_path / "config-7.3.4-lu9")]
-    shutil.copy(os.path.join(LUO_HOST, "boot/config-7.3.4-lu1"), str(tmp_path / "config-7.3.4-lu9"))
+    shutil.copy(os.path.join(LUO_HOST, "boot/config-7.3.4-small1"), str(tmp_path / "config-7.3.4-lu9"))
     assert kexec.target_config(str(tmp_path / "vmlinuz-staged"))[1]["CONFIG_LIVEUPDATE_MEMFD"] == "y"
 
 
@@ -128,15 +128,18 @@ def test_module_refuses_a_luo_target_without_config_and_loads_nothing(host, caps
     assert rc == 1 and out["msg"].startswith("kexec preflight failed, nothing was changed: ")
     assert "no config for the target kernel 7.3.4-lu2" in out["msg"]
     assert "without liveupdate=on" in out["msg"]
-    assert out["cmdline"] == "root=/dev/vda1 ro console=ttyS0,115200 kho=on liveupdate=off"
+    # The recorded host's cmdline, less BOOT_IMAGE=, with the given option in place of its own.
+    assert out["cmdline"] == ("root=UUID=fc9bc002-9396-4e77-8feb-53efeae2a5ef ro console=tty0 console=ttyS0,115200 "
+                              "kho=on quiet liveupdate=off")
 
 
 def test_module_check_mode_passes_a_good_luo_target_without_a_path(host, capsys):
-    shutil.copy(os.path.join(LUO_HOST, "boot/config-7.3.4-lu1"), str(host / "config-7.3.4-lu2"))
+    shutil.copy(os.path.join(LUO_HOST, "boot/config-7.3.4-small1"), str(host / "config-7.3.4-lu2"))
     rc, out = run(capsys, {"backend": "luo", "kernel": str(host / "vmlinuz-7.3.4-lu2"),
                            "initrd": str(host / "initrd.img-7.3.4-lu2"), "_ansible_check_mode": True})
     assert rc == 0 and out["changed"], out.get("msg")
-    assert out["cmdline"] == "root=/dev/vda1 ro console=ttyS0,115200 kho=on liveupdate=on"
+    assert out["cmdline"] == ("root=UUID=fc9bc002-9396-4e77-8feb-53efeae2a5ef ro console=tty0 console=ttyS0,115200 "
+                              "kho=on liveupdate=on quiet")
 
 
 def test_module_still_wants_a_path_for_filesystem_backends(host, capsys):
