@@ -15,6 +15,7 @@ import gzip
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
@@ -169,6 +170,29 @@ def _scratch_len(root):
         return None
 
 
+def handover_summary(root, path):
+    """What a KHO v2 handover blob (``path``: /sys/kernel/kho/dt once active, /sys/firmware/kho/dt
+    after the kexec) carries for guestmemfs: its region (the address's low bits are KHO flags, bit 0
+    NOINIT) and the number of inodes; {"error": ...} for a blob that does not parse."""
+    full = os.path.join(root, path.lstrip("/"))
+    try:
+        with open(full, "rb") as fh:
+            blob = fh.read()
+        tree = fdt.parse(blob)
+    except (IOError, OSError, fdt.FdtError) as exc:
+        return {"path": path, "error": str(exc)}
+    out = {"path": path, "bytes": len(blob), "compatible": fdt.string(tree["props"].get("compatible", b"")),
+           "nodes": sorted(tree["children"])}
+    gm = tree["children"].get("guestmemfs")
+    if gm is not None:
+        region = fdt.ranges(gm["children"].get("fs_mem", {}).get("props", {}).get("mem", b""))
+        inodes = fdt.u64s(gm["children"].get("mappings_to_inode", {}).get("props", {}).get("num_inodes", b""))
+        out["guestmemfs"] = {
+            "regions": [{"base": addr & ~0xFFF, "bytes": length, "flags": addr & 0xFFF} for addr, length in region],
+            "num_inodes": inodes[0] if inodes else None}
+    return out
+
+
 def kho_state(root, args=None, config=None):
     """Which KHO interface this kernel has, whether it is on, and whether this boot came from a
     KHO kexec.
@@ -199,6 +223,9 @@ def kho_state(root, args=None, config=None):
         out["scratch_len"] = (_read(root, "/sys/kernel/kho/scratch_len", "") or "").strip() or None
         if os.path.exists(os.path.join(root, "sys/firmware/kho/dt")):
             out["incoming"], out["incoming_evidence"] = True, "/sys/firmware/kho/dt"
+            out["incoming_handover"] = handover_summary(root, "/sys/firmware/kho/dt")
+        if out["active"]:
+            out["handover"] = handover_summary(root, "/sys/kernel/kho/dt")
         return out
     if not (config.get("CONFIG_KEXEC_HANDOVER") == "y" or debugfs_kho or out["liveupdate_device"]):
         return out

@@ -123,6 +123,10 @@ ansible_facts:
               (C(CONFIG_KEXEC_HANDOVER), or its debugfs directory or C(/dev/liveupdate) seen) or null.
             - C(active) - the RFC's C(/sys/kernel/kho/active) (null on mainline); C(scratch_len) - the
               RFC's scratch length (RFC only).
+            - C(handover) (RFC, once active) and C(incoming_handover) (RFC, after a KHO kexec) - what the
+              handover's device tree (C(/sys/kernel/kho/dt), C(/sys/firmware/kho/dt)) carries - C(path),
+              C(bytes), C(compatible), C(nodes) and C(guestmemfs) (C(regions) as C(base), C(bytes),
+              C(flags); C(num_inodes)), or C(error) for a blob that does not parse.
             - C(enabled) - mainline KHO is on at this boot - true when debugfs C(kho/) or
               C(/dev/liveupdate) exists, else what the config and C(kho_flag) decide; null when
               neither is known.

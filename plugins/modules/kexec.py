@@ -195,6 +195,11 @@ def preflight(module, backend, f):
             problems.append("%s is mounted without DAX" % p["path"])
     if backend.name == "guestmemfs" and f["kho"]["interface"] != "rfc":
         problems.append("no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen")
+    elif backend.name == "guestmemfs" and not f["kho"]["active"]:
+        # kexec_file_load copies the handover into the image it loads: one loaded before the
+        # activation carries none, and its kexec loses every guestmemfs file.
+        problems.append("KHO is not active: activate the handover first (kho_handover), then load; a kernel "
+                        "loaded before the activation carries no guestmemfs files")
     return problems
 
 

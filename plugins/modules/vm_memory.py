@@ -18,7 +18,8 @@ description:
     QEMU maps it as C(memory-backend-file,share=on).
   - C(pmem) - the file is created and its blocks written (zeros), so that every page has its place on
     the persistent memory before a VM runs. C(guestmemfs) - created and C(truncate)d, which is all
-    guestmemfs supports.
+    guestmemfs supports, and refused while its KHO handover is active (the RFC corrupts the
+    directory the next kernel inherits when a file is created or resized then).
   - Refuses, before changing anything, a set of files larger than the free capacity, a file that
     would shrink, and a resize of a file a process maps (a running VM).
   - C(luo) - no filesystem; each VM's memory is a memfd of exactly its size that the host's memfd holder
@@ -155,6 +156,14 @@ def _planned(module, plan, free):
     return result
 
 
+def _kho_active(root="/"):
+    try:
+        with open(os.path.join(root, "sys/kernel/kho/active")) as fh:
+            return fh.read().strip() == "1"
+    except (IOError, OSError):
+        return False
+
+
 def _mem_available():
     with open("/proc/meminfo") as fh:
         for line in fh:
@@ -243,6 +252,13 @@ def main():
     if need > free:
         module.fail_json(msg="the VM memory files need %s more, but %s has %s free: shrink the VMs or grow the "
                              "carve-out" % (human(need), path, human(free)), files=plan)
+    changes = [f["name"] for f in plan if f["action"] != "none"]
+    if backend.name == "guestmemfs" and changes and _kho_active():
+        # The RFC returns success for a create or truncate after the activation and corrupts the
+        # directory the next kernel inherits.
+        module.fail_json(msg="the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be "
+                             "created or resized until it ends (the kexec, or kho_handover state=inactive after "
+                             "unloading the kernel). Not changed: %s" % ", ".join(changes), files=plan)
     result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "none":

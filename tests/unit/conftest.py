@@ -27,3 +27,16 @@ def bzimage(path, version):
     text = version.encode() + b"\0"
     data[0x300:0x300 + len(text)] = text
     path.write_bytes(bytes(data))
+
+
+def run_main(capsys, module, args):
+    """Run a module's main() with ``args``: (exit code, its JSON result)."""
+    import json
+
+    import pytest
+    from ansible.module_utils.testing import patch_module_args
+
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exc:
+            module.main()
+    return exc.value.code, json.loads(capsys.readouterr().out)

@@ -57,7 +57,7 @@ def test_guestmemfs_host_facts():
     f = gather(GM_HOST, mount_point="/mnt/guestmemfs")
     assert f["guestmemfs_fs"] is True
     assert f["kho"]["interface"] == "rfc" and f["kho"]["active"] is False
-    assert f["cmdline"]["options"]["guestmemfs"] == ["512M"]
+    assert f["cmdline"]["options"]["guestmemfs"] == ["64M"] and f["cmdline"]["options"]["kho_scratch"] == ["64M"]
     m = f["backend_mount"]
     assert m["mounted"] and m["fstype"] == "guestmemfs" and m["source"] == "guestmemfs"
 

@@ -1,19 +1,17 @@
 """The kexec module's luo preflight: what would lose the preserved memfds is refused before
 anything is loaded. The decision is pure; the module runs against recorded host trees."""
 
-import json
 import os
 import shutil
 
 import pytest
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec
 
-from conftest import FIXTURES, bzimage
+from conftest import FIXTURES, bzimage, run_main
 
 LUO = get_backend("luo")
 LUO_HOST = os.path.join(FIXTURES, "luo-host")
@@ -116,10 +114,7 @@ def host(monkeypatch, tmp_path):
 
 
 def run(capsys, args):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exc:
-            kexec.main()
-    return exc.value.code, json.loads(capsys.readouterr().out)
+    return run_main(capsys, kexec, args)
 
 
 def test_module_refuses_a_luo_target_without_config_and_loads_nothing(host, capsys):

@@ -1,0 +1,140 @@
+"""The guestmemfs RFC's KHO v2 handover: the device tree it serialises (recorded from a real round
+trip, tests/unit/fixtures/guestmemfs-kho/README), what facts report from it, the kho_handover
+module's order rules (activate only with guestmemfs mounted and no kernel loaded; abort only with
+none loaded) and the kexec preflight's refusal to load before the activation."""
+
+import os
+import shutil
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, fdt
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec, kho_handover
+from conftest import FIXTURES, run_main
+
+GM_HOST = os.path.join(FIXTURES, "guestmemfs-host")
+KHO = os.path.join(FIXTURES, "guestmemfs-kho")
+REGION = {"base": 0x36C00000, "bytes": 0x4000000, "flags": 1}  # "Reclaimed [36c00000 + 4000000] via KHO"
+
+
+def dtb(name="kernel-kho-dt.dtb"):
+    with open(os.path.join(KHO, name), "rb") as fh:
+        return fh.read()
+
+
+def test_the_recorded_handover_parses():
+    tree = fdt.parse(dtb())
+    assert fdt.string(tree["props"]["compatible"]) == "kho-v1"
+    gm = tree["children"]["guestmemfs"]
+    assert fdt.string(gm["props"]["compatible"]) == "guestmemfs-v1"
+    assert sorted(gm["children"]) == ["fs_mem", "mappings_blocks", "mappings_to_inode", "superblock"]
+    assert fdt.ranges(gm["children"]["fs_mem"]["props"]["mem"]) == [(0x36C00001, 0x4000000)]
+    assert fdt.ranges(gm["children"]["superblock"]["props"]["mem"]) == [
+        (0x332E80, 0x28), (0x600000, 0x200000), (0x800000, 0x100000)]
+    assert fdt.u64s(gm["children"]["mappings_to_inode"]["props"]["num_inodes"]) == [1]
+    # What the new kernel found is what the old one serialised.
+    assert dtb("firmware-kho-dt.dtb") == dtb()
+
+
+@pytest.mark.parametrize("blob,why", [
+    (b"", "shorter than a device tree header"),
+    (b"\0" * 64, "no device tree magic"),
+    (None, "cut short"),
+])
+def test_a_broken_handover_is_refused(blob, why):
+    with pytest.raises(fdt.FdtError, match=why):
+        fdt.parse(dtb()[:200] if blob is None else blob)
+
+
+def host(tmp_path, active=False, loaded=False, mounted=True, incoming=False):
+    root = tmp_path / "host"
+    shutil.copytree(GM_HOST, str(root))
+    (root / "sys/kernel/kho/active").write_text("1\n" if active else "0\n")
+    (root / "sys/kernel/kexec_loaded").write_text("1\n" if loaded else "0\n")
+    if active:
+        (root / "sys/kernel/kho/dt").write_bytes(dtb())
+    if incoming:
+        (root / "sys/firmware/kho").mkdir(parents=True)
+        (root / "sys/firmware/kho/dt").write_bytes(dtb("firmware-kho-dt.dtb"))
+        (root / "proc/cmdline").write_text("console=ttyS0 panic=-1 gmfs_stage=2\n")
+    if not mounted:
+        (root / "proc/self/mounts").write_text("/dev/root / ext2 rw 0 0\n")
+    return root
+
+
+def test_facts_report_what_the_handover_carries(tmp_path):
+    cold = facts.gather(str(host(tmp_path / "a")))["kho"]
+    assert cold["interface"] == "rfc" and cold["active"] is False and cold["scratch_len"] == "0x4000000"
+    assert "handover" not in cold and cold["incoming"] is False
+    active = facts.gather(str(host(tmp_path / "b", active=True)))["kho"]
+    assert active["handover"] == {"path": "/sys/kernel/kho/dt", "bytes": 426, "compatible": "kho-v1",
+                                  "nodes": ["guestmemfs"], "guestmemfs": {"regions": [REGION], "num_inodes": 1}}
+    after = facts.gather(str(host(tmp_path / "c", incoming=True)))["kho"]
+    assert after["incoming"] is True and after["incoming_evidence"] == "/sys/firmware/kho/dt"
+    assert after["incoming_handover"]["guestmemfs"] == {"regions": [REGION], "num_inodes": 1}
+
+
+def run(capsys, args):
+    return run_main(capsys, kho_handover, args)
+
+
+def test_activation_writes_1_once_and_reports_the_blob(tmp_path, capsys):
+    root = host(tmp_path)
+    args = {"root": str(root), "mount_point": "/mnt/guestmemfs"}
+    rc, out = run(capsys, dict(args, _ansible_check_mode=True))
+    assert rc == 0 and out["changed"] and out["active"] is True
+    assert (root / "sys/kernel/kho/active").read_text() == "0\n"
+    rc, out = run(capsys, args)
+    assert rc == 0 and out["changed"] and (root / "sys/kernel/kho/active").read_text() == "1"
+    # The kernel writes the blob on activation; here it is the recorded one.
+    (root / "sys/kernel/kho/dt").write_bytes(dtb())
+    rc, out = run(capsys, args)
+    assert rc == 0 and not out["changed"] and out["active"] and out["dt_bytes"] == 426
+
+
+def test_activation_is_refused_unmounted_or_after_a_load(tmp_path, capsys):
+    root = host(tmp_path / "a", mounted=False)
+    rc, out = run(capsys, {"root": str(root)})
+    assert rc == 1 and "guestmemfs is not mounted at /mnt/guestmemfs" in out["msg"]
+    assert (root / "sys/kernel/kho/active").read_text() == "0\n"
+    root = host(tmp_path / "b", loaded=True)
+    rc, out = run(capsys, {"root": str(root)})
+    assert rc == 1 and "carries no handover" in out["msg"] and "kexec -u" in out["msg"]
+    assert (root / "sys/kernel/kho/active").read_text() == "0\n"
+
+
+def test_abort_writes_0_only_with_no_kernel_loaded(tmp_path, capsys):
+    root = host(tmp_path / "a", active=True, loaded=True)
+    rc, out = run(capsys, {"root": str(root), "state": "inactive"})
+    assert rc == 1 and "unload it (kexec -u) before aborting" in out["msg"] and out["active"] is True
+    root = host(tmp_path / "b", active=True)
+    rc, out = run(capsys, {"root": str(root), "state": "inactive"})
+    assert rc == 0 and out["changed"] and out["active"] is False
+    assert (root / "sys/kernel/kho/active").read_text() == "0"
+
+
+def test_mainline_kho_is_refused(tmp_path, capsys):
+    rc, out = run(capsys, {"root": os.path.join(FIXTURES, "luo-host")})
+    assert rc == 1 and "no KHO v2 interface" in out["msg"]
+
+
+class _Module:
+    def __init__(self, **params):
+        self.params = params
+
+    def get_bin_path(self, name):
+        return "/sbin/" + name
+
+
+def test_kexec_refuses_to_load_for_guestmemfs_before_the_activation(tmp_path):
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"")
+    initrd.write_bytes(b"")
+    module = _Module(kernel=str(kernel), initrd=str(initrd), path="/mnt/guestmemfs")
+    backend = get_backend("guestmemfs")
+    before = facts.gather(str(host(tmp_path / "a")), mount_point="/mnt/guestmemfs")
+    problems = kexec.preflight(module, backend, before)
+    assert any(p.startswith("KHO is not active: activate the handover first") for p in problems), problems
+    after = facts.gather(str(host(tmp_path / "b", active=True)), mount_point="/mnt/guestmemfs")
+    assert not any("KHO" in p for p in kexec.preflight(module, backend, after))
