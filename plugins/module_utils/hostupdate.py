@@ -349,6 +349,40 @@ def finish_if_done():
     return j
 
 
+# Read by the kexec guard (tests point them at a tree).
+MOUNTS = "/proc/self/mounts"
+KHO_ACTIVE = "/sys/kernel/kho/active"
+
+
+def guestmemfs_vms(conf_dir=cpr.CONF_DIR):
+    """The configured VMs whose memory file lies on a guestmemfs mount."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+    try:
+        with open(MOUNTS) as fh:
+            mounts = facts.parse_mounts(fh.read())
+    except (IOError, OSError):
+        return []
+    out = []
+    for name in vm_names(conf_dir):
+        path = cpr.VM.load(name, conf_dir).mem_path or ""
+        best = None
+        for m in mounts:
+            target = m["target"].rstrip("/") + "/"
+            if path.startswith(target) and (best is None or len(target) > len(best["target"].rstrip("/") + "/")):
+                best = m
+        if best and best["fstype"] == "guestmemfs":
+            out.append(name)
+    return out
+
+
+def _kho_active():
+    try:
+        with open(KHO_ACTIVE) as fh:
+            return fh.read().strip() == "1"
+    except (IOError, OSError):
+        return False
+
+
 def _is_luo_path(path):
     return bool(path) and path.startswith(cpr.LUO_LINK_DIR + "/")
 
@@ -403,6 +437,11 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
                 problems.append("no kernel is loaded for kexec")
     except (IOError, OSError):
         problems.append("/sys/kernel/kexec_loaded cannot be read")
+    on_guestmemfs = guestmemfs_vms(conf_dir)
+    if on_guestmemfs and not _kho_active():
+        # Without the handover the next kernel boots with guestmemfs empty: every file is lost.
+        problems.append("%s on guestmemfs but its KHO handover is not active (/sys/kernel/kho/active): activate "
+                        "it, load the kernel again, then kexec" % ", ".join(on_guestmemfs))
     if problems:
         return "not kexecing: " + "; ".join(problems)
     held = j.get("luo") or {}

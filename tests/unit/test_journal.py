@@ -142,6 +142,25 @@ def test_kexec_guard_refuses_memory_still_mapped(host):
     assert "vm1's memory is still mapped by" in err
 
 
+def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypatch):
+    saved_journal(host, vm1="saved", vm2="saved")
+    mounts, active = host["dir"] / "mounts", host["dir"] / "kho_active"
+    mounts.write_text("/dev/vda1 / ext4 rw 0 0\nguestmemfs %s guestmemfs rw,relatime 0 0\n" % host["dir"])
+    active.write_text("0\n")
+    monkeypatch.setattr(hostupdate, "MOUNTS", str(mounts))
+    monkeypatch.setattr(hostupdate, "KHO_ACTIVE", str(active))
+    assert hostupdate.guestmemfs_vms(host["conf"]) == ["vm1", "vm2"]
+    calls = []
+    err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
+    assert "vm1, vm2 on guestmemfs but its KHO handover is not active" in err and calls == []
+    active.write_text("1\n")
+    err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
+    assert err is None or "guestmemfs" not in err
+    # On another filesystem (a deeper mount over the same directory) the VMs are not guestmemfs's.
+    mounts.write_text("guestmemfs %s guestmemfs rw 0 0\ntmpfs %s tmpfs rw 0 0\n" % (host["dir"].parent, host["dir"]))
+    assert hostupdate.guestmemfs_vms(host["conf"]) == []
+
+
 def test_finish_marks_rollback_and_restore(host):
     saved_journal(host, vm1="saved", vm2="saved")
     hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
