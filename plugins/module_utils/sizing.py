@@ -19,7 +19,8 @@ and ``policy``:
 ``reserve``   memory the host keeps for itself (kernel, QEMU, page tables); default 2G
 ``align``     2M (PMD) or 1G (PUD); the carve-out is rounded up (vms) or down (fraction) to it
 ``kho_scratch``      luo: the ``kho_scratch=`` the hosts cold-boot with (``N%`` or
-                     ``lowmem,global,per-node``); default the kernel's 200% scale
+                     ``lowmem,global,per-node``); default the kernel's 200% scale.
+                     guestmemfs: the RFC's KHO v2 scratch area, one size; default 256M
 ``kernel_reserved``  luo: what the kernel reserves at boot besides its struct pages (image,
                      initramfs, crashkernel=); default 64M
 
@@ -126,7 +127,7 @@ def plan_host(host):
         except ValueError as exc:
             raise PlanError(str(exc))
         if backend.carves_out:
-            stray = [k for k in LUO_KEYS if k in policy]
+            stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.name == "guestmemfs")]
             if stray:
                 raise PlanError("%s only applies to the luo backend, not %s" % (", ".join(stray), backend.name))
         memory = host.get("memory_bytes")
@@ -165,19 +166,28 @@ def plan_host(host):
         scratch = 0
         if not backend.carves_out:
             scratch, row["scratch_source"] = _scratch(host, policy, backend)
+        elif backend.name == "guestmemfs":
+            try:
+                scratch = backend.scratch_bytes(policy.get("kho_scratch"))
+            except BackendError as exc:
+                raise PlanError(str(exc))
+            row["scratch_source"] = "kho_scratch" if policy.get("kho_scratch") else "default"
         left = memory - size - overhead - scratch
         row.update(size_bytes=size, size=format_size(size), reserve_bytes=reserve,
-                   overhead_bytes=overhead, scratch_bytes=scratch if not backend.carves_out else None, left_bytes=left)
+                   overhead_bytes=overhead, scratch_bytes=scratch if row["scratch_source"] else None, left_bytes=left)
         if left < reserve:
             if backend.carves_out:
-                raise PlanError("carve-out %s + %s backend overhead %s leaves %s of %s, below the reserve %s"
-                                % (human(size), backend.name, human(overhead), human(left), human(memory),
-                                   human(reserve)))
+                raise PlanError("carve-out %s + %s backend overhead %s%s leaves %s of %s, below the reserve %s"
+                                % (human(size), backend.name, human(overhead),
+                                   " + KHO scratch %s" % human(scratch) if scratch else "", human(left),
+                                   human(memory), human(reserve)))
             raise PlanError("VM memory %s + luo backend overhead %s + KHO scratch %s (%s) leaves %s of %s, below "
                             "the reserve %s" % (human(size), human(overhead), human(scratch), row["scratch_source"],
                                                 human(left), human(memory), human(reserve)))
         try:
-            if backend.carves_out:
+            if backend.name == "guestmemfs":
+                row["cmdline_args"] = backend.cmdline_args(size, kho_scratch=policy.get("kho_scratch"))
+            elif backend.carves_out:
                 row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [])
             else:
                 row["cmdline_args"] = backend.cmdline_args(size, kho_scratch=policy.get("kho_scratch"))

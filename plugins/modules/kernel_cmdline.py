@@ -69,6 +69,8 @@ options:
     description:
       - For I(backend=luo) - the C(kho_scratch=) value (C(N%) or C(lowmem,global,per-node) sizes),
         checked the way the kernel parses it; one it would ignore is refused.
+      - For I(backend=guestmemfs) - the RFC's KHO v2 scratch area, one size (default 256M); the cold
+        boot needs it, or the handover's activation fails with ENOMEM.
     type: str
   bootloader:
     description:
@@ -421,8 +423,8 @@ def backend_args(module):
                 module.fail_json(msg="%s needs backend" % opt)
         return []
     backend = get_backend(p["backend"])
-    if p["kho_scratch"] not in (None, "") and backend.name != "luo":
-        module.fail_json(msg="kho_scratch is for the luo backend, not %s" % backend.name)
+    if p["kho_scratch"] not in (None, "") and backend.name not in ("luo", "guestmemfs"):
+        module.fail_json(msg="kho_scratch is for the luo and guestmemfs backends, not %s" % backend.name)
     size = p["backend_size"]
     if size in (None, ""):
         if backend.carves_out:
@@ -430,7 +432,7 @@ def backend_args(module):
         size = 0
     try:
         size = parse_size(size, "backend_size")
-        if not backend.carves_out:
+        if not backend.carves_out or backend.name == "guestmemfs":
             return backend.cmdline_args(size, kho_scratch=p["kho_scratch"])
         ranges = facts.ram_ranges(facts.firmware_memmap(p["root"]))
         return backend.cmdline_args(size, ranges)

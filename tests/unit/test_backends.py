@@ -33,7 +33,10 @@ def run(capsys, module, args):
 
 def test_guestmemfs_interface():
     b = get_backend("guestmemfs")
-    assert b.cmdline_args(512 * MiB) == ["guestmemfs=512M"]
+    assert b.cmdline_args(512 * MiB) == ["guestmemfs=512M", "kho_scratch=256M"]
+    assert b.cmdline_args(512 * MiB, kho_scratch="64M") == ["guestmemfs=512M", "kho_scratch=64M"]
+    with pytest.raises(BackendError, match="one size, a multiple of 2 MiB and at least 16M"):
+        b.cmdline_args(512 * MiB, kho_scratch="64M,512M,256M")
     assert b.mount_spec("/mnt/guestmemfs") == ("guestmemfs", "guestmemfs", "defaults")
     assert b.fstype == "guestmemfs" and b.file_size(3 * MiB) == 4 * MiB
     assert ("CONFIG_FTRACE_KHO",) in b.required_kernel_options
@@ -43,8 +46,10 @@ def test_guestmemfs_interface():
 
 def test_guestmemfs_next_kernel_drops_its_carveout():
     # The region rides the KHO handover; guestmemfs= again would carve a second one.
+    # The scratch area rides it too: the recorded kexec booted without kho_scratch= and still had
+    # scratch_len 0x4000000 (fixtures/guestmemfs-kho/sys-kernel-kho.txt).
     running = ["console=ttyS0", "guestmemfs=512M", "kho_scratch=256M", "nokaslr"]
-    assert get_backend("guestmemfs").next_kernel_args(running) == ["console=ttyS0", "kho_scratch=256M", "nokaslr"]
+    assert get_backend("guestmemfs").next_kernel_args(running) == ["console=ttyS0", "nokaslr"]
 
 
 def test_pmem_next_kernel_keeps_memmap():

@@ -242,7 +242,7 @@ def test_luo_backend_on_rhel_grub_defaults(tmp_path, capsys):
 def test_guestmemfs_backend_sets_its_carveout(tmp_path, capsys):
     root = tree(tmp_path, "ubuntu2404")
     rc, out = run(capsys, root=str(root), backend="guestmemfs", backend_size="512M", remove=["memmap"])
-    assert rc == 0 and out["configured"] == "guestmemfs=512M console=tty1 console=ttyS0"
+    assert rc == 0 and out["configured"] == "guestmemfs=512M kho_scratch=256M console=tty1 console=ttyS0"
 
 
 def test_pmem_backend_places_its_carveout_from_the_firmware_map(tmp_path, capsys):
@@ -257,7 +257,7 @@ def test_pmem_backend_places_its_carveout_from_the_firmware_map(tmp_path, capsys
     ({"backend": "luo", "remove": ["liveupdate"]}, "the luo backend sets it (liveupdate=on), it cannot be removed"),
     ({"backend": "luo", "kho_scratch": "1.5G,1G,1G"}, "backend luo: kho_scratch=1.5G,1G,1G: use N% or three sizes"),
     ({"backend": "luo", "kho_scratch": "0%"}, "0% scale leaves no scratch"),
-    ({"backend": "pmem", "kho_scratch": "200%"}, "kho_scratch is for the luo backend, not pmem"),
+    ({"backend": "pmem", "kho_scratch": "200%"}, "kho_scratch is for the luo and guestmemfs backends, not pmem"),
     ({"backend": "guestmemfs"}, "backend_size is required for the guestmemfs backend"),
     ({"backend": "guestmemfs", "backend_size": "3M"}, "multiple of 2 MiB"),
     ({"backend": "pmem", "backend_size": "1G"}, "/sys/firmware/memmap) is unknown"),

@@ -46,7 +46,8 @@ def test_vms_sum_plus_headroom_rounds_up():
     assert r["ok"], r["reason"]
     assert r["vms_bytes"] == 256 * MiB + 300 * MiB
     assert r["size_bytes"] == 612 * MiB  # 556 MiB + 10 % = 611.6 MiB, up to 2 MiB
-    assert r["cmdline_args"] == ["guestmemfs=612M"]
+    assert r["cmdline_args"] == ["guestmemfs=612M", "kho_scratch=256M"]
+    assert r["scratch_bytes"] == 256 * MiB and r["scratch_source"] == "default"
 
 
 def test_guestmemfs_rounds_each_vm_to_2m_blocks():
@@ -203,3 +204,20 @@ def test_parse_size_refuses(bad):
 
 def test_format_size():
     assert [format_size(v) for v in (GiB, 5 * GiB, 614 * MiB, 1536 * MiB, 1000)] == ["1G", "5G", "614M", "1536M", "1000"]
+
+
+def test_guestmemfs_counts_its_kho_scratch_area():
+    vms = [{"name": "vm1", "memory": "1G"}]
+    policy = {"backend": "guestmemfs", "mode": "vms", "vms": vms, "reserve": "1G", "kho_scratch": "64M"}
+    r = sizing.plan_host(host(policy, memory=4 * GiB))
+    assert r["ok"], r["reason"]
+    assert r["cmdline_args"] == ["guestmemfs=1G", "kho_scratch=64M"] and r["scratch_source"] == "kho_scratch"
+    assert r["left_bytes"] == 4 * GiB - GiB - 64 * MiB
+    # The scratch area comes out of the same RAM: 2.9 GiB of VMs fit without it, not with 256 MiB of it
+    # (three VMs: one guestmemfs file holds at most 1 GiB).
+    policy = {"backend": "guestmemfs", "mode": "vms", "reserve": "1G",
+              "vms": [{"name": "vm%d" % i, "memory": m} for i, m in enumerate(("1G", "1G", "900M"))]}
+    r = sizing.plan_host(host(policy, memory=4 * GiB))
+    assert not r["ok"] and "+ KHO scratch 256.0 MiB" in r["reason"], r["reason"]
+    r = sizing.plan_host(host(dict(policy, kernel_reserved="64M"), memory=4 * GiB))
+    assert not r["ok"] and "kernel_reserved only applies to the luo backend" in r["reason"]
