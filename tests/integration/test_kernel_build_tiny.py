@@ -27,14 +27,16 @@ importable_collection()
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kernel_build  # noqa: E402
 
-# The small LUO kernel: tinyconfig + kvm_guest.config + roles/kernel_build/files/liveupdate-small.config,
+# The small LUO kernel: tinyconfig + kvm_guest.config + roles/kernel_build/files/liveupdate-small.config
+# and fleet-small.config,
 # with the kernel_build role's defaults for the luo backend. These are exactly the inputs molecule's
 # luo scenario gives playbooks/kernel.yml for its first build (-small1), so with scripts/test's
 # build directory one build serves this test, the LUO round trip (test_luo_roundtrip.py: memfds,
 # a Python init, KHO's debugfs) and the scenario's fleet hosts; the others hash-skip.
-SMALL_FRAGMENT = os.path.join(ROOT, "roles", "kernel_build", "files", "liveupdate-small.config")
-with open(SMALL_FRAGMENT) as _fh:
-    SMALL = _fh.read().splitlines()
+SMALL = []
+for _name in ("liveupdate-small.config", "fleet-small.config"):
+    with open(os.path.join(ROOT, "roles", "kernel_build", "files", _name)) as _fh:
+        SMALL += _fh.read().splitlines()
 RELEASE_SUFFIX = "-small1"
 
 
