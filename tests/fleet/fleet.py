@@ -442,20 +442,28 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
     return state
 
 
+BACKENDS = ("pmem", "luo", "guestmemfs")
+
+
 def inventory_vars(text, backend=None):
     """The fleet's group variables for ``backend``: pmem as written; luo (no carve-out, no mount)
-    sizes the same VMs as memfds beside the KHO scratch."""
+    sizes the same VMs as memfds beside the KHO scratch; guestmemfs (the RFC kernel) carves the
+    same VMs out with guestmemfs= and a KHO v2 scratch area."""
     if backend in (None, "pmem"):
         return text.splitlines()
-    if backend != "luo":
-        raise FleetError(f"backend {backend!r}: the virtual fleet knows pmem and luo")
+    if backend not in BACKENDS:
+        raise FleetError(f"backend {backend!r}: the virtual fleet knows {', '.join(BACKENDS)}")
+    sizing = {"luo": ["guestmemfs_sizing:", "  backend: luo", "  mode: vms", '  vms: "{{ guestmemfs_vms }}"',
+                      "  reserve: 1G"],
+              "guestmemfs": ["guestmemfs_sizing:", "  backend: guestmemfs", "  mode: vms",
+                             '  vms: "{{ guestmemfs_vms }}"', "  headroom: 128M", "  reserve: 1G",
+                             "  kho_scratch: 256M"]}[backend]
     out, skip = [], False
     for line in text.splitlines():
         if line.startswith("guestmemfs_backend:"):
-            line = "guestmemfs_backend: luo"
+            line = "guestmemfs_backend: " + backend
         elif line.startswith("guestmemfs_sizing:"):
-            out += ["guestmemfs_sizing:", "  backend: luo", "  mode: vms", '  vms: "{{ guestmemfs_vms }}"',
-                    "  reserve: 1G"]
+            out += sizing
             skip = True
             continue
         elif skip and line.startswith("  "):
@@ -635,7 +643,7 @@ def main(argv=None):
     pu.add_argument("--timeout", type=int, default=600, help="seconds to wait for SSH")
     pu.add_argument("--accel", default="tcg", help="QEMU accelerator (default tcg: KVM hangs here)")
     pu.add_argument("--inventory", help="also write the inventory to this path")
-    pu.add_argument("--backend", default="pmem", choices=["pmem", "luo"],
+    pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     sub.add_parser("down", help="stop the fleet")
     sub.add_parser("status", help="show the fleet")

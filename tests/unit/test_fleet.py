@@ -122,5 +122,8 @@ def test_inventory_vars_for_each_backend():
     assert luo["guestmemfs_backend"] == "luo" and luo["guestmemfs_vms"] == pmem["guestmemfs_vms"]
     assert luo["guestmemfs_sizing"] == {"backend": "luo", "mode": "vms", "vms": "{{ guestmemfs_vms }}",
                                         "reserve": "1G"}
-    with pytest.raises(fleet.FleetError, match="pmem and luo"):
-        fleet.inventory_vars(text, "guestmemfs")
+    gm = yaml.safe_load("\n".join(fleet.inventory_vars(text, "guestmemfs")))
+    assert gm["guestmemfs_backend"] == "guestmemfs" and gm["guestmemfs_mount"] == pmem["guestmemfs_mount"]
+    assert gm["guestmemfs_sizing"]["backend"] == "guestmemfs" and gm["guestmemfs_sizing"]["kho_scratch"] == "256M"
+    with pytest.raises(fleet.FleetError, match="knows pmem, luo, guestmemfs"):
+        fleet.inventory_vars(text, "nvdimm")
