@@ -138,3 +138,19 @@ def test_kexec_refuses_to_load_for_guestmemfs_before_the_activation(tmp_path):
     assert any(p.startswith("KHO is not active: activate the handover first") for p in problems), problems
     after = facts.gather(str(host(tmp_path / "b", active=True)), mount_point="/mnt/guestmemfs")
     assert not any("KHO" in p for p in kexec.preflight(module, backend, after))
+
+
+def test_recorded_fleet_host_before_and_after_the_activation():
+    # A fleet host on the RFC kernel with two 256 MiB VMs on guestmemfs (fixtures' READMEs).
+    cold = facts.gather(os.path.join(FIXTURES, "guestmemfs-fleet-host"), mount_point="/mnt/vmmem")
+    assert cold["kernel_release"] == "6.12.117-gmfs1" and cold["guestmemfs_fs"] is True
+    assert cold["cmdline"]["options"]["guestmemfs"] == ["640M"] and cold["cmdline"]["options"]["kho_scratch"] == ["256M"]
+    assert cold["backend_mount"]["mounted"] and cold["backend_mount"]["fstype"] == "guestmemfs"
+    assert cold["kho"]["interface"] == "rfc" and cold["kho"]["active"] is False
+    assert cold["kho"]["scratch_len"] == "0x10000000" and "handover" not in cold["kho"]
+    for opt in ("CONFIG_GUESTMEMFS_FS", "CONFIG_KEXEC_KHO", "CONFIG_FTRACE_KHO", "CONFIG_KEXEC_FILE"):
+        assert cold["kernel_config"][opt] == "y", opt
+    active = facts.gather(os.path.join(FIXTURES, "guestmemfs-fleet-host-active"), mount_point="/mnt/vmmem")["kho"]
+    assert active["active"] is True
+    assert active["handover"]["bytes"] == 442 and active["handover"]["guestmemfs"] == {
+        "regions": [{"base": 0x135C00000, "bytes": 640 * 2**20, "flags": 1}], "num_inodes": 2}
