@@ -93,6 +93,18 @@ def find_mount(mounts, path):
     return hit
 
 
+def mount_containing(mounts, path):
+    """The mount a file at ``path`` lies on: the one with the longest target that contains it (the
+    last one of equal length wins, as the kernel shows them)."""
+    path = os.path.normpath(path)
+    hit, best = None, -1
+    for m in mounts:
+        target = os.path.normpath(m["target"])
+        if (path == target or path.startswith(target.rstrip("/") + "/")) and len(target) >= best:
+            hit, best = m, len(target)
+    return hit
+
+
 def kernel_config(root, release):
     """The running kernel's config: /boot/config-<release>, else /proc/config.gz."""
     text = _read(root, "/boot/config-%s" % release)

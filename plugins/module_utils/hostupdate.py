@@ -364,13 +364,8 @@ def guestmemfs_vms(conf_dir=cpr.CONF_DIR):
         return []
     out = []
     for name in vm_names(conf_dir):
-        path = cpr.VM.load(name, conf_dir).mem_path or ""
-        best = None
-        for m in mounts:
-            target = m["target"].rstrip("/") + "/"
-            if path.startswith(target) and (best is None or len(target) > len(best["target"].rstrip("/") + "/")):
-                best = m
-        if best and best["fstype"] == "guestmemfs":
+        m = facts.mount_containing(mounts, cpr.VM.load(name, conf_dir).mem_path or "/")
+        if m and m["fstype"] == "guestmemfs":
             out.append(name)
     return out
 

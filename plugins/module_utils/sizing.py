@@ -185,12 +185,8 @@ def plan_host(host):
                             "the reserve %s" % (human(size), human(overhead), human(scratch), row["scratch_source"],
                                                 human(left), human(memory), human(reserve)))
         try:
-            if backend.name == "guestmemfs":
-                row["cmdline_args"] = backend.cmdline_args(size, kho_scratch=policy.get("kho_scratch"))
-            elif backend.carves_out:
-                row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [])
-            else:
-                row["cmdline_args"] = backend.cmdline_args(size, kho_scratch=policy.get("kho_scratch"))
+            row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [],
+                                                       kho_scratch=policy.get("kho_scratch"))
         except BackendError as exc:
             raise PlanError(str(exc))
         row["ok"] = True

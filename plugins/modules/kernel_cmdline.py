@@ -432,10 +432,8 @@ def backend_args(module):
         size = 0
     try:
         size = parse_size(size, "backend_size")
-        if not backend.carves_out or backend.name == "guestmemfs":
-            return backend.cmdline_args(size, kho_scratch=p["kho_scratch"])
-        ranges = facts.ram_ranges(facts.firmware_memmap(p["root"]))
-        return backend.cmdline_args(size, ranges)
+        ranges = facts.ram_ranges(facts.firmware_memmap(p["root"])) if backend.carves_out else None
+        return backend.cmdline_args(size, ranges, kho_scratch=p["kho_scratch"])
     except (ValueError, BackendError) as exc:
         module.fail_json(msg="backend %s: %s" % (backend.name, exc))
 

@@ -38,8 +38,10 @@ class Backend(abc.ABC):
         return 0
 
     @abc.abstractmethod
-    def cmdline_args(self, size, firmware_ram_ranges):
-        """Boot arguments that carve out ``size`` bytes; BackendError when it cannot."""
+    def cmdline_args(self, size, firmware_ram_ranges=None, kho_scratch=None):
+        """Boot arguments that carve out ``size`` bytes (placed in ``firmware_ram_ranges`` where the
+        backend places it), with the KHO scratch ``kho_scratch`` where the backend's handover needs
+        one; BackendError when it cannot."""
 
     def owns_arg(self, arg):
         """Whether a cmdline argument is one this backend manages (to replace or remove it)."""

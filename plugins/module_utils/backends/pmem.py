@@ -44,7 +44,9 @@ class PmemBackend(Backend):
         raise BackendError("no System RAM range above 4 GiB holds %s (largest: %s)"
                            % (human(size), human(max(largest, 0))))
 
-    def cmdline_args(self, size, firmware_ram_ranges):
+    def cmdline_args(self, size, firmware_ram_ranges=None, kho_scratch=None):
+        if kho_scratch not in (None, ""):
+            raise BackendError("kho_scratch=%s: the pmem backend has no KHO handover" % kho_scratch)
         if size <= 0 or size % SECTION:
             raise BackendError("a pmem carve-out must be a positive multiple of 128 MiB, not %d" % size)
         if not firmware_ram_ranges:
