@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import mmap
 import os
 import struct
 import time
@@ -43,9 +44,16 @@ def counter_guest():
 
 
 def read_counter(mem_path):
-    with open(mem_path, "rb") as fh:
-        fh.seek(COUNTER_ADDR)
-        return struct.unpack("<I", fh.read(4))[0]
+    # Through a mapping: a guestmemfs file has no read(), only mmap.
+    fd = os.open(mem_path, os.O_RDONLY)
+    try:
+        m = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ, offset=COUNTER_ADDR)
+        try:
+            return struct.unpack("<I", m[:4])[0]
+        finally:
+            m.close()
+    finally:
+        os.close(fd)
 
 
 class VM(object):

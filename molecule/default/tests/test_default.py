@@ -1,6 +1,6 @@
-"""What the default (pmem) and luo scenarios leave on each fleet hypervisor (testinfra, over
-Ansible). The backend comes from GUESTMEMFS_MOLECULE_BACKEND (the luo scenario sets it); a test
-for the other backend is skipped, saying so."""
+"""What the default (pmem), luo and guestmemfs scenarios leave on each fleet hypervisor (testinfra,
+over Ansible). The backend comes from GUESTMEMFS_MOLECULE_BACKEND (the luo and guestmemfs scenarios
+set it); a test for another backend is skipped, saying so."""
 
 import json
 import os
@@ -11,6 +11,8 @@ import pytest
 BACKEND = os.environ.get("GUESTMEMFS_MOLECULE_BACKEND", "pmem")
 pmem_only = pytest.mark.skipif(BACKEND != "pmem", reason="pmem backend only (this run: %s)" % BACKEND)
 luo_only = pytest.mark.skipif(BACKEND != "luo", reason="luo backend only (this run: %s)" % BACKEND)
+guestmemfs_only = pytest.mark.skipif(BACKEND != "guestmemfs", reason="guestmemfs backend only (this run: %s)" % BACKEND)
+files_only = pytest.mark.skipif(BACKEND == "luo", reason="backends with a filesystem only (this run: %s)" % BACKEND)
 
 
 def ram(name):
@@ -53,10 +55,18 @@ def test_facts_module_reports_this_host(host):
         # MemTotal lacks the 640 MiB carve-out; the firmware map still counts it.
         assert facts["memory"]["total_bytes"] < facts["memory"]["firmware_ram_bytes"] - 600 * 2**20
         assert facts["backend_mount"]["mounted"] is True
-    else:
+    elif BACKEND == "luo":
         # This boot came from a KHO kexec, and says so in the boot parameters.
         assert facts["kho"]["incoming"] is True, facts["kho"]
         assert facts["kho"]["liveupdate_device"] is True
+    else:
+        # The RFC's KHO v2 handed over the device tree guestmemfs serialised: its region, its files.
+        kho = facts["kho"]
+        assert kho["interface"] == "rfc" and kho["incoming"] is True, kho
+        handed = kho["incoming_handover"]["guestmemfs"]
+        assert handed["num_inodes"] >= 2 and len(handed["regions"]) == 1, handed
+        assert handed["regions"][0]["bytes"] >= 2 * 256 * 2**20
+        assert facts["backend_mount"]["mounted"] is True
     assert json.dumps(facts)
 
 
@@ -83,7 +93,7 @@ def test_pmem_mounted_with_dax_from_fstab(host):
     assert "nd_pmem" in host.file("/etc/modules-load.d/guestmemfs-liveupdate-pmem.conf").content_string
 
 
-@pmem_only
+@files_only
 def test_vm_memory_files(host):
     for name in ("vm1", "vm2"):
         f = host.file(ram(name))
@@ -112,16 +122,21 @@ def test_every_vm_resumed_where_it_stopped(host):
         assert host.service(f"guestmemfs-vm@{name}").is_running
 
 
+# Through a read-only mapping: a guestmemfs file has no read(), only mmap.
+MAPPED = ("python3 -c 'import hashlib, mmap, os, struct, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+          "m = mmap.mmap(fd, int(sys.argv[3]), mmap.MAP_SHARED, mmap.PROT_READ, offset=int(sys.argv[2])); "
+          "print(struct.unpack(\"<I\", m[:4])[0] if sys.argv[4] == \"u32\" else hashlib.sha256(m[:]).hexdigest())' ")
+
+
 def read_counter(host, name):
-    out = host.check_output(f"od -An -t u4 -j $((0x200000)) -N 4 {ram(name)}")
-    return int(out.split()[0])
+    return int(host.check_output(MAPPED + f"{ram(name)} {0x200000} 4096 u32"))
 
 
 def test_memory_pattern_intact(host):
     for name in ("vm1", "vm2"):
         want = host.file(f"/var/lib/molecule-pattern-{name}").content_string.strip()
-        got = host.check_output(f"dd if={ram(name)} bs=1M skip=32 count=4 status=none | sha256sum")
-        assert len(want) == 64 and got.split()[0] == want
+        got = host.check_output(MAPPED + f"{ram(name)} {32 << 20} {4 << 20} sha256")
+        assert len(want) == 64 and got == want
 
 
 def test_state_files_consumed(host):
@@ -162,3 +177,23 @@ def test_luo_memfds_retrieved_held_and_session_finished(host):
     assert j["luo"]["retrieved_boot_id"] == j["to_boot_id"]
     assert j["luo"]["finished_ts"] >= j["phases"]["restored"]["ts"] - 60
     assert status["finished"] is True and not status["retrieve_errors"]
+
+
+@guestmemfs_only
+def test_guestmemfs_region_only_on_the_cold_boot_cmdline(host):
+    # The handover carries the region: guestmemfs= on the kexec's cmdline would carve a second one.
+    running = host.file("/proc/cmdline").content_string.split()
+    assert not [a for a in running if a.startswith(("guestmemfs=", "kho_scratch="))], running
+    dropin = host.file("/etc/default/grub.d/99-guestmemfs-liveupdate.cfg").content_string
+    assert "guestmemfs=" in dropin and "kho_scratch=" in dropin
+
+
+@guestmemfs_only
+def test_guestmemfs_mount_restored_from_the_handover(host):
+    mounts = [line.split() for line in host.file("/proc/mounts").content_string.splitlines()]
+    entry = next(m for m in mounts if m[1] == "/mnt/vmmem")
+    assert entry[2] == "guestmemfs"
+    log = host.check_output("dmesg")
+    assert "Restored super block from KHO" in log and "Did not restore from KHO" not in log
+    # Nothing is active on the new kernel until the next update activates it.
+    assert host.file("/sys/kernel/kho/active").content_string.strip() == "0"
