@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import gzip
 import os
 import re
@@ -20,6 +21,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends imp
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import parse_size
 
 # Kernel options that decide which backends and handovers a kernel can do. KEXEC_KHO is the name
 # in the guestmemfs RFC's KHO v2; mainline calls it KEXEC_HANDOVER.
@@ -203,6 +205,92 @@ def handover_summary(root, path):
             "regions": [{"base": addr & ~0xFFF, "bytes": length, "flags": addr & 0xFFF} for addr, length in region],
             "num_inodes": inodes[0] if inodes else None}
     return out
+
+
+def iomem_ram_bytes(root):
+    """RAM as /proc/iomem's top-level "System RAM" entries list it (the e820 map: a carve-out stays
+    in it), or None when unreadable or hidden (an unprivileged reader sees zero addresses)."""
+    total, seen = 0, False
+    for line in (_read(root, "/proc/iomem", "") or "").splitlines():
+        m = re.match(r"^([0-9a-fA-F]+)-([0-9a-fA-F]+) : System RAM$", line.rstrip())
+        if m:
+            start, end = int(m.group(1), 16), int(m.group(2), 16)
+            seen = True
+            total += end - start + 1 if end > start else 0
+    return total if seen and total else None
+
+
+GUESTMEMFS_ALLOC_FAILED = re.compile(r"Failed to alloc (\d+) bytes for guestmemfs")
+
+
+def kernel_log(root):
+    """The kernel's log buffer as text (/dev/kmsg, root only: one record per read), or None."""
+    path = os.path.join(root, "dev/kmsg")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(fd, 8192)
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # a record overwritten while reading: go on
+                    continue
+                break  # EAGAIN: the end of the buffer
+            if not data:
+                break
+            chunks.append(data.decode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+    return "".join(chunks)
+
+
+def guestmemfs_region(root, args, total_bytes, kho=None, log=None):
+    """Whether guestmemfs has memory of its own on this boot. The RFC's filesystem mounts even when
+    its region was never reserved (base 0): a file then maps physical memory from address 0, and the
+    first VM that writes to it corrupts the kernel. So nothing may use guestmemfs unless:
+    ``reserved``: a cold boot with guestmemfs=SIZE whose log has no "Failed to alloc" and whose
+    MemTotal lacks SIZE (reserved memory is not counted in it); or ``handed_over``: a KHO boot whose
+    handover carries the region (the mount reclaims it). Else ``missing`` or ``none``."""
+    sizes = [a.split("=", 1)[1] for a in args if a.startswith("guestmemfs=")]
+    out = {"state": "none", "bytes": None, "evidence": "no guestmemfs= on the cmdline and no handover carries a region"}
+    if sizes:
+        try:
+            size = parse_size(sizes[-1], "guestmemfs=")
+        except ValueError as exc:
+            return dict(out, state="missing", evidence="guestmemfs=%s: %s" % (sizes[-1], exc))
+        out["bytes"] = size
+        log = kernel_log(root) if log is None else log
+        failed = GUESTMEMFS_ALLOC_FAILED.search(log or "")
+        if failed:
+            return dict(out, state="missing", evidence="the kernel log says: %s" % failed.group(0))
+        ram = iomem_ram_bytes(root)
+        if ram and total_bytes and total_bytes + size > ram:
+            return dict(out, state="missing", evidence="MemTotal (%d bytes) still counts the %d bytes of guestmemfs= "
+                        "(RAM in /proc/iomem: %d bytes): the region was not reserved" % (total_bytes, size, ram))
+        return dict(out, state="reserved", evidence="guestmemfs=%s on the cmdline; MemTotal lacks it%s" % (
+            sizes[-1], "" if log is not None else " (the kernel log was not readable)"))
+    regions = (((kho or {}).get("incoming_handover") or {}).get("guestmemfs") or {}).get("regions") or []
+    if regions:
+        return dict(out, state="handed_over", bytes=sum(r["bytes"] for r in regions),
+                    evidence="the KHO handover (/sys/firmware/kho/dt) carries the region")
+    return out
+
+
+def guestmemfs_region_refusal(root="/"):
+    """None when this boot's guestmemfs has a region of its own, else the reason nothing may create,
+    map or start a VM on it (see guestmemfs_region)."""
+    args = parse_cmdline(_read(root, "/proc/cmdline", "") or "")
+    total = parse_meminfo(_read(root, "/proc/meminfo", "")).get("MemTotal", 0)
+    region = guestmemfs_region(root, args, total, kho_state(root, args))
+    if region["state"] in ("reserved", "handed_over"):
+        return None
+    return ("guestmemfs has no region of its own on this boot (%s: %s): its files would map physical memory "
+            "from address 0 and a VM writing to them would corrupt the kernel. Boot with guestmemfs=SIZE "
+            "kho_scratch=SIZE (playbooks/prepare.yml) and check the kernel log for \"Failed to alloc\""
+            % (region["state"], region["evidence"]))
 
 
 def kho_state(root, args=None, config=None):
@@ -393,6 +481,8 @@ def gather(root="/", mount_point=None, run=None):
         "kho": kho_state(root, args, config),
         "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
     }
+    if facts["guestmemfs_fs"]:
+        facts["guestmemfs_region"] = guestmemfs_region(root, args, facts["memory"]["total_bytes"], facts["kho"])
     if run is not None:
         try:
             conf = configured(run, root)

@@ -464,6 +464,18 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     if any(_is_luo_path(v.get("mem_path")) for v in (j.get("vms") or {}).values()):
         return "not kexecing: VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
             held or "none")
+    if on_guestmemfs:
+        # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
+        # once files were mapped (then sync hangs too, on the same superblock), so the kexec never
+        # comes. The state files are fsynced and the disks synced here; the root filesystem replays
+        # its journal on the next boot.
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
+        set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
+        try:
+            luo.reboot_kexec()  # returns only on failure
+        except luo.LuoError as exc:
+            return "the kexec did not start: %s" % exc
+        return "reboot(LINUX_REBOOT_CMD_KEXEC) returned: the kexec did not start"
     set_phase("kexec", kexec_ts=time.time())
     os.sync()
     rc = run(["systemctl", "kexec"])
@@ -474,6 +486,13 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""
     vm = cpr.VM.load(name, conf_dir)
+    if name in guestmemfs_vms(conf_dir):
+        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+        refusal = facts.guestmemfs_region_refusal()
+        if refusal:
+            sys.stderr.write("%s NOT started: %s. Its memory file %s and any saved state are kept.\n"
+                             % (name, refusal, vm.mem_path))
+            return 6
     if not os.path.exists(vm.state_path):
         os.execvp(vm.argv()[0], vm.argv())
     rec = load_journal().get("vms", {}).get(name, {})

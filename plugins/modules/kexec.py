@@ -27,9 +27,10 @@ description:
     next command line on which KHO or LUO would be off (the target would strand the preserved memory).
     There is no mount to check.
   - C(unloaded) - unloads a loaded kernel (a failure before the kexec).
-  - The kexec itself is C(systemctl kexec), run by M(ansible.builtin.reboot) with
-    C(reboot_command), which waits for a new boot_id; kexec-tools syncs filesystems before it
-    (never given C(-y)).
+  - The kexec itself is the host agent's (C(agent kexec)), run by M(ansible.builtin.reboot) with
+    C(reboot_command), which waits for a new boot_id. It syncs, then runs C(systemctl kexec) (pmem),
+    asks the memfd holder (luo), or calls C(reboot(LINUX_REBOOT_CMD_KEXEC)) itself (guestmemfs, whose
+    RFC C(umount) in systemd's shutdown never returns).
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:

@@ -111,7 +111,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount, guestmemfs_region_refusal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 FSTAB_COMMENT = "guestmemfs.liveupdate: VM memory backend"
@@ -198,6 +198,10 @@ def main():
     current = backend_mount(root, path)
     want_fstab = p["state"] in ("mounted", "present")
     want_mounted = p["state"] == "mounted"
+    if want_mounted and not current["mounted"] and backend.name == "guestmemfs":
+        refusal = guestmemfs_region_refusal(root)
+        if refusal:
+            module.fail_json(msg="not mounting %s: %s. Nothing was changed" % (path, refusal), **result)
 
     if current["mounted"] and not want_mounted:
         busy = users(os.path.join(root, path.lstrip("/")), os.path.join(root, "proc"))

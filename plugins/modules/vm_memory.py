@@ -100,7 +100,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount, guestmemfs_region_refusal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import MiB, human, parse_size
 
@@ -193,6 +193,10 @@ def memfds(module, backend):
     if free is not None and need > free:
         module.fail_json(msg="the VMs' memfds need %s more, but the host has %s available: shrink the VMs or "
                              "move some. Nothing was changed" % (human(need), human(free)), files=plan)
+    if backend.name == "guestmemfs" and changes:
+        refusal = guestmemfs_region_refusal(module.params.get("root") or "/")
+        if refusal:
+            module.fail_json(msg="%s. Not changed: %s" % (refusal, ", ".join(changes)), files=plan)
     result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "create":

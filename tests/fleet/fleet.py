@@ -576,6 +576,7 @@ RECORD_PATHS = [
     "sys/kernel/boot_params/setup_data/*/type", "sys/kernel/debug/kho/**", "sys/kernel/kho/*",
     "sys/firmware/kho/dt", "sys/devices/system/node/node*/meminfo",
     "sys/kernel/mm/hugepages/*/nr_hugepages", "sys/kernel/mm/hugepages/*/free_hugepages", "dev/liveupdate",
+    "proc/iomem", "dev/kmsg",
 ]
 RECORD_PROGRAM = r"""
 import base64, glob, json, os, stat, sys
@@ -584,7 +585,18 @@ out = {}
 for pattern in json.loads(sys.argv[1]):
     for path in sorted(glob.glob("/" + pattern.format(release=release), recursive=True)):
         st = os.stat(path)
-        if stat.S_ISCHR(st.st_mode):
+        if path == "/dev/kmsg":  # the kernel log, one record per read, kept as a text file
+            fd, chunks = os.open(path, os.O_RDONLY | os.O_NONBLOCK), []
+            while True:
+                try:
+                    chunks.append(os.read(fd, 8192))
+                except BlockingIOError:
+                    break
+                except BrokenPipeError:
+                    continue
+            os.close(fd)
+            out[path] = {"b64": base64.b64encode(b"".join(chunks)).decode()}
+        elif stat.S_ISCHR(st.st_mode):
             out[path] = {"chardev": "%d:%d" % (os.major(st.st_rdev), os.minor(st.st_rdev))}
         elif stat.S_ISDIR(st.st_mode):
             out[path] = {"dir": True}

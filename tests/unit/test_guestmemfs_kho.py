@@ -154,3 +154,77 @@ def test_recorded_fleet_host_before_and_after_the_activation():
     assert active["active"] is True
     assert active["handover"]["bytes"] == 442 and active["handover"]["guestmemfs"] == {
         "regions": [{"base": 0x135C00000, "bytes": 640 * 2**20, "flags": 1}], "num_inodes": 2}
+
+
+# ------------------------------------------------ does guestmemfs have a region on this boot?
+# The RFC mounts even when guestmemfs= could not be reserved (seen on a KASLR boot: "Failed to alloc
+# 2306867200 bytes for guestmemfs"); its files then map physical memory from address 0.
+
+FLEET = os.path.join(FIXTURES, "guestmemfs-fleet-host")
+
+
+def fleet_tree(tmp_path, cmdline=None, memtotal_kb=None, kmsg=None, firmware_dt=False):
+    root = tmp_path / "host"
+    shutil.copytree(FLEET, root)
+    if cmdline is not None:
+        (root / "proc/cmdline").write_text(cmdline + "\n")
+    if memtotal_kb is not None:
+        text = (root / "proc/meminfo").read_text().splitlines()
+        (root / "proc/meminfo").write_text("\n".join(
+            "MemTotal:       %d kB" % memtotal_kb if line.startswith("MemTotal:") else line for line in text) + "\n")
+    if kmsg is not None:
+        (root / "dev").mkdir(exist_ok=True)
+        (root / "dev/kmsg").write_text(kmsg)
+    if firmware_dt:
+        (root / "sys/firmware/kho").mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.join(KHO, "firmware-kho-dt.dtb"), root / "sys/firmware/kho/dt")
+    return root
+
+
+def test_recorded_cold_boot_has_its_region_reserved():
+    # MemTotal 3385660 kB against 4095.6 MiB of System RAM in /proc/iomem: the 640 MiB are missing.
+    f = facts.gather(FLEET, mount_point="/mnt/vmmem")
+    assert f["guestmemfs_region"]["state"] == "reserved" and f["guestmemfs_region"]["bytes"] == 640 * 2**20
+    assert facts.iomem_ram_bytes(FLEET) == 0x9EC00 + 0x7FEDC000 + 0x80000000
+    assert facts.guestmemfs_region_refusal(FLEET) is None
+
+
+def test_region_missing_when_memtotal_still_counts_it(tmp_path):
+    # What the failed reservation leaves: MemTotal near the whole RAM.
+    root = fleet_tree(tmp_path, memtotal_kb=3900000)
+    region = facts.gather(str(root))["guestmemfs_region"]
+    assert region["state"] == "missing" and "was not reserved" in region["evidence"]
+    assert "from address 0" in facts.guestmemfs_region_refusal(str(root))
+
+
+def test_region_missing_when_the_kernel_log_says_so(tmp_path):
+    line = "4,212,0,-;guestmemfs: guestmemfs: Failed to alloc 671088640 bytes for guestmemfs\n"
+    root = fleet_tree(tmp_path, kmsg="6,1,0,-;Linux version 6.12.117-gmfs1\n" + line)
+    region = facts.gather(str(root))["guestmemfs_region"]
+    assert region["state"] == "missing" and "Failed to alloc 671088640 bytes" in region["evidence"]
+
+
+def test_region_handed_over_after_a_kho_kexec(tmp_path):
+    # The kexec's cmdline has no guestmemfs=: the region comes with the handover.
+    root = fleet_tree(tmp_path, cmdline="console=ttyS0,115200 root=/dev/vda1", firmware_dt=True)
+    region = facts.gather(str(root))["guestmemfs_region"]
+    assert region == {"state": "handed_over", "bytes": REGION["bytes"],
+                      "evidence": "the KHO handover (/sys/firmware/kho/dt) carries the region"}
+    assert facts.guestmemfs_region_refusal(str(root)) is None
+
+
+def test_no_region_without_guestmemfs_or_handover(tmp_path):
+    root = fleet_tree(tmp_path, cmdline="console=ttyS0,115200 root=/dev/vda1")
+    assert facts.gather(str(root))["guestmemfs_region"]["state"] == "none"
+    assert facts.guestmemfs_region_refusal(str(root)).startswith("guestmemfs has no region of its own on this boot (none")
+
+
+def test_memory_backend_refuses_to_mount_without_a_region(tmp_path, capsys):
+    from ansible_collections.guestmemfs.liveupdate.plugins.modules import memory_backend
+    root = fleet_tree(tmp_path, memtotal_kb=3900000)
+    (root / "proc/self/mounts").write_text("/dev/vda1 / ext4 rw 0 0\n")
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/fstab").write_text("# fstab\n")
+    rc, out = run_main(capsys, memory_backend, {"backend": "guestmemfs", "path": "/mnt/vmmem", "root": str(root)})
+    assert rc == 1 and out["msg"].startswith("not mounting /mnt/vmmem: guestmemfs has no region") and not out["changed"]
+    assert (root / "etc/fstab").read_text() == "# fstab\n"
