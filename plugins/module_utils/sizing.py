@@ -79,8 +79,9 @@ def _vms_bytes(vms, backend):
             raise PlanError("each planned VM needs 'memory' (got %r)" % (vm,))
         size = backend.file_size(parse_size(vm["memory"], "memory of VM %s" % vm.get("name", "?")))
         if backend.max_file_bytes and size > backend.max_file_bytes:
-            raise PlanError("VM %s needs %s, above the %s backend's %s per file"
-                            % (vm.get("name", "?"), human(size), backend.name, human(backend.max_file_bytes)))
+            raise PlanError("VM %s needs %s, above the %s backend's %s per file%s"
+                            % (vm.get("name", "?"), human(size), backend.name, human(backend.max_file_bytes),
+                               backend.max_file_why))
         total += size
     return total
 

@@ -138,8 +138,8 @@ def _wanted(module, backend):
         if want <= 0:
             module.fail_json(msg="VM %s: memory must be more than 0" % name)
         if backend.max_file_bytes and want > backend.max_file_bytes:
-            module.fail_json(msg="VM %s needs %s, above the %s backend's %s per file" % (
-                name, human(want), backend.name, human(backend.max_file_bytes)))
+            module.fail_json(msg="VM %s needs %s, above the %s backend's %s per file%s" % (
+                name, human(want), backend.name, human(backend.max_file_bytes), backend.max_file_why))
         out.append((name, want))
     return out
 

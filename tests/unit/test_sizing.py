@@ -221,3 +221,11 @@ def test_guestmemfs_counts_its_kho_scratch_area():
     assert not r["ok"] and "+ KHO scratch 256.0 MiB" in r["reason"], r["reason"]
     r = sizing.plan_host(host(dict(policy, kernel_reserved="64M"), memory=4 * GiB))
     assert not r["ok"] and "kernel_reserved only applies to the luo backend" in r["reason"]
+
+
+def test_guestmemfs_file_limit_is_exactly_one_gib():
+    # Measured on the RFC kernel: 512 blocks of 2 MiB survive the handover; the 513th corrupts.
+    ok = sizing.plan_host(host({"backend": "guestmemfs", "mode": "vms", "vms": [{"name": "a", "memory": "1G"}]}))
+    assert ok["ok"] is True, ok["reason"]
+    over = sizing.plan_host(host({"backend": "guestmemfs", "mode": "vms", "vms": [{"name": "b", "memory": "1026M"}]}))
+    assert over["ok"] is False and "shares blocks with another or oopses the kernel" in over["reason"]

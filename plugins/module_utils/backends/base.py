@@ -24,6 +24,7 @@ class Backend(abc.ABC):
     size_align = 2 * MiB
     # Largest single VM memory file, None when unlimited.
     max_file_bytes = None
+    max_file_why = ""  # appended to the refusal of a larger VM
     # A backend without a filesystem (luo: one memfd per VM, held by the host agent) has nothing
     # to mount, no fstab entry and no VM files; callers check this before mount_spec/fstype.
     has_filesystem = True
