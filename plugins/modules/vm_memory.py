@@ -193,10 +193,6 @@ def memfds(module, backend):
     if free is not None and need > free:
         module.fail_json(msg="the VMs' memfds need %s more, but the host has %s available: shrink the VMs or "
                              "move some. Nothing was changed" % (human(need), human(free)), files=plan)
-    if backend.name == "guestmemfs" and changes:
-        refusal = guestmemfs_region_refusal(module.params.get("root") or "/")
-        if refusal:
-            module.fail_json(msg="%s. Not changed: %s" % (refusal, ", ".join(changes)), files=plan)
     result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "create":
@@ -263,6 +259,10 @@ def main():
         module.fail_json(msg="the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be "
                              "created or resized until it ends (the kexec, or kho_handover state=inactive after "
                              "unloading the kernel). Not changed: %s" % ", ".join(changes), files=plan)
+    if backend.name == "guestmemfs" and changes and mount["mounted"]:
+        refusal = guestmemfs_region_refusal()
+        if refusal:
+            module.fail_json(msg="%s. Not changed: %s" % (refusal, ", ".join(changes)), files=plan)
     result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "none":
