@@ -19,7 +19,10 @@ description:
     an ext4 filesystem once (only on a device without any filesystem signature), and mounts it with
     C(-o dax) by UUID.
   - C(guestmemfs) - C(mount -t guestmemfs guestmemfs PATH); the kernel must have been booted with
-    C(guestmemfs=SIZE).
+    C(guestmemfs=SIZE), and the mount is refused when that region was not reserved (the RFC then
+    maps physical memory from address 0; see the C(guestmemfs_region) fact). A mounted guestmemfs is
+    never unmounted (C(unmounted) and C(absent) are refused) - the RFC's umount never returns once a
+    file was opened by path, and every later sync hangs behind it.
   - C(luo) - refused with a message and nothing changed - the luo backend has no filesystem; each VM's
     memory is a memfd held by the host agent.
   - Never unmounts or reformats what VMs use - a mount in use by a process is refused.
@@ -203,6 +206,12 @@ def main():
         if refusal:
             module.fail_json(msg="not mounting %s: %s. Nothing was changed" % (path, refusal), **result)
 
+    if current["mounted"] and not want_mounted and current["fstype"] == "guestmemfs":
+        # d_genocide in kill_litter_super takes a reference the RFC's lookup never gave: the umount
+        # spins in the kernel forever, holding the super block, and every later sync hangs on it.
+        module.fail_json(msg="not unmounting %s: the guestmemfs RFC's umount never returns once a file on it was "
+                             "opened by path (then every sync on the host hangs too). Leave it mounted; it goes "
+                             "away with the next kexec or reboot. Nothing was changed" % path, **result)
     if current["mounted"] and not want_mounted:
         busy = users(os.path.join(root, path.lstrip("/")), os.path.join(root, "proc"))
         if busy:

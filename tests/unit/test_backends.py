@@ -87,6 +87,18 @@ def test_memory_backend_guestmemfs_mounted_adds_fstab_then_idempotent(tmp_path, 
     assert rc == 0 and out["changed"] is False
 
 
+@pytest.mark.parametrize("state", ["unmounted", "absent"])
+def test_memory_backend_never_unmounts_guestmemfs(tmp_path, capsys, state):
+    # Measured on the RFC kernel: after a lookup by path the umount spins forever, then sync hangs.
+    root = gm_tree(tmp_path)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/fstab").write_text("guestmemfs /mnt/guestmemfs guestmemfs nofail 0 0\n")
+    rc, out = run(capsys, memory_backend, {"backend": "guestmemfs", "path": "/mnt/guestmemfs", "root": str(root),
+                                           "state": state})
+    assert rc == 1 and out["msg"].startswith("not unmounting /mnt/guestmemfs: the guestmemfs RFC's umount never returns")
+    assert (root / "etc/fstab").read_text() == "guestmemfs /mnt/guestmemfs guestmemfs nofail 0 0\n"
+
+
 def test_memory_backend_guestmemfs_check_mode_mounts_nothing(tmp_path, capsys):
     root = gm_tree(tmp_path, mounted=False)
     args = {"backend": "guestmemfs", "path": "/mnt/guestmemfs", "root": str(root), "_ansible_check_mode": True}
