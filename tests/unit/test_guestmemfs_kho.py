@@ -228,3 +228,21 @@ def test_memory_backend_refuses_to_mount_without_a_region(tmp_path, capsys):
     rc, out = run_main(capsys, memory_backend, {"backend": "guestmemfs", "path": "/mnt/vmmem", "root": str(root)})
     assert rc == 1 and out["msg"].startswith("not mounting /mnt/vmmem: guestmemfs has no region") and not out["changed"]
     assert (root / "etc/fstab").read_text() == "# fstab\n"
+
+
+def test_recorded_host_after_its_live_update():
+    # The same fleet host after playbooks/liveupdate.yml kexeced it into -gmfs2 (fixture README).
+    root = os.path.join(FIXTURES, "guestmemfs-fleet-host-kexec")
+    f = facts.gather(root, mount_point="/mnt/vmmem")
+    assert f["kernel_release"] == "6.12.117-gmfs2"
+    assert not [a for a in f["cmdline"]["args"] if a.startswith(("guestmemfs=", "kho_scratch="))]
+    kho = f["kho"]
+    assert kho["interface"] == "rfc" and kho["active"] is False and kho["incoming"] is True
+    assert kho["scratch_len"] == "0x10000000"  # inherited: the next update can activate again
+    assert kho["incoming_handover"]["bytes"] == 442 and kho["incoming_handover"]["guestmemfs"] == {
+        "regions": [{"base": 0x153600000, "bytes": 640 * 2**20, "flags": 1}], "num_inodes": 2}
+    assert f["guestmemfs_region"]["state"] == "handed_over" and f["guestmemfs_region"]["bytes"] == 640 * 2**20
+    assert facts.guestmemfs_region_refusal(root) is None
+    log = facts.kernel_log(root)
+    assert "Reclaimed [153600000 + 28000000] via KHO" in log and "Restored super block from KHO" in log
+    assert f["backend_mount"]["mounted"] and f["backend_mount"]["fstype"] == "guestmemfs"
