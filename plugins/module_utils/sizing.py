@@ -205,8 +205,8 @@ def summary(rows):
     refused = [r for r in rows if not r["ok"]]
     ok = [r for r in rows if r["ok"]]
     return {"hosts": len(rows), "ok": len(ok), "refused": len(refused),
-            "carved_bytes": sum(r["size_bytes"] or 0 for r in ok if r["scratch_bytes"] is None),
-            "held_bytes": sum(r["size_bytes"] or 0 for r in ok if r["scratch_bytes"] is not None),
+            "carved_bytes": sum(r["size_bytes"] or 0 for r in ok if get_backend(r["backend"]).carves_out),
+            "held_bytes": sum(r["size_bytes"] or 0 for r in ok if not get_backend(r["backend"]).carves_out),
             "scratch_bytes": sum(r["scratch_bytes"] or 0 for r in ok)}
 
 
@@ -229,9 +229,10 @@ def render_table(rows):
     s = summary(rows)
     tail = "%d hosts: %d ok, %d refused; %s carved in all" % (
         s["hosts"], s["ok"], s["refused"], human(s["carved_bytes"]))
-    if s["held_bytes"] or s["scratch_bytes"]:
-        tail += "; %s held in memfds (luo) beside %s of KHO scratch" % (
-            human(s["held_bytes"]), human(s["scratch_bytes"]))
+    if s["held_bytes"]:
+        tail += "; %s held in memfds (luo)" % human(s["held_bytes"])
+    if s["scratch_bytes"]:
+        tail += "; %s of KHO scratch" % human(s["scratch_bytes"])
     lines.append(tail)
     return "\n".join(lines) + "\n"
 
