@@ -97,7 +97,8 @@ def test_pmem_mounted_with_dax_from_fstab(host):
 def test_vm_memory_files(host):
     for name in ("vm1", "vm2"):
         f = host.file(ram(name))
-        assert f.exists and f.size == 256 * 2**20 and f.mode == 0o600
+        # The guestmemfs RFC hands over size and blocks, not the mode: its files come back 0000.
+        assert f.exists and f.size == 256 * 2**20 and f.mode == (0 if BACKEND == "guestmemfs" else 0o600)
 
 
 def journal(host):
