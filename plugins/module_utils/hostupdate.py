@@ -466,8 +466,8 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
             held or "none")
     if on_guestmemfs:
         # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
-        # once files were mapped (then sync hangs too, on the same superblock), so the kexec never
-        # comes. The state files are fsynced and the disks synced here; the root filesystem replays
+        # once a file was opened by path (then sync hangs too, on the same super block), so the
+        # kexec never comes. The state files are fsynced and the disks synced here; the root filesystem replays
         # its journal on the next boot.
         from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
         set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
