@@ -482,6 +482,23 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     return None if rc == 0 else "systemctl kexec failed (rc %d)" % rc
 
 
+def guestmemfs_file_refusal(vm):
+    """Why ``vm`` must not start on its guestmemfs file, or None. QEMU would create a missing file
+    itself, and on the RFC that file keeps size 0 and no blocks: the VM then runs on blocks no file
+    owns (measured after a cold boot, where the region starts empty). Only vm_memory's create +
+    truncate, or the handover, gives a file its blocks."""
+    try:
+        have = os.stat(vm.mem_path).st_size
+    except OSError:
+        have = None
+    if have == vm.memory_bytes:
+        return None
+    size = "is missing" if have is None else "has %d bytes" % have
+    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes; a cold boot starts the region "
+            "empty. Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
+            "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))
+
+
 def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""
@@ -493,6 +510,10 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
             sys.stderr.write("%s NOT started: %s. Its memory file %s and any saved state are kept.\n"
                              % (name, refusal, vm.mem_path))
             return 6
+        refusal = guestmemfs_file_refusal(vm)
+        if refusal:
+            sys.stderr.write(refusal + "\n")
+            return 7
     if not os.path.exists(vm.state_path):
         os.execvp(vm.argv()[0], vm.argv())
     rec = load_journal().get("vms", {}).get(name, {})

@@ -246,3 +246,17 @@ def test_recorded_host_after_its_live_update():
     log = facts.kernel_log(root)
     assert "Reclaimed [153600000 + 28000000] via KHO" in log and "Restored super block from KHO" in log
     assert f["backend_mount"]["mounted"] and f["backend_mount"]["fstype"] == "guestmemfs"
+
+
+def test_vm_runs_only_on_a_file_of_its_size(tmp_path):
+    # After a cold boot the region starts empty; QEMU would create the file itself with no blocks.
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate
+    path = tmp_path / "vm1.ram"
+    vm = cpr.VM({"name": "vm1", "memory_bytes": 4 << 20, "mem_path": str(path)})
+    assert "is missing" in hostupdate.guestmemfs_file_refusal(vm)
+    assert not path.exists()
+    path.write_bytes(b"")
+    msg = hostupdate.guestmemfs_file_refusal(vm)
+    assert "has 0 bytes, not the VM's 4194304 bytes" in msg and "run the prepare playbook" in msg
+    os.truncate(path, 4 << 20)
+    assert hostupdate.guestmemfs_file_refusal(vm) is None
