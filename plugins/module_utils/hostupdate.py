@@ -494,8 +494,8 @@ def guestmemfs_file_refusal(vm):
     if have == vm.memory_bytes:
         return None
     size = "is missing" if have is None else "has %d bytes" % have
-    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes; a cold boot starts the region "
-            "empty. Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
+    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes (after a cold boot the region "
+            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
             "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))
 
 
