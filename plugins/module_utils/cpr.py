@@ -10,11 +10,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
-import mmap
 import os
-import struct
 import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError, event_time
 
 CONF_DIR = "/etc/guestmemfs-liveupdate/vms"
@@ -24,71 +23,33 @@ LUO_LINK_DIR = os.path.join(RUN_DIR, "luo")
 STATE_DIR = "/var/lib/guestmemfs-liveupdate/state"
 CAPABILITIES = [{"capability": "events", "state": True}, {"capability": "x-ignore-shared", "state": True}]
 
-# The test guest: multiboot code that zeroes a counter at guest-physical COUNTER_ADDR and then
-# increments it forever. A VM that resumed shows a value at or above the saved one; a VM that
-# rebooted starts again from 0.
-COUNTER_ADDR = 0x200000
-_LOAD = 0x100000
-
-
-def counter_guest():
-    """The test guest as a multiboot (a.out kludge) image: 32-byte header and 15 bytes of code."""
-    magic, flags = 0x1BADB002, 0x00010000
-    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
-                         _LOAD, _LOAD, 0, 0, _LOAD + 32)
-    code = (b"\xbf" + struct.pack("<I", COUNTER_ADDR)  # mov edi, COUNTER_ADDR
-            + b"\xc7\x07\x00\x00\x00\x00"              # mov dword [edi], 0
-            + b"\xff\x07"                              # loop: inc dword [edi]
-            + b"\xeb\xfc")                             # jmp loop
-    return header + code
-
-
-def read_counter(mem_path):
-    # Through a mapping from offset 0: a guestmemfs file has no read(), only mmap, and the RFC's mmap
-    # ignores the offset asked for (it maps the file's first block whatever it is).
-    fd = os.open(mem_path, os.O_RDONLY)
-    try:
-        m = mmap.mmap(fd, COUNTER_ADDR + mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
-        try:
-            return struct.unpack_from("<I", m, COUNTER_ADDR)[0]
-        finally:
-            m.close()
-    finally:
-        os.close(fd)
-
-
 class VM(object):
-    """One VM's configuration, as the qemu_vm role writes it to CONF_DIR/<name>.json."""
+    """One VM's recorded configuration on its host: its normalized definition (module_utils/vmdef)
+    plus where its RAM is (``mem_path``) and which backend holds it, as the qemu_vm role's
+    vm_definition module writes it to CONF_DIR/<name>.json."""
 
     def __init__(self, conf):
+        self.conf = conf
         self.name = conf["name"]
         self.memory_bytes = int(conf["memory_bytes"])
         self.mem_path = conf["mem_path"]
-        self.machine = conf.get("machine", "pc-q35-10.0")
-        self.kernel = conf.get("kernel")
-        self.qemu = conf.get("qemu", "qemu-system-x86_64")
-        self.accel = conf.get("accel", "tcg")
-        self.extra_args = list(conf.get("extra_args", []))
-        self.qmp_path = conf.get("qmp") or os.path.join(RUN_DIR, self.name + ".qmp")
+        self.backend = conf.get("backend")
+        self.qmp_path = vmdef.qmp_path(conf, RUN_DIR)
         self.state_path = conf.get("state") or os.path.join(STATE_DIR, self.name + ".state")
 
     @classmethod
     def load(cls, name, conf_dir=CONF_DIR):
-        with open(os.path.join(conf_dir, name + ".json")) as fh:
-            return cls(json.load(fh))
+        path = os.path.join(conf_dir, vmdef.check_name(name) + ".json")
+        with open(path) as fh:
+            try:
+                return cls(json.load(fh))
+            except ValueError as exc:
+                raise vmdef.VMDefError("VM %s: its configuration %s is not JSON (%s): run the prepare playbook "
+                                       "to write it again" % (name, path, exc))
 
-    def argv(self, incoming=False):
-        size = "%dM" % (self.memory_bytes // (1024 * 1024))
-        argv = [self.qemu, "-name", self.name, "-nodefaults", "-display", "none",
-                "-machine", "%s,memory-backend=ram0" % self.machine, "-accel", self.accel, "-m", size,
-                "-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, self.mem_path),
-                "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
-        if self.kernel:
-            argv += ["-kernel", self.kernel]
-        argv += self.extra_args
-        if incoming:
-            argv += ["-incoming", "defer"]
-        return argv
+    def argv(self):
+        """The argv of a cold start, built from this configuration."""
+        return vmdef.build_argv(self.conf, RUN_DIR)
 
 
 def _prepare_migration(q):

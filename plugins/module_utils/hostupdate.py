@@ -24,12 +24,14 @@ import threading
 import time
 import uuid
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 BASE = "/var/lib/guestmemfs-liveupdate"
 JOURNAL = os.path.join(BASE, "journal.json")
+# The argv each VM was started with (module_utils/vmdef); tests point it at a tree.
+ARGV_DIR = vmdef.ARGV_DIR
 UNIT = "guestmemfs-vm@%s.service"
 
 
@@ -172,6 +174,9 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                               "systemctl start %s)" % (vm.name, vm.state_path,
                                                        load_journal().get("vms", {}).get(vm.name, {}).get("state"),
                                                        vm.name, UNIT % vm.name))
+    # Each VM restores with exactly the argv it runs with now (recorded when it started), never one
+    # rebuilt from a definition changed since.
+    argvs = dict((vm.name, _started_argv(vm)) for vm in running)
     update_id = str(uuid.uuid4())
     tokens = _luo_preserve([vm for vm in running if _is_luo(vm)], update_id)
 
@@ -181,7 +186,8 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                            if k == "preflight" and v.get("boot_id") == _boot_id())
         _phase("saving", update_id=update_id, started_ts=time.time(), from_boot_id=_boot_id(),
                saver_pid=os.getpid())(j)
-        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path}) for vm in running)
+        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
+                                   "argv_source": argvs[vm.name][1]}) for vm in running)
     update_journal(begin, msg="saving %d VMs" % len(running))
     m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
     for name, token in tokens.items():
@@ -192,8 +198,6 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     def one(vm):
         try:
             r = cpr.save(vm, timeout=timeout)
-            # The test guest's counter, as the saved memory holds it (any guest: 4 bytes at 2 MiB).
-            r["counter_saved"] = cpr.read_counter(vm.mem_path)
             results[vm.name] = r
             update_journal(_set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
         except Exception as exc:  # any failure of one VM must not stop the others' rollback
@@ -226,6 +230,19 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                    msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
     return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
             "manifest_content_s": m.get("content_s")}
+
+
+def _started_argv(vm):
+    """(argv, source): the argv ``vm`` was started with as recorded at its start, or, for a VM started
+    before argvs were recorded, the one its configuration gives now."""
+    argv = vmdef.load_argv(vm.name, ARGV_DIR)
+    if argv:
+        return argv, "recorded"
+    return vm.argv(), "configuration (no argv recorded at start)"
+
+
+def record_argv(name, argv):
+    write_json(vmdef.argv_record_path(name, ARGV_DIR), {"argv": argv, "boot_id": _boot_id(), "ts": time.time()})
 
 
 def rollback(run, names):
@@ -515,10 +532,16 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
             sys.stderr.write(refusal + "\n")
             return 7
     if not os.path.exists(vm.state_path):
-        os.execvp(vm.argv()[0], vm.argv())
+        argv = vm.argv()
+        record_argv(name, argv)
+        os.execvp(argv[0], argv)
     rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
-        os.execvp(vm.argv(incoming=True)[0], vm.argv(incoming=True))
+        # The argv the VM ran with when it was saved (the journal keeps it from the save).
+        base = rec.get("argv") or _started_argv(vm)[0]
+        record_argv(name, base)
+        argv = vmdef.incoming_argv(base)
+        os.execvp(argv[0], argv)
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
@@ -536,7 +559,6 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     if rec.get("state") != "restoring":
         return 0
     vm = cpr.VM.load(name, conf_dir)
-    counter_at_restore = cpr.read_counter(vm.mem_path)
     try:
         r = cpr.restore(vm)
     except Exception as exc:
@@ -548,8 +570,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
         return 1
     blackout = round(r["resume_ts"] - rec["stop_ts"], 3) if rec.get("stop_ts") else None
     os.rename(vm.state_path, vm.state_path + ".restored")
-    update_journal(_set_vm(name, state="restored", blackout_s=blackout, to_boot_id=_boot_id(),
-                           counter_at_restore=counter_at_restore, **r),
+    update_journal(_set_vm(name, state="restored", blackout_s=blackout, to_boot_id=_boot_id(), **r),
                    msg="%s resumed, blackout %ss" % (name, blackout))
     finish_if_done()
     return 0
@@ -559,7 +580,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | kexec | "
-                         "luo-hold | luo OP ... | counter-guest PATH\n")
+                         "luo-hold | luo OP ...\n")
         return 2
     cmd, args = argv[0], argv[1:]
     if cmd == "vm-run" and len(args) == 1:
@@ -581,10 +602,6 @@ def main(argv=None):
     if cmd in ("luo", "luo-hold"):
         from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
         return memfd_holder.main(["hold"] if cmd == "luo-hold" else args)
-    if cmd == "counter-guest" and len(args) == 1:
-        with open(args[0], "wb") as fh:
-            fh.write(cpr.counter_guest())
-        return 0
     if cmd == "status":
         import json
         sys.stdout.write(json.dumps(load_journal(), indent=1, sort_keys=True) + "\n")

@@ -38,19 +38,13 @@ options:
     description: The backend's mount point. Required for C(pmem) and C(guestmemfs); not used by C(luo).
     type: path
   vms:
-    description: The VMs, each C(name) and C(memory) (bytes or K/M/G/T).
+    description:
+      - The VMs, each with C(name) and C(memory) (bytes or K/M/G/T); the file is C(<name>.ram).
+      - Other keys of a VM definition (disks, NICs, ...) are ignored here, so C(guestmemfs_vms) can be
+        passed as it is.
     type: list
     elements: dict
     required: true
-    suboptions:
-      name:
-        description: VM name; the file is C(<name>.ram).
-        type: str
-        required: true
-      memory:
-        description: The VM's RAM size.
-        type: raw
-        required: true
   require_mounted:
     description: Refuse to run when I(path) is not a mount point (files would land on the root disk).
     type: bool
@@ -94,11 +88,10 @@ free_bytes:
 """
 
 import os
-import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount, guestmemfs_region_refusal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
@@ -126,10 +119,15 @@ def _wanted(module, backend):
     """[(name, bytes)] of the VMs, validated."""
     out, names = [], set()
     for vm in module.params["vms"]:
-        name = vm["name"]
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name) or name in names or len(name) > 48:
-            module.fail_json(msg="VM name %r is empty, repeated, longer than 48 or has characters other than "
-                                 "letters, digits, '.', '_' and '-'" % name)
+        name = vm.get("name")
+        try:
+            vmdef.check_name(name)
+        except vmdef.VMDefError as exc:
+            module.fail_json(msg=str(exc))
+        if name in names:
+            module.fail_json(msg="VM %s is listed twice" % name)
+        if "memory" not in vm:
+            module.fail_json(msg="VM %s has no memory" % name)
         names.add(name)
         try:
             want = backend.file_size(parse_size(vm["memory"], "memory of VM %s" % name))
@@ -208,10 +206,7 @@ def main():
         argument_spec=dict(
             backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], required=True),
             path=dict(type="path"),
-            vms=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str", required=True),
-                memory=dict(type="raw", required=True),
-            )),
+            vms=dict(type="list", elements="dict", required=True),
             require_mounted=dict(type="bool", default=True),
         ),
         required_if=[("backend", "pmem", ["path"]), ("backend", "guestmemfs", ["path"])],

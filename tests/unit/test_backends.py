@@ -297,8 +297,8 @@ def test_vm_memory_check_mode_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.parametrize("vms,msg", [
     ([{"name": "big", "memory": "64T"}], "need"),
-    ([{"name": "vm1", "memory": "1M"}, {"name": "vm1", "memory": "1M"}], "repeated"),
-    ([{"name": "../x", "memory": "1M"}], "characters"),
+    ([{"name": "vm1", "memory": "1M"}, {"name": "vm1", "memory": "1M"}], "listed twice"),
+    ([{"name": "../x", "memory": "1M"}], "a VM name is"),
     ([{"name": "vm1", "memory": "lots"}], "not a size"),
     ([{"name": "vm1", "memory": 0}], "more than 0"),
     ([{"name": "huge", "memory": "2G"}], "above the guestmemfs backend's 1.0 GiB per file"),

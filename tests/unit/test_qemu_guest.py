@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, vmdef
+
+from counter_guest import counter_guest, read_counter
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
 
 
 def test_counter_guest_is_a_multiboot_image():
-    img = cpr.counter_guest()
+    img = counter_guest()
     assert len(img) == 32 + 15
     magic, flags, checksum = int.from_bytes(img[0:4], "little"), int.from_bytes(img[4:8], "little"), \
         int.from_bytes(img[8:12], "little")
@@ -25,12 +27,12 @@ def test_counter_guest_is_a_multiboot_image():
 @pytest.fixture
 def vm(tmp_path):
     kernel = tmp_path / "counter.mb"
-    kernel.write_bytes(cpr.counter_guest())
+    kernel.write_bytes(counter_guest())
     mem = tmp_path / "vm.ram"
     with open(mem, "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     v = cpr.VM({"name": "t", "memory_bytes": 64 * 1024 * 1024, "mem_path": str(mem), "machine": "q35",
-                "kernel": str(kernel), "qmp": str(tmp_path / "qmp.sock"), "state": str(tmp_path / "t.state")})
+                "accel": "tcg", "kernel": str(kernel), "serial_log": str(tmp_path / "serial.log"), "qmp": str(tmp_path / "qmp.sock"), "state": str(tmp_path / "t.state")})
     proc = subprocess.Popen(v.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     yield v
     proc.kill()
@@ -42,20 +44,20 @@ def test_counter_runs_and_stop_freezes_it(vm):
     q.connect(wait=20)
     try:
         deadline = time.time() + 30
-        while cpr.read_counter(vm.mem_path) == 0 and time.time() < deadline:
+        while read_counter(vm.mem_path) == 0 and time.time() < deadline:
             time.sleep(0.2)
-        first = cpr.read_counter(vm.mem_path)
+        first = read_counter(vm.mem_path)
         assert first > 0, "the guest never counted"
         q.cmd("stop")
         q.wait_event("STOP", 10)
-        frozen = cpr.read_counter(vm.mem_path)
+        frozen = read_counter(vm.mem_path)
         time.sleep(0.5)
-        assert cpr.read_counter(vm.mem_path) == frozen
+        assert read_counter(vm.mem_path) == frozen
         assert q.cmd("query-status")["status"] == "paused"
         q.cmd("cont")
         q.wait_event("RESUME", 10)
         time.sleep(0.5)
-        assert cpr.read_counter(vm.mem_path) != frozen
+        assert read_counter(vm.mem_path) != frozen
     finally:
         q.close()
 
@@ -68,6 +70,6 @@ def test_qmp_error_is_reported(vm):
 
 
 def test_argv_has_shared_ram_and_incoming(vm):
-    argv = vm.argv(incoming=True)
+    argv = vmdef.incoming_argv(vm.argv())
     assert "memory-backend-file,id=ram0,size=64M,mem-path=%s,share=on" % vm.mem_path in argv
     assert argv[-2:] == ["-incoming", "defer"] and "q35,memory-backend=ram0" in argv

@@ -64,6 +64,10 @@ class Backend(abc.ABC):
         """(source, fstype, options) for the backend's filesystem at ``mount_point``; BackendError
         for a backend without a filesystem."""
 
+    def vm_mem_path(self, name, mem_dir):
+        """Where VM ``name``'s RAM is, for QEMU's memory-backend-file: one file per VM on the mount."""
+        return "%s/%s.ram" % (mem_dir.rstrip("/"), name)
+
     def file_size(self, vm_bytes):
         """The size a VM's memory file gets for ``vm_bytes`` of guest RAM."""
         rem = vm_bytes % self.size_align

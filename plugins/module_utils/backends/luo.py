@@ -199,6 +199,13 @@ class LuoBackend(Backend):
         # handover and only a later cold boot reads it again.
         return list(running_args)
 
+    # The holder publishes each VM's memfd as a link here (memfd_holder, cpr.LUO_LINK_DIR).
+    link_dir = "/run/guestmemfs-liveupdate/luo"
+
+    def vm_mem_path(self, name, mem_dir=None):
+        """The holder's memfd, reached through its link (no file on a mount)."""
+        return "%s/%s" % (self.link_dir, name)
+
     def mount_spec(self, mount_point, device=None):
         raise BackendError("the luo backend has no filesystem to mount: each VM's memory is a memfd "
                            "held by the host agent")

@@ -1,0 +1,196 @@
+"""VM definitions: each refusal before anything changes, the exact argv a definition gives, and a
+restore that uses the argv the VM was started with, never one rebuilt from a changed definition."""
+
+import json
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import vm_definition
+
+from test_backends import run
+
+REAL = {
+    "name": "web1", "memory": "256M", "vcpus": 2, "machine": "pc-q35-10.0", "accel": "tcg", "cpu": "max",
+    "disks": [{"path": "/var/lib/vms/web1.qcow2", "format": "qcow2"},
+              {"path": "/var/lib/vms/data.raw", "format": "raw", "interface": "scsi", "cache": "writeback",
+               "serial": "data1"}],
+    "nics": [{"type": "bridge", "bridge": "br0", "mac": "52:54:00:12:34:56"}],
+    "guest_agent": True,
+    "kernel": "/var/lib/guest/vmlinuz", "initrd": "/var/lib/guest/initrd.img", "append": "console=ttyS0 memmap=8M$32M",
+}
+
+
+def conf(**kw):
+    c = dict(vmdef.normalize(dict(REAL, **kw)), mem_path="/mnt/vmmem/web1.ram", backend="pmem")
+    return c
+
+
+def test_argv_is_exactly_what_the_definition_says_plus_what_live_update_needs():
+    assert vmdef.build_argv(conf(), "/run/g") == [
+        "qemu-system-x86_64", "-name", "web1", "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", "pc-q35-10.0,memory-backend=ram0", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "256M",
+        "-object", "memory-backend-file,id=ram0,size=256M,mem-path=/mnt/vmmem/web1.ram,share=on",
+        "-qmp", "unix:/run/g/web1.qmp,server=on,wait=off",
+        "-chardev", "file,id=serial0,path=/var/log/guestmemfs-liveupdate/web1.serial.log,append=on",
+        "-serial", "chardev:serial0",
+        "-drive", "file=/var/lib/vms/web1.qcow2,format=qcow2,if=none,id=disk0,cache=none",
+        "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev",
+        "-drive", "file=/var/lib/vms/data.raw,format=raw,if=none,id=disk1,cache=writeback",
+        "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=disk1,bus=scsi0.0,id=disk1-dev,serial=data1",
+        "-netdev", "bridge,id=net0,br=br0", "-device", "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:12:34:56",
+        "-chardev", "socket,id=qga0,path=/run/g/web1.qga,server=on,wait=off",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-kernel", "/var/lib/guest/vmlinuz", "-initrd", "/var/lib/guest/initrd.img",
+        "-append", "console=ttyS0 memmap=8M$32M"]
+
+
+def test_production_defaults_are_kvm_host_cpu_no_quota_no_kernel():
+    c = vmdef.normalize({"name": "db", "memory": "4G"})
+    assert (c["accel"], c["cpu"], c["cpu_quota"], c["kernel"], c["vcpus"]) == ("kvm", "host", None, None, 1)
+    argv = vmdef.build_argv(dict(c, mem_path="/m/db.ram"), "/run/g")
+    assert argv[argv.index("-accel") + 1] == "kvm" and "-kernel" not in argv
+    assert "CPUQuota" not in vmdef.units_dropin(dict(c, mem_path="/m/db.ram"))
+
+
+def test_tap_and_user_nics():
+    c = conf(nics=[{"type": "tap", "ifname": "tap-web1", "mac": "52:54:00:00:00:02"}, {"type": "user"}])
+    argv = vmdef.build_argv(c, "/run/g")
+    assert "tap,id=net0,ifname=tap-web1,script=no,downscript=no" in argv
+    assert "user,id=net1" in argv and "virtio-net-pci,netdev=net1,id=net1-dev" in argv
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"name": "Web 1"}, "a VM name is"),
+    ({"name": "../etc"}, "a VM name is"),
+    ({"memory": "lots"}, "not a size"),
+    ({"memory": "1000K"}, "whole number of MiB"),
+    ({"vcpus": 0}, "vcpus must be"),
+    ({"machine": "q35"}, "not a versioned machine type"),
+    ({"accel": "hvf"}, "accel must be one of kvm, tcg"),
+    ({"disks": [{"path": "web1.qcow2", "format": "qcow2"}]}, "absolute path"),
+    ({"disks": [{"path": "/a,b", "format": "raw"}]}, "','"),
+    ({"disks": [{"path": "/a"}]}, "needs path and format"),
+    ({"disks": [{"path": "/a", "format": "vmdk"}]}, "format must be one of raw, qcow2"),
+    ({"disks": [{"path": "/a", "format": "raw", "bus": "ide"}]}, "unknown keys bus"),
+    ({"disks": [{"path": "/a", "format": "raw"}, {"path": "/a", "format": "raw"}]}, "appears twice"),
+    ({"nics": [{"type": "bridge", "bridge": "br0"}]}, "needs a fixed mac"),
+    ({"nics": [{"type": "bridge", "bridge": "br0", "mac": "53:54:00:12:34:56"}]}, "not a unicast MAC"),
+    ({"nics": [{"type": "bridge", "mac": "52:54:00:12:34:56"}]}, "needs bridge"),
+    ({"nics": [{"type": "tap", "mac": "52:54:00:12:34:56"}]}, "needs ifname"),
+    ({"nics": [{"type": "vhost-user", "mac": "52:54:00:12:34:56"}]}, "type must be one of bridge, tap, user"),
+    ({"extra_args": ["-m", "8G"]}, "-m contradicts live update"),
+    ({"extra_args": ["-object", "memory-backend-ram,id=mem1,size=1G"]}, "contradicts live update"),
+    ({"extra_args": ["-incoming", "tcp:0:4444"]}, "-incoming contradicts"),
+    ({"extra_args": ["-qmp", "tcp:0:4444"]}, "owns the VM's QMP socket"),
+    ({"extra_args": ["-machine", "q35"]}, "machine type is the definition's"),
+    ({"extra_args": ["-device", "e1000\n[Service]"]}, "newline"),
+    ({"append": "console=ttyS0\nExecStartPre=/bin/evil"}, "newline"),
+    ({"kernel": None}, "initrd and append need kernel"),
+    ({"cpu_quota": "fast"}, "cpu_quota must be a percentage"),
+    ({"unpreservable": "ignore"}, "unpreservable must be one of refuse, skip, shutdown"),
+    ({"hugepages": True}, "unknown keys in the definition: hugepages"),
+])
+def test_a_definition_that_cannot_run_under_live_update_is_refused(change, msg):
+    with pytest.raises(vmdef.VMDefError) as exc:
+        vmdef.normalize(dict(REAL, **change))
+    assert msg in str(exc.value)
+
+
+def test_across_vms_names_disks_and_macs_are_unique():
+    a = dict(REAL)
+    with pytest.raises(vmdef.VMDefError, match="defined twice"):
+        vmdef.normalize_all([a, dict(a)])
+    with pytest.raises(vmdef.VMDefError, match="disk /var/lib/vms/web1.qcow2 is used by both web1 and web2"):
+        vmdef.normalize_all([a, dict(a, name="web2", nics=[])])
+    with pytest.raises(vmdef.VMDefError, match="MAC 52:54:00:12:34:56 is used by both"):
+        vmdef.normalize_all([a, dict(a, name="web2", disks=[])])
+
+
+def test_unit_dropin_orders_the_vm_after_its_mounts_and_bridges():
+    text = vmdef.units_dropin(conf(cpu_quota="150%"))
+    assert "RequiresMountsFor=/var/lib/guest /var/lib/vms /var/log/guestmemfs-liveupdate\n" in text
+    assert "Wants=sys-subsystem-net-devices-br0.device\nAfter=sys-subsystem-net-devices-br0.device\n" in text
+    assert text.endswith("[Service]\nCPUQuota=150%\n")
+
+
+def module_args(tmp_path, vms, **kw):
+    args = {"vms": vms, "backend": "pmem", "mem_dir": "/mnt/vmmem", "conf_dir": str(tmp_path / "conf"),
+            "unit_dir": str(tmp_path / "units"), "argv_dir": str(tmp_path / "argv")}
+    args.update(kw)
+    return args
+
+
+def test_module_refuses_a_bad_definition_and_writes_nothing(tmp_path, capsys):
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [REAL, dict(REAL, name="bad", machine="pc")]))
+    assert rc == 1 and "VM bad: machine 'pc' is not a versioned machine type" in out["msg"]
+    assert "Nothing was changed" in out["msg"] and not (tmp_path / "conf").exists()
+
+
+def test_module_writes_configuration_and_dropin_idempotently_and_reports_restart_needed(tmp_path, capsys):
+    args = module_args(tmp_path, [REAL], defaults={"cpu_quota": "20%"})
+    rc, out = run(capsys, vm_definition, args)
+    assert rc == 0 and out["changed"] and out["bridges"] == ["br0"]
+    written = json.loads((tmp_path / "conf" / "web1.json").read_text())
+    assert written["mem_path"] == "/mnt/vmmem/web1.ram" and written["backend"] == "pmem"
+    assert written["cpu_quota"] == "20%" and written["vcpus"] == 2
+    dropin = tmp_path / "units" / "guestmemfs-vm@web1.service.d" / "10-definition.conf"
+    assert "CPUQuota=20%" in dropin.read_text()
+    rc, out = run(capsys, vm_definition, args)
+    assert rc == 0 and not out["changed"] and not out["vms"]["web1"]["restart_needed"]
+    # The VM was started with this argv; the operator then adds a NIC: the running VM keeps its argv.
+    (tmp_path / "argv").mkdir()
+    (tmp_path / "argv" / "web1.json").write_text(json.dumps({"argv": out["vms"]["web1"]["argv"]}))
+    more = dict(REAL, nics=REAL["nics"] + [{"type": "bridge", "bridge": "br1", "mac": "52:54:00:12:34:57"}])
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [more]))
+    assert rc == 0 and out["changed"] and out["vms"]["web1"]["restart_needed"]
+
+
+def test_module_luo_puts_ram_on_the_holders_memfd(tmp_path, capsys):
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [REAL], backend="luo"))
+    assert rc == 0
+    written = json.loads((tmp_path / "conf" / "web1.json").read_text())
+    assert written["mem_path"] == "/run/guestmemfs-liveupdate/luo/web1"
+
+
+def test_module_check_mode_changes_nothing(tmp_path, capsys):
+    rc, out = run(capsys, vm_definition, dict(module_args(tmp_path, [REAL]), _ansible_check_mode=True))
+    assert rc == 0 and out["changed"] and not (tmp_path / "conf").exists()
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
+    monkeypatch.setattr(hostupdate, "_boot_id", lambda: "boot-a")
+    execs = []
+
+    def fake_exec(prog, argv):
+        execs.append(argv)
+        raise SystemExit(0)
+    monkeypatch.setattr(hostupdate.os, "execvp", fake_exec)
+    (tmp_path / "conf").mkdir()
+    c = conf()
+    c["state"] = str(tmp_path / "web1.state")
+    (tmp_path / "conf" / "web1.json").write_text(json.dumps(c))
+    return {"dir": tmp_path, "conf": str(tmp_path / "conf"), "execs": execs, "c": c}
+
+
+def test_cold_start_records_its_argv_and_restore_uses_it_not_a_changed_definition(host):
+    with pytest.raises(SystemExit):
+        hostupdate.vm_run("web1", conf_dir=host["conf"])
+    started = host["execs"][0]
+    assert vmdef.load_argv("web1", hostupdate.ARGV_DIR) == started and "-incoming" not in started
+    # The definition changes while the VM runs (more memory, another CPU model) ...
+    changed = dict(host["c"], memory_bytes=512 << 20, cpu="qemu64")
+    (host["dir"] / "conf" / "web1.json").write_text(json.dumps(changed))
+    # ... the save journals the argv the VM runs with ...
+    vm = hostupdate.cpr.VM.load("web1", host["conf"])
+    assert hostupdate._started_argv(vm) == (started, "recorded")
+    open(host["c"]["state"], "w").close()
+    hostupdate.update_journal(lambda j: j.update({"vms": {"web1": {"state": "restoring", "argv": started}}}))
+    # ... and the restore starts exactly that, with -incoming defer.
+    with pytest.raises(SystemExit):
+        hostupdate.vm_run("web1", conf_dir=host["conf"])
+    assert host["execs"][1] == started + ["-incoming", "defer"]
