@@ -209,10 +209,23 @@ def build_image(force=False):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"base image built in {time.monotonic() - t0:.0f}s: {path}")
+    in_use = images_in_use()
     for old in os.listdir(images):
-        if old.endswith(".raw") and os.path.join(images, old) != path:
-            os.unlink(os.path.join(images, old))
+        old_path = os.path.join(images, old)
+        # Another fleet (another checkout) may still boot overlays on an older image: keep those.
+        if old.endswith(".raw") and old_path != path and old_path not in in_use:
+            os.unlink(old_path)
     return path
+
+
+def images_in_use():
+    """Base images named by any fleet's state, so a rebuild does not pull one from under it."""
+    used = set()
+    root = os.path.join(cache_dir(), "fleets")
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            used.add((load_state(name) or {}).get("base"))
+    return used
 
 
 def configure_root(root, debs, mirror):
@@ -239,6 +252,10 @@ def configure_root(root, debs, mirror):
         run(["chroot", root, "debconf-set-selections", "/tmp/preseed"])
         install_files(root)
         run(["chroot", root, "systemctl", "enable", "-q", "systemd-networkd", "fleet-identity.service"])
+    # The collection's bridged guest NICs (-netdev bridge) need QEMU's helper; it comes with
+    # qemu-system-common, a dependency of qemu-system-x86: fail the build, not a later VM start.
+    if not os.path.exists(os.path.join(root, "usr/lib/qemu/qemu-bridge-helper")):
+        raise FleetError("the image has no /usr/lib/qemu/qemu-bridge-helper: the qemu-system-x86 install changed")
     os.unlink(os.path.join(root, "usr/sbin/policy-rc.d"))
     os.unlink(os.path.join(root, "tmp/preseed"))
     # Shared by every VM: nothing per-host may stay in it.
@@ -362,19 +379,126 @@ def ssh_ok(state, host):
     return r.returncode == 0
 
 
-def qemu_cmd(state, host, base):
+def host_index(host):
+    """host3 -> 3: the number in MACs, fw_cfg and the guest subnet 10.77.H.0."""
+    return int(re.sub(r"\D", "", host["name"]))
+
+
+def qemu_cmd(state, host, base, tap_fd=None):
+    h = host_index(host)
+    guest_nic = []
+    if tap_fd is not None:
+        # Second NIC: a tap in the fleet's netns, bridged there with the other hosts' (see
+        # guest_net_*): it carries the nested guests' L2 traffic, which survives the host's kexec.
+        guest_nic = ["-netdev", f"tap,id=n1,fd={tap_fd}",
+                     "-device", f"virtio-net-pci,netdev=n1,mac={GUEST_NET_MAC_PREFIX}:{h:02x}"]
     return [
         "qemu-system-x86_64", "-name", host["name"], "-machine", "q35", "-accel", state["accel"],
         "-cpu", "max", "-smp", str(state["cpus"]), "-m", f"{state['memory_mb']}M",
         "-drive", f"file={host['disk']},if=virtio,format=qcow2,cache=unsafe",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host['port']}-:22",
-        "-device", "virtio-net-pci,netdev=n0",
+        "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:76:00:{h:02x}",
+        *guest_nic,
         "-fw_cfg", f"name=opt/fleet/hostname,string={host['name']}",
+        "-fw_cfg", f"name=opt/fleet/index,string={h}",
         "-fw_cfg", f"name=opt/fleet/authorized_keys,file={state['key']}.pub",
         "-display", "none", "-serial", f"file:{host['console']}",
         "-qmp", f"unix:{host['qmp']},server=on,wait=off",
         "-pidfile", host["pidfile"], "-daemonize",
     ]
+
+
+# ---------------------------------------------------------------- the guest network
+# Nested guests must be reachable from OUTSIDE their fleet host: the host kexecs during a live
+# update and every socket it holds dies with its kernel. So the path is pure L2 and ends on this
+# machine: a network namespace per fleet (only 127/8 and our own namespaces may carry traffic
+# here) holding a bridge 10.77.0.1/16; each host's second NIC is a tap on that bridge, enslaved
+# inside the host to br0 (10.77.H.1/16, image/fleet-identity.sh), where the guests' bridged NICs
+# sit (10.77.H.10+N). A tap's fd lives in QEMU, which keeps running across the host's kexec.
+
+GUEST_NET_MAC_PREFIX = "52:54:00:77:00"
+GUEST_NET_ADDR = "10.77.0.1/16"
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
+
+
+def netns_name(fleet):
+    return f"gmfs-{fleet}"
+
+
+def tap_name(host):
+    return f"tap-{host['name']}"[:15]  # IFNAMSIZ - 1
+
+
+def setns_net(fd):
+    """os.setns is Python >= 3.12; the controller may run 3.11, so fall back to libc."""
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes  # pylint: disable=import-outside-toplevel
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(ns):
+    """Run the body with this thread in network namespace ``ns``; always come back."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        setns_net(target)
+        try:
+            yield
+        finally:
+            setns_net(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def guest_net_up(fleet):
+    """Create (or reuse) the fleet's netns with bridge br0 10.77.0.1/16. Returns its name."""
+    require_tools("ip")
+    ns = netns_name(fleet)
+    if not os.path.exists(f"/run/netns/{ns}"):
+        run(["ip", "netns", "add", ns], stderr=subprocess.PIPE)
+    ipn = ["ip", "-n", ns]
+    run(ipn + ["link", "set", "lo", "up"])
+    if run(ipn + ["link", "show", "br0"], check=False, stdout=subprocess.DEVNULL,
+           stderr=subprocess.DEVNULL).returncode != 0:
+        # No STP and no forward delay: a port must forward at once, also when a host's NIC
+        # comes back after its kexec.
+        run(ipn + ["link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+    run(ipn + ["addr", "replace", GUEST_NET_ADDR, "dev", "br0"])
+    run(ipn + ["link", "set", "br0", "up"])
+    return ns
+
+
+def guest_net_down(fleet):
+    ns = netns_name(fleet)
+    if os.path.exists(f"/run/netns/{ns}"):
+        run(["ip", "netns", "del", ns], check=False, stderr=subprocess.DEVNULL)
+        log(f"network namespace {ns} removed")
+
+
+def open_tap(ns, ifname):
+    """Open a tap named ``ifname`` inside ``ns`` and attach it to the netns bridge. The fd is
+    returned for QEMU (-netdev tap,fd=N); the device dies with the last fd, i.e. with QEMU."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import struct  # pylint: disable=import-outside-toplevel
+    with in_netns(ns):
+        fd = os.open("/dev/net/tun", os.O_RDWR)  # the tap is created in the opener's netns
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+        except OSError:
+            os.close(fd)
+            raise
+    os.set_inheritable(fd, True)
+    run(["ip", "-n", ns, "link", "set", ifname, "master", "br0", "up"])
+    return fd
 
 
 def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem"):
@@ -414,9 +538,14 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
             os.unlink(host["disk"])
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
         state["hosts"].append(host)
+    state["netns"] = guest_net_up(name)
     t0 = time.monotonic()
     for host in state["hosts"]:
-        run(qemu_cmd(state, host, base), stderr=subprocess.PIPE)
+        fd = open_tap(state["netns"], tap_name(host))
+        try:
+            run(qemu_cmd(state, host, base, fd), stderr=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)  # QEMU (daemonized) holds its own copy
         with open(host["pidfile"]) as fh:
             host["pid"] = int(fh.read().strip())
         host["started"] = time.time()
@@ -478,7 +607,9 @@ def write_inventory(name, state, copy_to=None):
              "  children:", "    hypervisors:", "      hosts:"]
     for h in state["hosts"]:
         lines += [f"        {h['name']}:", "          ansible_host: 127.0.0.1",
-                  f"          ansible_port: {h['port']}"]
+                  f"          ansible_port: {h['port']}",
+                  # Guest vmN on this host is 10.77.H.(10+N), on the bridged guest network.
+                  f'          fleet_guest_prefix: "10.77.{host_index(h)}"']
     lines += ["      vars:", "        ansible_user: root",
               f"        ansible_ssh_private_key_file: {state['key']}",
               "        ansible_ssh_common_args: >-", "          -o StrictHostKeyChecking=no",
@@ -501,6 +632,7 @@ def write_inventory(name, state, copy_to=None):
 def down(name):
     state = load_state(name)
     if not state:
+        guest_net_down(name)
         log(f"fleet '{name}' has no state: nothing to stop")
         return
     for host in state["hosts"]:
@@ -520,6 +652,7 @@ def down(name):
     for key in ("inventory", "inventory_copy"):
         with contextlib.suppress(FileNotFoundError, KeyError):
             os.unlink(state[key])
+    guest_net_down(name)
     os.unlink(os.path.join(fleet_dir(name), "fleet.json"))
     log(f"fleet '{name}' is down; console logs kept in {fleet_dir(name)}")
 
