@@ -42,6 +42,8 @@ PACKAGES = [
     "linux-image-amd64", "initramfs-tools", "grub-pc", "systemd-sysv", "udev", "dbus",
     "openssh-server", "python3", "kexec-tools", "qemu-system-x86", "ndctl", "iproute2",
     "procps", "kmod", "e2fsprogs", "zstd", "less", "python3-apt",
+    # qemu-img: guest disks are made on the hosts (qemu-system-x86 only recommends it).
+    "qemu-utils",
 ]
 # Debconf answers: no GRUB install device during the build (there is no disk in a chroot; the
 # MBR is written from the image file), /dev/vda afterwards; kexec-tools must not take over
@@ -324,6 +326,225 @@ menuentry 'Debian GNU/Linux' {{
         fh.write(boot[:440])  # keep the partition table and disk signature that sfdisk wrote
         fh.seek(512)
         fh.write(core_img)
+
+
+# ---------------------------------------------------------------- the nested test guest
+# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (the one the fleet
+# image boots) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
+# be checked from outside across a live update. Built here, copied to the hosts by `provision`.
+
+GUEST_DIR = os.path.join(HERE, "guest")
+GUEST_KERNEL_SERIES = "6.12"
+# What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
+# config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
+# modules.dep does not list.
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
+GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
+GUEST_RECIPE_VERSION = 1
+GUEST_FILES = ["init", "workload.c"]
+# Where `provision` puts the guest on each host, as an operator would.
+HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
+GUEST_DISKS = 8
+GUEST_DISK_MB = 64
+
+
+def module_name(path):
+    """kernel/fs/ext4/ext4.ko.xz -> ext4; modprobe treats - and _ alike, so do we."""
+    base = os.path.basename(path)
+    return base[:base.index(".ko")].replace("-", "_")
+
+
+def parse_modules_dep(text):
+    """modules.dep text -> {name: (path, [dependency paths])}."""
+    mods = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        path, deps = line.split(":", 1)
+        mods[module_name(path.strip())] = (path.strip(), deps.split())
+    return mods
+
+
+def resolve_modules(dep_text, wanted):
+    """The module paths to insmod, every dependency before its user, each once. Ordered by a
+    depth-first walk rather than by modules.dep's own listing order, which only modprobe reads."""
+    mods = parse_modules_dep(dep_text)
+    order, state = [], {}
+
+    def visit(name, chain):
+        name = name.replace("-", "_")
+        if name not in mods:
+            raise FleetError(f"kernel module {name} (needed by {' <- '.join(chain) or 'the guest'}) "
+                             "is not in modules.dep: is it built in, or renamed in this kernel?")
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise FleetError(f"module dependency cycle: {' -> '.join(chain + [name])}")
+        state[name] = "visiting"
+        path, deps = mods[name]
+        for dep in deps:
+            visit(module_name(dep), chain + [name])
+        state[name] = "done"
+        order.append(path)
+
+    for name in wanted:
+        visit(name, [])
+    return order
+
+
+class Cpio:
+    """A cpio "newc" archive, the format the kernel unpacks as an initramfs. Written here so the
+    guest needs no root (device nodes are only headers) and is byte-for-byte reproducible (mtime
+    0, inodes numbered in order)."""
+
+    def __init__(self):
+        self.chunks, self.ino = [], 0
+
+    def _entry(self, name, mode, data=b"", rdev=(0, 0), nlink=1):
+        self.ino += 1
+        name_b = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.chunks += [hdr, name_b, b"\0" * (-(len(hdr) + len(name_b)) % 4), data, b"\0" * (-len(data) % 4)]
+
+    def dir(self, name, perm=0o755):
+        self._entry(name, 0o040000 | perm, nlink=2)
+
+    def file(self, name, data, perm=0o644):
+        self._entry(name, 0o100000 | perm, data)
+
+    def symlink(self, name, target):
+        self._entry(name, 0o120000 | 0o777, target.encode())
+
+    def chardev(self, name, major, minor, perm=0o600):
+        self._entry(name, 0o020000 | perm, rdev=(major, minor))
+
+    def finish(self):
+        self.ino = 0
+        self._entry("TRAILER!!!", 0, nlink=1)
+        return b"".join(self.chunks)
+
+
+def find_kernel_deb(series=GUEST_KERNEL_SERIES):
+    debs = os.path.join(cache_dir(), "debs")
+    pat = re.compile(rf"^linux-image-{re.escape(series)}\.\d+\+deb\d+-amd64_.*_amd64\.deb$")
+    found = sorted(n for n in os.listdir(debs) if pat.match(n)) if os.path.isdir(debs) else []
+    return os.path.join(debs, found[-1]) if found else None
+
+
+def download_kernel_deb(series=GUEST_KERNEL_SERIES):
+    """Fetch trixie's linux-image-<series>.*-amd64 by name through the mirror build_image uses,
+    with apt-get and a throw-away apt state (the controller's own apt is bookworm's)."""
+    mirror = debian_mirror()
+    debs = os.path.join(cache_dir(), "debs")
+    os.makedirs(debs, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="apt-") as tmp:
+        for sub in ("lists/partial", "cache/archives/partial", "etc"):
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+        write(os.path.join(tmp, "etc/sources.list"), f"deb {mirror} {SUITE} main\n")
+        opts = ["-o", f"Dir::Etc::SourceList={tmp}/etc/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
+                "-o", f"Dir::State::Lists={tmp}/lists", "-o", f"Dir::Cache={tmp}/cache",
+                "-o", "APT::Architecture=amd64"]
+        run(["apt-get", "-q", *opts, "update"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # trixie's linux-image-amd64 depends on the current linux-image-6.12.N+debM-amd64.
+        r = run(["apt-cache", *opts, "depends", "linux-image-amd64"], capture_output=True, text=True)
+        names = re.findall(rf"Depends: (linux-image-{re.escape(series)}\.\S+-amd64)\b", r.stdout)
+        if not names:
+            raise FleetError(f"no linux-image-{series}.*-amd64 found in {mirror} {SUITE}")
+        run(["apt-get", "-q", *opts, "download", names[0]], cwd=debs, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+    deb = find_kernel_deb(series)
+    if not deb:
+        raise FleetError(f"apt-get download of the {series} kernel left no deb in {debs}")
+    return deb
+
+
+def guest_key(deb):
+    h = hashlib.sha256()
+    h.update(json.dumps([GUEST_RECIPE_VERSION, os.path.basename(deb), os.path.getsize(deb),
+                         GUEST_MODULES]).encode())
+    for path in [GUEST_BUSYBOX] + [os.path.join(GUEST_DIR, n) for n in GUEST_FILES]:
+        with open(path, "rb") as fh:
+            h.update(path.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def decompress_module(path):
+    import lzma  # pylint: disable=import-outside-toplevel
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if path.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.endswith(".ko"):
+        return data
+    raise FleetError(f"{path}: only .ko and .ko.xz modules are handled (busybox insmod reads plain ELF)")
+
+
+def build_guest(force=False):
+    """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}."""
+    require_tools("dpkg-deb", "depmod", "gcc")
+    if not os.path.exists(GUEST_BUSYBOX):
+        raise FleetError(f"{GUEST_BUSYBOX} missing: install busybox-static (scripts/bootstrap)")
+    deb = find_kernel_deb() or download_kernel_deb()
+    out = os.path.join(cache_dir(), "images", f"guest-{guest_key(deb)}")
+    if os.path.exists(os.path.join(out, "manifest.json")) and not force:
+        return out
+    t0 = time.monotonic()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    work = tempfile.mkdtemp(prefix="guest-build-", dir=os.path.dirname(out))
+    try:
+        tree = os.path.join(work, "deb")
+        run(["dpkg-deb", "-x", deb, tree])
+        # trixie ships modules under usr/lib; depmod -b looks under lib/ (Debian's deb has no
+        # modules.dep at all: its postinst runs depmod, so do the same on the unpacked tree).
+        if not os.path.exists(os.path.join(tree, "lib")):
+            os.symlink("usr/lib", os.path.join(tree, "lib"))
+        kvers = os.listdir(os.path.join(tree, "lib/modules"))
+        if len(kvers) != 1:
+            raise FleetError(f"{deb}: expected one kernel in lib/modules, found {kvers}")
+        kver = kvers[0]
+        moddir = os.path.join(tree, "lib/modules", kver)
+        run(["depmod", "-b", tree, kver])
+        with open(os.path.join(moddir, "modules.dep")) as fh:
+            load = resolve_modules(fh.read(), GUEST_MODULES)
+        workload = os.path.join(work, "workload")
+        run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", workload,
+             os.path.join(GUEST_DIR, "workload.c")], stderr=subprocess.PIPE)
+        cpio = Cpio()
+        for d in ("bin", "dev", "proc", "sys", "data", "tmp", "run", "lib", "lib/modules"):
+            cpio.dir(d)
+        # The kernel opens /dev/console for init before anything mounts devtmpfs.
+        cpio.chardev("dev/console", 5, 1)
+        cpio.chardev("dev/null", 1, 3, 0o666)
+        with open(os.path.join(GUEST_DIR, "init"), "rb") as fh:
+            cpio.file("init", fh.read(), 0o755)
+        with open(GUEST_BUSYBOX, "rb") as fh:
+            cpio.file("bin/busybox", fh.read(), 0o755)
+        with open(workload, "rb") as fh:
+            cpio.file("bin/workload", fh.read(), 0o755)
+        names = []
+        for path in load:
+            name = module_name(path) + ".ko"
+            cpio.file(f"lib/modules/{name}", decompress_module(os.path.join(moddir, path)))
+            names.append(name)
+        cpio.file("lib/modules/load.order", ("\n".join(names) + "\n").encode())
+        import gzip  # pylint: disable=import-outside-toplevel
+        stage = os.path.join(work, "out")
+        os.makedirs(stage)
+        with open(os.path.join(stage, "initrd.img"), "wb") as fh:
+            fh.write(gzip.compress(cpio.finish(), compresslevel=9, mtime=0))
+        shutil.copyfile(os.path.join(tree, "boot", f"vmlinuz-{kver}"), os.path.join(stage, "vmlinuz"))
+        manifest = {"kernel": kver, "deb": os.path.basename(deb), "modules": names}
+        for f in ("vmlinuz", "initrd.img"):
+            with open(os.path.join(stage, f), "rb") as fh:
+                manifest[f + ".sha256"] = hashlib.sha256(fh.read()).hexdigest()
+        write(os.path.join(stage, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(stage, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"guest built in {time.monotonic() - t0:.0f}s: {out}")
+    return out
 
 
 # ---------------------------------------------------------------- the fleet
@@ -779,6 +1000,8 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("image", help="build or reuse the base image")
     pi.add_argument("--force", action="store_true")
+    pg = sub.add_parser("guest", help="build or reuse the nested test guest (kernel + initramfs); prints its directory")
+    pg.add_argument("--force", action="store_true")
     pu = sub.add_parser("up", help="boot the fleet")
     pu.add_argument("--hosts", type=int, default=2)
     pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
@@ -805,6 +1028,8 @@ def main(argv=None):
     try:
         if a.cmd == "image":
             print(build_image(force=a.force))
+        elif a.cmd == "guest":
+            print(build_guest(force=a.force))
         elif a.cmd == "up":
             if a.hosts < 1 or a.memory < 1024 or a.cpus < 1:
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
