@@ -759,6 +759,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
             os.unlink(host["disk"])
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
         state["hosts"].append(host)
+    guest = build_guest()  # before any VM boots: a missing tool fails fast
     state["netns"] = guest_net_up(name)
     t0 = time.monotonic()
     for host in state["hosts"]:
@@ -789,6 +790,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
         time.sleep(2)
     save_state(name, state)
     write_inventory(name, state, inventory_copy)
+    provision(state, guest)
     return state
 
 
@@ -906,6 +908,59 @@ def kexec_roundtrip(state, host, timeout=600):
     raise FleetError(f"{host['name']}: no new boot_id within {timeout}s after kexec; see {host['console']}")
 
 
+PROVISION_DISKS = r"""
+set -eu
+mkdir -p {dir}/disks
+cd {dir}/disks
+n=1
+while [ $n -le {count} ]; do
+  # Odd guests get a qcow2 disk, even ones a raw file: the collection must handle both formats.
+  if [ $((n % 2)) -eq 1 ]; then f=vm$n.qcow2; else f=vm$n.raw; fi
+  if [ ! -e "$f" ]; then
+    rm -f "vm$n.tmp.raw" "vm$n.tmp.qcow2"
+    truncate -s {mb}M "vm$n.tmp.raw"
+    mkfs.ext4 -q -F -L "vm$n" "vm$n.tmp.raw"
+    if [ "$f" = "vm$n.qcow2" ]; then
+      qemu-img convert -O qcow2 "vm$n.tmp.raw" "vm$n.tmp.qcow2"
+      rm "vm$n.tmp.raw"
+      mv "vm$n.tmp.qcow2" "$f"
+    else
+      mv "vm$n.tmp.raw" "$f"
+    fi
+    echo "created $f"
+  fi
+  n=$((n + 1))
+done
+"""
+
+
+def provision(state, guest=None):
+    """Put the nested test guest on every host as an operator would: its kernel and initramfs in
+    HOST_GUEST_DIR, and empty ext4 disks vm1..vm8 (odd qcow2, even raw) in HOST_GUEST_DIR/disks.
+    Idempotent: files whose checksum matches are not copied again; existing disks are kept."""
+    guest = guest or build_guest()
+    with open(os.path.join(guest, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    for host in state["hosts"]:
+        t0 = time.monotonic()
+        have = ssh_out(state, host, f"mkdir -p {HOST_GUEST_DIR} && cd {HOST_GUEST_DIR} && "
+                                    "sha256sum vmlinuz initrd.img 2>/dev/null || true")
+        sums = dict(reversed(line.split()) for line in have.splitlines() if len(line.split()) == 2)
+        for f in ("vmlinuz", "initrd.img", "manifest.json"):
+            if f != "manifest.json" and sums.get(f) == manifest[f + ".sha256"]:
+                continue
+            with open(os.path.join(guest, f), "rb") as fh:
+                r = subprocess.run(ssh_base(state, host) + [f"cat > {HOST_GUEST_DIR}/{f}.tmp && "
+                                                            f"mv {HOST_GUEST_DIR}/{f}.tmp {HOST_GUEST_DIR}/{f}"],
+                                   stdin=fh, capture_output=True, timeout=600, check=False)
+            if r.returncode != 0:
+                raise FleetError(f"{host['name']}: copying {f} failed: {r.stderr.decode(errors='replace')}")
+        out = ssh_out(state, host, PROVISION_DISKS.format(dir=HOST_GUEST_DIR, count=GUEST_DISKS, mb=GUEST_DISK_MB),
+                      timeout=600)
+        log(f"{host['name']}: guest {manifest['kernel']} in {HOST_GUEST_DIR} "
+            f"({len(out.splitlines())} disks created) in {time.monotonic() - t0:.0f}s")
+
+
 def status(name):
     state = load_state(name)
     if not state:
@@ -1014,6 +1069,7 @@ def main(argv=None):
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     sub.add_parser("down", help="stop the fleet")
+    sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
@@ -1045,6 +1101,11 @@ def main(argv=None):
             print(f"fleet '{a.name}' up: {len(state['hosts'])} hosts; inventory {state['inventory']}")
         elif a.cmd == "down":
             down(a.name)
+        elif a.cmd == "provision":
+            state = load_state(a.name)
+            if not state:
+                raise FleetError(f"fleet '{a.name}' is not up")
+            provision(state)
         elif a.cmd == "status":
             return status(a.name)
         elif a.cmd == "inventory":
