@@ -42,6 +42,8 @@ PACKAGES = [
     "linux-image-amd64", "initramfs-tools", "grub-pc", "systemd-sysv", "udev", "dbus",
     "openssh-server", "python3", "kexec-tools", "qemu-system-x86", "ndctl", "iproute2",
     "procps", "kmod", "e2fsprogs", "zstd", "less", "python3-apt",
+    # qemu-img: guest disks are made on the hosts (qemu-system-x86 only recommends it).
+    "qemu-utils",
 ]
 # Debconf answers: no GRUB install device during the build (there is no disk in a chroot; the
 # MBR is written from the image file), /dev/vda afterwards; kexec-tools must not take over
@@ -209,10 +211,23 @@ def build_image(force=False):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"base image built in {time.monotonic() - t0:.0f}s: {path}")
+    in_use = images_in_use()
     for old in os.listdir(images):
-        if old.endswith(".raw") and os.path.join(images, old) != path:
-            os.unlink(os.path.join(images, old))
+        old_path = os.path.join(images, old)
+        # Another fleet (another checkout) may still boot overlays on an older image: keep those.
+        if old.endswith(".raw") and old_path != path and old_path not in in_use:
+            os.unlink(old_path)
     return path
+
+
+def images_in_use():
+    """Base images named by any fleet's state, so a rebuild does not pull one from under it."""
+    used = set()
+    root = os.path.join(cache_dir(), "fleets")
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            used.add((load_state(name) or {}).get("base"))
+    return used
 
 
 def configure_root(root, debs, mirror):
@@ -239,6 +254,10 @@ def configure_root(root, debs, mirror):
         run(["chroot", root, "debconf-set-selections", "/tmp/preseed"])
         install_files(root)
         run(["chroot", root, "systemctl", "enable", "-q", "systemd-networkd", "fleet-identity.service"])
+    # The collection's bridged guest NICs (-netdev bridge) need QEMU's helper; it comes with
+    # qemu-system-common, a dependency of qemu-system-x86: fail the build, not a later VM start.
+    if not os.path.exists(os.path.join(root, "usr/lib/qemu/qemu-bridge-helper")):
+        raise FleetError("the image has no /usr/lib/qemu/qemu-bridge-helper: the qemu-system-x86 install changed")
     os.unlink(os.path.join(root, "usr/sbin/policy-rc.d"))
     os.unlink(os.path.join(root, "tmp/preseed"))
     # Shared by every VM: nothing per-host may stay in it.
@@ -309,6 +328,225 @@ menuentry 'Debian GNU/Linux' {{
         fh.write(core_img)
 
 
+# ---------------------------------------------------------------- the nested test guest
+# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (the one the fleet
+# image boots) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
+# be checked from outside across a live update. Built here, copied to the hosts by `provision`.
+
+GUEST_DIR = os.path.join(HERE, "guest")
+GUEST_KERNEL_SERIES = "6.12"
+# What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
+# config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
+# modules.dep does not list.
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
+GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
+GUEST_RECIPE_VERSION = 1
+GUEST_FILES = ["init", "workload.c"]
+# Where `provision` puts the guest on each host, as an operator would.
+HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
+GUEST_DISKS = 8
+GUEST_DISK_MB = 64
+
+
+def module_name(path):
+    """kernel/fs/ext4/ext4.ko.xz -> ext4; modprobe treats - and _ alike, so do we."""
+    base = os.path.basename(path)
+    return base[:base.index(".ko")].replace("-", "_")
+
+
+def parse_modules_dep(text):
+    """modules.dep text -> {name: (path, [dependency paths])}."""
+    mods = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        path, deps = line.split(":", 1)
+        mods[module_name(path.strip())] = (path.strip(), deps.split())
+    return mods
+
+
+def resolve_modules(dep_text, wanted):
+    """The module paths to insmod, every dependency before its user, each once. Ordered by a
+    depth-first walk rather than by modules.dep's own listing order, which only modprobe reads."""
+    mods = parse_modules_dep(dep_text)
+    order, state = [], {}
+
+    def visit(name, chain):
+        name = name.replace("-", "_")
+        if name not in mods:
+            raise FleetError(f"kernel module {name} (needed by {' <- '.join(chain) or 'the guest'}) "
+                             "is not in modules.dep: is it built in, or renamed in this kernel?")
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise FleetError(f"module dependency cycle: {' -> '.join(chain + [name])}")
+        state[name] = "visiting"
+        path, deps = mods[name]
+        for dep in deps:
+            visit(module_name(dep), chain + [name])
+        state[name] = "done"
+        order.append(path)
+
+    for name in wanted:
+        visit(name, [])
+    return order
+
+
+class Cpio:
+    """A cpio "newc" archive, the format the kernel unpacks as an initramfs. Written here so the
+    guest needs no root (device nodes are only headers) and is byte-for-byte reproducible (mtime
+    0, inodes numbered in order)."""
+
+    def __init__(self):
+        self.chunks, self.ino = [], 0
+
+    def _entry(self, name, mode, data=b"", rdev=(0, 0), nlink=1):
+        self.ino += 1
+        name_b = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.chunks += [hdr, name_b, b"\0" * (-(len(hdr) + len(name_b)) % 4), data, b"\0" * (-len(data) % 4)]
+
+    def dir(self, name, perm=0o755):
+        self._entry(name, 0o040000 | perm, nlink=2)
+
+    def file(self, name, data, perm=0o644):
+        self._entry(name, 0o100000 | perm, data)
+
+    def symlink(self, name, target):
+        self._entry(name, 0o120000 | 0o777, target.encode())
+
+    def chardev(self, name, major, minor, perm=0o600):
+        self._entry(name, 0o020000 | perm, rdev=(major, minor))
+
+    def finish(self):
+        self.ino = 0
+        self._entry("TRAILER!!!", 0, nlink=1)
+        return b"".join(self.chunks)
+
+
+def find_kernel_deb(series=GUEST_KERNEL_SERIES):
+    debs = os.path.join(cache_dir(), "debs")
+    pat = re.compile(rf"^linux-image-{re.escape(series)}\.\d+\+deb\d+-amd64_.*_amd64\.deb$")
+    found = sorted(n for n in os.listdir(debs) if pat.match(n)) if os.path.isdir(debs) else []
+    return os.path.join(debs, found[-1]) if found else None
+
+
+def download_kernel_deb(series=GUEST_KERNEL_SERIES):
+    """Fetch trixie's linux-image-<series>.*-amd64 by name through the mirror build_image uses,
+    with apt-get and a throw-away apt state (the controller's own apt is bookworm's)."""
+    mirror = debian_mirror()
+    debs = os.path.join(cache_dir(), "debs")
+    os.makedirs(debs, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="apt-") as tmp:
+        for sub in ("lists/partial", "cache/archives/partial", "etc"):
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
+        write(os.path.join(tmp, "etc/sources.list"), f"deb {mirror} {SUITE} main\n")
+        opts = ["-o", f"Dir::Etc::SourceList={tmp}/etc/sources.list", "-o", "Dir::Etc::SourceParts=/nonexistent",
+                "-o", f"Dir::State::Lists={tmp}/lists", "-o", f"Dir::Cache={tmp}/cache",
+                "-o", "APT::Architecture=amd64"]
+        run(["apt-get", "-q", *opts, "update"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # trixie's linux-image-amd64 depends on the current linux-image-6.12.N+debM-amd64.
+        r = run(["apt-cache", *opts, "depends", "linux-image-amd64"], capture_output=True, text=True)
+        names = re.findall(rf"Depends: (linux-image-{re.escape(series)}\.\S+-amd64)\b", r.stdout)
+        if not names:
+            raise FleetError(f"no linux-image-{series}.*-amd64 found in {mirror} {SUITE}")
+        run(["apt-get", "-q", *opts, "download", names[0]], cwd=debs, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+    deb = find_kernel_deb(series)
+    if not deb:
+        raise FleetError(f"apt-get download of the {series} kernel left no deb in {debs}")
+    return deb
+
+
+def guest_key(deb):
+    h = hashlib.sha256()
+    h.update(json.dumps([GUEST_RECIPE_VERSION, os.path.basename(deb), os.path.getsize(deb),
+                         GUEST_MODULES]).encode())
+    for path in [GUEST_BUSYBOX] + [os.path.join(GUEST_DIR, n) for n in GUEST_FILES]:
+        with open(path, "rb") as fh:
+            h.update(path.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def decompress_module(path):
+    import lzma  # pylint: disable=import-outside-toplevel
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if path.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.endswith(".ko"):
+        return data
+    raise FleetError(f"{path}: only .ko and .ko.xz modules are handled (busybox insmod reads plain ELF)")
+
+
+def build_guest(force=False):
+    """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}."""
+    require_tools("dpkg-deb", "depmod", "gcc")
+    if not os.path.exists(GUEST_BUSYBOX):
+        raise FleetError(f"{GUEST_BUSYBOX} missing: install busybox-static (scripts/bootstrap)")
+    deb = find_kernel_deb() or download_kernel_deb()
+    out = os.path.join(cache_dir(), "images", f"guest-{guest_key(deb)}")
+    if os.path.exists(os.path.join(out, "manifest.json")) and not force:
+        return out
+    t0 = time.monotonic()
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    work = tempfile.mkdtemp(prefix="guest-build-", dir=os.path.dirname(out))
+    try:
+        tree = os.path.join(work, "deb")
+        run(["dpkg-deb", "-x", deb, tree])
+        # trixie ships modules under usr/lib; depmod -b looks under lib/ (Debian's deb has no
+        # modules.dep at all: its postinst runs depmod, so do the same on the unpacked tree).
+        if not os.path.exists(os.path.join(tree, "lib")):
+            os.symlink("usr/lib", os.path.join(tree, "lib"))
+        kvers = os.listdir(os.path.join(tree, "lib/modules"))
+        if len(kvers) != 1:
+            raise FleetError(f"{deb}: expected one kernel in lib/modules, found {kvers}")
+        kver = kvers[0]
+        moddir = os.path.join(tree, "lib/modules", kver)
+        run(["depmod", "-b", tree, kver])
+        with open(os.path.join(moddir, "modules.dep")) as fh:
+            load = resolve_modules(fh.read(), GUEST_MODULES)
+        workload = os.path.join(work, "workload")
+        run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", workload,
+             os.path.join(GUEST_DIR, "workload.c")], stderr=subprocess.PIPE)
+        cpio = Cpio()
+        for d in ("bin", "dev", "proc", "sys", "data", "tmp", "run", "lib", "lib/modules"):
+            cpio.dir(d)
+        # The kernel opens /dev/console for init before anything mounts devtmpfs.
+        cpio.chardev("dev/console", 5, 1)
+        cpio.chardev("dev/null", 1, 3, 0o666)
+        with open(os.path.join(GUEST_DIR, "init"), "rb") as fh:
+            cpio.file("init", fh.read(), 0o755)
+        with open(GUEST_BUSYBOX, "rb") as fh:
+            cpio.file("bin/busybox", fh.read(), 0o755)
+        with open(workload, "rb") as fh:
+            cpio.file("bin/workload", fh.read(), 0o755)
+        names = []
+        for path in load:
+            name = module_name(path) + ".ko"
+            cpio.file(f"lib/modules/{name}", decompress_module(os.path.join(moddir, path)))
+            names.append(name)
+        cpio.file("lib/modules/load.order", ("\n".join(names) + "\n").encode())
+        import gzip  # pylint: disable=import-outside-toplevel
+        stage = os.path.join(work, "out")
+        os.makedirs(stage)
+        with open(os.path.join(stage, "initrd.img"), "wb") as fh:
+            fh.write(gzip.compress(cpio.finish(), compresslevel=9, mtime=0))
+        shutil.copyfile(os.path.join(tree, "boot", f"vmlinuz-{kver}"), os.path.join(stage, "vmlinuz"))
+        manifest = {"kernel": kver, "deb": os.path.basename(deb), "modules": names}
+        for f in ("vmlinuz", "initrd.img"):
+            with open(os.path.join(stage, f), "rb") as fh:
+                manifest[f + ".sha256"] = hashlib.sha256(fh.read()).hexdigest()
+        write(os.path.join(stage, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(stage, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"guest built in {time.monotonic() - t0:.0f}s: {out}")
+    return out
+
+
 # ---------------------------------------------------------------- the fleet
 
 def pick_base_port(name, hosts, lo=2222, span=2000):
@@ -362,19 +600,126 @@ def ssh_ok(state, host):
     return r.returncode == 0
 
 
-def qemu_cmd(state, host, base):
+def host_index(host):
+    """host3 -> 3: the number in MACs, fw_cfg and the guest subnet 10.77.H.0."""
+    return int(re.sub(r"\D", "", host["name"]))
+
+
+def qemu_cmd(state, host, base, tap_fd=None):
+    h = host_index(host)
+    guest_nic = []
+    if tap_fd is not None:
+        # Second NIC: a tap in the fleet's netns, bridged there with the other hosts' (see
+        # guest_net_*): it carries the nested guests' L2 traffic, which survives the host's kexec.
+        guest_nic = ["-netdev", f"tap,id=n1,fd={tap_fd}",
+                     "-device", f"virtio-net-pci,netdev=n1,mac={GUEST_NET_MAC_PREFIX}:{h:02x}"]
     return [
         "qemu-system-x86_64", "-name", host["name"], "-machine", "q35", "-accel", state["accel"],
         "-cpu", "max", "-smp", str(state["cpus"]), "-m", f"{state['memory_mb']}M",
         "-drive", f"file={host['disk']},if=virtio,format=qcow2,cache=unsafe",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host['port']}-:22",
-        "-device", "virtio-net-pci,netdev=n0",
+        "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:76:00:{h:02x}",
+        *guest_nic,
         "-fw_cfg", f"name=opt/fleet/hostname,string={host['name']}",
+        "-fw_cfg", f"name=opt/fleet/index,string={h}",
         "-fw_cfg", f"name=opt/fleet/authorized_keys,file={state['key']}.pub",
         "-display", "none", "-serial", f"file:{host['console']}",
         "-qmp", f"unix:{host['qmp']},server=on,wait=off",
         "-pidfile", host["pidfile"], "-daemonize",
     ]
+
+
+# ---------------------------------------------------------------- the guest network
+# Nested guests must be reachable from OUTSIDE their fleet host: the host kexecs during a live
+# update and every socket it holds dies with its kernel. So the path is pure L2 and ends on this
+# machine: a network namespace per fleet (only 127/8 and our own namespaces may carry traffic
+# here) holding a bridge 10.77.0.1/16; each host's second NIC is a tap on that bridge, enslaved
+# inside the host to br0 (10.77.H.1/16, image/fleet-identity.sh), where the guests' bridged NICs
+# sit (10.77.H.10+N). A tap's fd lives in QEMU, which keeps running across the host's kexec.
+
+GUEST_NET_MAC_PREFIX = "52:54:00:77:00"
+GUEST_NET_ADDR = "10.77.0.1/16"
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
+
+
+def netns_name(fleet):
+    return f"gmfs-{fleet}"
+
+
+def tap_name(host):
+    return f"tap-{host['name']}"[:15]  # IFNAMSIZ - 1
+
+
+def setns_net(fd):
+    """os.setns is Python >= 3.12; the controller may run 3.11, so fall back to libc."""
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes  # pylint: disable=import-outside-toplevel
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(ns):
+    """Run the body with this thread in network namespace ``ns``; always come back."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        setns_net(target)
+        try:
+            yield
+        finally:
+            setns_net(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def guest_net_up(fleet):
+    """Create (or reuse) the fleet's netns with bridge br0 10.77.0.1/16. Returns its name."""
+    require_tools("ip")
+    ns = netns_name(fleet)
+    if not os.path.exists(f"/run/netns/{ns}"):
+        run(["ip", "netns", "add", ns], stderr=subprocess.PIPE)
+    ipn = ["ip", "-n", ns]
+    run(ipn + ["link", "set", "lo", "up"])
+    if run(ipn + ["link", "show", "br0"], check=False, stdout=subprocess.DEVNULL,
+           stderr=subprocess.DEVNULL).returncode != 0:
+        # No STP and no forward delay: a port must forward at once, also when a host's NIC
+        # comes back after its kexec.
+        run(ipn + ["link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+    run(ipn + ["addr", "replace", GUEST_NET_ADDR, "dev", "br0"])
+    run(ipn + ["link", "set", "br0", "up"])
+    return ns
+
+
+def guest_net_down(fleet):
+    ns = netns_name(fleet)
+    if os.path.exists(f"/run/netns/{ns}"):
+        run(["ip", "netns", "del", ns], check=False, stderr=subprocess.DEVNULL)
+        log(f"network namespace {ns} removed")
+
+
+def open_tap(ns, ifname):
+    """Open a tap named ``ifname`` inside ``ns`` and attach it to the netns bridge. The fd is
+    returned for QEMU (-netdev tap,fd=N); the device dies with the last fd, i.e. with QEMU."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import struct  # pylint: disable=import-outside-toplevel
+    with in_netns(ns):
+        fd = os.open("/dev/net/tun", os.O_RDWR)  # the tap is created in the opener's netns
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+        except OSError:
+            os.close(fd)
+            raise
+    os.set_inheritable(fd, True)
+    run(["ip", "-n", ns, "link", "set", ifname, "master", "br0", "up"])
+    return fd
 
 
 def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem"):
@@ -414,9 +759,15 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
             os.unlink(host["disk"])
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
         state["hosts"].append(host)
+    guest = build_guest()  # before any VM boots: a missing tool fails fast
+    state["netns"] = guest_net_up(name)
     t0 = time.monotonic()
     for host in state["hosts"]:
-        run(qemu_cmd(state, host, base), stderr=subprocess.PIPE)
+        fd = open_tap(state["netns"], tap_name(host))
+        try:
+            run(qemu_cmd(state, host, base, fd), stderr=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)  # QEMU (daemonized) holds its own copy
         with open(host["pidfile"]) as fh:
             host["pid"] = int(fh.read().strip())
         host["started"] = time.time()
@@ -439,6 +790,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
         time.sleep(2)
     save_state(name, state)
     write_inventory(name, state, inventory_copy)
+    provision(state, guest)
     return state
 
 
@@ -478,7 +830,9 @@ def write_inventory(name, state, copy_to=None):
              "  children:", "    hypervisors:", "      hosts:"]
     for h in state["hosts"]:
         lines += [f"        {h['name']}:", "          ansible_host: 127.0.0.1",
-                  f"          ansible_port: {h['port']}"]
+                  f"          ansible_port: {h['port']}",
+                  # Guest vmN on this host is 10.77.H.(10+N), on the bridged guest network.
+                  f'          fleet_guest_prefix: "10.77.{host_index(h)}"']
     lines += ["      vars:", "        ansible_user: root",
               f"        ansible_ssh_private_key_file: {state['key']}",
               "        ansible_ssh_common_args: >-", "          -o StrictHostKeyChecking=no",
@@ -501,6 +855,7 @@ def write_inventory(name, state, copy_to=None):
 def down(name):
     state = load_state(name)
     if not state:
+        guest_net_down(name)
         log(f"fleet '{name}' has no state: nothing to stop")
         return
     for host in state["hosts"]:
@@ -520,6 +875,7 @@ def down(name):
     for key in ("inventory", "inventory_copy"):
         with contextlib.suppress(FileNotFoundError, KeyError):
             os.unlink(state[key])
+    guest_net_down(name)
     os.unlink(os.path.join(fleet_dir(name), "fleet.json"))
     log(f"fleet '{name}' is down; console logs kept in {fleet_dir(name)}")
 
@@ -550,6 +906,59 @@ def kexec_roundtrip(state, host, timeout=600):
                     "kexec_to_ssh_s": round(time.monotonic() - t1, 1), "boot_id": now}
         time.sleep(1)
     raise FleetError(f"{host['name']}: no new boot_id within {timeout}s after kexec; see {host['console']}")
+
+
+PROVISION_DISKS = r"""
+set -eu
+mkdir -p {dir}/disks
+cd {dir}/disks
+n=1
+while [ $n -le {count} ]; do
+  # Odd guests get a qcow2 disk, even ones a raw file: the collection must handle both formats.
+  if [ $((n % 2)) -eq 1 ]; then f=vm$n.qcow2; else f=vm$n.raw; fi
+  if [ ! -e "$f" ]; then
+    rm -f "vm$n.tmp.raw" "vm$n.tmp.qcow2"
+    truncate -s {mb}M "vm$n.tmp.raw"
+    mkfs.ext4 -q -F -L "vm$n" "vm$n.tmp.raw"
+    if [ "$f" = "vm$n.qcow2" ]; then
+      qemu-img convert -O qcow2 "vm$n.tmp.raw" "vm$n.tmp.qcow2"
+      rm "vm$n.tmp.raw"
+      mv "vm$n.tmp.qcow2" "$f"
+    else
+      mv "vm$n.tmp.raw" "$f"
+    fi
+    echo "created $f"
+  fi
+  n=$((n + 1))
+done
+"""
+
+
+def provision(state, guest=None):
+    """Put the nested test guest on every host as an operator would: its kernel and initramfs in
+    HOST_GUEST_DIR, and empty ext4 disks vm1..vm8 (odd qcow2, even raw) in HOST_GUEST_DIR/disks.
+    Idempotent: files whose checksum matches are not copied again; existing disks are kept."""
+    guest = guest or build_guest()
+    with open(os.path.join(guest, "manifest.json")) as fh:
+        manifest = json.load(fh)
+    for host in state["hosts"]:
+        t0 = time.monotonic()
+        have = ssh_out(state, host, f"mkdir -p {HOST_GUEST_DIR} && cd {HOST_GUEST_DIR} && "
+                                    "sha256sum vmlinuz initrd.img 2>/dev/null || true")
+        sums = dict(reversed(line.split()) for line in have.splitlines() if len(line.split()) == 2)
+        for f in ("vmlinuz", "initrd.img", "manifest.json"):
+            if f != "manifest.json" and sums.get(f) == manifest[f + ".sha256"]:
+                continue
+            with open(os.path.join(guest, f), "rb") as fh:
+                r = subprocess.run(ssh_base(state, host) + [f"cat > {HOST_GUEST_DIR}/{f}.tmp && "
+                                                            f"mv {HOST_GUEST_DIR}/{f}.tmp {HOST_GUEST_DIR}/{f}"],
+                                   stdin=fh, capture_output=True, timeout=600, check=False)
+            if r.returncode != 0:
+                raise FleetError(f"{host['name']}: copying {f} failed: {r.stderr.decode(errors='replace')}")
+        out = ssh_out(state, host, PROVISION_DISKS.format(dir=HOST_GUEST_DIR, count=GUEST_DISKS, mb=GUEST_DISK_MB),
+                      timeout=600)
+        log(f"{host['name']}: guest {manifest['kernel']} in {HOST_GUEST_DIR} "
+            f"({len(out.splitlines())} disks created) in {time.monotonic() - t0:.0f}s")
 
 
 def status(name):
@@ -646,6 +1055,8 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     pi = sub.add_parser("image", help="build or reuse the base image")
     pi.add_argument("--force", action="store_true")
+    pg = sub.add_parser("guest", help="build or reuse the nested test guest (kernel + initramfs); prints its directory")
+    pg.add_argument("--force", action="store_true")
     pu = sub.add_parser("up", help="boot the fleet")
     pu.add_argument("--hosts", type=int, default=2)
     pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
@@ -658,6 +1069,7 @@ def main(argv=None):
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     sub.add_parser("down", help="stop the fleet")
+    sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
@@ -672,6 +1084,8 @@ def main(argv=None):
     try:
         if a.cmd == "image":
             print(build_image(force=a.force))
+        elif a.cmd == "guest":
+            print(build_guest(force=a.force))
         elif a.cmd == "up":
             if a.hosts < 1 or a.memory < 1024 or a.cpus < 1:
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
@@ -687,6 +1101,11 @@ def main(argv=None):
             print(f"fleet '{a.name}' up: {len(state['hosts'])} hosts; inventory {state['inventory']}")
         elif a.cmd == "down":
             down(a.name)
+        elif a.cmd == "provision":
+            state = load_state(a.name)
+            if not state:
+                raise FleetError(f"fleet '{a.name}' is not up")
+            provision(state)
         elif a.cmd == "status":
             return status(a.name)
         elif a.cmd == "inventory":

@@ -47,8 +47,8 @@ def test_inventory_lists_every_host(tmp_path, monkeypatch):
     fleet.write_inventory("t", state, str(tmp_path / "copy.yml"))
     inv = yaml.safe_load((tmp_path / "fleets" / "t" / "inventory.yml").read_text())
     hosts = inv["all"]["children"]["hypervisors"]["hosts"]
-    assert hosts == {"host1": {"ansible_host": "127.0.0.1", "ansible_port": 2222},
-                     "host2": {"ansible_host": "127.0.0.1", "ansible_port": 2223}}
+    assert hosts == {"host1": {"ansible_host": "127.0.0.1", "ansible_port": 2222, "fleet_guest_prefix": "10.77.1"},
+                     "host2": {"ansible_host": "127.0.0.1", "ansible_port": 2223, "fleet_guest_prefix": "10.77.2"}}
     assert inv["all"]["children"]["hypervisors"]["vars"]["ansible_ssh_private_key_file"] == "/k/id"
     assert (tmp_path / "copy.yml").read_text() == (tmp_path / "fleets" / "t" / "inventory.yml").read_text()
 
