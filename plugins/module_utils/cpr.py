@@ -23,6 +23,7 @@ LUO_LINK_DIR = os.path.join(RUN_DIR, "luo")
 STATE_DIR = "/var/lib/guestmemfs-liveupdate/state"
 CAPABILITIES = [{"capability": "events", "state": True}, {"capability": "x-ignore-shared", "state": True}]
 
+
 class VM(object):
     """One VM's recorded configuration on its host: its normalized definition (module_utils/vmdef)
     plus where its RAM is (``mem_path``) and which backend holds it, as the qemu_vm role's

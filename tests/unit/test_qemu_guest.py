@@ -32,7 +32,8 @@ def vm(tmp_path):
     with open(mem, "wb") as fh:
         fh.truncate(64 * 1024 * 1024)
     v = cpr.VM({"name": "t", "memory_bytes": 64 * 1024 * 1024, "mem_path": str(mem), "machine": "q35",
-                "accel": "tcg", "kernel": str(kernel), "serial_log": str(tmp_path / "serial.log"), "qmp": str(tmp_path / "qmp.sock"), "state": str(tmp_path / "t.state")})
+                "accel": "tcg", "kernel": str(kernel), "serial_log": str(tmp_path / "serial.log"),
+                "qmp": str(tmp_path / "qmp.sock"), "state": str(tmp_path / "t.state")})
     proc = subprocess.Popen(v.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     yield v
     proc.kill()

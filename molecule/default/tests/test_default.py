@@ -130,8 +130,9 @@ def test_every_vm_resumed_where_it_stopped(host):
 FLEET = os.environ.get("GUESTMEMFS_MOLECULE_FLEET", "molecule")
 CACHE = os.environ.get("GUESTMEMFS_CACHE") or os.path.expanduser("~/.cache/guestmemfs-liveupdate")
 PROBE_LOG = os.path.join(CACHE, "fleets", FLEET, "probe.jsonl")
+# The probe lives beside the fleet it watches (tests/fleet).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests", "fleet"))
-import guest_probe  # noqa: E402  pylint: disable=wrong-import-position (tests/fleet, beside the fleet it watches)
+import guest_probe  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def probe_rows(host):
