@@ -37,7 +37,8 @@ def batch_playbook(tmp_path):
     from liveupdate.yml) whose only task records each batch."""
     with open(os.path.join(PLAYBOOKS, "liveupdate.yml")) as f:
         plays = yaml.safe_load(f)
-    assert plays[0] == {"name": "Plan the rollout waves", "ansible.builtin.import_playbook": "plan.yml"}
+    assert plays[0] == {"name": "Plan the rollout waves", "ansible.builtin.import_playbook": "plan.yml",
+                        "vars": {"guestmemfs_plan_check_vms": False}}
     update = plays[1]
     assert update["name"] == "Live-update hypervisors in waves"
     play = dict((k, update[k]) for k in ("hosts", "serial", "order", "pre_tasks"))
@@ -47,8 +48,8 @@ def batch_playbook(tmp_path):
                                        "create": True, "mode": "0644"},
         "run_once": True, "delegate_to": "localhost"}])
     path = tmp_path / "batches.yml"
-    path.write_text(yaml.safe_dump([{"name": "Plan", "ansible.builtin.import_playbook": os.path.join(PLAYBOOKS, "plan.yml")},
-                                    play], sort_keys=False))
+    path.write_text(yaml.safe_dump([{"name": "Plan", "ansible.builtin.import_playbook": os.path.join(PLAYBOOKS, "plan.yml"),
+                                     "vars": plays[0]["vars"]}, play], sort_keys=False))
     return str(path)
 
 
@@ -130,6 +131,20 @@ def test_a_batch_that_is_not_a_planned_wave_stops_the_update(tmp_path):
     assert out.returncode != 0
     assert "This batch (h01) is not a planned wave (see waves.txt)" in out.stdout
     assert batches(tmp_path) == []
+
+
+def test_plan_lists_each_hosts_preservability(tmp_path):
+    # Local stand-ins with no VM configured: every host is checked and reported, none refused.
+    inv = inventory(hosts={"h01": {"rack": "r1"}, "h02": {"rack": "r2"}})
+    inv["hypervisors"]["vars"]["ansible_become"] = False
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / "report" / "preservability.json").read_text())
+    assert [(r["host"], r["vm"], r["why"]) for r in rows] == [("h01", None, "no VMs configured"),
+                                                             ("h02", None, "no VMs configured")]
+    table = (tmp_path / "report" / "preservability.txt").read_text()
+    assert table.splitlines()[0].split() == ["host", "vm", "preservable", "policy", "why", "not"]
+    assert "0 VMs on 2 hosts; 0 cannot be carried as they are" in table
 
 
 def test_liveupdate_playbook_resolves_by_fqcn(tmp_path):
