@@ -19,10 +19,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import json
 import os
 import posixpath
-import subprocess
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
@@ -438,10 +436,9 @@ def machines_from_query(machines):
     return out
 
 
-def target_machines(binary, run=None):
-    """The machine types ``binary`` offers (its ``-machine help``); raises OSError/ValueError when
-    it cannot say."""
-    run = run or _run
+def target_machines(binary, run):
+    """The machine types ``binary`` offers (its ``-machine help``); ``run(argv)`` gives (rc, stdout,
+    stderr) (the module's run_command). Raises OSError/ValueError when it cannot say."""
     rc, out, err = run([binary, "-machine", "help"])
     if rc != 0:
         raise ValueError("%s -machine help failed (rc=%s): %s" % (binary, rc, err.strip()))
@@ -449,12 +446,6 @@ def target_machines(binary, run=None):
     if not machines:
         raise ValueError("%s -machine help listed no machine types" % binary)
     return machines
-
-
-def _run(argv):
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.communicate()
-    return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
 # -- disks, NICs and files the restoring QEMU reopens ----------------------------------------------
@@ -573,7 +564,7 @@ def reopen_problems(conf, env):
         elif kind == "tap":
             if n.get("ifname") and n["ifname"] not in ifaces:
                 out.append(problem(vm, "nic", "tap %s does not exist" % n["ifname"]))
-    kernel_files = [(o, p) for o, p in argv_files(conf.get("argv") or [])]
+    kernel_files = list(argv_files(conf.get("argv") or []))
     if conf.get("kernel"):
         kernel_files.append(("kernel", conf["kernel"]))
     for opt, path in kernel_files:
@@ -631,8 +622,3 @@ def host_facts(backend, proc="/proc", device="/dev/liveupdate", users=None):
                 holders.append({"pid": pid, "comm": comm, "cmdline": " ".join(raw.split("\0")).strip()})
         facts["liveupdate"] = {"exists": exists, "holders": holders}
     return facts
-
-
-def load_json(path):
-    with open(path) as fh:
-        return json.load(fh)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Record a real QEMU's answers about preservability as unit-test fixtures.
 
 On the controller:
@@ -97,7 +96,7 @@ def _connect(path):
 
 
 def _version(qemu):
-    return subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[0]
 
 
 def record_scenario(name, argv, wd):
@@ -168,7 +167,8 @@ def record_scenario(name, argv, wd):
 
 def record_machines(qemu, wd):
     out = {"binary": qemu, "version": _version(qemu)}
-    out["machine_help"] = subprocess.run([qemu, "-machine", "help"], capture_output=True, text=True).stdout
+    helped = subprocess.run([qemu, "-machine", "help"], capture_output=True, text=True, check=False)
+    out["machine_help"] = helped.stdout
     sock = os.path.join(wd, "machines.qmp")
     proc = subprocess.Popen([qemu, "-machine", "none", "-nodefaults", "-display", "none", "-S",
                              "-qmp", "unix:%s,server=on,wait=off" % sock])
@@ -224,7 +224,8 @@ def controller(fleet_name, host_name, dest, qemu, only):
     cmd = ("rm -rf {r} && mkdir -p {r} && tar -C {r} -xzf - && cd {r} && PYTHONPATH={r} "
            "python3 record_qemu.py --on-host --qemu {q} {o}").format(
                r=REMOTE, q=qemu, o=" ".join("--only " + o for o in only))
-    r = subprocess.run(fleet.ssh_base(state, host) + [cmd], input=_bundle(), capture_output=True, timeout=900)
+    r = subprocess.run(fleet.ssh_base(state, host) + [cmd], input=_bundle(), capture_output=True, timeout=900,
+                       check=False)
     if r.returncode != 0:
         raise SystemExit("recording failed: %s" % r.stderr.decode(errors="replace"))
     result = json.loads(r.stdout)

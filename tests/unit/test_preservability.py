@@ -295,9 +295,10 @@ def test_reopen_all_good(host):
 
 def test_reopen_disks(host):
     d = host / "disks"
-    probs = reopen(host, disks=[{"path": str(d / "gone.qcow2"), "format": "qcow2"},
-                                {"path": str(d / "b.raw"), "format": "qcow2"},
-                                {"path": str(d / "a.qcow2"), "format": "raw"}])
+    probs = reopen(host, disks=[
+        {"path": str(d / "gone.qcow2"), "format": "qcow2"},
+        {"path": str(d / "b.raw"), "format": "qcow2"},
+        {"path": str(d / "a.qcow2"), "format": "raw"}])
     assert details(probs) == [
         ("disk", "disk %s is missing" % (d / "gone.qcow2")),
         ("disk", "disk %s is defined as qcow2 but the image is raw" % (d / "b.raw")),
@@ -306,8 +307,8 @@ def test_reopen_disks(host):
 
 def test_reopen_unreadable_and_unwritable():
     conf = {"name": "vm1", "disks": [{"path": "/d/a", "format": "raw"}, {"path": "/d/b", "format": "raw"}]}
-    env = {"files": {"/d/a": {"exists": True, "readable": False}, "/d/b": {"exists": True, "readable": True,
-                                                                          "writable": False, "format": "raw"}}}
+    env = {"files": {"/d/a": {"exists": True, "readable": False},
+                     "/d/b": {"exists": True, "readable": True, "writable": False, "format": "raw"}}}
     assert details(P.reopen_problems(conf, env)) == [
         ("disk", "disk /d/a is not readable"),
         ("disk", "disk /d/b is not writable (the VM has it read-write)")]
@@ -508,4 +509,3 @@ def test_module_host_liveupdate_held(node, capsys):
                                              "the collection's holder" % me)
     assert out["host"]["warnings"][0]["check"] == "kho_cma"
     assert "CmaFree (1024 kB) > CmaTotal (0 kB)" in out["host"]["warnings"][0]["detail"]
-
