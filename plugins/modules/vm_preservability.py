@@ -48,7 +48,7 @@ options:
     type: dict
     default: {}
   default_policy:
-    description: The policy of the VMs I(policy) does not name.
+    description: The policy of the VMs neither I(policy) nor their definition (C(unpreservable)) names.
     type: str
     choices: [refuse, skip, shutdown]
     default: refuse
@@ -56,6 +56,10 @@ options:
     description: Where the VMs' configurations are.
     type: path
     default: /etc/guestmemfs-liveupdate/vms
+  argv_dir:
+    description: Where the agent recorded the argv each VM was started with.
+    type: path
+    default: /var/lib/guestmemfs-liveupdate/argv
   timeout:
     description: Seconds to wait for each QEMU's QMP answers.
     type: int
@@ -135,6 +139,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import RUN_DIR
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError
 
@@ -174,6 +179,7 @@ def main():
             policy=dict(type="dict", default={}),
             default_policy=dict(type="str", choices=POLICIES, default="refuse"),
             conf_dir=dict(type="path", default="/etc/guestmemfs-liveupdate/vms"),
+            argv_dir=dict(type="path", default=vmdef.ARGV_DIR),
             timeout=dict(type="int", default=10),
         ),
         supports_check_mode=True,
@@ -191,6 +197,13 @@ def main():
         except (IOError, OSError, ValueError) as exc:
             module.fail_json(msg="cannot read the VM configuration %s: %s" % (path, exc))
         conf.setdefault("name", os.path.basename(path)[:-len(".json")])
+        # The argv the VM runs with is the one recorded at its start (the restore reuses it).
+        try:
+            recorded = vmdef.load_argv(conf["name"], p["argv_dir"])
+        except vmdef.VMDefError as exc:
+            module.fail_json(msg=str(exc))
+        if recorded:
+            conf["argv"] = recorded
         confs[conf["name"]] = conf
     names = p["vms"] if p["vms"] is not None else sorted(confs)
     missing = [n for n in names if n not in confs]
@@ -205,7 +218,8 @@ def main():
     for name in names:
         conf = confs[name]
         binary = p["qemu_binary"] or conf.get("qemu") or "qemu-system-x86_64"
-        policy = (p["policy"] or {}).get(name, p["default_policy"])
+        # The run's policy for this VM, else its definition's (vm_definition's unpreservable), else the default.
+        policy = (p["policy"] or {}).get(name) or conf.get("unpreservable") or p["default_policy"]
         qmp_path = conf.get("qmp") or os.path.join(RUN_DIR, name + ".qmp")
         if not os.path.exists(qmp_path):
             # Not running: nothing in memory to carry; the update leaves it as it is.

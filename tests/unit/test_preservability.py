@@ -470,6 +470,26 @@ def test_module_policies(node, capsys):
     assert rc == 1 and out["msg"] == "policy: vm2='pause'; use one of refuse, skip, shutdown"
 
 
+def test_module_takes_each_vms_own_policy_from_its_definition(node, capsys):
+    node("vm1", "clean")
+    node("vm2", "not_shared", unpreservable="shutdown")
+    node("vm3", "plain_m", unpreservable="skip")
+    rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs})
+    assert rc == 0 and out["shutdown_vms"] == ["vm2"] and out["skip"] is True
+    # The run's policy wins over the definition's.
+    rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs, "policy": {"vm2": "refuse"}})
+    assert rc == 1 and out["msg"].startswith("host not updated: vm2: ")
+
+
+def test_module_reads_the_argv_recorded_at_the_vms_start(node, capsys, tmp_path):
+    node("vm1", "clean")
+    argv_dir = tmp_path / "argv"
+    argv_dir.mkdir()
+    (argv_dir / "vm1.json").write_text(json.dumps({"argv": ["qemu-system-x86_64", "-device", "vfio-pci,host=0000:01:00.0"]}))
+    rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs, "argv_dir": str(argv_dir)})
+    assert rc == 1 and "vfio-pci" in out["msg"]
+
+
 def test_module_target_binary_and_missing_vm(node, capsys, tmp_path):
     node("vm1", "clean")
     old = tmp_path / "qemu-old"
