@@ -141,6 +141,13 @@ def resume(vm):
         q.cmd("cont")
 
 
+def powerdown(vm):
+    """Press the VM's ACPI power button: a guest that honours it shuts down and QEMU exits."""
+    with QMP(vm.qmp_path, timeout=10) as q:
+        q.connect()
+        q.cmd("system_powerdown")
+
+
 def status(vm):
     """QEMU's run state over QMP, or None when no QEMU answers."""
     try:

@@ -232,6 +232,33 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
             "manifest_content_s": m.get("content_s")}
 
 
+def shutdown_for_update(names, run, conf_dir=cpr.CONF_DIR, timeout=300, poll=1.0):
+    """Shut down cleanly (the ACPI power button) the VMs an update cannot carry whose policy is
+    ``shutdown``: they cold-start after the kexec, their units being enabled. Before anything else
+    pauses. UpdateError names a VM that did not stop in time: it still runs, nothing was paused."""
+    out = {}
+    for name in names:
+        vm = cpr.VM.load(name, conf_dir)
+        if cpr.status(vm) is None:
+            out[name] = "not running"
+            continue
+        t0 = time.monotonic()
+        cpr.powerdown(vm)
+        while cpr.status(vm) is not None:
+            if time.monotonic() - t0 > timeout:
+                raise UpdateError("%s did not shut down within %ds after the power button (its guest ignores ACPI?): "
+                                  "it still runs and nothing was paused. Shut it down yourself or give it the "
+                                  "policy refuse or skip" % (name, timeout))
+            time.sleep(poll)
+        run(["systemctl", "stop", UNIT % name])  # the unit may still be stopping after QEMU's exit
+        out[name] = "shut down in %.1fs" % (time.monotonic() - t0)
+
+        def note(j, name=name, took=out[name]):
+            j.setdefault("shutdown_for_update", {})[name] = {"ts": time.time(), "boot_id": _boot_id(), "outcome": took}
+        update_journal(note, msg="%s %s for the update (policy shutdown; cold start after it)" % (name, out[name]))
+    return out
+
+
 def _started_argv(vm):
     """(argv, source): the argv ``vm`` was started with as recorded at its start, or, for a VM started
     before argvs were recorded, the one its configuration gives now."""

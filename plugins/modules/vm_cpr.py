@@ -27,13 +27,16 @@ description:
     controller) has resumed or held every VM, and report each VM's blackout from the QMP C(STOP)
     and C(RESUME) timestamps.
   - C(status) - the host's journal.
+  - C(shutdown) - shut down the VMs in I(vms) cleanly (ACPI power button, then wait for QEMU to exit, up
+    to I(timeout) seconds): the VMs a live update cannot carry whose policy is C(shutdown). Their units
+    stay enabled, so they cold-start after the kexec.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
   action:
     description: What to do.
     type: str
-    choices: [save, restore, wait, status]
+    choices: [save, restore, wait, status, shutdown]
     required: true
   vms:
     description: VM names (default - all VMs configured on the host).
@@ -112,11 +115,12 @@ FINAL = hostupdate.VM_FINAL
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", choices=["save", "restore", "wait", "status"], required=True),
+            action=dict(type="str", choices=["save", "restore", "wait", "status", "shutdown"], required=True),
             vms=dict(type="list", elements="str"),
             manifest_mode=dict(type="str", choices=["full", "sampled", "extents"], default="full"),
             timeout=dict(type="int", default=300),
         ),
+        required_if=[("action", "shutdown", ["vms"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -125,6 +129,17 @@ def main():
     def run(argv):
         return module.run_command(argv)[0]
     names = p["vms"]
+    if action == "shutdown":
+        if not names:
+            module.fail_json(msg="action shutdown needs vms: the VMs to shut down")
+        if module.check_mode:
+            module.exit_json(changed=True, vms=dict((n, {"state": "would shut down"}) for n in names))
+        try:
+            out = hostupdate.shutdown_for_update(names, run, timeout=p["timeout"])
+        except hostupdate.UpdateError as exc:
+            module.fail_json(msg=str(exc))
+        module.exit_json(changed=any(v != "not running" for v in out.values()),
+                         vms=dict((n, {"state": v}) for n, v in out.items()))
     if action == "save":
         if module.check_mode:
             module.exit_json(changed=True, vms=dict((n, {"state": "would save"}) for n in names or hostupdate.vm_names()))

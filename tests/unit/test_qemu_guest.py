@@ -1,13 +1,14 @@
 """The test guest and the QMP client against a real QEMU on this machine (TCG): the counter runs
 in a shared RAM file, and stop/cont over QMP freeze and release it."""
 
+import json
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, vmdef
 
 from counter_guest import counter_guest, read_counter
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError
@@ -74,3 +75,19 @@ def test_argv_has_shared_ram_and_incoming(vm):
     argv = vmdef.incoming_argv(vm.argv())
     assert "memory-backend-file,id=ram0,size=64M,mem-path=%s,share=on" % vm.mem_path in argv
     assert argv[-2:] == ["-incoming", "defer"] and "q35,memory-backend=ram0" in argv
+
+
+def test_shutdown_policy_leaves_a_guest_that_ignores_the_power_button_running(vm, tmp_path, monkeypatch):
+    # The counting guest has no ACPI: the power button does nothing, and the update must say so and
+    # leave the VM running rather than pause anything.
+    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    (conf_dir / "t.json").write_text(json.dumps(vm.conf))
+    q = QMP(vm.qmp_path, timeout=10)
+    q.connect(wait=20)
+    q.close()
+    calls = []
+    with pytest.raises(hostupdate.UpdateError, match="t did not shut down within 2s after the power button"):
+        hostupdate.shutdown_for_update(["t"], calls.append, conf_dir=str(conf_dir), timeout=2, poll=0.2)
+    assert cpr.status(vm) == "running" and calls == []
