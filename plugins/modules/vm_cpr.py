@@ -28,7 +28,7 @@ description:
     and C(RESUME) timestamps.
   - C(status) - the host's journal.
   - C(shutdown) - shut down the VMs in I(vms) cleanly (ACPI power button, then wait for QEMU to exit, up
-    to I(timeout) seconds): the VMs a live update cannot carry whose policy is C(shutdown). Their units
+    to I(timeout) seconds) - the VMs a live update cannot carry whose policy is C(shutdown). Their units
     stay enabled, so they cold-start after the kexec.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
