@@ -361,7 +361,7 @@ def add_to_var(text, var, args):
         if v == var:
             lines = text.splitlines(True)
             head, _sep, _rest = lines[i].partition("=")
-            _q, words, trailing = cl._split_value(lines[i][len(head) + 1:], "/etc/default/grub")
+            _q, words, trailing = cl.split_value(lines[i][len(head) + 1:], "/etc/default/grub")
             lines[i] = '%s="%s"%s\n' % (head, " ".join(words + args), trailing.rstrip("\n"))
             return "".join(lines)
     return text + ('' if text.endswith("\n") or not text else "\n") + '%s="%s"\n' % (var, " ".join(args))

@@ -120,7 +120,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, hostupdate
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import read_json
 
 # What the kernel_install role records about the kernel it staged.
@@ -151,8 +151,7 @@ def main():
         candidate = os.path.join(os.path.dirname(kernel), "initrd.img-" + os.path.basename(kernel)[8:])
         initrd = candidate if os.path.exists(candidate) else None
     j = hostupdate.load_journal()
-    with open("/proc/sys/kernel/random/boot_id") as fh:
-        boot_id = fh.read().strip()
+    boot_id = hostinfo.boot_id()
     running, running_build = os.uname()[2], os.uname()[3]
     step, reason = hostupdate.next_step(j, boot_id, running, target, running_build=running_build,
                                         target_build=target_build)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, journal
 from conftest import bzimage
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -83,9 +83,9 @@ def test_restore_failed_blocks():
 @pytest.fixture
 def host(tmp_path, monkeypatch):
     """A host's journal, VM configs and state files under tmp_path; boot id BOOT_A."""
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
     boot = {"id": BOOT_A}
-    monkeypatch.setattr(hostupdate, "_boot_id", lambda: boot["id"])
+    monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
     conf = tmp_path / "vms"
     conf.mkdir()
     for name in ("vm1", "vm2"):
@@ -144,11 +144,13 @@ def test_kexec_guard_refuses_memory_still_mapped(host):
 
 def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypatch):
     saved_journal(host, vm1="saved", vm2="saved")
-    mounts, active = host["dir"] / "mounts", host["dir"] / "kho_active"
+    root = host["dir"] / "root"
+    mounts, active = root / "proc/self/mounts", root / "sys/kernel/kho/active"
+    mounts.parent.mkdir(parents=True)
+    active.parent.mkdir(parents=True)
     mounts.write_text("/dev/vda1 / ext4 rw 0 0\nguestmemfs %s guestmemfs rw,relatime 0 0\n" % host["dir"])
     active.write_text("0\n")
-    monkeypatch.setattr(hostupdate, "MOUNTS", str(mounts))
-    monkeypatch.setattr(hostupdate, "KHO_ACTIVE", str(active))
+    monkeypatch.setattr(hostupdate, "ROOT", str(root))
     assert hostupdate.guestmemfs_vms(host["conf"]) == ["vm1", "vm2"]
     calls = []
     err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
@@ -163,10 +165,10 @@ def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypat
 
 def test_finish_marks_rollback_and_restore(host):
     saved_journal(host, vm1="saved", vm2="saved")
-    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "saved"  # vm2 still pending
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "rolled_back"  # same boot it saved on
 
@@ -174,12 +176,12 @@ def test_finish_marks_rollback_and_restore(host):
 def test_finish_after_kexec_is_restored_or_held(host):
     saved_journal(host, vm1="saved", vm2="saved")
     host["boot"]["id"] = BOOT_B
-    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="held"))
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="held"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "held"
     # The documented recovery resumes vm2: the update closes as restored.
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "restored"
 
@@ -222,3 +224,13 @@ def test_a_kernel_image_cut_short_is_refused(tmp_path):
     assert "is cut short: 34048 bytes, its header says 68096" in facts.image_problem(str(tmp_path / "vmlinuz-cut"))
     (tmp_path / "vmlinuz-none").write_bytes(b"\0" * 0x400)
     assert "not a bzImage" in facts.image_problem(str(tmp_path / "vmlinuz-none"))
+
+
+def test_no_unit_test_reaches_the_real_kexec():
+    from conftest import RealHostTouched
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
+    with pytest.raises(RealHostTouched):
+        luo.reboot_kexec()
+    with pytest.raises(RealHostTouched):
+        luo.kexec_file_load("/boot/vmlinuz")
+    assert hostupdate.ROOT != "/" and not os.path.exists(os.path.join(hostupdate.ROOT, "sys/kernel/kexec_loaded"))

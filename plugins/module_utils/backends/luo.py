@@ -24,6 +24,7 @@ __metaclass__ = type
 import re
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag, kstrtobool  # noqa: F401 (luo.flag)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, KiB, MiB, align_up, human)
 
@@ -53,34 +54,6 @@ FOLIO_POINTER = 8
 MAX_PAGES = 2 ** 32 - 1
 
 _MEMPARSE = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([KMGTPEkmgtpe]?)")
-
-
-def kstrtobool(value):
-    """The kernel's reading of a boolean parameter: True, False, or None when it would refuse the
-    value (and keep its default)."""
-    if not isinstance(value, str) or not value:
-        return None
-    c = value[0].lower()
-    if c in "eyt1":
-        return True
-    if c in "dnf0":
-        return False
-    if c == "o" and len(value) > 1:
-        return {"n": True, "f": False}.get(value[1].lower())
-    return None
-
-
-def flag(args, name, default=False):
-    """Whether boolean early parameter ``name`` ends up on: each valid occurrence overrides the
-    previous one; a bare ``name`` or a value the kernel refuses leaves it as it was."""
-    state = default
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if key == name and sep:
-            b = kstrtobool(value)
-            if b is not None:
-                state = b
-    return state
 
 
 def memparse(text):
