@@ -20,7 +20,10 @@ import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest, vmdef
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, journal, luo, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
+    DEFAULT_BACKEND, backend_of, by_backend, get_backend)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (  # noqa: F401 (hostupdate.next_step ...)
     IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, next_step, set_phase, update_journal)
@@ -69,7 +72,12 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     # rebuilt from a definition changed since.
     argvs = dict((vm.name, _started_argv(vm)) for vm in running)
     update_id = str(uuid.uuid4())
-    tokens = _luo_preserve([vm for vm in running if _is_luo(vm)], update_id)
+    tokens = {}
+    for backend, vms_of in by_backend(running):
+        try:
+            tokens.update(backend.before_pause(vms_of, update_id))
+        except BackendError as exc:
+            raise UpdateError(str(exc))
 
     def begin(j):
         # A new update: only this boot's preflight carries over from the journal.
@@ -111,7 +119,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                 now = cpr.status(vm)
                 update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
                                        error=errors[vm.name]))
-        rolled = rollback(run, sorted(results))
+        rolled = rollback(run, sorted(results), conf_dir)
         update_journal(journal.phase_update("rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
                           "were restored on this kernel: %s" % (
@@ -163,11 +171,13 @@ def record_argv(name, argv):
     write_json(vmdef.argv_record_path(name, ARGV_DIR), {"argv": argv, "boot_id": journal.boot_id(), "ts": time.time()})
 
 
-def rollback(run, names):
+def rollback(run, names, conf_dir=cpr.CONF_DIR):
     """Restore saved VMs on the running kernel: verify their memory, then start their units (the
     same path as after a kexec: incoming migration, resume). Returns a text per VM."""
     verdicts = verify_pending(names)
-    _luo_unpreserve()
+    j = load_journal()
+    for backend, _vms in by_backend(_configured(conf_dir)):
+        backend.abort(j)
     out = []
     for name in names:
         if verdicts.get(name, {}).get("status") not in (None, manifest.OK):
@@ -258,7 +268,7 @@ def _release():
     return os.uname()[2]
 
 
-def finish_if_done():
+def finish_if_done(conf_dir=cpr.CONF_DIR):
     """Close the update once every VM of it is final: ``restored`` on a new boot, ``rolled_back``
     on the boot it saved on, ``held`` when any VM was not resumed."""
     def fn(j):
@@ -275,61 +285,27 @@ def finish_if_done():
         journal.phase_update(phase, finished_ts=time.time())(j)
         j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
     j = update_journal(fn)
-    if (j.get("luo") or {}).get("retrieved_boot_id") == journal.boot_id() and not j["luo"].get("finished_ts"):
-        try:  # the holder decides: it keeps the session while a token did not come back
-            memfd_holder.request("finish")
-        except Exception as exc:
-            update_journal(lambda jj: None, msg="luo: session not finished yet: %s" % exc)
+    for backend, _vms in by_backend(_configured(conf_dir)):
+        backend.after_update(j)
     return j
 
 
-def guestmemfs_vms(conf_dir=cpr.CONF_DIR):
-    """The configured VMs whose memory file lies on a guestmemfs mount."""
-    mounts = hostinfo.mounts(ROOT)
+def _configured(conf_dir=cpr.CONF_DIR):
+    """The VMs configured on this host (those whose configuration reads)."""
     out = []
     for name in vm_names(conf_dir):
-        m = hostinfo.mount_containing(mounts, cpr.VM.load(name, conf_dir).mem_path or "/")
-        if m and m["fstype"] == "guestmemfs":
-            out.append(name)
+        try:
+            out.append(cpr.VM.load(name, conf_dir))
+        except (IOError, OSError, ValueError):
+            continue
     return out
 
 
-def _kho_active():
-    return bool(hostinfo.kho_active(ROOT))
-
-
-def _is_luo_path(path):
-    return bool(path) and path.startswith(cpr.LUO_LINK_DIR + "/")
-
-
-def _is_luo(vm):
-    return _is_luo_path(vm.mem_path)
-
-
-def _luo_preserve(vms, update_id):
-    """Preserve the luo VMs' memfds before anything pauses; {name: token}. A failure leaves every
-    VM running and nothing preserved."""
-    if not vms:
-        return {}
-    try:
-        return memfd_holder.request("preserve", names=[vm.name for vm in vms], update_id=update_id)["tokens"]
-    except Exception as exc:
-        raise UpdateError("preserving the VMs' memfds failed: %s. Nothing was paused; every VM is still running" % exc)
-
-
-def _luo_unpreserve():
-    if (load_journal().get("luo") or {}).get("boot_id") != journal.boot_id():
-        return
-    try:
-        memfd_holder.request("unpreserve")
-    except Exception as exc:
-        update_journal(lambda j: None, msg="luo: session left open: %s (agent luo unpreserve)" % exc)
-
-
 def kexec_now(run, conf_dir=cpr.CONF_DIR):
-    """``systemctl kexec``, only for a host whose every VM is saved on this boot and whose next
-    kernel is loaded: a VM still running would die with its memory unsaved. Returns an error text,
-    or does not return when the kexec started."""
+    """Kexec, only for a host whose every VM is saved on this boot and whose next kernel is loaded:
+    a VM still running would die with its memory unsaved. Each backend adds its own refusals and
+    does the kexec its way (systemctl kexec, the memfd holder, reboot(2)). Returns an error text, or
+    does not return when the kexec started."""
     j = load_journal()
     problems = []
     if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != journal.boot_id():
@@ -338,96 +314,34 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     for name, v in sorted((j.get("vms") or {}).items()):
         if v.get("state") != "saved" or not os.path.exists(v.get("state_path") or ""):
             problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
-    for name in vm_names(conf_dir):
-        vm = cpr.VM.load(name, conf_dir)
+    vms = _configured(conf_dir)
+    for vm in vms:
         mapped = users(vm.mem_path, mapped_only=True)
         if mapped:
-            problems.append("%s's memory is still mapped by %s" % (name, ", ".join(
+            problems.append("%s's memory is still mapped by %s" % (vm.name, ", ".join(
                 "%s[%d]" % (c, pid) for pid, c, _f in mapped)))
     loaded = hostinfo.kexec_loaded(ROOT)
     if loaded is None:
         problems.append("%s cannot be read" % hostinfo.KEXEC_LOADED)
     elif not loaded:
         problems.append("no kernel is loaded for kexec")
-    on_guestmemfs = guestmemfs_vms(conf_dir)
-    if on_guestmemfs and not _kho_active():
-        # Without the handover the next kernel boots with guestmemfs empty: every file is lost.
-        problems.append("%s on guestmemfs but its KHO handover is not active (/sys/kernel/kho/active): activate "
-                        "it, load the kernel again, then kexec" % ", ".join(on_guestmemfs))
+    groups = by_backend(vms) or [(get_backend(DEFAULT_BACKEND), [])]
+    for backend, vms_of in groups:
+        problems += backend.kexec_problems(vms_of, j, ROOT)
     if problems:
         return "not kexecing: " + "; ".join(problems)
-    held = j.get("luo") or {}
-    if held.get("boot_id") == journal.boot_id() and held.get("tokens"):
-        preserved = set(held["tokens"])
-        unpreserved = sorted(n for n, v in (j.get("vms") or {}).items()
-                             if _is_luo_path(v.get("mem_path")) and n not in preserved)
-        if unpreserved:
-            return "not kexecing: memfds of %s are not preserved" % ", ".join(unpreserved)
-        set_phase("kexec", kexec_ts=time.time())
-        os.sync()
-        # The holder holds the session: it must be the one to kexec (see memfd_holder). A holder
-        # that died is restarted by systemd with every fd from its store: wait for it.
-        deadline = time.time() + 90
-        while True:
-            try:
-                memfd_holder.request("kexec")
-                return None
-            except (memfd_holder.HolderError, OSError) as exc:
-                retry = isinstance(exc, OSError) or "not running" in str(exc)
-                if not retry or time.time() > deadline:
-                    return "the memfd holder did not kexec: %s" % exc
-            time.sleep(2)
-    if any(_is_luo_path(v.get("mem_path")) for v in (j.get("vms") or {}).values()):
-        return "not kexecing: VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
-            held or "none")
-    if on_guestmemfs:
-        # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
-        # once a file was opened by path (then sync hangs too, on the same super block), so the
-        # kexec never comes. The state files are fsynced and the disks synced here; the root filesystem replays
-        # its journal on the next boot.
-        set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
-        try:
-            luo.reboot_kexec()  # returns only on failure
-        except luo.LuoError as exc:
-            return "the kexec did not start: %s" % exc
-        return "reboot(LINUX_REBOOT_CMD_KEXEC) returned: the kexec did not start"
-    set_phase("kexec", kexec_ts=time.time())
-    os.sync()
-    rc = run(["systemctl", "kexec"])
-    return None if rc == 0 else "systemctl kexec failed (rc %d)" % rc
-
-
-def guestmemfs_file_refusal(vm):
-    """Why ``vm`` must not start on its guestmemfs file, or None. QEMU would create a missing file
-    itself, and on the RFC that file keeps size 0 and no blocks: the VM then runs on blocks no file
-    owns (measured after a cold boot, where the region starts empty). Only vm_memory's create +
-    truncate, or the handover, gives a file its blocks."""
-    try:
-        have = os.stat(vm.mem_path).st_size
-    except OSError:
-        have = None
-    if have == vm.memory_bytes:
-        return None
-    size = "is missing" if have is None else "has %d bytes" % have
-    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes (after a cold boot the region "
-            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
-            "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))
+    backend, vms_of = groups[0]
+    return backend.kexec(vms_of, j, run, ROOT)
 
 
 def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""
     vm = cpr.VM.load(name, conf_dir)
-    if name in guestmemfs_vms(conf_dir):
-        refusal = facts.guestmemfs_region_refusal()
-        if refusal:
-            sys.stderr.write("%s NOT started: %s. Its memory file %s and any saved state are kept.\n"
-                             % (name, refusal, vm.mem_path))
-            return 6
-        refusal = guestmemfs_file_refusal(vm)
-        if refusal:
-            sys.stderr.write(refusal + "\n")
-            return 7
+    refusal = backend_of(vm).start_refusal(vm, ROOT)
+    if refusal:
+        sys.stderr.write(refusal[1] + "\n")
+        return refusal[0]
     if not os.path.exists(vm.state_path):
         argv = vm.argv()
         record_argv(name, argv)
@@ -471,36 +385,3 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
                    msg="%s resumed, blackout %ss" % (name, blackout))
     finish_if_done()
     return 0
-
-
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | kexec | "
-                         "luo-hold | luo OP ...\n")
-        return 2
-    cmd, args = argv[0], argv[1:]
-    if cmd == "vm-run" and len(args) == 1:
-        return vm_run(args[0])
-    if cmd == "vm-restore" and len(args) == 1:
-        return vm_restore(args[0])
-    if cmd == "verify":
-        verdicts = verify_pending(args or None)
-        for name, v in sorted(verdicts.items()):
-            sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
-        return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) else 4
-    if cmd == "kexec" and not args:
-        import subprocess
-        err = kexec_now(subprocess.call)
-        if err:
-            sys.stderr.write(err + "\n")
-            return 5
-        return 0
-    if cmd in ("luo", "luo-hold"):
-        return memfd_holder.main(["hold"] if cmd == "luo-hold" else args)
-    if cmd == "status":
-        import json
-        sys.stdout.write(json.dumps(load_journal(), indent=1, sort_keys=True) + "\n")
-        return 0
-    sys.stderr.write("unknown command: %s\n" % " ".join(argv))
-    return 2

@@ -470,41 +470,17 @@ def request(op, path=None, timeout=120, **fields):
     return reply.get("result")
 
 
-def main(args):
-    """``agent luo-hold`` (the service) or ``agent luo OP [NAME [SIZE]]`` (a client)."""
-    if args and args[0] == "hold":
-        holder = Holder()
-        holder.adopt(inherited_fds())
-        try:
-            holder.open_device()
-        except luo.LuoError as exc:
-            sys.stderr.write("guestmemfs-luo: %s\n" % exc)
-            return 1
-        holder.retrieve_after_kexec()
-        holder.ensure_configured()
-        holder.publish()
-        serve(holder)
-        return 0
-    if not args:
-        sys.stderr.write("usage: agent luo status | ensure NAME SIZE | drop NAME | preserve [NAME...] | "
-                         "unpreserve | retrieve NAME TOKEN | finish [--force]\n")
-        return 2
-    op, rest = args[0], args[1:]
-    fields = {}
-    if op == "ensure" and len(rest) == 2:
-        fields = {"name": rest[0], "size": int(rest[1])}
-    elif op == "drop" and len(rest) == 1:
-        fields = {"name": rest[0]}
-    elif op == "preserve":
-        fields = {"names": rest}
-    elif op == "finish":
-        fields = {"force": "--force" in rest}
-    elif op == "retrieve" and len(rest) == 2:
-        fields = {"name": rest[0], "token": int(rest[1])}
+def hold():
+    """``agent luo-hold``: the holder service (guestmemfs-luo.service)."""
+    holder = Holder()
+    holder.adopt(inherited_fds())
     try:
-        result = request(op, **fields)
-    except HolderError as exc:
-        sys.stderr.write("%s\n" % exc)
-        return 5
-    sys.stdout.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        holder.open_device()
+    except luo.LuoError as exc:
+        sys.stderr.write("guestmemfs-luo: %s\n" % exc)
+        return 1
+    holder.retrieve_after_kexec()
+    holder.ensure_configured()
+    holder.publish()
+    serve(holder)
     return 0

@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, facts, hostupdate, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from conftest import bzimage
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -151,7 +152,17 @@ def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypat
     mounts.write_text("/dev/vda1 / ext4 rw 0 0\nguestmemfs %s guestmemfs rw,relatime 0 0\n" % host["dir"])
     active.write_text("0\n")
     monkeypatch.setattr(hostupdate, "ROOT", str(root))
-    assert hostupdate.guestmemfs_vms(host["conf"]) == ["vm1", "vm2"]
+    gm = get_backend("guestmemfs")
+    for name in ("vm1", "vm2"):  # their configurations name their backend (vm_definition)
+        path = os.path.join(host["conf"], name + ".json")
+        with open(path) as fh:
+            conf = json.load(fh)
+        with open(path, "w") as fh:
+            json.dump(dict(conf, backend="guestmemfs"), fh)
+
+    def on_guestmemfs():
+        return gm.on_mount([cpr.VM.load(n, host["conf"]) for n in ("vm1", "vm2")], str(root))
+    assert on_guestmemfs() == ["vm1", "vm2"]
     calls = []
     err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
     assert "vm1, vm2 on guestmemfs but its KHO handover is not active" in err and calls == []
@@ -160,7 +171,7 @@ def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypat
     assert err is None or "guestmemfs" not in err
     # On another filesystem (a deeper mount over the same directory) the VMs are not guestmemfs's.
     mounts.write_text("guestmemfs %s guestmemfs rw 0 0\ntmpfs %s tmpfs rw 0 0\n" % (host["dir"].parent, host["dir"]))
-    assert hostupdate.guestmemfs_vms(host["conf"]) == []
+    assert on_guestmemfs() == []
 
 
 def test_finish_marks_rollback_and_restore(host):

@@ -1,14 +1,18 @@
 # -*- coding: utf-8 -*-
 # Copyright: guestmemfs.liveupdate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The interface every memory backend implements. Pure where it can be: I/O stays in modules."""
+"""The interface every memory backend implements: the data the modules, roles and templates ask
+(``spec``) and the hooks the host agent calls. Nothing outside ``backends/`` asks a backend's name."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import abc
+import os
+import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import MiB
 
 
@@ -67,6 +71,41 @@ class Backend(abc.ABC):
     def vm_mem_path(self, name, mem_dir):
         """Where VM ``name``'s RAM is, for QEMU's memory-backend-file: one file per VM on the mount."""
         return "%s/%s.ram" % (mem_dir.rstrip("/"), name)
+
+    # -- the host agent (module_utils/hostupdate) calls these for the VMs on this backend, read
+    # from each VM's recorded configuration; ``vms`` are cpr.VM objects, ``root`` where the live
+    # host's kernel files are (tests: a tree), ``j`` the update's journal.
+
+    # Order among the backends of one host's VMs for the kexec itself (the lowest does it): a
+    # backend whose kexec must come from a process of its own goes first.
+    kexec_order = 100
+
+    def before_pause(self, vms, update_id):
+        """Before any VM pauses: what must happen so the VMs' memory outlives the kexec;
+        {name: token} to record in the manifest. BackendError leaves every VM running."""
+        return {}
+
+    def abort(self, j):
+        """Undo ``before_pause`` on this boot (the update stopped before the kexec)."""
+
+    def kexec_problems(self, vms, j, root="/"):
+        """Why the kexec would lose these VMs' memory now (the guard's refusals)."""
+        return []
+
+    def kexec(self, vms, j, run, root="/"):
+        """Kexec into the loaded kernel. Returns an error text, or does not return (or returns
+        None) when the kexec started. The default: systemd's kexec, after journaling it."""
+        journal.set_phase("kexec", kexec_ts=time.time())
+        os.sync()
+        rc = run(["systemctl", "kexec"])
+        return None if rc == 0 else "systemctl kexec failed (rc %d)" % rc
+
+    def after_update(self, j):
+        """Once every VM of an update is final on the new boot."""
+
+    def start_refusal(self, vm, root="/"):
+        """(exit code, text) when ``vm``'s unit must not start it on this boot, else None."""
+        return None
 
     def file_size(self, vm_bytes):
         """The size a VM's memory file gets for ``vm_bytes`` of guest RAM."""

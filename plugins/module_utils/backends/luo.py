@@ -21,8 +21,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
+import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag, kstrtobool  # noqa: F401 (luo.flag)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
@@ -195,3 +198,66 @@ class LuoBackend(Backend):
                 raise BackendError("the KHO lowmem scratch area (%s) does not fit in the %s of RAM below 4 GiB: "
                                    "the kernel would switch KHO off" % (human(areas["lowmem"]), human(low_ram)))
         return areas
+
+    # -- the host agent: the memfd holder (module_utils/memfd_holder) owns the session and every
+    # VM's memfd, so each step is a request to it.
+    # The holder holds the session: it must be the one to kexec.
+    kexec_order = 0
+
+    def before_pause(self, vms, update_id):
+        if not vms:
+            return {}
+        try:
+            return memfd_holder.request("preserve", names=[vm.name for vm in vms], update_id=update_id)["tokens"]
+        except Exception as exc:
+            raise BackendError("preserving the VMs' memfds failed: %s. Nothing was paused; every VM is still running"
+                               % exc)
+
+    def abort(self, j):
+        if (j.get("luo") or {}).get("boot_id") != journal.boot_id():
+            return
+        try:
+            memfd_holder.request("unpreserve")
+        except Exception as exc:
+            journal.update_journal(lambda jj: None, msg="luo: session left open: %s (agent luo unpreserve)" % exc)
+
+    @staticmethod
+    def _preserved(j):
+        held = j.get("luo") or {}
+        return held if held.get("boot_id") == journal.boot_id() and held.get("tokens") else None
+
+    def kexec_problems(self, vms, j, root="/"):
+        names = set(vm.name for vm in vms)
+        in_update = sorted(n for n in (j.get("vms") or {}) if n in names)
+        if not in_update:
+            return []
+        held = self._preserved(j)
+        if held is None:
+            return ["VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
+                j.get("luo") or "none")]
+        unpreserved = [n for n in in_update if n not in set(held["tokens"])]
+        if unpreserved:
+            return ["memfds of %s are not preserved" % ", ".join(unpreserved)]
+        return []
+
+    def kexec(self, vms, j, run, root="/"):
+        journal.set_phase("kexec", kexec_ts=time.time())
+        os.sync()
+        # A holder that died is restarted by systemd with every fd from its store: wait for it.
+        deadline = time.time() + 90
+        while True:
+            try:
+                memfd_holder.request("kexec")
+                return None
+            except (memfd_holder.HolderError, OSError) as exc:
+                retry = isinstance(exc, OSError) or "not running" in str(exc)
+                if not retry or time.time() > deadline:
+                    return "the memfd holder did not kexec: %s" % exc
+            time.sleep(2)
+
+    def after_update(self, j):
+        if (j.get("luo") or {}).get("retrieved_boot_id") == journal.boot_id() and not j["luo"].get("finished_ts"):
+            try:  # the holder decides: it keeps the session while a token did not come back
+                memfd_holder.request("finish")
+            except Exception as exc:
+                journal.update_journal(lambda jj: None, msg="luo: session not finished yet: %s" % exc)
