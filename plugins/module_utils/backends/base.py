@@ -72,6 +72,56 @@ class Backend(abc.ABC):
         """Where VM ``name``'s RAM is, for QEMU's memory-backend-file: one file per VM on the mount."""
         return "%s/%s.ram" % (mem_dir.rstrip("/"), name)
 
+    # -- what roles, playbooks and unit templates ask (``spec``, the backend_spec filter)
+    # Unit templates of the qemu_vm role the backend needs installed, enabled and started.
+    units = ()
+    # Units each VM unit, and the verify unit, Want and come After (never Requires: a restart of
+    # such a unit must not stop the VMs).
+    vm_unit_wants = ()
+    verify_unit_wants = ()
+    # Whether each VM's memory is made by the backend's own service once its units run (qemu_vm
+    # role) rather than as files on the mount (memory_backend role).
+    memory_from_service = False
+    # A handover prepared before the kernel is loaded and aborted when the update stops before
+    # the kexec (kho_handover).
+    prepares_handover = False
+    # The boot argument whose region the handover carries to the next kernel: a host whose region
+    # came that way needs no cold reboot although its cmdline lacks the argument.
+    handover_region_arg = None
+    # Kernel options the kernel_build role asks beyond required_kernel_options (the collection's
+    # LUO kernel's extras, built for every backend whose kernel is not the RFC's).
+    build_extra_options = ("CONFIG_LIVEUPDATE", "CONFIG_LIVEUPDATE_MEMFD", "CONFIG_KEXEC_HANDOVER_DEBUGFS")
+
+    def spec(self):
+        """The backend as data, for YAML and templates (filter guestmemfs.liveupdate.backend_spec)."""
+        return {"name": self.name, "has_filesystem": self.has_filesystem, "carves_out": self.carves_out,
+                "fstype": self.fstype, "requires_mount": self.has_filesystem, "units": list(self.units),
+                "vm_unit_wants": list(self.vm_unit_wants), "verify_unit_wants": list(self.verify_unit_wants),
+                "memory_from_service": self.memory_from_service, "prepares_handover": self.prepares_handover,
+                "handover_region_arg": self.handover_region_arg,
+                "build_extra_options": list(self.build_extra_options),
+                "required_kernel_options": [list(alts) for alts in self.required_kernel_options]}
+
+    # -- the kexec module's preflight (pure: facts in, refusals out)
+    # Whether the target kernel's config is read and given to ``target_problems``.
+    checks_target_kernel = False
+
+    def mount_problems(self, mount, path):
+        """Why the backend's mount (facts' backend_mount) cannot carry the VMs across a kexec."""
+        return []
+
+    def load_problems(self, host_facts):
+        """Why loading the next kernel now would lose the VMs' memory (guestmemfs_facts' facts)."""
+        return []
+
+    def next_cmdline_problems(self, running_args, next_args):
+        """Why the next kernel's cmdline would lose the VMs' memory."""
+        return []
+
+    def target_problems(self, running_kho, release, config, places, next_args, load_cmd):
+        """Why the target kernel cannot take the VMs' memory over (see checks_target_kernel)."""
+        return []
+
     # -- the host agent (module_utils/hostupdate) calls these for the VMs on this backend, read
     # from each VM's recorded configuration; ``vms`` are cpr.VM objects, ``root`` where the live
     # host's kernel files are (tests: a tree), ``j`` the update's journal.

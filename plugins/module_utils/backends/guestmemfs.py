@@ -65,6 +65,23 @@ class GuestmemfsBackend(Backend):
     def mount_spec(self, mount_point, device=None):
         return "guestmemfs", self.fstype, "defaults"
 
+    # Stops the VMs before the shutdown drops guestmemfs' dentries (see that unit).
+    units = ("guestmemfs-umount-guard.service",)
+    vm_unit_wants = units
+    prepares_handover = True
+    handover_region_arg = "guestmemfs"
+    build_extra_options = ()  # the RFC kernel has none of the LUO extras
+
+    def load_problems(self, host_facts):
+        if host_facts["kho"]["interface"] != "rfc":
+            return ["no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen"]
+        if not host_facts["kho"]["active"]:
+            # kexec_file_load copies the handover into the image it loads: one loaded before the
+            # activation carries none, and its kexec loses every guestmemfs file.
+            return ["KHO is not active: activate the handover first (kho_handover), then load; a kernel "
+                    "loaded before the activation carries no guestmemfs files"]
+        return []
+
     # -- the host agent
     # Before reboot(2): systemd's shutdown would hang on the RFC's umount.
     kexec_order = 50

@@ -199,6 +199,43 @@ class LuoBackend(Backend):
                                    "the kernel would switch KHO off" % (human(areas["lowmem"]), human(low_ram)))
         return areas
 
+    # The memfd holder; each VM's memfd is made in it (vm_memory) once it runs.
+    units = ("guestmemfs-luo.service",)
+    vm_unit_wants = units
+    verify_unit_wants = units
+    memory_from_service = True
+
+    checks_target_kernel = True
+
+    def target_problems(self, running_kho, release, config, places, next_args, load_cmd):
+        """Why a kexec into the target (its ``release`` and ``config``, looked for in ``places``) with
+        ``next_args`` by ``load_cmd`` would lose the memfds this backend preserves: [] when none. Pure."""
+        problems = []
+        if not running_kho.get("liveupdate_device"):
+            problems.append("the running kernel has no /dev/liveupdate (it needs KEXEC_HANDOVER, LIVEUPDATE and "
+                            "LIVEUPDATE_MEMFD built in and kho=on liveupdate=on on its cmdline): it cannot preserve "
+                            "the VMs' memfds")
+        if not release:
+            problems.append("cannot read the target kernel's release from its image, so not its config either")
+        elif config is None:
+            problems.append("no config for the target kernel %s (looked for %s): cannot check it has KHO and LUO"
+                            % (release, " and ".join(dict.fromkeys(places))))
+        else:
+            lacking = [alts[0] for alts in self.required_kernel_options if not any(config.get(a) == "y" for a in alts)]
+            if lacking:
+                problems.append("the target kernel %s lacks %s (built in): it cannot take the preserved memfds over"
+                                % (release, ", ".join(lacking)))
+        kho_default = bool(config) and config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
+        off = [a for a, on in (("kho=on", flag(next_args, "kho", kho_default)),
+                               ("liveupdate=on", flag(next_args, "liveupdate"))) if not on]
+        if off:
+            problems.append("the next cmdline would boot the target without %s: the preserved memory would be "
+                            "stranded" % " and ".join(off))
+        if "-s" not in load_cmd[1:] or "-c" in load_cmd[1:] or "--kexec-syscall" in load_cmd[1:]:
+            problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
+                            % " ".join(load_cmd[:3]))
+        return problems
+
     # -- the host agent: the memfd holder (module_utils/memfd_holder) owns the session and every
     # VM's memfd, so each step is a request to it.
     # The holder holds the session: it must be the one to kexec.

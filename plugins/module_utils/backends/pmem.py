@@ -66,3 +66,16 @@ class PmemBackend(Backend):
         if not device:
             raise BackendError("the pmem backend needs its block device (e.g. /dev/pmem0)")
         return device, self.fstype, "dax,noatime"
+
+    def mount_problems(self, mount, path):
+        return [] if mount.get("dax") else ["%s is mounted without DAX" % path]
+
+    def next_cmdline_problems(self, running_args, next_args):
+        running = [a for a in running_args if a.startswith("memmap=") and "!" in a]
+        if not running:
+            return ["the running cmdline has no memmap=SIZE!OFFSET: this boot has no pmem carve-out"]
+        if [a for a in next_args if a.startswith("memmap=") and "!" in a] != running:
+            return ["the next cmdline's memmap= (%s) differs from the running one (%s): the next kernel would "
+                    "overwrite the VMs' memory" % (" ".join(a for a in next_args if a.startswith("memmap=")),
+                                                    " ".join(running))]
+        return []
