@@ -102,6 +102,40 @@ class Backend(abc.ABC):
                 "build_extra_options": list(self.build_extra_options),
                 "required_kernel_options": [list(alts) for alts in self.required_kernel_options]}
 
+    # -- memory_backend and vm_memory (the mount and the VM files)
+    # A glob under the host's root for the block device the filesystem is made on (None: no device).
+    block_devices = None
+    no_device_why = ""
+    mkfs = None  # argv without the device
+    # (file in /etc/modules-load.d, its text): drivers the mount needs early at boot, or None.
+    modules_load = None
+    fstab_options = "nofail"
+    prewrite_files = False
+
+    def mount_refusal(self, root="/"):
+        """Why the backend must not be mounted on this boot, or None."""
+        return None
+
+    def unmount_refusal(self, mount):
+        """Why ``mount`` (facts' backend_mount), if it is this backend's filesystem, must stay mounted."""
+        return None
+
+    def file_change_refusal(self, mounted, root="/"):
+        """Why no VM memory file may be created or resized now, or None."""
+        return None
+
+    def service_memory(self):
+        """A backend without a filesystem: {name: bytes} of the VM memory its service holds."""
+        raise BackendError("the %s backend's VM memory lives on its filesystem" % self.name)
+
+    def make_service_memory(self, name, size):
+        """A backend without a filesystem: have its service make ``size`` bytes for VM ``name``."""
+        raise BackendError("the %s backend's VM memory lives on its filesystem" % self.name)
+
+    def resize_refusal(self, name, have, want):
+        """Why VM ``name``'s memory of ``have`` bytes is not made ``want`` bytes in place."""
+        return "VM %s: its memory is %d bytes, not %d; a VM's memory is not resized in place" % (name, have, want)
+
     # -- the kexec module's preflight (pure: facts in, refusals out)
     # Whether the target kernel's config is read and given to ``target_problems``.
     checks_target_kernel = False

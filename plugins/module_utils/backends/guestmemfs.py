@@ -72,6 +72,25 @@ class GuestmemfsBackend(Backend):
     handover_region_arg = "guestmemfs"
     build_extra_options = ()  # the RFC kernel has none of the LUO extras
 
+    def mount_refusal(self, root="/"):
+        return facts.guestmemfs_region_refusal(root)
+
+    def unmount_refusal(self, mount):
+        if mount.get("fstype") != self.fstype:
+            return None
+        # d_genocide in kill_litter_super takes a reference the RFC's lookup never gave: the umount
+        # spins in the kernel forever, holding the super block, and every later sync hangs on it.
+        return ("the guestmemfs RFC's umount never returns once a file on it was opened by path (then every sync on "
+                "the host hangs too). Leave it mounted; it goes away with the next kexec or reboot")
+
+    def file_change_refusal(self, mounted, root="/"):
+        if hostinfo.kho_active(root):
+            # The RFC returns success for a create or truncate after the activation and corrupts the
+            # directory the next kernel inherits.
+            return ("the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be created or "
+                    "resized until it ends (the kexec, or kho_handover state=inactive after unloading the kernel)")
+        return facts.guestmemfs_region_refusal(root) if mounted else None
+
     def load_problems(self, host_facts):
         if host_facts["kho"]["interface"] != "rfc":
             return ["no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen"]

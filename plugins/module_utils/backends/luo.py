@@ -175,12 +175,9 @@ class LuoBackend(Backend):
         # handover and only a later cold boot reads it again.
         return list(running_args)
 
-    # The holder publishes each VM's memfd as a link here (memfd_holder, cpr.LUO_LINK_DIR).
-    link_dir = "/run/guestmemfs-liveupdate/luo"
-
     def vm_mem_path(self, name, mem_dir=None):
-        """The holder's memfd, reached through its link (no file on a mount)."""
-        return "%s/%s" % (self.link_dir, name)
+        """The holder's memfd, reached through the link it publishes (no file on a mount)."""
+        return memfd_holder.mem_path(name)
 
     def mount_spec(self, mount_point, device=None):
         raise BackendError("the luo backend has no filesystem to mount: each VM's memory is a memfd "
@@ -235,6 +232,24 @@ class LuoBackend(Backend):
             problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
                             % " ".join(load_cmd[:3]))
         return problems
+
+    # -- vm_memory: each VM's memfd is made by the holder
+    def service_memory(self):
+        try:
+            have = memfd_holder.request("status")["vms"]
+        except (memfd_holder.HolderError, OSError, ValueError) as exc:
+            raise BackendError("cannot reach the memfd holder: %s" % exc)
+        return dict((name, (v or {}).get("size")) for name, v in have.items() if (v or {}).get("size") is not None)
+
+    def make_service_memory(self, name, size):
+        try:
+            memfd_holder.request("ensure", name=name, size=size)
+        except (memfd_holder.HolderError, OSError, ValueError) as exc:
+            raise BackendError(str(exc))
+
+    def resize_refusal(self, name, have, want):
+        return ("VM %s: its memfd is %s, not %s; a VM's memory is not resized in place: stop the VM, then "
+                "`agent luo drop %s`" % (name, human(have), human(want), name))
 
     # -- the host agent: the memfd holder (module_utils/memfd_holder) owns the session and every
     # VM's memfd, so each step is a request to it.
