@@ -36,7 +36,7 @@ import csv
 import io
 import json
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import DEFAULT_BACKEND, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import (
     DEFAULT_KERNEL_RESERVED, parse_kho_scratch)
@@ -113,7 +113,7 @@ def plan_host(host):
     """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why."""
     name = host.get("name")
     policy = host.get("policy") or {}
-    row = {"host": name, "ok": False, "backend": policy.get("backend", "pmem"), "mode": policy.get("mode"),
+    row = {"host": name, "ok": False, "backend": policy.get("backend", DEFAULT_BACKEND), "mode": policy.get("mode"),
            "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
            "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
            "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
@@ -128,7 +128,7 @@ def plan_host(host):
         except ValueError as exc:
             raise PlanError(str(exc))
         if backend.carves_out:
-            stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.name == "guestmemfs")]
+            stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.takes_kho_scratch)]
             if stray:
                 raise PlanError("%s only applies to the luo backend, not %s" % (", ".join(stray), backend.name))
         memory = host.get("memory_bytes")
@@ -167,7 +167,7 @@ def plan_host(host):
         scratch = 0
         if not backend.carves_out:
             scratch, row["scratch_source"] = _scratch(host, policy, backend)
-        elif backend.name == "guestmemfs":
+        elif backend.takes_kho_scratch:  # a carve-out beside a scratch area of the backend's own rule
             try:
                 scratch = backend.scratch_bytes(policy.get("kho_scratch"))
             except BackendError as exc:

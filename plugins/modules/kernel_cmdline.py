@@ -423,7 +423,7 @@ def backend_args(module):
                 module.fail_json(msg="%s needs backend" % opt)
         return []
     backend = get_backend(p["backend"])
-    if p["kho_scratch"] not in (None, "") and backend.name not in ("luo", "guestmemfs"):
+    if p["kho_scratch"] not in (None, "") and not backend.takes_kho_scratch:
         module.fail_json(msg="kho_scratch is for the luo and guestmemfs backends, not %s" % backend.name)
     size = p["backend_size"]
     if size in (None, ""):

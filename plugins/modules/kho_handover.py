@@ -93,6 +93,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS
 
 
 def main():
@@ -119,7 +120,9 @@ def main():
 
     if want:
         mount = hostinfo.find_mount(hostinfo.mounts(root), p["mount_point"])
-        if not mount or mount.get("fstype") != "guestmemfs":
+        # The filesystems whose files this handover carries: those of the backends that prepare it.
+        handed_over = set(cls.fstype for cls in BACKENDS.values() if cls.prepares_handover)
+        if not mount or mount.get("fstype") not in handed_over:
             module.fail_json(msg="guestmemfs is not mounted at %s: an activation now would hand over no files; "
                                  "mount it first" % p["mount_point"], **result)
         if not active and loaded:

@@ -25,6 +25,12 @@ def get_backend(name):
         raise ValueError("unknown memory backend %r: use one of %s" % (name, ", ".join(sorted(BACKENDS))))
 
 
+def preserves_through_luo(name):
+    """Whether backend ``name`` (None or unknown: no) preserves VM memory through /dev/liveupdate,
+    held by the collection's memfd holder (what the preservability checks ask)."""
+    return bool(getattr(BACKENDS.get(name), "luo_preserved", False))
+
+
 def backend_of(vm):
     """The backend holding ``vm``'s memory (a cpr.VM), from its recorded configuration."""
     # A configuration written before vm_definition recorded the backend has none; the qemu_vm role

@@ -36,6 +36,13 @@ class Backend(abc.ABC):
     # Whether the backend takes its memory out of the kernel's RAM at boot; luo's memory is
     # ordinary shmem, so its plan sizes VM memory, not a carve-out.
     carves_out = True
+    # Whether its handover needs a KHO scratch area (``kho_scratch=``, sized by ``scratch_bytes``
+    # for a carve-out, by the luo rule otherwise).
+    takes_kho_scratch = False
+    # Whether it preserves VM memory as memfds through /dev/liveupdate (LUO), held by the memfd holder.
+    luo_preserved = False
+    # Whether a kernel built for it needs KHO, with its options checked as the handover's (kernel_build).
+    build_implies_kho = False
 
     def overhead_bytes(self, size):
         """Host RAM the backend consumes outside the carve-out for a carve-out of ``size`` (for a

@@ -37,6 +37,7 @@ class GuestmemfsBackend(Backend):
                     "another or oopses the kernel (give the VM at most 1 GiB)")
     fstype = "guestmemfs"
     cmdline_names = ("guestmemfs", "kho_scratch")
+    takes_kho_scratch = True
     # A Debian host's next kernel boots in the scratch area with its initramfs: 64 MiB is enough for a
     # tiny kernel and a small initramfs (measured), not for a distribution's.
     default_scratch = 256 * MiB

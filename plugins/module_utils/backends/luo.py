@@ -149,6 +149,9 @@ class LuoBackend(Backend):
     carves_out = False
     fstype = None
     cmdline_names = ("kho", "liveupdate", "kho_scratch")
+    takes_kho_scratch = True
+    build_implies_kho = True
+    luo_preserved = True
     FLAGS = ("kho=on", "liveupdate=on")
 
     def overhead_bytes(self, size):
