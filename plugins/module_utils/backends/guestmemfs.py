@@ -141,7 +141,7 @@ class GuestmemfsBackend(Backend):
     def start_refusal(self, vm, root="/"):
         if not self.on_mount([vm], root):
             return None
-        refusal = facts.guestmemfs_region_refusal()
+        refusal = facts.guestmemfs_region_refusal(root)
         if refusal:
             return 6, "%s NOT started: %s. Its memory file %s and any saved state are kept." % (
                 vm.name, refusal, vm.mem_path)
