@@ -19,8 +19,8 @@ import re
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt, hostinfo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, flag, parse_cmdline
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (  # noqa: F401 (facts.parse_mounts ...)
-    CMDLINE, KHO_ACTIVE, MOUNTS, find_mount, mount_containing, parse_mounts, read_file)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (
+    CMDLINE, KHO_ACTIVE, MOUNTS, find_mount, parse_mounts, read_file)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import parse_size
 

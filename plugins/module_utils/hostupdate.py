@@ -25,9 +25,9 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends imp
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (  # noqa: F401 (hostupdate.next_step ...)
-    IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, next_step, set_phase, update_journal)
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names  # noqa: F401 (hostupdate.vm_names)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
+    IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, set_phase, update_journal)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 # The argv each VM was started with (module_utils/vmdef); tests point it at a tree.
@@ -84,7 +84,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
         j["phases"] = dict((k, v) for k, v in (j.get("phases") or {}).items()
                            if k == "preflight" and v.get("boot_id") == journal.boot_id())
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
-               saver_pid=os.getpid())(j)
+                             saver_pid=os.getpid())(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
                                    "argv_source": argvs[vm.name][1]}) for vm in running)
     update_journal(begin, msg="saving %d VMs" % len(running))
@@ -118,7 +118,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
             if vm.name in errors:
                 now = cpr.status(vm)
                 update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
-                                       error=errors[vm.name]))
+                                              error=errors[vm.name]))
         rolled = rollback(run, sorted(results), conf_dir)
         update_journal(journal.phase_update("rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "

@@ -116,8 +116,6 @@ def update_journal(fn, path=None, msg=None):
         return j
 
 
-
-
 def set_vm(name, **fields):
     """A journal change that updates VM ``name``'s record with ``fields``."""
     def fn(j):

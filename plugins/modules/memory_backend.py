@@ -217,9 +217,8 @@ def main():
             result["device"] = device
             uuid, fstype = fs_uuid_type(module, device)
             if fstype and fstype != backend.fstype:
-                module.fail_json(msg="%s holds a %s signature, not %s: not formatting it. If it is yours to "
-                                     "lose, clear it (wipefs -a %s) and run again" % (device, fstype, backend.fstype,
-                                                                                     device))
+                module.fail_json(msg="%s holds a %s signature, not %s: not formatting it. If it is yours to lose, "
+                                     "clear it (wipefs -a %s) and run again" % (device, fstype, backend.fstype, device))
             if not fstype:
                 result["mkfs"] = True
                 if not module.check_mode:

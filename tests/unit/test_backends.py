@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, hostupdate, journal, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, journal, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, facts, hostupdate, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import next_step
 from conftest import bzimage
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -21,7 +22,7 @@ def j(phase, vms=None, boot=BOOT_A, **kw):
 
 
 def step(journal, boot=BOOT_A, running="7.3.4", target="7.3.5", alive=lambda pid: False):
-    return hostupdate.next_step(journal, boot, running, target, pid_alive=alive)[0]
+    return next_step(journal, boot, running, target, pid_alive=alive)[0]
 
 
 def test_fresh_host_starts():
@@ -35,11 +36,11 @@ def test_host_on_target_with_nothing_in_flight_is_done():
 
 def test_rebuild_of_the_running_release_is_a_new_kernel():
     # A fix built with the same localversion, or a distribution update that kept its ABI name.
-    done = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
-                                target_build="#1 SMP Mon")
+    done = next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                     target_build="#1 SMP Mon")
     assert done[0] == "done"
-    again = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
-                                 target_build="#2 SMP Tue")
+    again = next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                      target_build="#2 SMP Tue")
     assert again[0] == "start" and "same release" in again[1]
 
 
@@ -73,7 +74,7 @@ def test_reboot_during_save_waits_for_the_boot_time_restore():
 def test_held_vm_blocks_everything_even_on_target():
     journal = j("held", {"vm1": {"state": "restored"}, "vm2": {"state": "held"}}, boot=BOOT_A)
     assert step(journal, boot=BOOT_B, running="7.3.5", target="7.3.5") == "blocked"
-    reason = hostupdate.next_step(journal, BOOT_B, "7.3.5", "7.3.5")[1]
+    reason = next_step(journal, BOOT_B, "7.3.5", "7.3.5")[1]
     assert "vm2 (held)" in reason and "agent verify" in reason
 
 

@@ -27,7 +27,7 @@ import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag, kstrtobool  # noqa: F401 (luo.flag)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, KiB, MiB, align_up, human)
 

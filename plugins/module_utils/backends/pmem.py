@@ -92,7 +92,7 @@ class PmemBackend(Backend):
         if not running:
             return ["the running cmdline has no memmap=SIZE!OFFSET: this boot has no pmem carve-out"]
         if [a for a in next_args if a.startswith("memmap=") and "!" in a] != running:
+            asked = " ".join(a for a in next_args if a.startswith("memmap="))
             return ["the next cmdline's memmap= (%s) differs from the running one (%s): the next kernel would "
-                    "overwrite the VMs' memory" % (" ".join(a for a in next_args if a.startswith("memmap=")),
-                                                    " ".join(running))]
+                    "overwrite the VMs' memory" % (asked, " ".join(running))]
         return []
