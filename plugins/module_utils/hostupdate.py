@@ -230,8 +230,7 @@ def verify_pending(names=None):
         # Whether this boot is the kernel the update loaded, or a cold boot into the default one
         # (a new kernel that panicked, a power cycle): the VMs restore either way, on verified memory.
         target = j.get("kexec_target") or {}
-        with open("/proc/cmdline") as fh:
-            cmdline = fh.read().strip()
+        cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
         set_phase("booted", to_boot_id=journal.boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
