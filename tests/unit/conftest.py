@@ -8,6 +8,8 @@ import struct
 import sys
 import tempfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -48,9 +50,6 @@ class RealHostTouched(AssertionError):
 
 def _no_real_kexec(*args, **kwargs):
     raise RealHostTouched("a unit test reached reboot(2) or kexec_file_load(2) of the machine running it")
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
