@@ -156,3 +156,12 @@ def test_a_vm_configuration_names_its_backend(backend, tmp_path):
     loaded = cpr.VM.load("vm1", str(tmp_path))
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import backend_of
     assert backend_of(loaded).name == backend.name
+
+
+def test_sizing_asks_its_scratch_rule_on_its_recorded_host(backend):
+    f = facts.gather(ready(backend))
+    host = {"memory_bytes": f["memory"]["firmware_ram_bytes"], "firmware_ram_ranges": f["memory"]["firmware_ram_ranges"],
+            "numa_nodes": len(f["memory"]["numa_nodes"]) or 1}
+    scratch, source = backend.plan_scratch(host, {})
+    assert isinstance(scratch, int) and scratch >= 0
+    assert (source is not None) == backend.takes_kho_scratch == (scratch > 0)

@@ -109,6 +109,12 @@ class Backend(abc.ABC):
                 "build_extra_options": list(self.build_extra_options),
                 "required_kernel_options": [list(alts) for alts in self.required_kernel_options]}
 
+    def plan_scratch(self, host, policy):
+        """(bytes, where the number comes from) of the KHO scratch area a cold boot of ``host`` (the
+        sizing playbook's facts) reserves beside the backend's memory under sizing ``policy``; (0,
+        None) for a backend without one. BackendError or ValueError for a policy it refuses."""
+        return 0, None
+
     # -- memory_backend and vm_memory (the mount and the VM files)
     # A glob under the host's root for the block device the filesystem is made on (None: no device).
     block_devices = None

@@ -55,6 +55,9 @@ class GuestmemfsBackend(Backend):
                                "16M (the next kernel boots in it)" % kho_scratch)
         return size
 
+    def plan_scratch(self, host, policy):
+        return self.scratch_bytes(policy.get("kho_scratch")), "kho_scratch" if policy.get("kho_scratch") else "default"
+
     def cmdline_args(self, size, firmware_ram_ranges=None, kho_scratch=None):
         if size <= 0 or size % self.size_align:
             raise BackendError("a guestmemfs carve-out must be a positive multiple of 2 MiB, not %d" % size)

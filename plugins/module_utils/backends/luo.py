@@ -29,7 +29,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journ
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
-    GiB, KiB, MiB, align_up, human)
+    GiB, KiB, MiB, align_up, human, parse_size)
 
 PAGE = 4 * KiB
 # SCRATCH_ALIGNMENT_BYTES = PAGE_SIZE * MAX_ORDER_NR_PAGES (MAX_PAGE_ORDER 10 on x86_64): every
@@ -235,6 +235,19 @@ class LuoBackend(Backend):
             problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
                             % " ".join(load_cmd[:3]))
         return problems
+
+    def plan_scratch(self, host, policy):
+        """The policy's explicit sizes; what the running kernel shows, when it booted with the same
+        kho_scratch= as the policy asks; else the kernel's rule over an estimate of its reservations."""
+        wanted = policy.get("kho_scratch") or None
+        measured = host.get("kho_scratch_bytes")
+        kind = parse_kho_scratch(wanted)[0] if wanted else "scale"
+        if kind != "sizes" and measured and (host.get("kho_scratch") or None) == wanted:
+            return int(measured), "running kernel"
+        kernel_reserved = parse_size(policy.get("kernel_reserved", DEFAULT_KERNEL_RESERVED), "kernel_reserved")
+        areas = self.scratch(host.get("memory_bytes"), host.get("firmware_ram_ranges") or None,
+                             host.get("numa_nodes") or 1, wanted, kernel_reserved)
+        return areas["total"], {"sizes": "kho_scratch", "scale": "estimate"}[kind]
 
     # -- vm_memory: each VM's memfd is made by the holder
     def service_memory(self):
