@@ -149,7 +149,35 @@ def apply_args(args, set_args, remove):
     return out
 
 
-def _split_value(rest, where):
+def kstrtobool(value):
+    """The kernel's reading of a boolean parameter: True, False, or None when it would refuse the
+    value (and keep its default)."""
+    if not isinstance(value, str) or not value:
+        return None
+    c = value[0].lower()
+    if c in "eyt1":
+        return True
+    if c in "dnf0":
+        return False
+    if c == "o" and len(value) > 1:
+        return {"n": True, "f": False}.get(value[1].lower())
+    return None
+
+
+def flag(args, name, default=False):
+    """Whether boolean early parameter ``name`` ends up on: each valid occurrence overrides the
+    previous one; a bare ``name`` or a value the kernel refuses leaves it as it was."""
+    state = default
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if key == name and sep:
+            b = kstrtobool(value)
+            if b is not None:
+                state = b
+    return state
+
+
+def split_value(rest, where):
     """The right-hand side of an assignment -> (quote, words, trailing text)."""
     rest = rest.rstrip("\n")
     if rest.endswith("\\"):
@@ -179,7 +207,7 @@ def find_assignments(text, path="file"):
     for i, line in enumerate(text.splitlines(True)):
         m = _ASSIGN.match(line)
         if m:
-            quote, words, _trailing = _split_value(m.group("rest"), "%s line %d" % (path, i + 1))
+            quote, words, _trailing = split_value(m.group("rest"), "%s line %d" % (path, i + 1))
             found.append((i, m.group("var"), quote, words))
     return found
 
@@ -208,7 +236,7 @@ def edit_text(text, set_args, remove, path="file"):
         m = _ASSIGN.match(line)
         if not m:
             continue
-        quote, words, trailing = _split_value(m.group("rest"), "%s line %d" % (path, i + 1))
+        quote, words, trailing = split_value(m.group("rest"), "%s line %d" % (path, i + 1))
         plain = [w for w in words if not _is_ref(w)]
         hit = set(arg_name(w) for w in plain) & names
         if not hit:

@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import glob
 import json
 import os
 import time
@@ -51,6 +52,11 @@ class VM(object):
     def argv(self):
         """The argv of a cold start, built from this configuration."""
         return vmdef.build_argv(self.conf, RUN_DIR)
+
+
+def vm_names(conf_dir=CONF_DIR):
+    """The names of the VMs configured on this host."""
+    return sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(conf_dir, "*.json")))
 
 
 def _prepare_migration(q):

@@ -16,10 +16,11 @@ import gzip
 import os
 import re
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt, hostinfo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, parse_cmdline
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, flag, parse_cmdline
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (
+    CMDLINE, KHO_ACTIVE, MOUNTS, find_mount, parse_mounts, read_file)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import parse_size
 
@@ -32,14 +33,6 @@ KERNEL_OPTIONS = (
     "CONFIG_GUESTMEMFS_FS", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX",
     "CONFIG_LIBNVDIMM", "CONFIG_KEXEC_SIG", "CONFIG_SECURITY_LOCKDOWN_LSM", "CONFIG_FTRACE_KHO",
 )
-
-
-def _read(root, path, default=None):
-    try:
-        with open(os.path.join(root, path.lstrip("/")), "r") as fh:
-            return fh.read()
-    except (IOError, OSError):
-        return default
 
 
 def parse_meminfo(text):
@@ -73,43 +66,9 @@ def parse_kconfig(text, wanted=KERNEL_OPTIONS):
     return dict((opt, found.get(opt, "n")) for opt in wanted)
 
 
-def parse_mounts(text):
-    """/proc/self/mounts -> list of dicts (source, target, fstype, options)."""
-    out = []
-    for line in (text or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 4:
-            unesc = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in parts[:4]]
-            out.append({"source": unesc[0], "target": unesc[1], "fstype": unesc[2],
-                        "options": unesc[3].split(",")})
-    return out
-
-
-def find_mount(mounts, path):
-    """The mount whose target is exactly ``path`` (the last one wins, as the kernel shows it)."""
-    path = os.path.normpath(path)
-    hit = None
-    for m in mounts:
-        if os.path.normpath(m["target"]) == path:
-            hit = m
-    return hit
-
-
-def mount_containing(mounts, path):
-    """The mount a file at ``path`` lies on: the one with the longest target that contains it (the
-    last one of equal length wins, as the kernel shows them)."""
-    path = os.path.normpath(path)
-    hit, best = None, -1
-    for m in mounts:
-        target = os.path.normpath(m["target"])
-        if (path == target or path.startswith(target.rstrip("/") + "/")) and len(target) >= best:
-            hit, best = m, len(target)
-    return hit
-
-
 def kernel_config(root, release):
     """The running kernel's config: /boot/config-<release>, else /proc/config.gz."""
-    text = _read(root, "/boot/config-%s" % release)
+    text = read_file(root, "/boot/config-%s" % release)
     source = "/boot/config-%s" % release
     if text is None:
         try:
@@ -131,7 +90,7 @@ def numa_nodes(root):
     for name in names:
         if not re.match(r"^node\d+$", name):
             continue
-        info = parse_meminfo(_read(root, "sys/devices/system/node/%s/meminfo" % name, ""))
+        info = parse_meminfo(read_file(root, "sys/devices/system/node/%s/meminfo" % name, ""))
         nodes.append({"node": int(name[4:]), "total_bytes": info.get("MemTotal", 0),
                       "free_bytes": info.get("MemFree", 0)})
     return nodes
@@ -160,9 +119,9 @@ def firmware_memmap(root):
     except OSError:
         return out
     for name in names:
-        start = _read(root, "sys/firmware/memmap/%s/start" % name)
-        end = _read(root, "sys/firmware/memmap/%s/end" % name)
-        kind = _read(root, "sys/firmware/memmap/%s/type" % name)
+        start = read_file(root, "sys/firmware/memmap/%s/start" % name)
+        end = read_file(root, "sys/firmware/memmap/%s/end" % name)
+        kind = read_file(root, "sys/firmware/memmap/%s/type" % name)
         if start is None or end is None or kind is None:
             continue
         out.append({"start": int(start.strip(), 16), "end": int(end.strip(), 16), "type": kind.strip()})
@@ -175,7 +134,7 @@ def ram_ranges(memmap):
 
 def _scratch_len(root):
     """The KHO scratch areas' total size from debugfs (one hex size per area), None if unreadable."""
-    text = _read(root, "/sys/kernel/debug/kho/out/scratch_len")
+    text = read_file(root, "/sys/kernel/debug/kho/out/scratch_len")
     if text is None:
         return None
     try:
@@ -211,7 +170,7 @@ def iomem_ram_bytes(root):
     """RAM as /proc/iomem's top-level "System RAM" entries list it (the e820 map: a carve-out stays
     in it), or None when unreadable or hidden (an unprivileged reader sees zero addresses)."""
     total, seen = 0, False
-    for line in (_read(root, "/proc/iomem", "") or "").splitlines():
+    for line in (read_file(root, "/proc/iomem", "") or "").splitlines():
         m = re.match(r"^([0-9a-fA-F]+)-([0-9a-fA-F]+) : System RAM$", line.rstrip())
         if m:
             start, end = int(m.group(1), 16), int(m.group(2), 16)
@@ -282,8 +241,8 @@ def guestmemfs_region(root, args, total_bytes, kho=None, log=None):
 def guestmemfs_region_refusal(root="/"):
     """None when this boot's guestmemfs has a region of its own, else the reason nothing may create,
     map or start a VM on it (see guestmemfs_region)."""
-    args = parse_cmdline(_read(root, "/proc/cmdline", "") or "")
-    total = parse_meminfo(_read(root, "/proc/meminfo", "")).get("MemTotal", 0)
+    args = parse_cmdline(read_file(root, CMDLINE, "") or "")
+    total = parse_meminfo(read_file(root, "/proc/meminfo", "")).get("MemTotal", 0)
     region = guestmemfs_region(root, args, total, kho_state(root, args))
     if region["state"] in ("reserved", "handed_over"):
         return None
@@ -307,20 +266,20 @@ def kho_state(root, args=None, config=None):
     kernel's boot_params, listed under /sys/kernel/boot_params/setup_data; else debugfs ``kho/in``.
     """
     if args is None:
-        args = parse_cmdline(_read(root, "/proc/cmdline", ""))
+        args = parse_cmdline(read_file(root, CMDLINE, ""))
     config = config or {}
     scratch_arg = [a.split("=", 1)[1] for a in args if a.startswith("kho_scratch=")]
     out = {"interface": None, "active": None, "enabled": None, "incoming": False, "incoming_evidence": None,
            "liveupdate_device": os.path.exists(os.path.join(root, "dev/liveupdate")),
-           "kho_flag": luo.flag(args, "kho", config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"),
-           "liveupdate_flag": luo.flag(args, "liveupdate"),
+           "kho_flag": flag(args, "kho", config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"),
+           "liveupdate_flag": flag(args, "liveupdate"),
            "kho_scratch": scratch_arg[-1] if scratch_arg else None, "scratch_bytes": None}
-    active = _read(root, "/sys/kernel/kho/active")
+    active = read_file(root, KHO_ACTIVE)
     debugfs_kho = os.path.isdir(os.path.join(root, "sys/kernel/debug/kho"))
     if active is not None:
         out["interface"] = "rfc"
         out["active"] = active.strip() == "1"
-        out["scratch_len"] = (_read(root, "/sys/kernel/kho/scratch_len", "") or "").strip() or None
+        out["scratch_len"] = (read_file(root, "/sys/kernel/kho/scratch_len", "") or "").strip() or None
         if os.path.exists(os.path.join(root, "sys/firmware/kho/dt")):
             out["incoming"], out["incoming_evidence"] = True, "/sys/firmware/kho/dt"
             out["incoming_handover"] = handover_summary(root, "/sys/firmware/kho/dt")
@@ -420,7 +379,7 @@ def staged_kernels(root):
 def backend_mount(root, mount_point):
     """The backend's mount: whether mounted, its fs, DAX, capacity and usage, and its files."""
     info = {"path": mount_point, "mounted": False}
-    mounts = parse_mounts(_read(root, "/proc/self/mounts", ""))
+    mounts = parse_mounts(read_file(root, MOUNTS, ""))
     m = find_mount(mounts, mount_point)
     if not m:
         return info
@@ -451,18 +410,18 @@ def backend_mount(root, mount_point):
 def gather(root="/", mount_point=None, run=None):
     """All host facts as one dict (the module's ``guestmemfs`` fact). With ``run(argv) -> (rc,
     out, err)``, also the cmdline GRUB is configured to give the next cold boot."""
-    release = (_read(root, "/proc/sys/kernel/osrelease", "") or "").strip()
-    meminfo = parse_meminfo(_read(root, "/proc/meminfo", ""))
-    cmdline_text = (_read(root, "/proc/cmdline", "") or "").strip()
+    release = (read_file(root, "/proc/sys/kernel/osrelease", "") or "").strip()
+    meminfo = parse_meminfo(read_file(root, "/proc/meminfo", ""))
+    cmdline_text = (read_file(root, CMDLINE, "") or "").strip()
     args = parse_cmdline(cmdline_text)
     config, config_source = kernel_config(root, release)
-    filesystems = [line.split()[-1] for line in (_read(root, "/proc/filesystems", "") or "").splitlines()
+    filesystems = [line.split()[-1] for line in (read_file(root, "/proc/filesystems", "") or "").splitlines()
                    if line.strip()]
-    kexec_loaded = (_read(root, "/sys/kernel/kexec_loaded", "") or "").strip() == "1"
+    kexec_loaded = bool(hostinfo.kexec_loaded(root))
     ranges = ram_ranges(firmware_memmap(root))
     facts = {
         "kernel_release": release,
-        "boot_id": (_read(root, "/proc/sys/kernel/random/boot_id", "") or "").strip(),
+        "boot_id": hostinfo.boot_id(root) or "",
         "memory": {
             "total_bytes": meminfo.get("MemTotal", 0),
             "available_bytes": meminfo.get("MemAvailable", 0),

@@ -3,21 +3,16 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The steps of one host's live update, each journaled, shared by the modules (the controller
 drives a host) and by the host's own agent (the boot-time restore runs without a controller).
-
-Journal (root-only, durable): ``{"update_id", "phase", "vms": {name: {"state", ...}}, "log"}``.
-The host's phase goes preflight -> saving -> saved -> [handover] -> kexec -> booted -> verified ->
-restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update stopped before
-the kexec). A VM's state goes running -> saving -> saved -> restoring -> restored, or ends ``held``
-(its memory failed verification: not resumed, state and memory files kept) or ``restore_failed``.
+Where an update stands is the journal (module_utils/journal). What a backend does differently
+(preserve before the pause, the kexec itself, refusing a start) its Backend does
+(module_utils/backends): this file never asks which backend a VM is on.
 A VM whose state file exists is never cold-started: it is restored, on verified memory, or held.
-``next_step`` reads the journal to tell a re-run (after a dead controller) where this host is.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import glob
 import os
 import sys
 import threading
@@ -25,127 +20,26 @@ import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest, vmdef
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
+    DEFAULT_BACKEND, backend_of, by_backend, get_backend)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
+    IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, set_phase, update_journal)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
-BASE = "/var/lib/guestmemfs-liveupdate"
-JOURNAL = os.path.join(BASE, "journal.json")
 # The argv each VM was started with (module_utils/vmdef); tests point it at a tree.
 ARGV_DIR = vmdef.ARGV_DIR
+# The root under which the agent reads the live host's kernel files (kexec_loaded, mounts, KHO):
+# tests point it at a tree (tests/unit/conftest.py points it at an empty one for every test).
+ROOT = "/"
 UNIT = "guestmemfs-vm@%s.service"
 
 
 class UpdateError(Exception):
     """A step failed; the message says what was left where and how to recover."""
-
-
-# Phases in which VMs are saved and the kexec has not yet been confirmed by a new boot.
-SAVED_PHASES = ("saved", "handover", "kexec")
-# Phases after which a host has no update in flight.
-IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
-# VM states that are final for one update.
-VM_FINAL = ("restored", "held", "restore_failed")
-
-
-def _boot_id():
-    with open("/proc/sys/kernel/random/boot_id") as fh:
-        return fh.read().strip()
-
-
-def _pid_alive(pid):
-    try:
-        with open("/proc/%d/cmdline" % int(pid), "rb") as fh:
-            return b"python" in fh.read()
-    except (IOError, OSError, TypeError, ValueError):
-        return False
-
-
-def _phase(phase, **fields):
-    def fn(j):
-        j["phase"] = phase
-        j.setdefault("phases", {})[phase] = {"ts": time.time(), "boot_id": _boot_id()}
-        j.update(fields)
-    return fn
-
-
-def set_phase(phase, msg=None, **fields):
-    """Record that this host reached ``phase`` (durably, before the step it guards acts)."""
-    return update_journal(_phase(phase, **fields), msg=msg or "phase %s" % phase)
-
-
-def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=_pid_alive,
-              running_build=None, target_build=None):
-    """What a run of the live update must do on this host, from its journal alone.
-
-    Returns ``(step, reason)``; step is one of:
-    ``start`` (nothing in flight: preflight, save, kexec), ``done`` (already running the target,
-    nothing in flight), ``kexec`` (VMs saved on this boot: do not save again, load and kexec),
-    ``wait`` (the host is past the kexec: wait for its own restore), ``wait_save`` (a save is still
-    running), ``rollback`` (a save died half-way: restore the saved VMs on this kernel) or
-    ``blocked`` (VMs held or failed: an operator must look; nothing may act on this host).
-    The target is running when its release and, if both are known, its build (``uname -v``) match:
-    a rebuild of the same release is a new kernel.
-    """
-    vms = j.get("vms", {}) or {}
-    phase = j.get("phase")
-    same_boot = j.get("from_boot_id") == boot_id
-    held = sorted(n for n, v in vms.items() if v.get("state") in ("held", "restore_failed"))
-    if held:
-        return "blocked", ("VMs not resumed after update %s: %s. Their state and memory files are kept; see "
-                           "`agent status`, recover each (agent verify NAME, systemctl start guestmemfs-vm@NAME) "
-                           "and re-run" % (j.get("update_id"), ", ".join(
-                               "%s (%s)" % (n, vms[n].get("state")) for n in held)))
-    if phase == "saving":
-        if same_boot and pid_alive(j.get("saver_pid")):
-            return "wait_save", "a save of update %s is still running (pid %s)" % (
-                j.get("update_id"), j.get("saver_pid"))
-        if same_boot:
-            return "rollback", "the save of update %s stopped half-way: restore its VMs on this kernel" % (
-                j.get("update_id"))
-        return "wait", "the host rebooted during a save: its boot-time restore handles the saved VMs"
-    if phase in SAVED_PHASES:
-        if same_boot:
-            return "kexec", "VMs of update %s are saved on this boot (phase %s): kexec without saving again" % (
-                j.get("update_id"), phase)
-        return "wait", "the host left the boot it saved on (phase %s): wait for its own restore" % phase
-    if phase in ("booted", "verified"):
-        return "wait", "the new kernel is restoring the VMs of update %s" % j.get("update_id")
-    pending = sorted(n for n, v in vms.items() if v.get("state") not in VM_FINAL + ("running",)
-                     and not str(v.get("state", "")).startswith("down"))
-    if pending and phase not in ("rolled_back",):
-        return "wait", "VMs still pending: %s" % ", ".join(pending)
-    if target_release and running_release == target_release:
-        if running_build and target_build and running_build != target_build:
-            return "start", "running %s build %r; the staged image is build %r of the same release" % (
-                running_release, running_build, target_build)
-        return "done", "already running %s with nothing in flight" % target_release
-    return "start", "no update in flight (phase %s)" % phase
-
-
-def load_journal(path=None):
-    return read_json(path or JOURNAL, {}) or {}
-
-
-def update_journal(fn, path=None, msg=None):
-    """Read, change with ``fn(journal)``, write, under a lock: VM units restore in parallel."""
-    path = path or JOURNAL
-    with locked(path):
-        j = load_journal(path)
-        fn(j)
-        if msg:
-            j.setdefault("log", []).append({"ts": time.time(), "boot_id": _boot_id(), "msg": msg})
-        write_json(path, j)
-        return j
-
-
-def vm_names(conf_dir=cpr.CONF_DIR):
-    return sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(conf_dir, "*.json")))
-
-
-def _set_vm(name, **fields):
-    def fn(j):
-        j.setdefault("vms", {}).setdefault(name, {}).update(fields)
-    return fn
 
 
 def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
@@ -178,14 +72,19 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
     # rebuilt from a definition changed since.
     argvs = dict((vm.name, _started_argv(vm)) for vm in running)
     update_id = str(uuid.uuid4())
-    tokens = _luo_preserve([vm for vm in running if _is_luo(vm)], update_id)
+    tokens = {}
+    for backend, vms_of in by_backend(running):
+        try:
+            tokens.update(backend.before_pause(vms_of, update_id))
+        except BackendError as exc:
+            raise UpdateError(str(exc))
 
     def begin(j):
         # A new update: only this boot's preflight carries over from the journal.
         j["phases"] = dict((k, v) for k, v in (j.get("phases") or {}).items()
-                           if k == "preflight" and v.get("boot_id") == _boot_id())
-        _phase("saving", update_id=update_id, started_ts=time.time(), from_boot_id=_boot_id(),
-               saver_pid=os.getpid())(j)
+                           if k == "preflight" and v.get("boot_id") == journal.boot_id())
+        journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
+                             saver_pid=os.getpid())(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
                                    "argv_source": argvs[vm.name][1]}) for vm in running)
     update_journal(begin, msg="saving %d VMs" % len(running))
@@ -199,7 +98,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
         try:
             r = cpr.save(vm, timeout=timeout)
             results[vm.name] = r
-            update_journal(_set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
+            update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
         except Exception as exc:  # any failure of one VM must not stop the others' rollback
             errors[vm.name] = str(exc)
     threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
@@ -218,15 +117,15 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
         for vm in running:
             if vm.name in errors:
                 now = cpr.status(vm)
-                update_journal(_set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
-                                       error=errors[vm.name]))
-        rolled = rollback(run, sorted(results))
-        update_journal(_phase("rolled_back"), msg="save failed: %s" % errors)
+                update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
+                                              error=errors[vm.name]))
+        rolled = rollback(run, sorted(results), conf_dir)
+        update_journal(journal.phase_update("rolled_back"), msg="save failed: %s" % errors)
         raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
                           "were restored on this kernel: %s" % (
                               "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none"))
     os.sync()
-    update_journal(_phase("saved", saved_ts=time.time()),
+    update_journal(journal.phase_update("saved", saved_ts=time.time()),
                    msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
     return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
             "manifest_content_s": m.get("content_s")}
@@ -254,7 +153,7 @@ def shutdown_for_update(names, run, conf_dir=cpr.CONF_DIR, timeout=300, poll=1.0
         out[name] = "shut down in %.1fs" % (time.monotonic() - t0)
 
         def note(j, name=name, took=out[name]):
-            j.setdefault("shutdown_for_update", {})[name] = {"ts": time.time(), "boot_id": _boot_id(), "outcome": took}
+            j.setdefault("shutdown_for_update", {})[name] = {"ts": time.time(), "boot_id": journal.boot_id(), "outcome": took}
         update_journal(note, msg="%s %s for the update (policy shutdown; cold start after it)" % (name, out[name]))
     return out
 
@@ -269,14 +168,16 @@ def _started_argv(vm):
 
 
 def record_argv(name, argv):
-    write_json(vmdef.argv_record_path(name, ARGV_DIR), {"argv": argv, "boot_id": _boot_id(), "ts": time.time()})
+    write_json(vmdef.argv_record_path(name, ARGV_DIR), {"argv": argv, "boot_id": journal.boot_id(), "ts": time.time()})
 
 
-def rollback(run, names):
+def rollback(run, names, conf_dir=cpr.CONF_DIR):
     """Restore saved VMs on the running kernel: verify their memory, then start their units (the
     same path as after a kexec: incoming migration, resume). Returns a text per VM."""
     verdicts = verify_pending(names)
-    _luo_unpreserve()
+    j = load_journal()
+    for backend, _vms in by_backend(_configured(conf_dir)):
+        backend.abort(j)
     out = []
     for name in names:
         if verdicts.get(name, {}).get("status") not in (None, manifest.OK):
@@ -313,7 +214,7 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
         else:
             state = "down (QEMU gone, no state file: boot it afresh with systemctl start %s; memory %s kept)" % (
                 UNIT % name, vm.mem_path)
-        update_journal(_set_vm(name, state=state, state_path=vm.state_path),
+        update_journal(journal.set_vm(name, state=state, state_path=vm.state_path),
                        msg="%s after an interrupted save: %s" % (name, state))
         out[name] = state
     return out
@@ -324,15 +225,14 @@ def verify_pending(names=None):
     ``ok`` -> state restoring (its unit may restore it); anything else -> held, never resumed.
     Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
     j = load_journal()
-    after_kexec = j.get("phase") in SAVED_PHASES and j.get("from_boot_id") not in (None, _boot_id())
+    after_kexec = j.get("phase") in SAVED_PHASES and j.get("from_boot_id") not in (None, journal.boot_id())
     if after_kexec:
         # Whether this boot is the kernel the update loaded, or a cold boot into the default one
         # (a new kernel that panicked, a power cycle): the VMs restore either way, on verified memory.
         target = j.get("kexec_target") or {}
-        with open("/proc/cmdline") as fh:
-            cmdline = fh.read().strip()
+        cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
-        set_phase("booted", to_boot_id=_boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
+        set_phase("booted", to_boot_id=journal.boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
                                                          "NOT the loaded kernel", j.get("phase")))
     pending = [n for n, v in j.get("vms", {}).items()
@@ -351,10 +251,10 @@ def verify_pending(names=None):
         t.join()
     for name, verdict in verdicts.items():
         if verdict["status"] == manifest.OK:
-            update_journal(_set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
+            update_journal(journal.set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
                            msg="%s verified" % name)
         else:
-            update_journal(_set_vm(name, state="held", verify=verdict),
+            update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
     if after_kexec:
         set_phase("verified", msg="verified: %s" % ", ".join(
@@ -367,7 +267,7 @@ def _release():
     return os.uname()[2]
 
 
-def finish_if_done():
+def finish_if_done(conf_dir=cpr.CONF_DIR):
     """Close the update once every VM of it is final: ``restored`` on a new boot, ``rolled_back``
     on the boot it saved on, ``held`` when any VM was not resumed."""
     def fn(j):
@@ -380,184 +280,67 @@ def finish_if_done():
         if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
             phase = "held"
         else:
-            phase = "restored" if j.get("from_boot_id") != _boot_id() else "rolled_back"
-        _phase(phase, finished_ts=time.time())(j)
-        j.setdefault("log", []).append({"ts": time.time(), "boot_id": _boot_id(), "msg": "phase %s" % phase})
+            phase = "restored" if j.get("from_boot_id") != journal.boot_id() else "rolled_back"
+        journal.phase_update(phase, finished_ts=time.time())(j)
+        j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
     j = update_journal(fn)
-    if (j.get("luo") or {}).get("retrieved_boot_id") == _boot_id() and not j["luo"].get("finished_ts"):
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
-        try:  # the holder decides: it keeps the session while a token did not come back
-            memfd_holder.request("finish")
-        except Exception as exc:
-            update_journal(lambda jj: None, msg="luo: session not finished yet: %s" % exc)
+    for backend, _vms in by_backend(_configured(conf_dir)):
+        backend.after_update(j)
     return j
 
 
-# Read by the kexec guard (tests point them at a tree).
-MOUNTS = "/proc/self/mounts"
-KHO_ACTIVE = "/sys/kernel/kho/active"
-
-
-def guestmemfs_vms(conf_dir=cpr.CONF_DIR):
-    """The configured VMs whose memory file lies on a guestmemfs mount."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
-    try:
-        with open(MOUNTS) as fh:
-            mounts = facts.parse_mounts(fh.read())
-    except (IOError, OSError):
-        return []
+def _configured(conf_dir=cpr.CONF_DIR):
+    """The VMs configured on this host (those whose configuration reads)."""
     out = []
     for name in vm_names(conf_dir):
-        m = facts.mount_containing(mounts, cpr.VM.load(name, conf_dir).mem_path or "/")
-        if m and m["fstype"] == "guestmemfs":
-            out.append(name)
+        try:
+            out.append(cpr.VM.load(name, conf_dir))
+        except (IOError, OSError, ValueError):
+            continue
     return out
 
 
-def _kho_active():
-    try:
-        with open(KHO_ACTIVE) as fh:
-            return fh.read().strip() == "1"
-    except (IOError, OSError):
-        return False
-
-
-def _is_luo_path(path):
-    return bool(path) and path.startswith(cpr.LUO_LINK_DIR + "/")
-
-
-def _is_luo(vm):
-    return _is_luo_path(vm.mem_path)
-
-
-def _luo_preserve(vms, update_id):
-    """Preserve the luo VMs' memfds before anything pauses; {name: token}. A failure leaves every
-    VM running and nothing preserved."""
-    if not vms:
-        return {}
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
-    try:
-        return memfd_holder.request("preserve", names=[vm.name for vm in vms], update_id=update_id)["tokens"]
-    except Exception as exc:
-        raise UpdateError("preserving the VMs' memfds failed: %s. Nothing was paused; every VM is still running" % exc)
-
-
-def _luo_unpreserve():
-    if (load_journal().get("luo") or {}).get("boot_id") != _boot_id():
-        return
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
-    try:
-        memfd_holder.request("unpreserve")
-    except Exception as exc:
-        update_journal(lambda j: None, msg="luo: session left open: %s (agent luo unpreserve)" % exc)
-
-
 def kexec_now(run, conf_dir=cpr.CONF_DIR):
-    """``systemctl kexec``, only for a host whose every VM is saved on this boot and whose next
-    kernel is loaded: a VM still running would die with its memory unsaved. Returns an error text,
-    or does not return when the kexec started."""
+    """Kexec, only for a host whose every VM is saved on this boot and whose next kernel is loaded:
+    a VM still running would die with its memory unsaved. Each backend adds its own refusals and
+    does the kexec its way (systemctl kexec, the memfd holder, reboot(2)). Returns an error text, or
+    does not return when the kexec started."""
     j = load_journal()
     problems = []
-    if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != _boot_id():
+    if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != journal.boot_id():
         problems.append("the journal's phase is %s (boot %s), not saved on this boot" % (
             j.get("phase"), j.get("from_boot_id")))
     for name, v in sorted((j.get("vms") or {}).items()):
         if v.get("state") != "saved" or not os.path.exists(v.get("state_path") or ""):
             problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
-    for name in vm_names(conf_dir):
-        vm = cpr.VM.load(name, conf_dir)
+    vms = _configured(conf_dir)
+    for vm in vms:
         mapped = users(vm.mem_path, mapped_only=True)
         if mapped:
-            problems.append("%s's memory is still mapped by %s" % (name, ", ".join(
+            problems.append("%s's memory is still mapped by %s" % (vm.name, ", ".join(
                 "%s[%d]" % (c, pid) for pid, c, _f in mapped)))
-    try:
-        with open("/sys/kernel/kexec_loaded") as fh:
-            if fh.read().strip() != "1":
-                problems.append("no kernel is loaded for kexec")
-    except (IOError, OSError):
-        problems.append("/sys/kernel/kexec_loaded cannot be read")
-    on_guestmemfs = guestmemfs_vms(conf_dir)
-    if on_guestmemfs and not _kho_active():
-        # Without the handover the next kernel boots with guestmemfs empty: every file is lost.
-        problems.append("%s on guestmemfs but its KHO handover is not active (/sys/kernel/kho/active): activate "
-                        "it, load the kernel again, then kexec" % ", ".join(on_guestmemfs))
+    loaded = hostinfo.kexec_loaded(ROOT)
+    if loaded is None:
+        problems.append("%s cannot be read" % hostinfo.KEXEC_LOADED)
+    elif not loaded:
+        problems.append("no kernel is loaded for kexec")
+    groups = by_backend(vms) or [(get_backend(DEFAULT_BACKEND), [])]
+    for backend, vms_of in groups:
+        problems += backend.kexec_problems(vms_of, j, ROOT)
     if problems:
         return "not kexecing: " + "; ".join(problems)
-    held = j.get("luo") or {}
-    if held.get("boot_id") == _boot_id() and held.get("tokens"):
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
-        preserved = set(held["tokens"])
-        unpreserved = sorted(n for n, v in (j.get("vms") or {}).items()
-                             if _is_luo_path(v.get("mem_path")) and n not in preserved)
-        if unpreserved:
-            return "not kexecing: memfds of %s are not preserved" % ", ".join(unpreserved)
-        set_phase("kexec", kexec_ts=time.time())
-        os.sync()
-        # The holder holds the session: it must be the one to kexec (see memfd_holder). A holder
-        # that died is restarted by systemd with every fd from its store: wait for it.
-        deadline = time.time() + 90
-        while True:
-            try:
-                memfd_holder.request("kexec")
-                return None
-            except (memfd_holder.HolderError, OSError) as exc:
-                retry = isinstance(exc, OSError) or "not running" in str(exc)
-                if not retry or time.time() > deadline:
-                    return "the memfd holder did not kexec: %s" % exc
-            time.sleep(2)
-    if any(_is_luo_path(v.get("mem_path")) for v in (j.get("vms") or {}).values()):
-        return "not kexecing: VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
-            held or "none")
-    if on_guestmemfs:
-        # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
-        # once a file was opened by path (then sync hangs too, on the same super block), so the
-        # kexec never comes. The state files are fsynced and the disks synced here; the root filesystem replays
-        # its journal on the next boot.
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
-        set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
-        try:
-            luo.reboot_kexec()  # returns only on failure
-        except luo.LuoError as exc:
-            return "the kexec did not start: %s" % exc
-        return "reboot(LINUX_REBOOT_CMD_KEXEC) returned: the kexec did not start"
-    set_phase("kexec", kexec_ts=time.time())
-    os.sync()
-    rc = run(["systemctl", "kexec"])
-    return None if rc == 0 else "systemctl kexec failed (rc %d)" % rc
-
-
-def guestmemfs_file_refusal(vm):
-    """Why ``vm`` must not start on its guestmemfs file, or None. QEMU would create a missing file
-    itself, and on the RFC that file keeps size 0 and no blocks: the VM then runs on blocks no file
-    owns (measured after a cold boot, where the region starts empty). Only vm_memory's create +
-    truncate, or the handover, gives a file its blocks."""
-    try:
-        have = os.stat(vm.mem_path).st_size
-    except OSError:
-        have = None
-    if have == vm.memory_bytes:
-        return None
-    size = "is missing" if have is None else "has %d bytes" % have
-    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes (after a cold boot the region "
-            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
-            "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))
+    backend, vms_of = groups[0]
+    return backend.kexec(vms_of, j, run, ROOT)
 
 
 def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""
     vm = cpr.VM.load(name, conf_dir)
-    if name in guestmemfs_vms(conf_dir):
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
-        refusal = facts.guestmemfs_region_refusal()
-        if refusal:
-            sys.stderr.write("%s NOT started: %s. Its memory file %s and any saved state are kept.\n"
-                             % (name, refusal, vm.mem_path))
-            return 6
-        refusal = guestmemfs_file_refusal(vm)
-        if refusal:
-            sys.stderr.write(refusal + "\n")
-            return 7
+    refusal = backend_of(vm).start_refusal(vm, ROOT)
+    if refusal:
+        sys.stderr.write(refusal[1] + "\n")
+        return refusal[0]
     if not os.path.exists(vm.state_path):
         argv = vm.argv()
         record_argv(name, argv)
@@ -589,7 +372,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     try:
         r = cpr.restore(vm)
     except Exception as exc:
-        update_journal(_set_vm(name, state="restore_failed", error=str(exc)),
+        update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))
         finish_if_done()
         sys.stderr.write("%s: restore failed: %s; state %s and memory %s kept\n" % (name, exc, vm.state_path,
@@ -597,41 +380,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
         return 1
     blackout = round(r["resume_ts"] - rec["stop_ts"], 3) if rec.get("stop_ts") else None
     os.rename(vm.state_path, vm.state_path + ".restored")
-    update_journal(_set_vm(name, state="restored", blackout_s=blackout, to_boot_id=_boot_id(), **r),
+    update_journal(journal.set_vm(name, state="restored", blackout_s=blackout, to_boot_id=journal.boot_id(), **r),
                    msg="%s resumed, blackout %ss" % (name, blackout))
     finish_if_done()
     return 0
-
-
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        sys.stderr.write("usage: agent verify [NAME...] | vm-run NAME | vm-restore NAME | status | kexec | "
-                         "luo-hold | luo OP ...\n")
-        return 2
-    cmd, args = argv[0], argv[1:]
-    if cmd == "vm-run" and len(args) == 1:
-        return vm_run(args[0])
-    if cmd == "vm-restore" and len(args) == 1:
-        return vm_restore(args[0])
-    if cmd == "verify":
-        verdicts = verify_pending(args or None)
-        for name, v in sorted(verdicts.items()):
-            sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
-        return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) else 4
-    if cmd == "kexec" and not args:
-        import subprocess
-        err = kexec_now(subprocess.call)
-        if err:
-            sys.stderr.write(err + "\n")
-            return 5
-        return 0
-    if cmd in ("luo", "luo-hold"):
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder
-        return memfd_holder.main(["hold"] if cmd == "luo-hold" else args)
-    if cmd == "status":
-        import json
-        sys.stdout.write(json.dumps(load_journal(), indent=1, sort_keys=True) + "\n")
-        return 0
-    sys.stderr.write("unknown command: %s\n" % " ".join(argv))
-    return 2

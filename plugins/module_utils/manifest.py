@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import read_json, write_json
 
 CHUNK = 1024 * 1024
@@ -178,7 +179,7 @@ def record(files, mode="full", samples=64, seed=None, content=True):
     t0 = time.time()
     entries = dict((name, record_file(path, mode, samples, seed, content)) for name, path in files.items())
     return {"version": 1, "recorded_ts": t0, "record_s": round(time.time() - t0, 3),
-            "boot_id": _boot_id(), "files": entries}
+            "boot_id": hostinfo.boot_id(), "files": entries}
 
 
 def add_content(manifest, names=None):
@@ -196,14 +197,6 @@ def add_content(manifest, names=None):
 def verify(manifest, names=None):
     return dict((name, verify_file(entry)) for name, entry in manifest["files"].items()
                 if names is None or name in names)
-
-
-def _boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
-    except (IOError, OSError):
-        return None
 
 
 def save(manifest, path=MANIFEST_PATH):

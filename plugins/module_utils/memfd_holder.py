@@ -29,10 +29,11 @@ import stat
 import sys
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import LUO_LINK_DIR, RUN_DIR
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostupdate import (
-    SAVED_PHASES, VM_FINAL, _boot_id, load_journal, update_journal)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
+    SAVED_PHASES, VM_FINAL, load_journal, update_journal)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 LINK_DIR = LUO_LINK_DIR
 SOCKET = os.path.join(RUN_DIR, "luo.sock")
@@ -134,9 +135,9 @@ class Holder(object):
             else:
                 os.close(fd)
         j = load_journal().get("luo") or {}
-        if self.session is not None and not self.session.retrieved and j.get("boot_id") == _boot_id():
+        if self.session is not None and not self.session.retrieved and j.get("boot_id") == journal.boot_id():
             self.tokens = dict((k, int(v)) for k, v in (j.get("tokens") or {}).items())
-        if self.session is not None and self.session.retrieved and j.get("retrieved_boot_id") == _boot_id():
+        if self.session is not None and self.session.retrieved and j.get("retrieved_boot_id") == journal.boot_id():
             self.retrieve_errors = dict(j.get("retrieve_errors") or {})
             self.finished = bool(j.get("finished_ts"))
 
@@ -165,8 +166,8 @@ class Holder(object):
         token, each outcome journaled. A token that fails stays in the session (not finished)."""
         j = load_journal()
         rec = j.get("luo") or {}
-        if self.session is not None or not rec.get("tokens") or rec.get("boot_id") == _boot_id() \
-                or rec.get("retrieved_boot_id") == _boot_id():
+        if self.session is not None or not rec.get("tokens") or rec.get("boot_id") == journal.boot_id() \
+                or rec.get("retrieved_boot_id") == journal.boot_id():
             return None
         if j.get("phase") not in SAVED_PHASES:
             return None
@@ -187,7 +188,6 @@ class Holder(object):
                 self._keep("vm." + name, fd)
                 got[name] = token
         if errors:  # the manifest keeps each token too: say how to take a VM back by hand
-            from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import manifest
             files = (manifest.load() or {}).get("files") or {}
             for name in errors:
                 token = (files.get(name) or {}).get("luo_token")
@@ -199,7 +199,7 @@ class Holder(object):
 
         def fn(jj):
             r = jj.setdefault("luo", {})
-            r.update(retrieved_boot_id=_boot_id(), retrieved=sorted(got), retrieve_errors=errors,
+            r.update(retrieved_boot_id=journal.boot_id(), retrieved=sorted(got), retrieve_errors=errors,
                      retrieved_ts=time.time())
             for name, err in errors.items():
                 jj.setdefault("vms", {}).setdefault(name, {})["luo_error"] = err
@@ -211,11 +211,9 @@ class Holder(object):
         """At start: a fresh memfd for each configured luo VM that has none and no saved state
         waiting (a cold-booted host starts its VMs afresh). A VM whose state file waits keeps no
         memfd here: its memory did not come back, its verify says so and it is held."""
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr
-        from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostupdate import vm_names
         conf_dir = conf_dir or cpr.CONF_DIR
         made, skipped = [], []
-        for name in vm_names(conf_dir):
+        for name in cpr.vm_names(conf_dir):
             vm = cpr.VM.load(name, conf_dir)
             if name in self.vms or os.path.dirname(vm.mem_path) != LINK_DIR:
                 continue
@@ -315,7 +313,7 @@ class Holder(object):
         self._keep("session.out", session.fd)
 
         def fn(j):
-            j["luo"] = {"session": SESSION, "tokens": tokens, "boot_id": _boot_id(), "update_id": update_id,
+            j["luo"] = {"session": SESSION, "tokens": tokens, "boot_id": journal.boot_id(), "update_id": update_id,
                         "preserved_ts": time.time()}
         update_journal(fn, msg="luo: preserved %s" % ", ".join("%s=%d" % kv for kv in sorted(tokens.items())))
         return {"changed": True, "tokens": tokens}
@@ -407,7 +405,6 @@ class Holder(object):
 
 
 def _users_of(name):
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
     return ["%s[%d]" % (c, pid) for pid, c, _p in users(mem_path(name)) if pid != os.getpid()]
 
 
@@ -473,41 +470,17 @@ def request(op, path=None, timeout=120, **fields):
     return reply.get("result")
 
 
-def main(args):
-    """``agent luo-hold`` (the service) or ``agent luo OP [NAME [SIZE]]`` (a client)."""
-    if args and args[0] == "hold":
-        holder = Holder()
-        holder.adopt(inherited_fds())
-        try:
-            holder.open_device()
-        except luo.LuoError as exc:
-            sys.stderr.write("guestmemfs-luo: %s\n" % exc)
-            return 1
-        holder.retrieve_after_kexec()
-        holder.ensure_configured()
-        holder.publish()
-        serve(holder)
-        return 0
-    if not args:
-        sys.stderr.write("usage: agent luo status | ensure NAME SIZE | drop NAME | preserve [NAME...] | "
-                         "unpreserve | retrieve NAME TOKEN | finish [--force]\n")
-        return 2
-    op, rest = args[0], args[1:]
-    fields = {}
-    if op == "ensure" and len(rest) == 2:
-        fields = {"name": rest[0], "size": int(rest[1])}
-    elif op == "drop" and len(rest) == 1:
-        fields = {"name": rest[0]}
-    elif op == "preserve":
-        fields = {"names": rest}
-    elif op == "finish":
-        fields = {"force": "--force" in rest}
-    elif op == "retrieve" and len(rest) == 2:
-        fields = {"name": rest[0], "token": int(rest[1])}
+def hold():
+    """``agent luo-hold``: the holder service (guestmemfs-luo.service)."""
+    holder = Holder()
+    holder.adopt(inherited_fds())
     try:
-        result = request(op, **fields)
-    except HolderError as exc:
-        sys.stderr.write("%s\n" % exc)
-        return 5
-    sys.stdout.write(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        holder.open_device()
+    except luo.LuoError as exc:
+        sys.stderr.write("guestmemfs-luo: %s\n" % exc)
+        return 1
+    holder.retrieve_after_kexec()
+    holder.ensure_configured()
+    holder.publish()
+    serve(holder)
     return 0

@@ -22,6 +22,7 @@ __metaclass__ = type
 import os
 import posixpath
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import preserves_through_luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
 # What the save sets before it migrates (cpr.CAPABILITIES / cpr._prepare_migration). QEMU keeps one
@@ -156,7 +157,7 @@ def _memory_problems(vm, backends, machine_backend, conf, backend):
             continue
         hugetlb = _on(b.get("hugetlb")) or _is_hugetlb_path(path)
         if hugetlb:
-            if backend == "luo":
+            if preserves_through_luo(backend):
                 out.append(problem(vm, "backend", "%s is hugetlb memory: LUO refuses hugetlb memfds (it "
                                                   "preserves shmem memfds only)" % where))
             else:
@@ -587,7 +588,7 @@ def host_problems(facts):
     ``facts``: {"backend", "meminfo": {key: bytes}, "liveupdate": {"exists": bool, "holders":
     [{"pid", "comm", "cmdline"}]}} (``host_facts``)."""
     out = []
-    if facts.get("backend") == "luo":
+    if preserves_through_luo(facts.get("backend")):
         lu = facts.get("liveupdate") or {}
         if not lu.get("exists"):
             out.append({"vm": None, "check": "liveupdate", "blocks": True,
@@ -613,7 +614,7 @@ def host_facts(backend, proc="/proc", device="/dev/liveupdate", users=None):
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import procs
     users = users or procs.users
     facts = {"backend": backend, "meminfo": parse_meminfo(_read_text(os.path.join(proc, "meminfo")))}
-    if backend == "luo":
+    if preserves_through_luo(backend):
         holders = []
         exists = os.path.exists(device)
         if exists:

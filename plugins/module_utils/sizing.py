@@ -36,10 +36,8 @@ import csv
 import io
 import json
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import DEFAULT_BACKEND, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import (
-    DEFAULT_KERNEL_RESERVED, parse_kho_scratch)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, MiB, align_down, align_up, format_size, human, parse_size)
 
@@ -86,34 +84,11 @@ def _vms_bytes(vms, backend):
     return total
 
 
-def _scratch(host, policy, backend):
-    """The KHO scratch a cold boot of the host reserves, and where the number comes from: the
-    policy's explicit sizes; what the running kernel shows, when it booted with the same
-    kho_scratch= as the policy asks; else the kernel's rule over an estimate of its reservations."""
-    wanted = policy.get("kho_scratch") or None
-    measured = host.get("kho_scratch_bytes")
-    try:
-        kind = _spec_kind(wanted)
-        if kind != "sizes" and measured and (host.get("kho_scratch") or None) == wanted:
-            return int(measured), "running kernel"
-        kernel_reserved = parse_size(policy.get("kernel_reserved", DEFAULT_KERNEL_RESERVED), "kernel_reserved")
-        areas = backend.scratch(host.get("memory_bytes"), host.get("firmware_ram_ranges") or None,
-                                host.get("numa_nodes") or 1, wanted, kernel_reserved)
-    except (ValueError, BackendError) as exc:
-        raise PlanError(str(exc))
-    return areas["total"], {"sizes": "kho_scratch", "scale": "estimate"}[kind]
-
-
-def _spec_kind(kho_scratch):
-    """'scale' or 'sizes' for a kho_scratch value (None: the default scale); ValueError if bad."""
-    return parse_kho_scratch(kho_scratch)[0] if kho_scratch else "scale"
-
-
 def plan_host(host):
     """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why."""
     name = host.get("name")
     policy = host.get("policy") or {}
-    row = {"host": name, "ok": False, "backend": policy.get("backend", "pmem"), "mode": policy.get("mode"),
+    row = {"host": name, "ok": False, "backend": policy.get("backend", DEFAULT_BACKEND), "mode": policy.get("mode"),
            "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
            "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
            "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
@@ -128,7 +103,7 @@ def plan_host(host):
         except ValueError as exc:
             raise PlanError(str(exc))
         if backend.carves_out:
-            stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.name == "guestmemfs")]
+            stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.takes_kho_scratch)]
             if stray:
                 raise PlanError("%s only applies to the luo backend, not %s" % (", ".join(stray), backend.name))
         memory = host.get("memory_bytes")
@@ -164,15 +139,10 @@ def plan_host(host):
             raise PlanError("the %s rounds to 0 at %s alignment"
                             % ("carve-out" if backend.carves_out else "VM memory", align_name))
         overhead = backend.overhead_bytes(size)
-        scratch = 0
-        if not backend.carves_out:
-            scratch, row["scratch_source"] = _scratch(host, policy, backend)
-        elif backend.name == "guestmemfs":
-            try:
-                scratch = backend.scratch_bytes(policy.get("kho_scratch"))
-            except BackendError as exc:
-                raise PlanError(str(exc))
-            row["scratch_source"] = "kho_scratch" if policy.get("kho_scratch") else "default"
+        try:  # the KHO scratch area beside it, by the backend's own rule
+            scratch, row["scratch_source"] = backend.plan_scratch(host, policy)
+        except (ValueError, BackendError) as exc:
+            raise PlanError(str(exc))
         left = memory - size - overhead - scratch
         row.update(size_bytes=size, size=format_size(size), reserve_bytes=reserve,
                    overhead_bytes=overhead, scratch_bytes=scratch if row["scratch_source"] else None, left_bytes=left)

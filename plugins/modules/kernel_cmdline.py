@@ -361,7 +361,7 @@ def add_to_var(text, var, args):
         if v == var:
             lines = text.splitlines(True)
             head, _sep, _rest = lines[i].partition("=")
-            _q, words, trailing = cl._split_value(lines[i][len(head) + 1:], "/etc/default/grub")
+            _q, words, trailing = cl.split_value(lines[i][len(head) + 1:], "/etc/default/grub")
             lines[i] = '%s="%s"%s\n' % (head, " ".join(words + args), trailing.rstrip("\n"))
             return "".join(lines)
     return text + ('' if text.endswith("\n") or not text else "\n") + '%s="%s"\n' % (var, " ".join(args))
@@ -423,7 +423,7 @@ def backend_args(module):
                 module.fail_json(msg="%s needs backend" % opt)
         return []
     backend = get_backend(p["backend"])
-    if p["kho_scratch"] not in (None, "") and backend.name not in ("luo", "guestmemfs"):
+    if p["kho_scratch"] not in (None, "") and not backend.takes_kho_scratch:
         module.fail_json(msg="kho_scratch is for the luo and guestmemfs backends, not %s" % backend.name)
     size = p["backend_size"]
     if size in (None, ""):

@@ -110,7 +110,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 
 def next_cmdline(backend, running_args, append):
@@ -143,35 +143,6 @@ def target_config(kernel):
     return release, None, places
 
 
-def luo_problems(backend, running_kho, release, config, places, next_args, load_cmd):
-    """Why a kexec would lose memfds the luo backend preserves: [] when none. Pure."""
-    problems = []
-    if not running_kho.get("liveupdate_device"):
-        problems.append("the running kernel has no /dev/liveupdate (it needs KEXEC_HANDOVER, LIVEUPDATE and "
-                        "LIVEUPDATE_MEMFD built in and kho=on liveupdate=on on its cmdline): it cannot preserve "
-                        "the VMs' memfds")
-    if not release:
-        problems.append("cannot read the target kernel's release from its image, so not its config either")
-    elif config is None:
-        problems.append("no config for the target kernel %s (looked for %s): cannot check it has KHO and LUO"
-                        % (release, " and ".join(dict.fromkeys(places))))
-    else:
-        lacking = [alts[0] for alts in backend.required_kernel_options if not any(config.get(a) == "y" for a in alts)]
-        if lacking:
-            problems.append("the target kernel %s lacks %s (built in): it cannot take the preserved memfds over"
-                            % (release, ", ".join(lacking)))
-    kho_default = bool(config) and config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
-    off = [a for a, on in (("kho=on", luo.flag(next_args, "kho", kho_default)),
-                           ("liveupdate=on", luo.flag(next_args, "liveupdate"))) if not on]
-    if off:
-        problems.append("the next cmdline would boot the target without %s: the preserved memory would be "
-                        "stranded" % " and ".join(off))
-    if "-s" not in load_cmd[1:] or "-c" in load_cmd[1:] or "--kexec-syscall" in load_cmd[1:]:
-        problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
-                        % " ".join(load_cmd[:3]))
-    return problems
-
-
 def preflight(module, backend, f):
     p = module.params
     problems = []
@@ -192,15 +163,9 @@ def preflight(module, backend, f):
             problems.append("the %s backend is not mounted at %s" % (backend.name, p["path"]))
         elif m["fstype"] != backend.fstype:
             problems.append("%s is %s, not the %s backend" % (p["path"], m["fstype"], backend.name))
-        elif backend.name == "pmem" and not m.get("dax"):
-            problems.append("%s is mounted without DAX" % p["path"])
-    if backend.name == "guestmemfs" and f["kho"]["interface"] != "rfc":
-        problems.append("no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen")
-    elif backend.name == "guestmemfs" and not f["kho"]["active"]:
-        # kexec_file_load copies the handover into the image it loads: one loaded before the
-        # activation carries none, and its kexec loses every guestmemfs file.
-        problems.append("KHO is not active: activate the handover first (kho_handover), then load; a kernel "
-                        "loaded before the activation carries no guestmemfs files")
+        else:
+            problems += backend.mount_problems(m, p["path"])
+    problems += backend.load_problems(f)
     return problems
 
 
@@ -237,18 +202,11 @@ def main():
     problems = preflight(module, backend, f)
     args = next_cmdline(backend, f["cmdline"]["args"], p["append"])
     cmd = load_command(kexec or "kexec", p["kernel"], p["initrd"], " ".join(args))
-    if backend.name == "luo":
+    if backend.checks_target_kernel:
         release, config, places = target_config(p["kernel"]) if p["kernel"] and os.path.isfile(p["kernel"]) \
             else (None, None, [])
-        problems += luo_problems(backend, f["kho"], release, config, places, args, cmd)
-    if backend.name == "pmem":
-        running = [a for a in f["cmdline"]["args"] if a.startswith("memmap=") and "!" in a]
-        if not running:
-            problems.append("the running cmdline has no memmap=SIZE!OFFSET: this boot has no pmem carve-out")
-        elif [a for a in args if a.startswith("memmap=") and "!" in a] != running:
-            problems.append("the next cmdline's memmap= (%s) differs from the running one (%s): the next kernel "
-                            "would overwrite the VMs' memory" % (
-                                " ".join(a for a in args if a.startswith("memmap=")), " ".join(running)))
+        problems += backend.target_problems(f["kho"], release, config, places, args, cmd)
+    problems += backend.next_cmdline_problems(f["cmdline"]["args"], args)
     cmdline = " ".join(args)
     result["cmdline"] = cmdline
     if problems:

@@ -92,7 +92,8 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS
 
 
 def main():
@@ -111,15 +112,17 @@ def main():
     if not os.path.exists(active_path):
         module.fail_json(msg="no KHO v2 interface (%s is missing): this kernel is not the guestmemfs RFC's "
                              "(mainline KHO has no active switch)" % active_path)
-    scratch = (facts._read(root, "/sys/kernel/kho/scratch_len", "") or "").strip()
-    active = facts._read(root, "/sys/kernel/kho/active", "").strip() == "1"
-    loaded = (facts._read(root, "/sys/kernel/kexec_loaded", "0") or "0").strip() == "1"
+    scratch = (hostinfo.read_file(root, "/sys/kernel/kho/scratch_len", "") or "").strip()
+    active = bool(hostinfo.kho_active(root))
+    loaded = bool(hostinfo.kexec_loaded(root))
     want = p["state"] == "active"
     result = dict(changed=False, active=active, scratch_len=scratch)
 
     if want:
-        mount = facts.find_mount(facts.parse_mounts(facts._read(root, "/proc/self/mounts", "")), p["mount_point"])
-        if not mount or mount.get("fstype") != "guestmemfs":
+        mount = hostinfo.find_mount(hostinfo.mounts(root), p["mount_point"])
+        # The filesystems whose files this handover carries: those of the backends that prepare it.
+        handed_over = set(cls.fstype for cls in BACKENDS.values() if cls.prepares_handover)
+        if not mount or mount.get("fstype") not in handed_over:
             module.fail_json(msg="guestmemfs is not mounted at %s: an activation now would hand over no files; "
                                  "mount it first" % p["mount_point"], **result)
         if not active and loaded:
@@ -137,7 +140,7 @@ def main():
                 with open(active_path, "w") as fh:
                     fh.write("1" if want else "0")
             except (IOError, OSError) as exc:
-                now = facts._read(root, "/sys/kernel/kho/active", "").strip() == "1"
+                now = bool(hostinfo.kho_active(root))
                 result.update(changed=now != active, active=now)
                 module.fail_json(msg="writing %s to %s failed: %s%s" % (
                     "1" if want else "0", active_path, exc,

@@ -113,16 +113,11 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount, guestmemfs_region_refusal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS, get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
 FSTAB_COMMENT = "guestmemfs.liveupdate: VM memory backend"
-PMEM_MODULES = "# guestmemfs.liveupdate: legacy pmem early, so /dev/pmem* exists before its mount\nnd_e820\nnd_pmem\n"
-# The restore after a kexec waits for this mount. Seen on a loaded host: /dev/pmem0's by-uuid link
-# came 68 s into the boot, after a 60 s device timeout had failed the mount and with it every VM
-# unit. Wait long; nofail keeps the boot itself from waiting.
-PMEM_OPTIONS = "dax,noatime,nofail,x-systemd.device-timeout=15min"
 
 
 def write_file(module, path, text):
@@ -145,19 +140,18 @@ def run(module, cmd, what):
     return out
 
 
-def pmem_device(module, root):
+def block_device(module, root, backend):
+    """The block device the backend's filesystem lives on (the one given, or the only one)."""
     if module.params["device"]:
         dev = module.params["device"]
         if not os.path.exists(os.path.join(root, dev.lstrip("/"))):
-            module.fail_json(msg="pmem device %s does not exist" % dev)
+            module.fail_json(msg="%s device %s does not exist" % (backend.name, dev))
         return dev
-    devs = sorted("/dev/" + os.path.basename(p) for p in glob.glob(os.path.join(root, "sys/block/pmem*")))
+    devs = sorted("/dev/" + os.path.basename(p) for p in glob.glob(os.path.join(root, backend.block_devices)))
     if not devs:
-        module.fail_json(msg="no /dev/pmem* device: the running kernel has no memmap=SIZE!OFFSET carve-out. "
-                             "Set it with kernel_cmdline and cold-reboot (the memory_backend role does both "
-                             "with memory_backend_reboot_ok=true)")
+        module.fail_json(msg=backend.no_device_why)
     if len(devs) > 1:
-        module.fail_json(msg="several pmem devices (%s): say which with device" % ", ".join(devs))
+        module.fail_json(msg="several %s devices (%s): say which with device" % (backend.name, ", ".join(devs)))
     return devs[0]
 
 
@@ -201,17 +195,15 @@ def main():
     current = backend_mount(root, path)
     want_fstab = p["state"] in ("mounted", "present")
     want_mounted = p["state"] == "mounted"
-    if want_mounted and not current["mounted"] and backend.name == "guestmemfs":
-        refusal = guestmemfs_region_refusal(root)
+    if want_mounted and not current["mounted"]:
+        refusal = backend.mount_refusal(root)
         if refusal:
             module.fail_json(msg="not mounting %s: %s. Nothing was changed" % (path, refusal), **result)
 
-    if current["mounted"] and not want_mounted and current["fstype"] == "guestmemfs":
-        # d_genocide in kill_litter_super takes a reference the RFC's lookup never gave: the umount
-        # spins in the kernel forever, holding the super block, and every later sync hangs on it.
-        module.fail_json(msg="not unmounting %s: the guestmemfs RFC's umount never returns once a file on it was "
-                             "opened by path (then every sync on the host hangs too). Leave it mounted; it goes "
-                             "away with the next kexec or reboot. Nothing was changed" % path, **result)
+    if current["mounted"] and not want_mounted:
+        # Whichever backend's filesystem is mounted there decides whether it can go.
+        for refusal in filter(None, (b().unmount_refusal(current) for b in BACKENDS.values())):
+            module.fail_json(msg="not unmounting %s: %s. Nothing was changed" % (path, refusal), **result)
     if current["mounted"] and not want_mounted:
         busy = users(os.path.join(root, path.lstrip("/")), os.path.join(root, "proc"))
         if busy:
@@ -220,34 +212,34 @@ def main():
 
     fstab_after = fstab_before
     if want_fstab:
-        if backend.name == "pmem":
-            device = pmem_device(module, root)
+        if backend.block_devices:
+            device = block_device(module, root, backend)
             result["device"] = device
             uuid, fstype = fs_uuid_type(module, device)
-            if fstype and fstype != "ext4":
-                module.fail_json(msg="%s holds a %s signature, not ext4: not formatting it. If it is yours to "
-                                     "lose, clear it (wipefs -a %s) and run again" % (device, fstype, device))
+            if fstype and fstype != backend.fstype:
+                module.fail_json(msg="%s holds a %s signature, not %s: not formatting it. If it is yours to lose, "
+                                     "clear it (wipefs -a %s) and run again" % (device, fstype, backend.fstype, device))
             if not fstype:
                 result["mkfs"] = True
                 if not module.check_mode:
-                    run(module, [module.get_bin_path("mkfs.ext4", required=True), "-q", "-F", "-L", "vmmem",
-                                 "-m", "0", device], "mkfs.ext4 %s" % device)
+                    run(module, [module.get_bin_path(backend.mkfs[0], required=True)] + list(backend.mkfs[1:])
+                        + [device], "%s %s" % (backend.mkfs[0], device))
                     uuid, fstype = fs_uuid_type(module, device)
             source = "UUID=%s" % uuid if uuid else device
-            options = PMEM_OPTIONS
-            modules_conf = os.path.join(root, "etc/modules-load.d/guestmemfs-liveupdate-pmem.conf")
+        else:
+            source, _fstype, _options = backend.mount_spec(path)
+        options = backend.fstab_options
+        if backend.modules_load:
+            modules_conf = os.path.join(root, "etc/modules-load.d", backend.modules_load[0])
             try:
                 with open(modules_conf) as fh:
                     have = fh.read()
             except (IOError, OSError):
                 have = None
-            if have != PMEM_MODULES:
+            if have != backend.modules_load[1]:
                 result["changed"] = True
                 if not module.check_mode:
-                    write_file(module, modules_conf, PMEM_MODULES)
-        else:
-            source, _fstype, options = backend.mount_spec(path)
-            options = "nofail"
+                    write_file(module, modules_conf, backend.modules_load[1])
         result["source"] = source
         if current["mounted"] and (current["fstype"] != backend.fstype):
             module.fail_json(msg="%s is already mounted with %s from %s: unmount it first"
@@ -271,11 +263,9 @@ def main():
         if not module.check_mode:
             if not os.path.isdir(os.path.join(root, path.lstrip("/"))):
                 os.makedirs(os.path.join(root, path.lstrip("/")), 0o700)
-            if backend.name == "pmem":
-                cmd = [module.get_bin_path("mount", required=True), "-t", "ext4", "-o", "dax,noatime",
-                       result["source"], path]
-            else:
-                cmd = [module.get_bin_path("mount", required=True), "-t", "guestmemfs", "guestmemfs", path]
+            source, fstype, options = backend.mount_spec(path, result["source"])
+            cmd = [module.get_bin_path("mount", required=True), "-t", fstype] + (
+                ["-o", options] if options != "defaults" else []) + [source, path]
             run(module, cmd, "mounting %s" % path)
     elif not want_mounted and current["mounted"]:
         result["changed"] = True
@@ -287,10 +277,9 @@ def main():
     if final["mounted"]:
         result["size_bytes"] = final.get("size_bytes")
         result["free_bytes"] = final.get("free_bytes")
-        if backend.name == "pmem" and not final.get("dax"):
-            module.fail_json(msg="%s is mounted without DAX (options %s): VM memory would sit in the page "
-                                 "cache and not survive kexec" % (path, ",".join(final.get("options", []))),
-                             **result)
+        problems = backend.mount_problems(final, path)
+        if problems:
+            module.fail_json(msg="; ".join(problems), **result)
     module.exit_json(**result)
 
 

@@ -120,7 +120,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import read_json
 
 # What the kernel_install role records about the kernel it staged.
@@ -150,12 +150,11 @@ def main():
     if not initrd and os.path.basename(kernel).startswith("vmlinuz-"):
         candidate = os.path.join(os.path.dirname(kernel), "initrd.img-" + os.path.basename(kernel)[8:])
         initrd = candidate if os.path.exists(candidate) else None
-    j = hostupdate.load_journal()
-    with open("/proc/sys/kernel/random/boot_id") as fh:
-        boot_id = fh.read().strip()
+    j = journal.load_journal()
+    boot_id = hostinfo.boot_id()
     running, running_build = os.uname()[2], os.uname()[3]
-    step, reason = hostupdate.next_step(j, boot_id, running, target, running_build=running_build,
-                                        target_build=target_build)
+    step, reason = journal.next_step(j, boot_id, running, target, running_build=running_build,
+                                     target_build=target_build)
     module.exit_json(changed=False, step=step, reason=reason, phase=j.get("phase"), update_id=j.get("update_id"),
                      vms=j.get("vms", {}), boot_id=boot_id, running_release=running, kernel=kernel,
                      initrd=initrd, target_release=target, running_build=running_build, target_build=target_build)

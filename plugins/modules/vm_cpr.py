@@ -107,7 +107,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate
 
 FINAL = hostupdate.VM_FINAL
 
@@ -151,7 +151,7 @@ def main():
                          manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
     j = hostupdate.load_journal()
     if action == "restore" and not module.check_mode and j.get("phase") == "saving" \
-            and not hostupdate._pid_alive(j.get("saver_pid")):
+            and not hostinfo.pid_alive(j.get("saver_pid")):
         hostupdate.recover_interrupted_save()
         j = hostupdate.load_journal()
     if action == "restore":

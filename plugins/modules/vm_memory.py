@@ -91,9 +91,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import memfd_holder, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount, guestmemfs_region_refusal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import MiB, human, parse_size
 
@@ -154,14 +155,6 @@ def _planned(module, plan, free):
     return result
 
 
-def _kho_active(root="/"):
-    try:
-        with open(os.path.join(root, "sys/kernel/kho/active")) as fh:
-            return fh.read().strip() == "1"
-    except (IOError, OSError):
-        return False
-
-
 def _mem_available():
     with open("/proc/meminfo") as fh:
         for line in fh:
@@ -170,21 +163,19 @@ def _mem_available():
     return None
 
 
-def memfds(module, backend):
-    """The luo backend: one memfd per VM, held by the host's memfd holder."""
+def service_memory(module, backend):
+    """A backend without a filesystem (luo): each VM's memory is made by the backend's service."""
     wanted = _wanted(module, backend)
     try:
-        have = memfd_holder.request("status")["vms"]
-    except (memfd_holder.HolderError, OSError, ValueError) as exc:
-        module.fail_json(msg="cannot reach the memfd holder: %s. Nothing was changed" % exc)
+        have = backend.service_memory()
+    except BackendError as exc:
+        module.fail_json(msg="%s. Nothing was changed" % exc)
     plan = []
     for name, want in wanted:
-        size = (have.get(name) or {}).get("size")
+        size = have.get(name)
         if size is not None and size != want:
-            module.fail_json(msg="VM %s: its memfd is %s, not %s; a VM's memory is not resized in place: stop "
-                                 "the VM, then `agent luo drop %s`. Nothing was changed" % (
-                                     name, human(size), human(want), name))
-        plan.append(dict(name=name, path=memfd_holder.mem_path(name), size_bytes=want, before_bytes=size or 0,
+            module.fail_json(msg="%s. Nothing was changed" % backend.resize_refusal(name, size, want))
+        plan.append(dict(name=name, path=backend.vm_mem_path(name), size_bytes=want, before_bytes=size or 0,
                          action="none" if size is not None else "create"))
     need = sum(f["size_bytes"] for f in plan if f["action"] == "create")
     free = _mem_available()
@@ -195,8 +186,8 @@ def memfds(module, backend):
     for f in plan:
         if f["action"] == "create":
             try:
-                memfd_holder.request("ensure", name=f["name"], size=f["size_bytes"])
-            except (memfd_holder.HolderError, OSError, ValueError) as exc:
+                backend.make_service_memory(f["name"], f["size_bytes"])
+            except BackendError as exc:
                 module.fail_json(msg="VM %s: %s" % (f["name"], exc), **result)
     module.exit_json(**result)
 
@@ -209,13 +200,14 @@ def main():
             vms=dict(type="list", elements="dict", required=True),
             require_mounted=dict(type="bool", default=True),
         ),
-        required_if=[("backend", "pmem", ["path"]), ("backend", "guestmemfs", ["path"])],
         supports_check_mode=True,
     )
     p = module.params
     backend = get_backend(p["backend"])
     if not backend.has_filesystem:
-        memfds(module, backend)
+        service_memory(module, backend)
+    if not p["path"]:  # a backend with a filesystem needs its mount (Ansible's required_if wording)
+        module.fail_json(msg="backend is %s but all of the following are missing: path" % backend.name)
     path = os.path.normpath(p["path"])
     mount = backend_mount("/", path)
     if p["require_mounted"] and not mount["mounted"]:
@@ -248,16 +240,9 @@ def main():
         module.fail_json(msg="the VM memory files need %s more, but %s has %s free: shrink the VMs or grow the "
                              "carve-out" % (human(need), path, human(free)), files=plan)
     changes = [f["name"] for f in plan if f["action"] != "none"]
-    if backend.name == "guestmemfs" and changes and _kho_active():
-        # The RFC returns success for a create or truncate after the activation and corrupts the
-        # directory the next kernel inherits.
-        module.fail_json(msg="the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be "
-                             "created or resized until it ends (the kexec, or kho_handover state=inactive after "
-                             "unloading the kernel). Not changed: %s" % ", ".join(changes), files=plan)
-    if backend.name == "guestmemfs" and changes and mount["mounted"]:
-        refusal = guestmemfs_region_refusal()
-        if refusal:
-            module.fail_json(msg="%s. Not changed: %s" % (refusal, ", ".join(changes)), files=plan)
+    refusal = backend.file_change_refusal(mount["mounted"]) if changes else None
+    if refusal:
+        module.fail_json(msg="%s. Not changed: %s" % (refusal, ", ".join(changes)), files=plan)
     result = _planned(module, plan, free)
     for f in plan:
         if f["action"] == "none":
@@ -268,7 +253,7 @@ def main():
                 os.ftruncate(fd, f["size_bytes"])
             finally:
                 os.close(fd)
-            if backend.name == "pmem":
+            if backend.prewrite_files:
                 prewrite(f["path"], f["before_bytes"], f["size_bytes"])
         except OSError as exc:
             module.fail_json(msg="VM %s: %s: %s" % (f["name"], f["path"], exc), **result)

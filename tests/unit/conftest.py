@@ -8,6 +8,8 @@ import struct
 import sys
 import tempfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -40,3 +42,21 @@ def run_main(capsys, module, args):
         with pytest.raises(SystemExit) as exc:
             module.main()
     return exc.value.code, json.loads(capsys.readouterr().out)
+
+
+class RealHostTouched(AssertionError):
+    """A unit test reached the real kexec, reboot(2) or the running host's kexec state."""
+
+
+def _no_real_kexec(*args, **kwargs):
+    raise RealHostTouched("a unit test reached reboot(2) or kexec_file_load(2) of the machine running it")
+
+
+@pytest.fixture(autouse=True)
+def no_real_host_kexec(monkeypatch, tmp_path_factory):
+    """Every unit test: the reboot/kexec syscall entry points raise, and the host agent reads the
+    kernel's kexec state (kexec_loaded, mounts, KHO) under an empty tree unless the test gives one."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, luo
+    monkeypatch.setattr(luo, "reboot", _no_real_kexec)
+    monkeypatch.setattr(luo, "kexec_file_load", _no_real_kexec)
+    monkeypatch.setattr(hostupdate, "ROOT", str(tmp_path_factory.mktemp("empty-host-root")))

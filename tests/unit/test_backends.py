@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, hostupdate, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, journal, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import gather
@@ -213,7 +213,7 @@ def test_luo_memfds_need_the_holder(tmp_path, capsys, monkeypatch):
 
 
 def test_luo_memfds_through_a_real_holder(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
     sock = str(tmp_path / "luo.sock")
     monkeypatch.setattr(memfd_holder, "SOCKET", sock)
     holder = memfd_holder.Holder(dev_path=str(tmp_path / "none"), link_dir=str(tmp_path / "luo"), store=False)

@@ -250,13 +250,14 @@ def test_recorded_host_after_its_live_update():
 
 def test_vm_runs_only_on_a_file_of_its_size(tmp_path):
     # After a cold boot the region starts empty; QEMU would create the file itself with no blocks.
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import guestmemfs as guestmemfs_backend
     path = tmp_path / "vm1.ram"
     vm = cpr.VM({"name": "vm1", "memory_bytes": 4 << 20, "mem_path": str(path)})
-    assert "is missing" in hostupdate.guestmemfs_file_refusal(vm)
+    assert "is missing" in guestmemfs_backend.file_refusal(vm)
     assert not path.exists()
     path.write_bytes(b"")
-    msg = hostupdate.guestmemfs_file_refusal(vm)
+    msg = guestmemfs_backend.file_refusal(vm)
     assert "has 0 bytes, not the VM's 4194304 bytes" in msg and "run the prepare playbook" in msg
     os.truncate(path, 4 << 20)
-    assert hostupdate.guestmemfs_file_refusal(vm) is None
+    assert guestmemfs_backend.file_refusal(vm) is None

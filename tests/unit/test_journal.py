@@ -7,7 +7,9 @@ import struct
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, facts, hostupdate, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import next_step
 from conftest import bzimage
 
 BOOT_A, BOOT_B = "boot-a", "boot-b"
@@ -20,7 +22,7 @@ def j(phase, vms=None, boot=BOOT_A, **kw):
 
 
 def step(journal, boot=BOOT_A, running="7.3.4", target="7.3.5", alive=lambda pid: False):
-    return hostupdate.next_step(journal, boot, running, target, pid_alive=alive)[0]
+    return next_step(journal, boot, running, target, pid_alive=alive)[0]
 
 
 def test_fresh_host_starts():
@@ -34,11 +36,11 @@ def test_host_on_target_with_nothing_in_flight_is_done():
 
 def test_rebuild_of_the_running_release_is_a_new_kernel():
     # A fix built with the same localversion, or a distribution update that kept its ABI name.
-    done = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
-                                target_build="#1 SMP Mon")
+    done = next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                     target_build="#1 SMP Mon")
     assert done[0] == "done"
-    again = hostupdate.next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
-                                 target_build="#2 SMP Tue")
+    again = next_step({}, BOOT_A, "7.3.4-lu1", "7.3.4-lu1", running_build="#1 SMP Mon",
+                      target_build="#2 SMP Tue")
     assert again[0] == "start" and "same release" in again[1]
 
 
@@ -72,7 +74,7 @@ def test_reboot_during_save_waits_for_the_boot_time_restore():
 def test_held_vm_blocks_everything_even_on_target():
     journal = j("held", {"vm1": {"state": "restored"}, "vm2": {"state": "held"}}, boot=BOOT_A)
     assert step(journal, boot=BOOT_B, running="7.3.5", target="7.3.5") == "blocked"
-    reason = hostupdate.next_step(journal, BOOT_B, "7.3.5", "7.3.5")[1]
+    reason = next_step(journal, BOOT_B, "7.3.5", "7.3.5")[1]
     assert "vm2 (held)" in reason and "agent verify" in reason
 
 
@@ -83,9 +85,9 @@ def test_restore_failed_blocks():
 @pytest.fixture
 def host(tmp_path, monkeypatch):
     """A host's journal, VM configs and state files under tmp_path; boot id BOOT_A."""
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
     boot = {"id": BOOT_A}
-    monkeypatch.setattr(hostupdate, "_boot_id", lambda: boot["id"])
+    monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
     conf = tmp_path / "vms"
     conf.mkdir()
     for name in ("vm1", "vm2"):
@@ -144,12 +146,24 @@ def test_kexec_guard_refuses_memory_still_mapped(host):
 
 def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypatch):
     saved_journal(host, vm1="saved", vm2="saved")
-    mounts, active = host["dir"] / "mounts", host["dir"] / "kho_active"
+    root = host["dir"] / "root"
+    mounts, active = root / "proc/self/mounts", root / "sys/kernel/kho/active"
+    mounts.parent.mkdir(parents=True)
+    active.parent.mkdir(parents=True)
     mounts.write_text("/dev/vda1 / ext4 rw 0 0\nguestmemfs %s guestmemfs rw,relatime 0 0\n" % host["dir"])
     active.write_text("0\n")
-    monkeypatch.setattr(hostupdate, "MOUNTS", str(mounts))
-    monkeypatch.setattr(hostupdate, "KHO_ACTIVE", str(active))
-    assert hostupdate.guestmemfs_vms(host["conf"]) == ["vm1", "vm2"]
+    monkeypatch.setattr(hostupdate, "ROOT", str(root))
+    gm = get_backend("guestmemfs")
+    for name in ("vm1", "vm2"):  # their configurations name their backend (vm_definition)
+        path = os.path.join(host["conf"], name + ".json")
+        with open(path) as fh:
+            conf = json.load(fh)
+        with open(path, "w") as fh:
+            json.dump(dict(conf, backend="guestmemfs"), fh)
+
+    def on_guestmemfs():
+        return gm.on_mount([cpr.VM.load(n, host["conf"]) for n in ("vm1", "vm2")], str(root))
+    assert on_guestmemfs() == ["vm1", "vm2"]
     calls = []
     err = hostupdate.kexec_now(calls.append, conf_dir=host["conf"])
     assert "vm1, vm2 on guestmemfs but its KHO handover is not active" in err and calls == []
@@ -158,15 +172,15 @@ def test_kexec_guard_refuses_guestmemfs_vms_without_the_handover(host, monkeypat
     assert err is None or "guestmemfs" not in err
     # On another filesystem (a deeper mount over the same directory) the VMs are not guestmemfs's.
     mounts.write_text("guestmemfs %s guestmemfs rw 0 0\ntmpfs %s tmpfs rw 0 0\n" % (host["dir"].parent, host["dir"]))
-    assert hostupdate.guestmemfs_vms(host["conf"]) == []
+    assert on_guestmemfs() == []
 
 
 def test_finish_marks_rollback_and_restore(host):
     saved_journal(host, vm1="saved", vm2="saved")
-    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "saved"  # vm2 still pending
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "rolled_back"  # same boot it saved on
 
@@ -174,12 +188,12 @@ def test_finish_marks_rollback_and_restore(host):
 def test_finish_after_kexec_is_restored_or_held(host):
     saved_journal(host, vm1="saved", vm2="saved")
     host["boot"]["id"] = BOOT_B
-    hostupdate.update_journal(hostupdate._set_vm("vm1", state="restored"))
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="held"))
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="held"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "held"
     # The documented recovery resumes vm2: the update closes as restored.
-    hostupdate.update_journal(hostupdate._set_vm("vm2", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "restored"
 
@@ -222,3 +236,13 @@ def test_a_kernel_image_cut_short_is_refused(tmp_path):
     assert "is cut short: 34048 bytes, its header says 68096" in facts.image_problem(str(tmp_path / "vmlinuz-cut"))
     (tmp_path / "vmlinuz-none").write_bytes(b"\0" * 0x400)
     assert "not a bzImage" in facts.image_problem(str(tmp_path / "vmlinuz-none"))
+
+
+def test_no_unit_test_reaches_the_real_kexec():
+    from conftest import RealHostTouched
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import luo
+    with pytest.raises(RealHostTouched):
+        luo.reboot_kexec()
+    with pytest.raises(RealHostTouched):
+        luo.kexec_file_load("/boot/vmlinuz")
+    assert hostupdate.ROOT != "/" and not os.path.exists(os.path.join(hostupdate.ROOT, "sys/kernel/kexec_loaded"))

@@ -25,8 +25,8 @@ CMD = kexec.load_command("/sbin/kexec", "/boot/vmlinuz-7.3.4-lu2", "/boot/initrd
 def problems(**kw):
     given = dict(running=RUNNING, release="7.3.4-lu2", config=GOOD_CONFIG, args=ARGS, cmd=CMD)
     given.update(kw)
-    return kexec.luo_problems(LUO, given["running"], given["release"], given["config"], ["/boot/config-7.3.4-lu2"],
-                              given["args"], given["cmd"])
+    return LUO.target_problems(given["running"], given["release"], given["config"], ["/boot/config-7.3.4-lu2"],
+                               given["args"], given["cmd"])
 
 
 def test_a_luo_kexec_with_everything_in_place_passes():

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal as journal_mod
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.memfd_holder import Holder, HolderError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs memfd_create")
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs m
 
 @pytest.fixture
 def journal(tmp_path, monkeypatch):
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal_mod, "JOURNAL", str(tmp_path / "journal.json"))
     return tmp_path / "journal.json"
 
 

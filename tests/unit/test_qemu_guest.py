@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, journal, vmdef
 
 from counter_guest import counter_guest, read_counter
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError
@@ -80,7 +80,7 @@ def test_argv_has_shared_ram_and_incoming(vm):
 def test_shutdown_policy_leaves_a_guest_that_ignores_the_power_button_running(vm, tmp_path, monkeypatch):
     # The counting guest has no ACPI: the power button does nothing, and the update must say so and
     # leave the VM running rather than pause anything.
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
     conf_dir = tmp_path / "conf"
     conf_dir.mkdir()
     (conf_dir / "t.json").write_text(json.dumps(vm.conf))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import vm_definition
 
 from test_backends import run
@@ -161,9 +161,9 @@ def test_module_check_mode_changes_nothing(tmp_path, capsys):
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
-    monkeypatch.setattr(hostupdate, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
     monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
-    monkeypatch.setattr(hostupdate, "_boot_id", lambda: "boot-a")
+    monkeypatch.setattr(journal, "boot_id", lambda: "boot-a")
     execs = []
 
     def fake_exec(prog, argv):

@@ -11,7 +11,10 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.gue
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import LuoBackend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.pmem import PmemBackend
 
+# The registry: a new backend is one file in this directory plus its class here.
 BACKENDS = dict((cls.name, cls) for cls in (PmemBackend, GuestmemfsBackend, LuoBackend))
+# The backend of a host that names none (roles and playbooks get it through the backend_spec filter).
+DEFAULT_BACKEND = PmemBackend.name
 
 
 def get_backend(name):
@@ -20,3 +23,26 @@ def get_backend(name):
         return BACKENDS[name]()
     except KeyError:
         raise ValueError("unknown memory backend %r: use one of %s" % (name, ", ".join(sorted(BACKENDS))))
+
+
+def preserves_through_luo(name):
+    """Whether backend ``name`` (None or unknown: no) preserves VM memory through /dev/liveupdate,
+    held by the collection's memfd holder (what the preservability checks ask)."""
+    return bool(getattr(BACKENDS.get(name), "luo_preserved", False))
+
+
+def backend_of(vm):
+    """The backend holding ``vm``'s memory (a cpr.VM), from its recorded configuration."""
+    # A configuration written before vm_definition recorded the backend has none; the qemu_vm role
+    # rewrites every configuration together with this agent, so only such leftovers (and unit tests'
+    # minimal configurations) take the default.
+    return get_backend(vm.backend or DEFAULT_BACKEND)
+
+
+def by_backend(vms):
+    """[(backend, [vm, ...])] for ``vms``, in the order their kexecs take precedence."""
+    groups = {}
+    for vm in vms:
+        b = backend_of(vm)
+        groups.setdefault(b.name, (b, []))[1].append(vm)
+    return sorted(groups.values(), key=lambda g: (g[0].kexec_order, g[0].name))

@@ -15,6 +15,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
+import time
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, journal, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB, format_size, parse_size
 
@@ -33,6 +37,7 @@ class GuestmemfsBackend(Backend):
                     "another or oopses the kernel (give the VM at most 1 GiB)")
     fstype = "guestmemfs"
     cmdline_names = ("guestmemfs", "kho_scratch")
+    takes_kho_scratch = True
     # A Debian host's next kernel boots in the scratch area with its initramfs: 64 MiB is enough for a
     # tiny kernel and a small initramfs (measured), not for a distribution's.
     default_scratch = 256 * MiB
@@ -50,6 +55,9 @@ class GuestmemfsBackend(Backend):
                                "16M (the next kernel boots in it)" % kho_scratch)
         return size
 
+    def plan_scratch(self, host, policy):
+        return self.scratch_bytes(policy.get("kho_scratch")), "kho_scratch" if policy.get("kho_scratch") else "default"
+
     def cmdline_args(self, size, firmware_ram_ranges=None, kho_scratch=None):
         if size <= 0 or size % self.size_align:
             raise BackendError("a guestmemfs carve-out must be a positive multiple of 2 MiB, not %d" % size)
@@ -60,3 +68,104 @@ class GuestmemfsBackend(Backend):
 
     def mount_spec(self, mount_point, device=None):
         return "guestmemfs", self.fstype, "defaults"
+
+    # Stops the VMs before the shutdown drops guestmemfs' dentries (see that unit).
+    units = ("guestmemfs-umount-guard.service",)
+    vm_unit_wants = units
+    prepares_handover = True
+    handover_region_arg = "guestmemfs"
+    build_extra_options = ()  # the RFC kernel has none of the LUO extras
+
+    def mount_refusal(self, root="/"):
+        return facts.guestmemfs_region_refusal(root)
+
+    def unmount_refusal(self, mount):
+        if mount.get("fstype") != self.fstype:
+            return None
+        # d_genocide in kill_litter_super takes a reference the RFC's lookup never gave: the umount
+        # spins in the kernel forever, holding the super block, and every later sync hangs on it.
+        return ("the guestmemfs RFC's umount never returns once a file on it was opened by path (then every sync on "
+                "the host hangs too). Leave it mounted; it goes away with the next kexec or reboot")
+
+    def file_change_refusal(self, mounted, root="/"):
+        if hostinfo.kho_active(root):
+            # The RFC returns success for a create or truncate after the activation and corrupts the
+            # directory the next kernel inherits.
+            return ("the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be created or "
+                    "resized until it ends (the kexec, or kho_handover state=inactive after unloading the kernel)")
+        return facts.guestmemfs_region_refusal(root) if mounted else None
+
+    def load_problems(self, host_facts):
+        if host_facts["kho"]["interface"] != "rfc":
+            return ["no KHO interface (/sys/kernel/kho/active): the guestmemfs handover cannot happen"]
+        if not host_facts["kho"]["active"]:
+            # kexec_file_load copies the handover into the image it loads: one loaded before the
+            # activation carries none, and its kexec loses every guestmemfs file.
+            return ["KHO is not active: activate the handover first (kho_handover), then load; a kernel "
+                    "loaded before the activation carries no guestmemfs files"]
+        return []
+
+    # -- the host agent
+    # Before reboot(2): systemd's shutdown would hang on the RFC's umount.
+    kexec_order = 50
+
+    def on_mount(self, vms, root="/"):
+        """The names of ``vms`` whose memory file lies on a guestmemfs mount."""
+        mounts = hostinfo.mounts(root)
+        out = []
+        for vm in vms:
+            m = hostinfo.mount_containing(mounts, vm.mem_path or "/")
+            if m and m["fstype"] == self.fstype:
+                out.append(vm.name)
+        return out
+
+    def kexec_problems(self, vms, j, root="/"):
+        on_mount = self.on_mount(vms, root)
+        if on_mount and not hostinfo.kho_active(root):
+            # Without the handover the next kernel boots with guestmemfs empty: every file is lost.
+            return ["%s on guestmemfs but its KHO handover is not active (%s): activate it, load the kernel "
+                    "again, then kexec" % (", ".join(on_mount), hostinfo.KHO_ACTIVE)]
+        return []
+
+    def kexec(self, vms, j, run, root="/"):
+        if not self.on_mount(vms, root):
+            return Backend.kexec(self, vms, j, run, root)
+        # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
+        # once a file was opened by path (then sync hangs too, on the same super block), so the
+        # kexec never comes. The state files are fsynced and the disks synced here; the root filesystem
+        # replays its journal on the next boot.
+        journal.set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
+        try:
+            luo.reboot_kexec()  # returns only on failure
+        except luo.LuoError as exc:
+            return "the kexec did not start: %s" % exc
+        return "reboot(LINUX_REBOOT_CMD_KEXEC) returned: the kexec did not start"
+
+    def start_refusal(self, vm, root="/"):
+        if not self.on_mount([vm], root):
+            return None
+        refusal = facts.guestmemfs_region_refusal(root)
+        if refusal:
+            return 6, "%s NOT started: %s. Its memory file %s and any saved state are kept." % (
+                vm.name, refusal, vm.mem_path)
+        refusal = file_refusal(vm)
+        if refusal:
+            return 7, refusal
+        return None
+
+
+def file_refusal(vm):
+    """Why ``vm`` must not start on its guestmemfs file, or None. QEMU would create a missing file
+    itself, and on the RFC that file keeps size 0 and no blocks: the VM then runs on blocks no file
+    owns (measured after a cold boot, where the region starts empty). Only vm_memory's create +
+    truncate, or the handover, gives a file its blocks."""
+    try:
+        have = os.stat(vm.mem_path).st_size
+    except OSError:
+        have = None
+    if have == vm.memory_bytes:
+        return None
+    size = "is missing" if have is None else "has %d bytes" % have
+    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes (after a cold boot the region "
+            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
+            "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))

@@ -21,11 +21,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import re
+import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal, memfd_holder
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import flag
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
-    GiB, KiB, MiB, align_up, human)
+    GiB, KiB, MiB, align_up, human, parse_size)
 
 PAGE = 4 * KiB
 # SCRATCH_ALIGNMENT_BYTES = PAGE_SIZE * MAX_ORDER_NR_PAGES (MAX_PAGE_ORDER 10 on x86_64): every
@@ -53,34 +57,6 @@ FOLIO_POINTER = 8
 MAX_PAGES = 2 ** 32 - 1
 
 _MEMPARSE = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([KMGTPEkmgtpe]?)")
-
-
-def kstrtobool(value):
-    """The kernel's reading of a boolean parameter: True, False, or None when it would refuse the
-    value (and keep its default)."""
-    if not isinstance(value, str) or not value:
-        return None
-    c = value[0].lower()
-    if c in "eyt1":
-        return True
-    if c in "dnf0":
-        return False
-    if c == "o" and len(value) > 1:
-        return {"n": True, "f": False}.get(value[1].lower())
-    return None
-
-
-def flag(args, name, default=False):
-    """Whether boolean early parameter ``name`` ends up on: each valid occurrence overrides the
-    previous one; a bare ``name`` or a value the kernel refuses leaves it as it was."""
-    state = default
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if key == name and sep:
-            b = kstrtobool(value)
-            if b is not None:
-                state = b
-    return state
 
 
 def memparse(text):
@@ -173,6 +149,9 @@ class LuoBackend(Backend):
     carves_out = False
     fstype = None
     cmdline_names = ("kho", "liveupdate", "kho_scratch")
+    takes_kho_scratch = True
+    build_implies_kho = True
+    luo_preserved = True
     FLAGS = ("kho=on", "liveupdate=on")
 
     def overhead_bytes(self, size):
@@ -199,12 +178,9 @@ class LuoBackend(Backend):
         # handover and only a later cold boot reads it again.
         return list(running_args)
 
-    # The holder publishes each VM's memfd as a link here (memfd_holder, cpr.LUO_LINK_DIR).
-    link_dir = "/run/guestmemfs-liveupdate/luo"
-
     def vm_mem_path(self, name, mem_dir=None):
-        """The holder's memfd, reached through its link (no file on a mount)."""
-        return "%s/%s" % (self.link_dir, name)
+        """The holder's memfd, reached through the link it publishes (no file on a mount)."""
+        return memfd_holder.mem_path(name)
 
     def mount_spec(self, mount_point, device=None):
         raise BackendError("the luo backend has no filesystem to mount: each VM's memory is a memfd "
@@ -222,3 +198,134 @@ class LuoBackend(Backend):
                 raise BackendError("the KHO lowmem scratch area (%s) does not fit in the %s of RAM below 4 GiB: "
                                    "the kernel would switch KHO off" % (human(areas["lowmem"]), human(low_ram)))
         return areas
+
+    # The memfd holder; each VM's memfd is made in it (vm_memory) once it runs.
+    units = ("guestmemfs-luo.service",)
+    vm_unit_wants = units
+    verify_unit_wants = units
+    memory_from_service = True
+
+    checks_target_kernel = True
+
+    def target_problems(self, running_kho, release, config, places, next_args, load_cmd):
+        """Why a kexec into the target (its ``release`` and ``config``, looked for in ``places``) with
+        ``next_args`` by ``load_cmd`` would lose the memfds this backend preserves: [] when none. Pure."""
+        problems = []
+        if not running_kho.get("liveupdate_device"):
+            problems.append("the running kernel has no /dev/liveupdate (it needs KEXEC_HANDOVER, LIVEUPDATE and "
+                            "LIVEUPDATE_MEMFD built in and kho=on liveupdate=on on its cmdline): it cannot preserve "
+                            "the VMs' memfds")
+        if not release:
+            problems.append("cannot read the target kernel's release from its image, so not its config either")
+        elif config is None:
+            problems.append("no config for the target kernel %s (looked for %s): cannot check it has KHO and LUO"
+                            % (release, " and ".join(dict.fromkeys(places))))
+        else:
+            lacking = [alts[0] for alts in self.required_kernel_options if not any(config.get(a) == "y" for a in alts)]
+            if lacking:
+                problems.append("the target kernel %s lacks %s (built in): it cannot take the preserved memfds over"
+                                % (release, ", ".join(lacking)))
+        kho_default = bool(config) and config.get("CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
+        off = [a for a, on in (("kho=on", flag(next_args, "kho", kho_default)),
+                               ("liveupdate=on", flag(next_args, "liveupdate"))) if not on]
+        if off:
+            problems.append("the next cmdline would boot the target without %s: the preserved memory would be "
+                            "stranded" % " and ".join(off))
+        if "-s" not in load_cmd[1:] or "-c" in load_cmd[1:] or "--kexec-syscall" in load_cmd[1:]:
+            problems.append("the KHO handover rides only on kexec_file_load (kexec -s); %s would lose it"
+                            % " ".join(load_cmd[:3]))
+        return problems
+
+    def plan_scratch(self, host, policy):
+        """The policy's explicit sizes; what the running kernel shows, when it booted with the same
+        kho_scratch= as the policy asks; else the kernel's rule over an estimate of its reservations."""
+        wanted = policy.get("kho_scratch") or None
+        measured = host.get("kho_scratch_bytes")
+        kind = parse_kho_scratch(wanted)[0] if wanted else "scale"
+        if kind != "sizes" and measured and (host.get("kho_scratch") or None) == wanted:
+            return int(measured), "running kernel"
+        kernel_reserved = parse_size(policy.get("kernel_reserved", DEFAULT_KERNEL_RESERVED), "kernel_reserved")
+        areas = self.scratch(host.get("memory_bytes"), host.get("firmware_ram_ranges") or None,
+                             host.get("numa_nodes") or 1, wanted, kernel_reserved)
+        return areas["total"], {"sizes": "kho_scratch", "scale": "estimate"}[kind]
+
+    # -- vm_memory: each VM's memfd is made by the holder
+    def service_memory(self):
+        try:
+            have = memfd_holder.request("status")["vms"]
+        except (memfd_holder.HolderError, OSError, ValueError) as exc:
+            raise BackendError("cannot reach the memfd holder: %s" % exc)
+        return dict((name, (v or {}).get("size")) for name, v in have.items() if (v or {}).get("size") is not None)
+
+    def make_service_memory(self, name, size):
+        try:
+            memfd_holder.request("ensure", name=name, size=size)
+        except (memfd_holder.HolderError, OSError, ValueError) as exc:
+            raise BackendError(str(exc))
+
+    def resize_refusal(self, name, have, want):
+        return ("VM %s: its memfd is %s, not %s; a VM's memory is not resized in place: stop the VM, then "
+                "`agent luo drop %s`" % (name, human(have), human(want), name))
+
+    # -- the host agent: the memfd holder (module_utils/memfd_holder) owns the session and every
+    # VM's memfd, so each step is a request to it.
+    # The holder holds the session: it must be the one to kexec.
+    kexec_order = 0
+
+    def before_pause(self, vms, update_id):
+        if not vms:
+            return {}
+        try:
+            return memfd_holder.request("preserve", names=[vm.name for vm in vms], update_id=update_id)["tokens"]
+        except Exception as exc:
+            raise BackendError("preserving the VMs' memfds failed: %s. Nothing was paused; every VM is still running"
+                               % exc)
+
+    def abort(self, j):
+        if (j.get("luo") or {}).get("boot_id") != journal.boot_id():
+            return
+        try:
+            memfd_holder.request("unpreserve")
+        except Exception as exc:
+            journal.update_journal(lambda jj: None, msg="luo: session left open: %s (agent luo unpreserve)" % exc)
+
+    @staticmethod
+    def _preserved(j):
+        held = j.get("luo") or {}
+        return held if held.get("boot_id") == journal.boot_id() and held.get("tokens") else None
+
+    def kexec_problems(self, vms, j, root="/"):
+        names = set(vm.name for vm in vms)
+        in_update = sorted(n for n in (j.get("vms") or {}) if n in names)
+        if not in_update:
+            return []
+        held = self._preserved(j)
+        if held is None:
+            return ["VMs on the luo backend but no session preserved on this boot (journal luo: %s)" % (
+                j.get("luo") or "none")]
+        unpreserved = [n for n in in_update if n not in set(held["tokens"])]
+        if unpreserved:
+            return ["memfds of %s are not preserved" % ", ".join(unpreserved)]
+        return []
+
+    def kexec(self, vms, j, run, root="/"):
+        journal.set_phase("kexec", kexec_ts=time.time())
+        os.sync()
+        # A holder that died is restarted by systemd with every fd from its store: wait for it.
+        deadline = time.time() + 90
+        while True:
+            try:
+                memfd_holder.request("kexec")
+                return None
+            except (memfd_holder.HolderError, OSError) as exc:
+                retry = isinstance(exc, OSError) or "not running" in str(exc)
+                if not retry or time.time() > deadline:
+                    return "the memfd holder did not kexec: %s" % exc
+            time.sleep(2)
+
+    def after_update(self, j):
+        if (j.get("luo") or {}).get("retrieved_boot_id") == journal.boot_id() and not j["luo"].get("finished_ts"):
+            try:  # the holder decides: it keeps the session while a token did not come back
+                memfd_holder.request("finish")
+            except Exception as exc:
+                journal.update_journal(lambda jj: None, msg="luo: session not finished yet: %s" % exc)

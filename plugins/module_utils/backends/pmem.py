@@ -27,6 +27,20 @@ class PmemBackend(Backend):
     size_align = SECTION
     fstype = "ext4"
     cmdline_names = ("memmap",)
+    # memory_backend: the filesystem is made on /dev/pmemN, whose drivers load early.
+    block_devices = "sys/block/pmem*"
+    no_device_why = ("no /dev/pmem* device: the running kernel has no memmap=SIZE!OFFSET carve-out. Set it with "
+                     "kernel_cmdline and cold-reboot (the memory_backend role does both with "
+                     "memory_backend_reboot_ok=true)")
+    mkfs = ("mkfs.ext4", "-q", "-F", "-L", "vmmem", "-m", "0")
+    modules_load = ("guestmemfs-liveupdate-pmem.conf",
+                    "# guestmemfs.liveupdate: legacy pmem early, so /dev/pmem* exists before its mount\nnd_e820\nnd_pmem\n")
+    # The restore after a kexec waits for this mount. Seen on a loaded host: /dev/pmem0's by-uuid link
+    # came 68 s into the boot, after a 60 s device timeout had failed the mount and with it every VM
+    # unit. Wait long; nofail keeps the boot itself from waiting.
+    fstab_options = "dax,noatime,nofail,x-systemd.device-timeout=15min"
+    # vm_memory writes each file's new pages once: pre-written, not only truncated, is what survives best.
+    prewrite_files = True
 
     def overhead_bytes(self, size):
         # fsdax with map=mem keeps a struct page (64 B) per 4 KiB page of pmem in RAM: 16 MiB/GiB.
@@ -66,3 +80,19 @@ class PmemBackend(Backend):
         if not device:
             raise BackendError("the pmem backend needs its block device (e.g. /dev/pmem0)")
         return device, self.fstype, "dax,noatime"
+
+    def mount_problems(self, mount, path):
+        if mount.get("dax"):
+            return []
+        return ["%s is mounted without DAX (options %s): VM memory would sit in the page cache and not survive "
+                "kexec" % (path, ",".join(mount.get("options", [])))]
+
+    def next_cmdline_problems(self, running_args, next_args):
+        running = [a for a in running_args if a.startswith("memmap=") and "!" in a]
+        if not running:
+            return ["the running cmdline has no memmap=SIZE!OFFSET: this boot has no pmem carve-out"]
+        if [a for a in next_args if a.startswith("memmap=") and "!" in a] != running:
+            asked = " ".join(a for a in next_args if a.startswith("memmap="))
+            return ["the next cmdline's memmap= (%s) differs from the running one (%s): the next kernel would "
+                    "overwrite the VMs' memory" % (asked, " ".join(running))]
+        return []

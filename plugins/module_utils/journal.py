@@ -1,0 +1,123 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The journal of one host's live update (root-only, durable, locked), read and written by the
+modules, the host agent and the memfd holder alike.
+
+``{"update_id", "phase", "phases": {phase: {ts, boot_id}}, "vms": {name: {"state", ...}}, "log"}``.
+The host's phase goes preflight -> saving -> saved -> [handover] -> kexec -> booted -> verified ->
+restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update stopped before
+the kexec). A VM's state goes running -> saving -> saved -> restoring -> restored, or ends ``held``
+(its memory failed verification: not resumed, state and memory files kept) or ``restore_failed``.
+``next_step`` reads the journal to tell a re-run (after a dead controller) where this host is.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import time
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
+
+BASE = "/var/lib/guestmemfs-liveupdate"
+JOURNAL = os.path.join(BASE, "journal.json")
+# Phases in which VMs are saved and the kexec has not yet been confirmed by a new boot.
+SAVED_PHASES = ("saved", "handover", "kexec")
+# Phases after which a host has no update in flight.
+IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
+# VM states that are final for one update.
+VM_FINAL = ("restored", "held", "restore_failed")
+
+
+def boot_id():
+    """This boot's id (tests replace this function)."""
+    return hostinfo.boot_id()
+
+
+def phase_update(name, **fields):
+    """A journal change that records reaching phase ``name`` (with ``fields``)."""
+    def fn(j):
+        j["phase"] = name
+        j.setdefault("phases", {})[name] = {"ts": time.time(), "boot_id": boot_id()}
+        j.update(fields)
+    return fn
+
+
+def set_phase(phase, msg=None, **fields):
+    """Record that this host reached ``phase`` (durably, before the step it guards acts)."""
+    return update_journal(phase_update(phase, **fields), msg=msg or "phase %s" % phase)
+
+
+def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=hostinfo.pid_alive,
+              running_build=None, target_build=None):
+    """What a run of the live update must do on this host, from its journal alone.
+
+    Returns ``(step, reason)``; step is one of:
+    ``start`` (nothing in flight: preflight, save, kexec), ``done`` (already running the target,
+    nothing in flight), ``kexec`` (VMs saved on this boot: do not save again, load and kexec),
+    ``wait`` (the host is past the kexec: wait for its own restore), ``wait_save`` (a save is still
+    running), ``rollback`` (a save died half-way: restore the saved VMs on this kernel) or
+    ``blocked`` (VMs held or failed: an operator must look; nothing may act on this host).
+    The target is running when its release and, if both are known, its build (``uname -v``) match:
+    a rebuild of the same release is a new kernel.
+    """
+    vms = j.get("vms", {}) or {}
+    phase = j.get("phase")
+    same_boot = j.get("from_boot_id") == boot_id
+    held = sorted(n for n, v in vms.items() if v.get("state") in ("held", "restore_failed"))
+    if held:
+        return "blocked", ("VMs not resumed after update %s: %s. Their state and memory files are kept; see "
+                           "`agent status`, recover each (agent verify NAME, systemctl start guestmemfs-vm@NAME) "
+                           "and re-run" % (j.get("update_id"), ", ".join(
+                               "%s (%s)" % (n, vms[n].get("state")) for n in held)))
+    if phase == "saving":
+        if same_boot and pid_alive(j.get("saver_pid")):
+            return "wait_save", "a save of update %s is still running (pid %s)" % (
+                j.get("update_id"), j.get("saver_pid"))
+        if same_boot:
+            return "rollback", "the save of update %s stopped half-way: restore its VMs on this kernel" % (
+                j.get("update_id"))
+        return "wait", "the host rebooted during a save: its boot-time restore handles the saved VMs"
+    if phase in SAVED_PHASES:
+        if same_boot:
+            return "kexec", "VMs of update %s are saved on this boot (phase %s): kexec without saving again" % (
+                j.get("update_id"), phase)
+        return "wait", "the host left the boot it saved on (phase %s): wait for its own restore" % phase
+    if phase in ("booted", "verified"):
+        return "wait", "the new kernel is restoring the VMs of update %s" % j.get("update_id")
+    pending = sorted(n for n, v in vms.items() if v.get("state") not in VM_FINAL + ("running",)
+                     and not str(v.get("state", "")).startswith("down"))
+    if pending and phase not in ("rolled_back",):
+        return "wait", "VMs still pending: %s" % ", ".join(pending)
+    if target_release and running_release == target_release:
+        if running_build and target_build and running_build != target_build:
+            return "start", "running %s build %r; the staged image is build %r of the same release" % (
+                running_release, running_build, target_build)
+        return "done", "already running %s with nothing in flight" % target_release
+    return "start", "no update in flight (phase %s)" % phase
+
+
+def load_journal(path=None):
+    return read_json(path or JOURNAL, {}) or {}
+
+
+def update_journal(fn, path=None, msg=None):
+    """Read, change with ``fn(journal)``, write, under a lock: VM units restore in parallel."""
+    path = path or JOURNAL
+    with locked(path):
+        j = load_journal(path)
+        fn(j)
+        if msg:
+            j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot_id(), "msg": msg})
+        write_json(path, j)
+        return j
+
+
+def set_vm(name, **fields):
+    """A journal change that updates VM ``name``'s record with ``fields``."""
+    def fn(j):
+        j.setdefault("vms", {}).setdefault(name, {}).update(fields)
+    return fn

@@ -1,0 +1,43 @@
+"""The host agent's one command line: every subcommand the units and the playbook run, with its
+arguments checked before anything acts."""
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import agent, hostupdate, memfd_holder
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        agent.main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for cmd in ("verify", "vm-run", "vm-restore", "status", "kexec", "luo-hold", "luo"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("argv", [[], ["vm-run"], ["vm-run", "a", "b"], ["vm-restore"], ["kexec", "now"],
+                                  ["luo"], ["luo", "ensure", "vm1"], ["luo", "ensure", "vm1", "big"],
+                                  ["luo", "retrieve", "vm1"], ["luo", "bogus"], ["reboot"]])
+def test_bad_arguments_are_refused_before_anything_acts(argv, capsys, monkeypatch):
+    monkeypatch.setattr(memfd_holder, "request", lambda *a, **kw: pytest.fail("acted"))
+    monkeypatch.setattr(hostupdate, "vm_run", lambda *a, **kw: pytest.fail("acted"))
+    with pytest.raises(SystemExit) as exc:
+        agent.main(argv)
+    assert exc.value.code == 2 and "usage: agent" in capsys.readouterr().err
+
+
+def test_subcommands_reach_their_steps(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(hostupdate, "vm_run", lambda name: calls.append(("run", name)) or 0)
+    monkeypatch.setattr(hostupdate, "vm_restore", lambda name: calls.append(("restore", name)) or 0)
+    monkeypatch.setattr(hostupdate, "kexec_now", lambda run: "not kexecing: test")
+    monkeypatch.setattr(memfd_holder, "request", lambda op, **kw: calls.append((op, kw)) or {"ok": 1})
+    assert agent.main(["vm-run", "web1"]) == 0 and agent.main(["vm-restore", "web1"]) == 0
+    assert agent.main(["kexec"]) == 5 and "not kexecing: test" in capsys.readouterr().err
+    assert agent.main(["luo", "ensure", "vm1", "4096"]) == 0
+    assert agent.main(["luo", "retrieve", "vm1", "3"]) == 0
+    assert agent.main(["luo", "finish", "--force"]) == 0
+    assert agent.main(["luo", "preserve", "a", "b"]) == 0
+    assert calls == [("run", "web1"), ("restore", "web1"), ("ensure", {"name": "vm1", "size": 4096}),
+                     ("retrieve", {"name": "vm1", "token": 3}), ("finish", {"force": True}),
+                     ("preserve", {"names": ["a", "b"]})]

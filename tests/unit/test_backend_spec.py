@@ -1,0 +1,89 @@
+"""Roles, playbooks and unit templates ask a backend's needs as data (filter backend_spec) and the
+backend list and default come from one registry (module_utils/backends)."""
+
+import glob
+import importlib
+import os
+
+import jinja2
+import pytest
+import yaml
+
+from ansible_collections.guestmemfs.liveupdate.plugins.filter.backend_spec import backend_spec
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS, DEFAULT_BACKEND
+from conftest import ROOT
+
+TEMPLATES = os.path.join(ROOT, "roles", "qemu_vm", "templates")
+
+
+def render(name, backend):
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES))
+    env.filters["guestmemfs.liveupdate.backend_spec"] = backend_spec
+    return env.get_template(name).render(qemu_vm_backend=backend, qemu_vm_mem_dir="/mnt/vmmem",
+                                         ansible_managed="managed")
+
+
+def directives(text):
+    return [line for line in text.splitlines() if line.startswith(("Wants=", "After=", "RequiresMountsFor="))]
+
+
+@pytest.mark.parametrize("backend, vm, verify", [
+    ("pmem", ["RequiresMountsFor=/mnt/vmmem"], ["RequiresMountsFor=/mnt/vmmem"]),
+    ("guestmemfs", ["RequiresMountsFor=/mnt/vmmem", "Wants=guestmemfs-umount-guard.service",
+                    "After=guestmemfs-umount-guard.service"], ["RequiresMountsFor=/mnt/vmmem"]),
+    ("luo", ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"],
+     ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"]),
+])
+def test_unit_templates_get_the_backends_units_as_data(backend, vm, verify):
+    common = "After=local-fs.target systemd-tmpfiles-setup.service guestmemfs-verify.service"
+    assert directives(render("guestmemfs-vm@.service.j2", backend)) == [common, "Wants=guestmemfs-verify.service"] + vm
+    assert directives(render("guestmemfs-verify.service.j2", backend)) == ["After=local-fs.target"] + verify
+
+
+def test_the_default_backend_comes_from_the_registry():
+    assert backend_spec(None)["name"] == backend_spec("")["name"] == DEFAULT_BACKEND
+    for name in BACKENDS:
+        assert backend_spec(name)["name"] == name
+        for unit in backend_spec(name)["units"]:
+            assert os.path.exists(os.path.join(TEMPLATES, unit + ".j2"))
+
+
+def _module_backend_choices():
+    out = {}
+    for path in glob.glob(os.path.join(ROOT, "plugins", "modules", "*.py")):
+        name = os.path.basename(path)[:-3]
+        module = importlib.import_module("ansible_collections.guestmemfs.liveupdate.plugins.modules." + name)
+        if "\n  backend:" not in module.DOCUMENTATION:
+            continue
+        doc = yaml.safe_load(module.DOCUMENTATION)
+        if "backend" in (doc.get("options") or {}):
+            out[os.path.basename(path)] = doc["options"]["backend"].get("choices")
+    return out
+
+
+def test_every_modules_backend_choices_are_the_registry():
+    choices = _module_backend_choices()
+    assert choices, "no module documents a backend option"
+    for module, c in choices.items():
+        assert set(c) - {"none"} == set(BACKENDS), module
+
+
+def test_every_role_argument_spec_lists_the_registry():
+    seen = 0
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "meta", "argument_specs.yml")):
+        with open(path) as fh:
+            spec = yaml.safe_load(fh)
+        for entry in spec["argument_specs"].values():
+            for name, opt in (entry.get("options") or {}).items():
+                if name.endswith("_backend") or name.endswith("_backend_name"):
+                    seen += 1
+                    assert set(opt["choices"]) - {"none"} == set(BACKENDS), (path, name)
+    assert seen >= 3
+
+
+def test_no_yaml_repeats_the_default_backend():
+    for pattern in ("roles/*/defaults/*.yml", "roles/*/tasks/*.yml", "playbooks/*.yml"):
+        for path in glob.glob(os.path.join(ROOT, pattern)):
+            with open(path) as fh:
+                text = fh.read()
+            assert "default('%s')" % DEFAULT_BACKEND not in text and 'default("%s")' % DEFAULT_BACKEND not in text, path
