@@ -140,8 +140,8 @@ def test_plan_lists_each_hosts_preservability(tmp_path):
     out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / "report" / "preservability.json").read_text())
-    assert [(r["host"], r["vm"], r["why"]) for r in rows] == [("h01", None, "no VMs configured"),
-                                                             ("h02", None, "no VMs configured")]
+    want = [("h01", None, "no VMs configured"), ("h02", None, "no VMs configured")]
+    assert [(r["host"], r["vm"], r["why"]) for r in rows] == want
     table = (tmp_path / "report" / "preservability.txt").read_text()
     assert table.splitlines()[0].split() == ["host", "vm", "preservable", "policy", "why", "not"]
     assert "0 VMs on 2 hosts; 0 cannot be carried as they are" in table
