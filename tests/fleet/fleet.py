@@ -341,7 +341,7 @@ GUEST_KERNEL_SERIES = "6.12"
 GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
-GUEST_FILES = ["init", "workload.c"]
+GUEST_FILES = ["init.sh", "workload.c"]
 # Where `provision` puts the guest on each host, as an operator would.
 HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
 GUEST_DISKS = 8
@@ -519,8 +519,8 @@ def build_guest(force=False, kernel=None):
         # The kernel opens /dev/console for init before anything mounts devtmpfs.
         cpio.chardev("dev/console", 5, 1)
         cpio.chardev("dev/null", 1, 3, 0o666)
-        with open(os.path.join(GUEST_DIR, "init"), "rb") as fh:
-            cpio.file("init", fh.read(), 0o755)
+        with open(os.path.join(GUEST_DIR, "init.sh"), "rb") as fh:
+            cpio.file("init", b"#!/bin/busybox sh\n" + fh.read(), 0o755)
         with open(GUEST_BUSYBOX, "rb") as fh:
             cpio.file("bin/busybox", fh.read(), 0o755)
         with open(workload, "rb") as fh:

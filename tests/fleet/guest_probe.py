@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Watch nested test guests from OUTSIDE their fleet hosts, across a live update.
 
 A fleet host kexecs during a live update: every socket it holds dies with its kernel. This probe
@@ -39,7 +38,7 @@ def parse_target(text):
     label, sep, addr = text.partition("=")
     if not sep or not label or not addr:
         raise argparse.ArgumentTypeError(f"target {text!r}: expected LABEL=IP[:PORT], e.g. host1/vm1=10.77.1.11")
-    ip, _, port = addr.partition(":")
+    ip, _sep, port = addr.partition(":")
     return label, ip, int(port or PORT)
 
 
@@ -179,7 +178,7 @@ def cmd_start(a):
               file=sys.stderr)
         return 2
     if not daemonize(a.out + ".log"):
-        for _ in range(100):  # parent: wait until the daemon has written its pidfile
+        for _attempt in range(100):  # parent: wait until the daemon has written its pidfile
             if os.path.exists(pidfile):
                 print(f"probe started: {a.out} (pid file {pidfile})")
                 return 0
@@ -209,7 +208,7 @@ def cmd_stop(a):
         print(f"no probe running for {a.out}", file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
+    for _attempt in range(100):
         if not os.path.exists(f"/proc/{pid}"):
             print(f"probe {pid} stopped")
             return 0
