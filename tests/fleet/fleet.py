@@ -329,8 +329,8 @@ menuentry 'Debian GNU/Linux' {{
 
 
 # ---------------------------------------------------------------- the nested test guest
-# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (the one the fleet
-# image boots) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
+# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (trixie's, which
+# the fleet image also carries) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
 # be checked from outside across a live update. Built here, copied to the hosts by `provision`.
 
 GUEST_DIR = os.path.join(HERE, "guest")
