@@ -530,7 +530,7 @@ def build_guest(force=False, kernel=None):
             name = module_name(path) + ".ko"
             cpio.file(f"lib/modules/{name}", decompress_module(os.path.join(moddir, path)))
             names.append(name)
-        cpio.file("lib/modules/load.order", ("\n".join(names) + "\n").encode())
+        cpio.file("lib/modules/load.order", "".join(n + "\n" for n in names).encode())
         import gzip  # pylint: disable=import-outside-toplevel
         stage = os.path.join(work, "out")
         os.makedirs(stage)

@@ -13,8 +13,10 @@ log() { echo "gmfs-init: $*"; }
 echo 4 > /proc/sys/kernel/printk
 log "up $(cut -d' ' -f1 /proc/uptime)s"
 
-# Modules in dependency order (written by the build from the kernel's modules.dep).
+# Modules in dependency order (written by the build from the kernel's modules.dep); none when
+# the kernel has everything built in (fleet.py guest --kernel).
 while read -r m; do
+  [ -n "$m" ] || continue
   insmod "/lib/modules/$m" || log "insmod $m failed"
 done < /lib/modules/load.order
 
