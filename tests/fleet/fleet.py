@@ -329,8 +329,8 @@ menuentry 'Debian GNU/Linux' {{
 
 
 # ---------------------------------------------------------------- the nested test guest
-# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (the one the fleet
-# image boots) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
+# A small real Linux guest for the hosts' nested VMs: Debian's own 6.12 kernel (trixie's, which
+# the fleet image also carries) and a busybox initramfs with a static C workload (guest/workload.c) whose state can
 # be checked from outside across a live update. Built here, copied to the hosts by `provision`.
 
 GUEST_DIR = os.path.join(HERE, "guest")
@@ -341,7 +341,7 @@ GUEST_KERNEL_SERIES = "6.12"
 GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
-GUEST_FILES = ["init", "workload.c"]
+GUEST_FILES = ["init.sh", "workload.c"]
 # Where `provision` puts the guest on each host, as an operator would.
 HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
 GUEST_DISKS = 8
@@ -459,11 +459,12 @@ def download_kernel_deb(series=GUEST_KERNEL_SERIES):
     return deb
 
 
-def guest_key(deb):
+def guest_key(deb, kernel=None):
     h = hashlib.sha256()
     h.update(json.dumps([GUEST_RECIPE_VERSION, os.path.basename(deb), os.path.getsize(deb),
                          GUEST_MODULES]).encode())
-    for path in [GUEST_BUSYBOX] + [os.path.join(GUEST_DIR, n) for n in GUEST_FILES]:
+    paths = [GUEST_BUSYBOX] + [os.path.join(GUEST_DIR, n) for n in GUEST_FILES] + ([kernel] if kernel else [])
+    for path in paths:
         with open(path, "rb") as fh:
             h.update(path.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
     return h.hexdigest()[:16]
@@ -480,13 +481,15 @@ def decompress_module(path):
     raise FleetError(f"{path}: only .ko and .ko.xz modules are handled (busybox insmod reads plain ELF)")
 
 
-def build_guest(force=False):
-    """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}."""
+def build_guest(force=False, kernel=None):
+    """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}.
+    ``kernel``: another bzImage with everything the guest needs built in (e.g. a tiny build from
+    roles/kernel_build/files/fleet-small.config): no modules go into the initramfs then."""
     require_tools("dpkg-deb", "depmod", "gcc")
     if not os.path.exists(GUEST_BUSYBOX):
         raise FleetError(f"{GUEST_BUSYBOX} missing: install busybox-static (scripts/bootstrap)")
     deb = find_kernel_deb() or download_kernel_deb()
-    out = os.path.join(cache_dir(), "images", f"guest-{guest_key(deb)}")
+    out = os.path.join(cache_dir(), "images", f"guest-{guest_key(deb, kernel)}")
     if os.path.exists(os.path.join(out, "manifest.json")) and not force:
         return out
     t0 = time.monotonic()
@@ -506,7 +509,7 @@ def build_guest(force=False):
         moddir = os.path.join(tree, "lib/modules", kver)
         run(["depmod", "-b", tree, kver])
         with open(os.path.join(moddir, "modules.dep")) as fh:
-            load = resolve_modules(fh.read(), GUEST_MODULES)
+            load = [] if kernel else resolve_modules(fh.read(), GUEST_MODULES)
         workload = os.path.join(work, "workload")
         run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", workload,
              os.path.join(GUEST_DIR, "workload.c")], stderr=subprocess.PIPE)
@@ -516,8 +519,8 @@ def build_guest(force=False):
         # The kernel opens /dev/console for init before anything mounts devtmpfs.
         cpio.chardev("dev/console", 5, 1)
         cpio.chardev("dev/null", 1, 3, 0o666)
-        with open(os.path.join(GUEST_DIR, "init"), "rb") as fh:
-            cpio.file("init", fh.read(), 0o755)
+        with open(os.path.join(GUEST_DIR, "init.sh"), "rb") as fh:
+            cpio.file("init", b"#!/bin/busybox sh\n" + fh.read(), 0o755)
         with open(GUEST_BUSYBOX, "rb") as fh:
             cpio.file("bin/busybox", fh.read(), 0o755)
         with open(workload, "rb") as fh:
@@ -527,14 +530,15 @@ def build_guest(force=False):
             name = module_name(path) + ".ko"
             cpio.file(f"lib/modules/{name}", decompress_module(os.path.join(moddir, path)))
             names.append(name)
-        cpio.file("lib/modules/load.order", ("\n".join(names) + "\n").encode())
+        cpio.file("lib/modules/load.order", "".join(n + "\n" for n in names).encode())
         import gzip  # pylint: disable=import-outside-toplevel
         stage = os.path.join(work, "out")
         os.makedirs(stage)
         with open(os.path.join(stage, "initrd.img"), "wb") as fh:
             fh.write(gzip.compress(cpio.finish(), compresslevel=9, mtime=0))
-        shutil.copyfile(os.path.join(tree, "boot", f"vmlinuz-{kver}"), os.path.join(stage, "vmlinuz"))
-        manifest = {"kernel": kver, "deb": os.path.basename(deb), "modules": names}
+        shutil.copyfile(kernel or os.path.join(tree, "boot", f"vmlinuz-{kver}"), os.path.join(stage, "vmlinuz"))
+        manifest = {"kernel": os.path.abspath(kernel) if kernel else kver, "deb": os.path.basename(deb),
+                    "modules": names}
         for f in ("vmlinuz", "initrd.img"):
             with open(os.path.join(stage, f), "rb") as fh:
                 manifest[f + ".sha256"] = hashlib.sha256(fh.read()).hexdigest()
@@ -1057,6 +1061,7 @@ def main(argv=None):
     pi.add_argument("--force", action="store_true")
     pg = sub.add_parser("guest", help="build or reuse the nested test guest (kernel + initramfs); prints its directory")
     pg.add_argument("--force", action="store_true")
+    pg.add_argument("--kernel", help="use this bzImage (all guest drivers built in) instead of Debian's 6.12")
     pu = sub.add_parser("up", help="boot the fleet")
     pu.add_argument("--hosts", type=int, default=2)
     pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
@@ -1069,7 +1074,8 @@ def main(argv=None):
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     sub.add_parser("down", help="stop the fleet")
-    sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
+    pp = sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
+    pp.add_argument("--kernel", help="the guest with this bzImage instead of Debian's 6.12 (see `guest --kernel`)")
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
@@ -1085,7 +1091,7 @@ def main(argv=None):
         if a.cmd == "image":
             print(build_image(force=a.force))
         elif a.cmd == "guest":
-            print(build_guest(force=a.force))
+            print(build_guest(force=a.force, kernel=a.kernel))
         elif a.cmd == "up":
             if a.hosts < 1 or a.memory < 1024 or a.cpus < 1:
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
@@ -1105,7 +1111,7 @@ def main(argv=None):
             state = load_state(a.name)
             if not state:
                 raise FleetError(f"fleet '{a.name}' is not up")
-            provision(state)
+            provision(state, build_guest(kernel=a.kernel))
         elif a.cmd == "status":
             return status(a.name)
         elif a.cmd == "inventory":

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Watch nested test guests from OUTSIDE their fleet hosts, across a live update.
 
 A fleet host kexecs during a live update: every socket it holds dies with its kernel. This probe
@@ -39,7 +38,7 @@ def parse_target(text):
     label, sep, addr = text.partition("=")
     if not sep or not label or not addr:
         raise argparse.ArgumentTypeError(f"target {text!r}: expected LABEL=IP[:PORT], e.g. host1/vm1=10.77.1.11")
-    ip, _, port = addr.partition(":")
+    ip, _sep, port = addr.partition(":")
     return label, ip, int(port or PORT)
 
 
@@ -179,7 +178,7 @@ def cmd_start(a):
               file=sys.stderr)
         return 2
     if not daemonize(a.out + ".log"):
-        for _ in range(100):  # parent: wait until the daemon has written its pidfile
+        for _attempt in range(100):  # parent: wait until the daemon has written its pidfile
             if os.path.exists(pidfile):
                 print(f"probe started: {a.out} (pid file {pidfile})")
                 return 0
@@ -209,7 +208,7 @@ def cmd_stop(a):
         print(f"no probe running for {a.out}", file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
+    for _attempt in range(100):
         if not os.path.exists(f"/proc/{pid}"):
             print(f"probe {pid} stopped")
             return 0
@@ -265,6 +264,11 @@ def analyse(records):
             "connection_kept": bool(replies) and not closed,
             "closed_error": closed[0].get("error") if closed else None,
             "longest_gap_s": round(gap_s, 1),
+            # The guest's clock stands still while it is paused (saved, restored), so what the gap
+            # has beyond the guest's own uptime advance is the pause; TCP's retransmission backoff
+            # is not in it. An estimate: a starved guest's clock may lag.
+            "paused_s_est": round(gap_s - (vals[gap_at + 1].get("uptime_s", 0) - vals[gap_at].get("uptime_s", 0)), 1)
+            if gaps else 0.0,
             "gap_start_ts": replies[gap_at]["ts"] if gaps else None,
             "replies_before_gap": gap_at + 1 if gaps else len(replies),
             "replies_after_gap": len(replies) - gap_at - 1 if gaps else 0,
@@ -292,12 +296,12 @@ def cmd_report(a):
     if a.json:
         print(json.dumps(rows, indent=2))
     else:
-        hdr = (f"{'target':<16} {'kept':<4} {'replies':>7} {'before':>6} {'after':>5} {'gap_s':>6} "
+        hdr = (f"{'target':<16} {'kept':<4} {'replies':>7} {'before':>6} {'after':>5} {'gap_s':>6} {'paused':>6} "
                f"{'boot_id':<7} {'pid':<4} {'counter':<7} {'seq':<4} {'pattern':<7} verdict")
         print(hdr)
         for r in rows.values():
             print(f"{r['target']:<16} {yes(r['connection_kept']):<4} {r['replies']:>7} {r['replies_before_gap']:>6} "
-                  f"{r['replies_after_gap']:>5} {r['longest_gap_s']:>6.1f} {yes(r['boot_id_constant']):<7} "
+                  f"{r['replies_after_gap']:>5} {r['longest_gap_s']:>6.1f} {r['paused_s_est']:>6.1f} {yes(r['boot_id_constant']):<7} "
                   f"{yes(r['pid_constant']):<4} {yes(r['counter_continued']):<7} {yes(r['seq_continued']):<4} "
                   f"{yes(r['pattern_ok_always']):<7} {'ok' if r['ok'] else 'FAIL'}"
                   + (f"  ({r['closed_error']})" if r["closed_error"] else ""))

@@ -127,3 +127,24 @@ def test_inventory_vars_for_each_backend():
     assert gm["guestmemfs_sizing"]["backend"] == "guestmemfs" and gm["guestmemfs_sizing"]["kho_scratch"] == "256M"
     with pytest.raises(fleet.FleetError, match="knows pmem, luo, guestmemfs"):
         fleet.inventory_vars(text, "nvdimm")
+
+
+def test_host_nics_have_fixed_macs_and_the_guest_net_tap(tmp_path):
+    state = {"accel": "tcg", "cpus": 1, "memory_mb": 4096, "key": "/k/id"}
+    host = {"name": "host3", "port": 2224, "disk": "d", "console": "c", "qmp": "q", "pidfile": "p"}
+    cmd = fleet.qemu_cmd(state, host, "base", tap_fd=7)
+    joined = " ".join(cmd)
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:76:00:03" in joined
+    assert "-netdev tap,id=n1,fd=7 -device virtio-net-pci,netdev=n1,mac=52:54:00:77:00:03" in joined
+    assert "name=opt/fleet/index,string=3" in joined
+    assert "tap,id=n1" not in " ".join(fleet.qemu_cmd(state, host, "base"))
+    assert fleet.tap_name({"name": "host12345678901"}) == "tap-host1234567"  # IFNAMSIZ
+
+
+def test_image_rebuild_keeps_images_other_fleets_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
+    (tmp_path / "fleets" / "other").mkdir(parents=True)
+    fleet.save_state("other", {"base": str(tmp_path / "images" / "old.raw"), "hosts": []})
+    (tmp_path / "fleets" / "broken").mkdir()
+    (tmp_path / "fleets" / "broken" / "fleet.json").write_text("{not json")
+    assert fleet.images_in_use() == {str(tmp_path / "images" / "old.raw")}

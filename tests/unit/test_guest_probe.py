@@ -21,7 +21,7 @@ def blackout_run(gap=70):
     recs += [{"ts": 1000 + t, "mono": t, "target": "host1/vm1", "local_port": 40000, "ok": False,
               "event": "timeout", "error": "no reply", "waiting_s": t - 10} for t in range(15, 10 + gap, 5)]
     # Paused for the blackout: counter and seq resume where they stopped, not 70 s later.
-    recs += [reply(9 + gap + i, counter=900 + 100 * i + 1, seq=9 + i + 1) for i in range(0, 10)]
+    recs += [reply(9 + gap + i, counter=900 + 100 * i + 1, seq=9 + i + 1, uptime_s=20 + i) for i in range(0, 10)]
     recs.append({"ts": 2000, "mono": 200, "target": "host1/vm1", "local_port": 40000, "ok": True, "event": "stopped"})
     return recs
 
@@ -30,6 +30,7 @@ def test_blackout_kept_connection_passes():
     row = guest_probe.analyse(blackout_run())["host1/vm1"]
     assert row["connection_kept"] and row["ok"]
     assert row["longest_gap_s"] == 70.0
+    assert row["paused_s_est"] == 69.0  # the guest's uptime advanced 1 s of the 70
     assert (row["replies_before_gap"], row["replies_after_gap"]) == (10, 10)
     assert row["timeouts"] == 13
     assert row["local_ports"] == [40000]
