@@ -37,9 +37,10 @@ import io
 import json
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.luo import (
     DEFAULT_KERNEL_RESERVED, parse_kho_scratch)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, MiB, align_down, align_up, format_size, human, parse_size)
 
@@ -47,6 +48,7 @@ ALIGNS = {"2M": 2 * MiB, "1G": GiB}
 MODES = ("fraction", "absolute", "vms")
 POLICY_KEYS = ("backend", "mode", "fraction", "size", "vms", "headroom", "reserve", "align", "kho_scratch",
                "kernel_reserved")
+_KNOWN = frozenset(POLICY_KEYS)
 LUO_KEYS = ("kho_scratch", "kernel_reserved")
 DEFAULT_RESERVE = "2G"
 
@@ -74,11 +76,19 @@ def _vms_bytes(vms, backend):
     if not isinstance(vms, list) or not vms:
         raise PlanError("mode vms needs a non-empty list 'vms' of {name, memory}")
     total = 0
+    granule = backend.size_align
+    plain = type(backend).file_size is Backend.file_size  # rounds up to the granule: inlined
+    most = backend.max_file_bytes
     for vm in vms:
-        if not isinstance(vm, dict) or "memory" not in vm:
+        if vm.__class__ is not dict and not isinstance(vm, dict) or "memory" not in vm:
             raise PlanError("each planned VM needs 'memory' (got %r)" % (vm,))
-        size = backend.file_size(parse_size(vm["memory"], "memory of VM %s" % vm.get("name", "?")))
-        if backend.max_file_bytes and size > backend.max_file_bytes:
+        memory = vm["memory"]
+        try:
+            size = parse_size(memory)
+        except ValueError:
+            parse_size(memory, "memory of VM %s" % vm.get("name", "?"))  # raises, naming the VM
+        size = size + (-size) % granule if plain else backend.file_size(size)
+        if most and size > most:
             raise PlanError("VM %s needs %s, above the %s backend's %s per file%s"
                             % (vm.get("name", "?"), human(size), backend.name, human(backend.max_file_bytes),
                                backend.max_file_why))
@@ -109,40 +119,54 @@ def _spec_kind(kho_scratch):
     return parse_kho_scratch(kho_scratch)[0] if kho_scratch else "scale"
 
 
-def plan_host(host):
-    """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why."""
-    name = host.get("name")
-    policy = host.get("policy") or {}
-    row = {"host": name, "ok": False, "backend": policy.get("backend", "pmem"), "mode": policy.get("mode"),
-           "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
-           "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
-           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
+_BACKENDS = {}  # one instance per backend: they hold no state
+
+
+def _backend(name):
+    try:
+        backend = _BACKENDS.get(name)
+    except TypeError:  # an unhashable name: get_backend says what is wrong with it
+        return get_backend(name)
+    if backend is None:
+        backend = _BACKENDS[name] = get_backend(name)
+    return backend
+
+
+def _check_policy(policy):
+    """What a policy alone decides, before the host's facts are looked at: (backend, None) or
+    (None, why it is refused)."""
     try:
         if not policy:
             raise PlanError("no sizing policy: set guestmemfs_sizing for the host or its group")
-        unknown = sorted(set(policy) - set(POLICY_KEYS))
-        if unknown:
+        if not _KNOWN.issuperset(policy):
+            unknown = sorted(set(policy) - _KNOWN)
             raise PlanError("unknown policy keys %s (known: %s)" % (", ".join(unknown), ", ".join(POLICY_KEYS)))
         try:
-            backend = get_backend(row["backend"])
+            backend = _backend(policy.get("backend", "pmem"))
         except ValueError as exc:
             raise PlanError(str(exc))
         if backend.carves_out:
             stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.name == "guestmemfs")]
             if stray:
                 raise PlanError("%s only applies to the luo backend, not %s" % (", ".join(stray), backend.name))
-        memory = host.get("memory_bytes")
-        if not memory:
-            raise PlanError("no memory facts (unreachable, or guestmemfs_facts did not run)")
-        mode = policy.get("mode")
+    except (PlanError, ValueError) as exc:
+        return None, str(exc)
+    return backend, None
+
+
+def _size_policy(policy, backend):
+    """The rest of what a policy alone decides: {align, align_name, reserve, mode, fraction | size
+    (absolute, vms), vms_bytes (vms), why (refused), guestmemfs scratch}."""
+    out = {"vms_bytes": None, "why": None}
+    try:
+        mode = out["mode"] = policy.get("mode")
         if mode not in MODES:
             raise PlanError("policy mode %r: use one of %s" % (mode, ", ".join(MODES)))
-        align_name = str(policy.get("align", "2M")).upper()
+        align_name = out["align_name"] = str(policy.get("align", "2M")).upper()
         if align_name not in ALIGNS:
             raise PlanError("align %r: use 2M (PMD) or 1G (PUD)" % policy.get("align"))
-        align = max(ALIGNS[align_name], backend.size_align)
-        reserve = parse_size(policy.get("reserve", DEFAULT_RESERVE), "reserve")
-
+        align = out["align"] = max(ALIGNS[align_name], backend.size_align)
+        out["reserve"] = parse_size(policy.get("reserve", DEFAULT_RESERVE), "reserve")
         if mode == "fraction":
             try:
                 fraction = float(policy.get("fraction"))
@@ -150,29 +174,68 @@ def plan_host(host):
                 raise PlanError("mode fraction needs 'fraction' between 0 and 1")
             if not 0 < fraction < 1:
                 raise PlanError("fraction %r is not between 0 and 1" % policy.get("fraction"))
-            size = align_down(int(memory * fraction), align)
+            out["fraction"] = fraction
         elif mode == "absolute":
             if policy.get("size") in (None, ""):
                 raise PlanError("mode absolute needs 'size'")
-            size = align_up(parse_size(policy["size"]), align)
+            out["size"] = align_up(parse_size(policy["size"]), align)
         else:
-            vms_bytes = _vms_bytes(policy.get("vms"), backend)
-            row["vms_bytes"] = vms_bytes
-            size = align_up(vms_bytes + _headroom(policy.get("headroom"), vms_bytes), align)
+            vms_bytes = out["vms_bytes"] = _vms_bytes(policy.get("vms"), backend)
+            out["size"] = align_up(vms_bytes + _headroom(policy.get("headroom"), vms_bytes), align)
+        if backend.name == "guestmemfs":
+            try:
+                out["gmfs_scratch"] = backend.scratch_bytes(policy.get("kho_scratch"))
+            except BackendError as exc:
+                out["gmfs_scratch_why"] = str(exc)
+    except (PlanError, ValueError) as exc:
+        out["why"] = str(exc)
+    return out
 
+
+def plan_host(host, _memo=None):
+    """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why.
+
+    What depends on the policy alone is worked out once per policy object when ``_memo`` (a dict
+    that plan_fleet keeps for one call) is given: a fleet shares a few policies among many hosts."""
+    name = host.get("name")
+    policy = host.get("policy") or {}
+    row = {"host": name, "ok": False, "backend": policy.get("backend", "pmem"), "mode": policy.get("mode"),
+           "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
+           "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
+           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
+    memo = _memo.get(id(policy)) if _memo is not None else None
+    if memo is None:
+        backend, why = _check_policy(policy)
+        memo = [policy, backend, why, None]  # the policy is kept so that its id stays its own
+        if _memo is not None:
+            _memo[id(policy)] = memo
+    _policy, backend, why, sized = memo
+    try:
+        if why:
+            raise PlanError(why)
+        memory = host.get("memory_bytes")
+        if not memory:
+            raise PlanError("no memory facts (unreachable, or guestmemfs_facts did not run)")
+        if sized is None:
+            sized = memo[3] = _size_policy(policy, backend)
+        row["vms_bytes"] = sized["vms_bytes"]
+        if sized["why"]:
+            raise PlanError(sized["why"])
+        align = sized["align"]
+        size = align_down(int(memory * sized["fraction"]), align) if sized["mode"] == "fraction" else sized["size"]
         if size <= 0:
             raise PlanError("the %s rounds to 0 at %s alignment"
-                            % ("carve-out" if backend.carves_out else "VM memory", align_name))
+                            % ("carve-out" if backend.carves_out else "VM memory", sized["align_name"]))
         overhead = backend.overhead_bytes(size)
         scratch = 0
         if not backend.carves_out:
             scratch, row["scratch_source"] = _scratch(host, policy, backend)
         elif backend.name == "guestmemfs":
-            try:
-                scratch = backend.scratch_bytes(policy.get("kho_scratch"))
-            except BackendError as exc:
-                raise PlanError(str(exc))
+            if "gmfs_scratch_why" in sized:
+                raise PlanError(sized["gmfs_scratch_why"])
+            scratch = sized["gmfs_scratch"]
             row["scratch_source"] = "kho_scratch" if policy.get("kho_scratch") else "default"
+        reserve = sized["reserve"]
         left = memory - size - overhead - scratch
         row.update(size_bytes=size, size=format_size(size), reserve_bytes=reserve,
                    overhead_bytes=overhead, scratch_bytes=scratch if row["scratch_source"] else None, left_bytes=left)
@@ -198,7 +261,9 @@ def plan_host(host):
 
 def plan_fleet(hosts):
     """Every host -> its plan row, in the given order."""
-    return [plan_host(h) for h in hosts]
+    memo = {}
+    with no_cyclic_gc():
+        return [plan_host(h, memo) for h in hosts]
 
 
 def summary(rows):

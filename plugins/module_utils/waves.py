@@ -46,6 +46,8 @@ import json
 import math
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
+
 try:
     import netaddr
     HAS_NETADDR = True
@@ -394,6 +396,11 @@ def _targets(pol, total):
 
 def plan_waves(hosts, policy=None):
     """Hosts in inventory order + policy -> the plan (see the module's docstring). Raises WaveError."""
+    with no_cyclic_gc():
+        return _plan_waves(hosts, policy)
+
+
+def _plan_waves(hosts, policy):
     pol = _policy(policy)
     _hosts(hosts)
     domains = pol["domains"]
@@ -403,31 +410,47 @@ def plan_waves(hosts, policy=None):
     n = len(names)
 
     # every (domain, value) pair gets an id; a host is the tuple of its pair ids
-    pair_id, pair_dom, pair_val = {}, [], []
+    pair_dom, pair_val = [], []
     host_pairs, host_domains, problems = [], [], {}
     free = [0] * len(domains)  # hosts a domain does not limit
+    # per domain: its index, name, resolver, {value: pair id}, and the variable a plain-string
+    # value is read from directly (var domains: the common case, without the resolver's call)
+    plan = [(di, domains[di]["name"], resolve, {}, domains[di]["var"] if domains[di]["kind"] == "var" else None)
+            for di, resolve in resolvers]
     for h in hosts:
+        name = h["name"]
         hvars = h.get("vars") or {}
         pairs, shown = [], {}
-        for di, resolve in resolvers:
-            values, show, problem, malformed = resolve(h["name"], hvars)
-            d = domains[di]
-            if problem and (malformed or d["required"]):
-                why = problem if malformed else "%s (domain %s is required)" % (problem, d["name"])
-                problems.setdefault(why, []).append(h["name"])
+        for di, dname, resolve, vmap, var in plan:
+            if var is not None:
+                raw = hvars.get(var)
+                if raw.__class__ is str and raw and not raw.isspace():
+                    pid = vmap.get(raw)
+                    if pid is None:
+                        pid = vmap[raw] = len(pair_dom)
+                        pair_dom.append(di)
+                        pair_val.append(raw)
+                    pairs.append(pid)
+                    shown[dname] = raw
+                    continue
+            values, show, problem, malformed = resolve(name, hvars)
+            if problem and (malformed or domains[di]["required"]):
+                why = problem if malformed else "%s (domain %s is required)" % (problem, dname)
+                problems.setdefault(why, []).append(name)
             if not values:
                 free[di] += 1
                 continue
-            shown[d["name"]] = show
+            shown[dname] = show
             for v in values:
-                key = (di, v)
-                pid = pair_id.get(key)
+                pid = vmap.get(v)
                 if pid is None:
-                    pid = pair_id[key] = len(pair_dom)
+                    pid = vmap[v] = len(pair_dom)
                     pair_dom.append(di)
                     pair_val.append(v)
                 pairs.append(pid)
-        host_pairs.append(tuple(sorted(pairs)))
+        if len(pairs) > 1:
+            pairs.sort()
+        host_pairs.append(tuple(pairs))
         host_domains.append(shown)
     if problems:
         whys = list(problems)  # in inventory order of their first host
