@@ -23,6 +23,10 @@ and ``policy``:
                      guestmemfs: the RFC's KHO v2 scratch area, one size; default 256M
 ``kernel_reserved``  luo: what the kernel reserves at boot besides its struct pages (image,
                      initramfs, crashkernel=); default 64M
+``numa``      strict (default): refuse a host where a planned VM, or a pmem or guestmemfs
+              carve-out (one contiguous region), is larger than one NUMA node's memory;
+              spread: accept it, the row's ``numa`` says what spans nodes. Checked when the
+              host gives ``numa_node_bytes`` (each node's MemTotal) for more than one node.
 
 luo carves nothing out: ``size`` is the memory the VMs will hold in memfds, and the plan checks
 that physical RAM holds it, the backend's overhead, the KHO scratch areas and the reserve.
@@ -47,7 +51,8 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import
 ALIGNS = {"2M": 2 * MiB, "1G": GiB}
 MODES = ("fraction", "absolute", "vms")
 POLICY_KEYS = ("backend", "mode", "fraction", "size", "vms", "headroom", "reserve", "align", "kho_scratch",
-               "kernel_reserved")
+               "kernel_reserved", "numa")
+NUMA = ("strict", "spread")
 _KNOWN = frozenset(POLICY_KEYS)
 LUO_KEYS = ("kho_scratch", "kernel_reserved")
 DEFAULT_RESERVE = "2G"
@@ -75,7 +80,7 @@ def _headroom(value, vms_bytes):
 def _vms_bytes(vms, backend):
     if not isinstance(vms, list) or not vms:
         raise PlanError("mode vms needs a non-empty list 'vms' of {name, memory}")
-    total = 0
+    total, largest = 0, (0, None)
     granule = backend.size_align
     plain = type(backend).file_size is Backend.file_size  # rounds up to the granule: inlined
     most = backend.max_file_bytes
@@ -93,7 +98,9 @@ def _vms_bytes(vms, backend):
                             % (vm.get("name", "?"), human(size), backend.name, human(backend.max_file_bytes),
                                backend.max_file_why))
         total += size
-    return total
+        if size > largest[0]:
+            largest = (size, vm.get("name", "?"))
+    return total, largest
 
 
 def _scratch(host, policy, backend):
@@ -180,8 +187,12 @@ def _size_policy(policy, backend):
                 raise PlanError("mode absolute needs 'size'")
             out["size"] = align_up(parse_size(policy["size"]), align)
         else:
-            vms_bytes = out["vms_bytes"] = _vms_bytes(policy.get("vms"), backend)
+            vms_bytes, out["largest_vm"] = _vms_bytes(policy.get("vms"), backend)
+            out["vms_bytes"] = vms_bytes
             out["size"] = align_up(vms_bytes + _headroom(policy.get("headroom"), vms_bytes), align)
+        numa = out["numa"] = policy.get("numa", "strict")
+        if numa not in NUMA:
+            raise PlanError("numa %r: use strict (refuse what does not fit in one NUMA node) or spread" % (numa,))
         if backend.name == "guestmemfs":
             try:
                 out["gmfs_scratch"] = backend.scratch_bytes(policy.get("kho_scratch"))
@@ -190,6 +201,28 @@ def _size_policy(policy, backend):
     except (PlanError, ValueError) as exc:
         out["why"] = str(exc)
     return out
+
+
+def _numa(nodes, memory, size, backend, sized):
+    """What does not fit in one NUMA node: refused (PlanError) under numa: strict, a note under
+    spread; None when everything fits. A node's memory is its share of physical memory in the
+    proportion of the nodes' MemTotal (which a carve-out already taken shrinks, unlike physical
+    memory)."""
+    seen = sum(nodes)
+    node = max(nodes) * memory // seen if seen > 0 else memory // len(nodes)
+    over = []
+    largest, vm = sized.get("largest_vm") or (0, None)
+    if largest > node:
+        over.append("VM %s needs %s" % (vm, human(largest)))
+    if backend.carves_out and size > node:
+        # one memmap= range or one guestmemfs= region: contiguous, so it would cross a node boundary
+        over.append("the %s carve-out of %s is one contiguous region" % (backend.name, human(size)))
+    if not over:
+        return None
+    why = "%s, more than one NUMA node's %s (of %d)" % (" and ".join(over), human(node), len(nodes))
+    if sized["numa"] == "strict":
+        raise PlanError(why + ": it would span nodes; give smaller VMs, or set numa: spread to accept remote memory")
+    return "spread: " + why
 
 
 def plan_host(host, _memo=None):
@@ -202,7 +235,7 @@ def plan_host(host, _memo=None):
     row = {"host": name, "ok": False, "backend": policy.get("backend", "pmem"), "mode": policy.get("mode"),
            "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
            "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
-           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
+           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "numa": None, "reason": None}
     memo = _memo.get(id(policy)) if _memo is not None else None
     if memo is None:
         backend, why = _check_policy(policy)
@@ -248,6 +281,9 @@ def plan_host(host, _memo=None):
             raise PlanError("VM memory %s + luo backend overhead %s + KHO scratch %s (%s) leaves %s of %s, below "
                             "the reserve %s" % (human(size), human(overhead), human(scratch), row["scratch_source"],
                                                 human(left), human(memory), human(reserve)))
+        nodes = host.get("numa_node_bytes")
+        if nodes and len(nodes) > 1:
+            row["numa"] = _numa(nodes, memory, size, backend, sized)
         try:
             row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [],
                                                        kho_scratch=policy.get("kho_scratch"))
@@ -284,7 +320,8 @@ def _cells(r):
         return human(v) if isinstance(v, int) else "-"
     return (r["host"], r["backend"], r["mode"] or "-", h(r["memory_bytes"]), r["size"] or "-",
             h(r["overhead_bytes"]), h(r["scratch_bytes"]), h(r["left_bytes"]), h(r["reserve_bytes"]),
-            " ".join(r["cmdline_args"]) or "-", "ok" if r["ok"] else "REFUSED: " + r["reason"])
+            " ".join(r["cmdline_args"]) or "-",
+            ("ok" + (" (NUMA %s)" % r["numa"] if r.get("numa") else "")) if r["ok"] else "REFUSED: " + r["reason"])
 
 
 def render_table(rows):
@@ -305,7 +342,8 @@ def render_table(rows):
 def render_csv(rows):
     out = io.StringIO()
     fields = ["host", "ok", "backend", "mode", "memory_bytes", "size_bytes", "size", "overhead_bytes",
-              "scratch_bytes", "scratch_source", "left_bytes", "reserve_bytes", "vms_bytes", "cmdline_args", "reason"]
+              "scratch_bytes", "scratch_source", "left_bytes", "reserve_bytes", "vms_bytes", "cmdline_args", "numa",
+              "reason"]
     w = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:

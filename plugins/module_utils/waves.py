@@ -648,5 +648,13 @@ def render_csv(plan):
     return out.getvalue()
 
 
+def render_limits(plan):
+    """{wave-001.limit: its hosts one per line, ...} in plan order, as ``--limit @FILE`` reads them
+    (an AWX job's limit, a job slice, an ansible-runner run)."""
+    width = max(3, len(str(len(plan["waves"]))))
+    return dict(("wave-%0*d.limit" % (width, w["wave"]), "".join(h + "\n" for h in w["hosts"]))
+                for w in plan["waves"])
+
+
 def render_json(plan):
     return json.dumps(dict((k, v) for k, v in plan.items() if k != "order"), indent=2, sort_keys=True) + "\n"
