@@ -14,7 +14,7 @@ from ansible.module_utils.common.collections import is_sequence
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing
 from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import (
-    FleetVars, host_facts, plain, read_facts_file)
+    FleetVars, plain, read_facts_file)
 
 POLICY_VAR = "guestmemfs_sizing"
 
@@ -53,10 +53,12 @@ def carveout_inputs(hosts, hostvars, facts=None):
             policy = fleet.get(name, data).get(POLICY_VAR)
             if from_file is not None:
                 gf = (from_file.get(name) or {}).get("guestmemfs")
-            elif data is not None:
-                gf = host_facts(data, "guestmemfs")
             else:
-                gf = plain(hostvars[name]).get("ansible_facts", {}).get("guestmemfs")
+                facts = fleet.facts(name)
+                if facts is not None:
+                    gf = facts.get("guestmemfs")
+                else:
+                    gf = plain(hostvars[name]).get("ansible_facts", {}).get("guestmemfs")
             rows.append(_inputs(name, gf, policy))
         return rows
     except AnsibleFilterError:
