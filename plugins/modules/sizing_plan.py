@@ -32,8 +32,9 @@ options:
   facts_from:
     description:
       - Where the hosts' facts come from. Unset or C(cache) - the facts Ansible has for them, gathered in
-        this run or read from its fact cache (for example C(jsonfile)). A path - a facts file gathered
-        earlier, JSON or YAML, C({host: ansible_facts}) or C({host: {ansible_facts: ...}}).
+        this run or read from its fact cache (for example C(jsonfile)).
+      - "A path - a facts file gathered earlier, JSON or YAML, C({host: ansible_facts}) or
+        C({host: {ansible_facts: ...}})."
     type: str
   report_dir:
     description:

@@ -71,7 +71,7 @@ def planners(sizes, repeat):
         sizing_in, waves_in, policy = planner_inputs(n)
         la = load()
         runs = {"0.1.6": [], "now": []}
-        for _ in range(repeat):
+        for _run in range(repeat):
             for label, s_mod, w_mod in (("0.1.6", sizing_v1, waves_v1), ("now", sizing, waves)):
                 cs, ws = measure(s_mod.plan_fleet, sizing_in)
                 cw, ww = measure(w_mod.plan_waves, waves_in, policy)
@@ -115,8 +115,8 @@ def playbooks(sizes, facts_mode, keep):
           "(ansible-playbook and its workers), peak resident MiB of ansible-playbook; rc 2 = the refused "
           "hosts failed, by name" % (
               "Ansible's jsonfile fact cache" if facts_mode == "cache" else "a facts file"))
-    print("%7s %5s %-11s %8s %8s %8s %9s %4s" % ("hosts", "load", "playbook", "wall_s", "cpu_s", "ms/host",
-                                                  "peak_MiB", "rc"))
+    head = ("hosts", "load", "playbook", "wall_s", "cpu_s", "ms/host", "peak_MiB", "rc")
+    print("%7s %5s %-11s %8s %8s %8s %9s %4s" % head)
     tree = tempfile.mkdtemp(prefix="glu-bench-pb-")
     os.makedirs(os.path.join(tree, "ansible_collections", "guestmemfs"))
     os.symlink(ROOT, os.path.join(tree, "ansible_collections", "guestmemfs", "liveupdate"))
@@ -143,8 +143,8 @@ def playbooks(sizes, facts_mode, keep):
                                                   extra if name == "sizing.yml" else [])
                 total_wall += wall
                 total_cpu += cpu
-                print("%7d %5.2f %-11s %8.1f %8.1f %8.2f %9s %4d" % (n, la, name, wall, cpu, 1000 * wall / n,
-                                                                   "%.0f" % rss if rss else "-", rc))
+                peak = "%.0f" % rss if rss else "-"
+                print("%7d %5.2f %-11s %8.1f %8.1f %8.2f %9s %4d" % (n, la, name, wall, cpu, 1000 * wall / n, peak, rc))
                 sys.stdout.flush()
             print("%7d %5.2f %-11s %8.1f %8.1f %8.2f" % (n, load(), "both", total_wall, total_cpu, 1000 * total_wall / n))
             if not keep:
@@ -157,7 +157,7 @@ def playbooks(sizes, facts_mode, keep):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--hosts", type=int, nargs="+", default=[1000, 10000, 100000], help="planner fleet sizes")
     ap.add_argument("--playbook-hosts", type=int, nargs="*", default=None,
                     help="fleet sizes for the playbooks (default: --hosts; none: skip them)")

@@ -74,7 +74,7 @@ def write_cache(facts, path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     ap.add_argument("--hosts", type=int, default=1000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", action="store_true", help="also write a jsonfile fact cache")

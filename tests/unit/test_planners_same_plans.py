@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import conftest  # noqa: F401  (makes the collection importable)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conftest  # (makes the collection importable)
+sys.path.insert(0, os.path.join(conftest.ROOT, "tests", "unit"))
 
 from legacy import sizing_v1, waves_v1  # noqa: E402
 
