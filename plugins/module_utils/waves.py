@@ -330,6 +330,14 @@ def _resolver(d, cache):
             return _var_values(var, hvars[var])
         return values
     zones = _Zones(d) if kind == "cidrs" else None
+    # An IPv4 value depends only on the address's first ceil(prefix / 8) octets (the domain's
+    # prefix, or its longest network): hosts that share them share the answer, found once.
+    if kind == "subnet":
+        longest = d["prefix"]
+    else:
+        longest = zones.lens[4][0] if zones.lens[4] else None
+    octets = -(-longest // 8) if longest else 0
+    by_octets = {}
 
     def address_values(name, hvars):
         if var in hvars:
@@ -338,6 +346,18 @@ def _resolver(d, cache):
             text = name  # as Ansible connects
         else:
             return [], None, "no variable %r (an address)" % var, False
+        key = None
+        if 0 < octets < 4 and text.__class__ is str and _QUAD.fullmatch(text):
+            key = text.rsplit(".", 4 - octets)[0]
+            found = by_octets.get(key)
+            if found is not None:
+                return found
+        found = _address_values(text, hvars)
+        if key is not None and found[0]:
+            by_octets[key] = found
+        return found
+
+    def _address_values(text, hvars):
         addr = _address(text, cache)
         if addr is None:
             if var in hvars:
