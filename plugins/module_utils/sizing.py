@@ -203,6 +203,37 @@ def _size_policy(policy, backend):
     return out
 
 
+def _ranges_key(host):
+    ranges = host.get("firmware_ram_ranges")
+    try:
+        return tuple((r[0], r[1]) for r in ranges) if ranges else None
+    except (TypeError, IndexError, KeyError):
+        return id(ranges)
+
+
+def _cmdline(backend, size, ranges, kho_scratch):
+    return tuple(backend.cmdline_args(size, ranges, kho_scratch=kho_scratch))
+
+
+def _once(seen, key, fn, *args):
+    """fn(*args) once per key for one policy (hosts of the same memory and firmware map get the same
+    answer); an exception the planner reports is remembered and raised again."""
+    try:
+        found = seen.get(key)
+    except TypeError:  # an unhashable fact: no memo
+        return fn(*args)
+    if found is None:
+        try:
+            found = (None, fn(*args))
+        except (PlanError, BackendError, ValueError) as exc:
+            found = (type(exc), str(exc))
+        if len(seen) < 4096:
+            seen[key] = found
+    if found[0] is not None:
+        raise found[0](found[1])
+    return found[1]
+
+
 def _numa(nodes, memory, size, backend, sized):
     """What does not fit in one NUMA node: refused (PlanError) under numa: strict, a note under
     spread; None when everything fits. A node's memory is its share of physical memory in the
@@ -239,10 +270,10 @@ def plan_host(host, _memo=None):
     memo = _memo.get(id(policy)) if _memo is not None else None
     if memo is None:
         backend, why = _check_policy(policy)
-        memo = [policy, backend, why, None]  # the policy is kept so that its id stays its own
+        memo = [policy, backend, why, None, {}]  # the policy is kept so that its id stays its own
         if _memo is not None:
             _memo[id(policy)] = memo
-    _policy, backend, why, sized = memo
+    _policy, backend, why, sized, seen = memo
     try:
         if why:
             raise PlanError(why)
@@ -262,7 +293,9 @@ def plan_host(host, _memo=None):
         overhead = backend.overhead_bytes(size)
         scratch = 0
         if not backend.carves_out:
-            scratch, row["scratch_source"] = _scratch(host, policy, backend)
+            scratch, row["scratch_source"] = _once(seen, ("scratch", memory, _ranges_key(host), host.get("numa_nodes"),
+                                                          host.get("kho_scratch_bytes"), host.get("kho_scratch")),
+                                                   _scratch, host, policy, backend)
         elif backend.name == "guestmemfs":
             if "gmfs_scratch_why" in sized:
                 raise PlanError(sized["gmfs_scratch_why"])
@@ -285,8 +318,8 @@ def plan_host(host, _memo=None):
         if nodes and len(nodes) > 1:
             row["numa"] = _numa(nodes, memory, size, backend, sized)
         try:
-            row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [],
-                                                       kho_scratch=policy.get("kho_scratch"))
+            row["cmdline_args"] = list(_once(seen, ("cmdline", size, _ranges_key(host)), _cmdline, backend, size,
+                                             host.get("firmware_ram_ranges") or [], policy.get("kho_scratch")))
         except BackendError as exc:
             raise PlanError(str(exc))
         row["ok"] = True
