@@ -50,12 +50,15 @@ def test_ansible_builder_creates_the_context(tmp_path):
     with open(str(coll / meta["dependencies"]["python"])) as f:
         ee_reqs = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     assert ee_reqs == ["netaddr==%s" % p["netaddr"]]
-    # the context's collection installs, and its playbooks resolve by FQCN
+    # the context's collection installs, and its playbooks resolve by FQCN; only the installed copy
+    # counts: none of the Ansible settings the caller or other tests left behind
     dest = tmp_path / "collections"
+    env = dict((k, v) for k, v in os.environ.items() if not k.startswith("ANSIBLE_"))
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(dest), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false")
     out = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "-p", str(dest), str(coll)],
-                         capture_output=True, text=True, timeout=300, check=False)
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(dest), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false")
+    assert (dest / "ansible_collections" / "guestmemfs" / "liveupdate" / "playbooks" / "plan.yml").is_file(), out.stdout
     out = subprocess.run([os.path.join(BIN, "ansible-playbook"), "--syntax-check", "guestmemfs.liveupdate.plan"],
                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
