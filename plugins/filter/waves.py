@@ -14,28 +14,25 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.collections import is_sequence
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import waves
+from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import FleetVars
+from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import plain as _plain
 
 POLICY_VAR = "guestmemfs_rollout"
 _UNSET = object()
 
 
-def _plain(value):
-    """Host variables as plain dicts, lists and strings (they come as Ansible's lazy containers)."""
-    if isinstance(value, Mapping):
-        return dict((str(k), _plain(v)) for k, v in value.items())
-    if is_sequence(value):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    return value
-
-
-def _host_policies(names, hvs):
+def _host_policies(names, policies):
     """Every host's own guestmemfs_rollout -> the one policy they share; differing ones are refused."""
-    by_text = {}
-    for name, hv in zip(names, hvs):
-        policy = _plain(hv[POLICY_VAR]) if POLICY_VAR in hv else _UNSET
-        text = "(not set)" if policy is _UNSET else json.dumps(policy, sort_keys=True)
+    by_text, texts = {}, {}
+    for name, policy in zip(names, policies):
+        if policy is _UNSET:
+            text = "(not set)"
+        else:
+            # hosts that take it from one group share one object: one dump each
+            key = id(policy)
+            if key not in texts:
+                texts[key] = (policy, json.dumps(policy, sort_keys=True))
+            text = texts[key][1]
         by_text.setdefault(text, (policy, []))[1].append(name)
     if len(by_text) > 1:
         groups = sorted(by_text.items(), key=lambda kv: -len(kv[1][1]))
@@ -62,18 +59,23 @@ def rollout_waves(hosts, policy=_UNSET, hostvars=None):
                 raise AnsibleFilterError("rollout_waves with hostvars expects host names, got %r" % (name,))
             if name not in hostvars:
                 raise AnsibleFilterError("rollout_waves: %s is not in the inventory" % name)
-        # one look-up per host at most: Ansible builds all of a host's variables for each
-        hvs = None
+        # each host's variables read once, raw; only the policy and the domains' variables are
+        # templated (Ansible would build and template all of them for hostvars[host])
+        raws = None
         if policy is _UNSET:
-            hvs = [hostvars[name] for name in hosts]
-            policy = _host_policies(hosts, hvs)
+            fleet = FleetVars(hostvars, [POLICY_VAR])
+            raws = [fleet.raw(name) for name in hosts]
+            policy = _host_policies(hosts, [fleet.get(name, raws[i]).get(POLICY_VAR, _UNSET)
+                                            for i, name in enumerate(hosts)])
         else:
             policy = _plain(policy)
         wanted = waves.needed_vars(policy)
-        if wanted and hvs is None:
-            hvs = [hostvars[name] for name in hosts]
-        rows = [{"name": str(name), "vars": dict((v, _plain(hvs[i][v])) for v in wanted if v in hvs[i]) if wanted else {}}
-                for i, name in enumerate(hosts)]
+        if wanted:
+            fleet = FleetVars(hostvars, wanted)
+            rows = [{"name": str(name), "vars": fleet.get(name, raws[i] if raws else None)}
+                    for i, name in enumerate(hosts)]
+        else:
+            rows = [{"name": str(name), "vars": {}} for name in hosts]
         return waves.plan_waves(rows, policy)
     except waves.WaveError as exc:
         raise AnsibleFilterError("rollout_waves: %s" % exc)
@@ -82,11 +84,12 @@ def rollout_waves(hosts, policy=_UNSET, hostvars=None):
 def rollout_report(plan, fmt="table"):
     """One format -> its text; a list of formats -> {format: text}, reading the plan once (a large
     plan is slow to read back from a fact)."""
-    renderers = {"table": waves.render_table, "csv": waves.render_csv, "json": waves.render_json}
+    renderers = {"table": waves.render_table, "csv": waves.render_csv, "json": waves.render_json,
+                 "limits": waves.render_limits}
     fmts = list(fmt) if is_sequence(fmt) else [fmt]
     for f in fmts:
         if f not in renderers:
-            raise AnsibleFilterError("rollout_report format %r: use table, csv or json" % (f,))
+            raise AnsibleFilterError("rollout_report format %r: use table, csv or json (or limits: one file per wave)" % (f,))
     if not isinstance(plan, Mapping) or "waves" not in plan:
         raise AnsibleFilterError("rollout_report expects a plan from guestmemfs.liveupdate.rollout_waves")
     plan = _plain(plan)

@@ -23,6 +23,10 @@ and ``policy``:
                      guestmemfs: the RFC's KHO v2 scratch area, one size; default 256M
 ``kernel_reserved``  luo: what the kernel reserves at boot besides its struct pages (image,
                      initramfs, crashkernel=); default 64M
+``numa``      strict (default): refuse a host where a planned VM, or a pmem or guestmemfs
+              carve-out (one contiguous region), is larger than one NUMA node's memory;
+              spread: accept it, the row's ``numa`` says what spans nodes. Checked when the
+              host gives ``numa_node_bytes`` (each node's MemTotal) for more than one node.
 
 luo carves nothing out: ``size`` is the memory the VMs will hold in memfds, and the plan checks
 that physical RAM holds it, the backend's overhead, the KHO scratch areas and the reserve.
@@ -37,14 +41,17 @@ import io
 import json
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import DEFAULT_BACKEND, get_backend
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, MiB, align_down, align_up, format_size, human, parse_size)
 
 ALIGNS = {"2M": 2 * MiB, "1G": GiB}
 MODES = ("fraction", "absolute", "vms")
 POLICY_KEYS = ("backend", "mode", "fraction", "size", "vms", "headroom", "reserve", "align", "kho_scratch",
-               "kernel_reserved")
+               "kernel_reserved", "numa")
+NUMA = ("strict", "spread")
+_KNOWN = frozenset(POLICY_KEYS)
 LUO_KEYS = ("kho_scratch", "kernel_reserved")
 DEFAULT_RESERVE = "2G"
 
@@ -71,53 +78,84 @@ def _headroom(value, vms_bytes):
 def _vms_bytes(vms, backend):
     if not isinstance(vms, list) or not vms:
         raise PlanError("mode vms needs a non-empty list 'vms' of {name, memory}")
-    total = 0
+    total, largest = 0, (0, None)
+    granule = backend.size_align
+    plain = type(backend).file_size is Backend.file_size  # rounds up to the granule: inlined
+    most = backend.max_file_bytes
     for vm in vms:
-        if not isinstance(vm, dict) or "memory" not in vm:
+        if vm.__class__ is not dict and not isinstance(vm, dict) or "memory" not in vm:
             raise PlanError("each planned VM needs 'memory' (got %r)" % (vm,))
-        size = backend.file_size(parse_size(vm["memory"], "memory of VM %s" % vm.get("name", "?")))
-        if backend.max_file_bytes and size > backend.max_file_bytes:
+        memory = vm["memory"]
+        try:
+            size = parse_size(memory)
+        except ValueError:
+            parse_size(memory, "memory of VM %s" % vm.get("name", "?"))  # raises, naming the VM
+        size = size + (-size) % granule if plain else backend.file_size(size)
+        if most and size > most:
             raise PlanError("VM %s needs %s, above the %s backend's %s per file%s"
                             % (vm.get("name", "?"), human(size), backend.name, human(backend.max_file_bytes),
                                backend.max_file_why))
         total += size
-    return total
+        if size > largest[0]:
+            largest = (size, vm.get("name", "?"))
+    return total, largest
 
 
-def plan_host(host):
-    """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why."""
-    name = host.get("name")
-    policy = host.get("policy") or {}
-    row = {"host": name, "ok": False, "backend": policy.get("backend", DEFAULT_BACKEND), "mode": policy.get("mode"),
-           "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
-           "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
-           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "reason": None}
+def _plan_scratch(backend, host, policy):
+    try:
+        return backend.plan_scratch(host, policy)
+    except (ValueError, BackendError) as exc:
+        raise PlanError(str(exc))
+
+
+_BACKENDS = {}  # one instance per backend: they hold no state
+
+
+def _backend(name):
+    try:
+        backend = _BACKENDS.get(name)
+    except TypeError:  # an unhashable name: get_backend says what is wrong with it
+        return get_backend(name)
+    if backend is None:
+        backend = _BACKENDS[name] = get_backend(name)
+    return backend
+
+
+def _check_policy(policy):
+    """What a policy alone decides, before the host's facts are looked at: (backend, None) or
+    (None, why it is refused)."""
     try:
         if not policy:
             raise PlanError("no sizing policy: set guestmemfs_sizing for the host or its group")
-        unknown = sorted(set(policy) - set(POLICY_KEYS))
-        if unknown:
+        if not _KNOWN.issuperset(policy):
+            unknown = sorted(set(policy) - _KNOWN)
             raise PlanError("unknown policy keys %s (known: %s)" % (", ".join(unknown), ", ".join(POLICY_KEYS)))
         try:
-            backend = get_backend(row["backend"])
+            backend = _backend(policy.get("backend", DEFAULT_BACKEND))
         except ValueError as exc:
             raise PlanError(str(exc))
         if backend.carves_out:
             stray = [k for k in LUO_KEYS if k in policy and not (k == "kho_scratch" and backend.takes_kho_scratch)]
             if stray:
                 raise PlanError("%s only applies to the luo backend, not %s" % (", ".join(stray), backend.name))
-        memory = host.get("memory_bytes")
-        if not memory:
-            raise PlanError("no memory facts (unreachable, or guestmemfs_facts did not run)")
-        mode = policy.get("mode")
+    except (PlanError, ValueError) as exc:
+        return None, str(exc)
+    return backend, None
+
+
+def _size_policy(policy, backend):
+    """The rest of what a policy alone decides: {align, align_name, reserve, mode, fraction | size
+    (absolute, vms), vms_bytes (vms), why (refused), guestmemfs scratch}."""
+    out = {"vms_bytes": None, "why": None}
+    try:
+        mode = out["mode"] = policy.get("mode")
         if mode not in MODES:
             raise PlanError("policy mode %r: use one of %s" % (mode, ", ".join(MODES)))
-        align_name = str(policy.get("align", "2M")).upper()
+        align_name = out["align_name"] = str(policy.get("align", "2M")).upper()
         if align_name not in ALIGNS:
             raise PlanError("align %r: use 2M (PMD) or 1G (PUD)" % policy.get("align"))
-        align = max(ALIGNS[align_name], backend.size_align)
-        reserve = parse_size(policy.get("reserve", DEFAULT_RESERVE), "reserve")
-
+        align = out["align"] = max(ALIGNS[align_name], backend.size_align)
+        out["reserve"] = parse_size(policy.get("reserve", DEFAULT_RESERVE), "reserve")
         if mode == "fraction":
             try:
                 fraction = float(policy.get("fraction"))
@@ -125,24 +163,117 @@ def plan_host(host):
                 raise PlanError("mode fraction needs 'fraction' between 0 and 1")
             if not 0 < fraction < 1:
                 raise PlanError("fraction %r is not between 0 and 1" % policy.get("fraction"))
-            size = align_down(int(memory * fraction), align)
+            out["fraction"] = fraction
         elif mode == "absolute":
             if policy.get("size") in (None, ""):
                 raise PlanError("mode absolute needs 'size'")
-            size = align_up(parse_size(policy["size"]), align)
+            out["size"] = align_up(parse_size(policy["size"]), align)
         else:
-            vms_bytes = _vms_bytes(policy.get("vms"), backend)
-            row["vms_bytes"] = vms_bytes
-            size = align_up(vms_bytes + _headroom(policy.get("headroom"), vms_bytes), align)
+            vms_bytes, out["largest_vm"] = _vms_bytes(policy.get("vms"), backend)
+            out["vms_bytes"] = vms_bytes
+            out["size"] = align_up(vms_bytes + _headroom(policy.get("headroom"), vms_bytes), align)
+        numa = out["numa"] = policy.get("numa", "strict")
+        if numa not in NUMA:
+            raise PlanError("numa %r: use strict (refuse what does not fit in one NUMA node) or spread" % (numa,))
+    except (PlanError, ValueError) as exc:
+        out["why"] = str(exc)
+    return out
 
+
+def _ranges_key(host):
+    ranges = host.get("firmware_ram_ranges")
+    try:
+        return tuple((r[0], r[1]) for r in ranges) if ranges else None
+    except (TypeError, IndexError, KeyError):
+        return id(ranges)
+
+
+def _cmdline(backend, size, ranges, kho_scratch):
+    return tuple(backend.cmdline_args(size, ranges, kho_scratch=kho_scratch))
+
+
+def _once(seen, key, fn, *args):
+    """fn(*args) once per key for one policy (hosts of the same memory and firmware map get the same
+    answer); an exception the planner reports is remembered and raised again."""
+    try:
+        found = seen.get(key)
+    except TypeError:  # an unhashable fact: no memo
+        return fn(*args)
+    if found is None:
+        try:
+            found = (None, fn(*args))
+        except (PlanError, BackendError, ValueError) as exc:
+            found = (type(exc), str(exc))
+        if len(seen) < 4096:
+            seen[key] = found
+    if found[0] is not None:
+        raise found[0](found[1])
+    return found[1]
+
+
+def _numa(nodes, memory, size, backend, sized):
+    """What does not fit in one NUMA node: refused (PlanError) under numa: strict, a note under
+    spread; None when everything fits. A node's memory is its share of physical memory in the
+    proportion of the nodes' MemTotal (which a carve-out already taken shrinks, unlike physical
+    memory)."""
+    seen = sum(nodes)
+    node = max(nodes) * memory // seen if seen > 0 else memory // len(nodes)
+    over = []
+    largest, vm = sized.get("largest_vm") or (0, None)
+    if largest > node:
+        over.append("VM %s needs %s" % (vm, human(largest)))
+    if backend.carves_out and size > node:
+        # one memmap= range or one guestmemfs= region: contiguous, so it would cross a node boundary
+        over.append("the %s carve-out of %s is one contiguous region" % (backend.name, human(size)))
+    if not over:
+        return None
+    why = "%s, more than one NUMA node's %s (of %d)" % (" and ".join(over), human(node), len(nodes))
+    if sized["numa"] == "strict":
+        raise PlanError(why + ": it would span nodes; give smaller VMs, or set numa: spread to accept remote memory")
+    return "spread: " + why
+
+
+def plan_host(host, _memo=None):
+    """One host -> a plan row. Never raises for a bad host: the row says ``ok: False`` and why.
+
+    What depends on the policy alone is worked out once per policy object when ``_memo`` (a dict
+    that plan_fleet keeps for one call) is given: a fleet shares a few policies among many hosts."""
+    name = host.get("name")
+    policy = host.get("policy") or {}
+    row = {"host": name, "ok": False, "backend": policy.get("backend", DEFAULT_BACKEND), "mode": policy.get("mode"),
+           "memory_bytes": host.get("memory_bytes"), "size_bytes": None, "size": None,
+           "reserve_bytes": None, "overhead_bytes": None, "scratch_bytes": None, "scratch_source": None,
+           "left_bytes": None, "vms_bytes": None, "cmdline_args": [], "numa": None, "reason": None}
+    memo = _memo.get(id(policy)) if _memo is not None else None
+    if memo is None:
+        backend, why = _check_policy(policy)
+        memo = [policy, backend, why, None, {}]  # the policy is kept so that its id stays its own
+        if _memo is not None:
+            _memo[id(policy)] = memo
+    _policy, backend, why, sized, seen = memo
+    try:
+        if why:
+            raise PlanError(why)
+        memory = host.get("memory_bytes")
+        if not memory:
+            raise PlanError("no memory facts (unreachable, or guestmemfs_facts did not run)")
+        if sized is None:
+            sized = memo[3] = _size_policy(policy, backend)
+        row["vms_bytes"] = sized["vms_bytes"]
+        if sized["why"]:
+            raise PlanError(sized["why"])
+        align = sized["align"]
+        size = align_down(int(memory * sized["fraction"]), align) if sized["mode"] == "fraction" else sized["size"]
         if size <= 0:
             raise PlanError("the %s rounds to 0 at %s alignment"
-                            % ("carve-out" if backend.carves_out else "VM memory", align_name))
+                            % ("carve-out" if backend.carves_out else "VM memory", sized["align_name"]))
         overhead = backend.overhead_bytes(size)
-        try:  # the KHO scratch area beside it, by the backend's own rule
-            scratch, row["scratch_source"] = backend.plan_scratch(host, policy)
-        except (ValueError, BackendError) as exc:
-            raise PlanError(str(exc))
+        # The KHO scratch area beside the backend's memory, by the backend's own rule; hosts of the same
+        # memory and firmware map get the same answer.
+        scratch, row["scratch_source"] = _once(seen, ("scratch", memory, _ranges_key(host), host.get("numa_nodes"),
+                                                      host.get("kho_scratch_bytes"), host.get("kho_scratch")),
+                                               _plan_scratch, backend, host, policy)
+        reserve = sized["reserve"]
         left = memory - size - overhead - scratch
         row.update(size_bytes=size, size=format_size(size), reserve_bytes=reserve,
                    overhead_bytes=overhead, scratch_bytes=scratch if row["scratch_source"] else None, left_bytes=left)
@@ -155,9 +286,12 @@ def plan_host(host):
             raise PlanError("VM memory %s + luo backend overhead %s + KHO scratch %s (%s) leaves %s of %s, below "
                             "the reserve %s" % (human(size), human(overhead), human(scratch), row["scratch_source"],
                                                 human(left), human(memory), human(reserve)))
+        nodes = host.get("numa_node_bytes")
+        if nodes and len(nodes) > 1:
+            row["numa"] = _numa(nodes, memory, size, backend, sized)
         try:
-            row["cmdline_args"] = backend.cmdline_args(size, host.get("firmware_ram_ranges") or [],
-                                                       kho_scratch=policy.get("kho_scratch"))
+            row["cmdline_args"] = list(_once(seen, ("cmdline", size, _ranges_key(host)), _cmdline, backend, size,
+                                             host.get("firmware_ram_ranges") or [], policy.get("kho_scratch")))
         except BackendError as exc:
             raise PlanError(str(exc))
         row["ok"] = True
@@ -168,7 +302,9 @@ def plan_host(host):
 
 def plan_fleet(hosts):
     """Every host -> its plan row, in the given order."""
-    return [plan_host(h) for h in hosts]
+    memo = {}
+    with no_cyclic_gc():
+        return [plan_host(h, memo) for h in hosts]
 
 
 def summary(rows):
@@ -189,7 +325,8 @@ def _cells(r):
         return human(v) if isinstance(v, int) else "-"
     return (r["host"], r["backend"], r["mode"] or "-", h(r["memory_bytes"]), r["size"] or "-",
             h(r["overhead_bytes"]), h(r["scratch_bytes"]), h(r["left_bytes"]), h(r["reserve_bytes"]),
-            " ".join(r["cmdline_args"]) or "-", "ok" if r["ok"] else "REFUSED: " + r["reason"])
+            " ".join(r["cmdline_args"]) or "-",
+            ("ok" + (" (NUMA %s)" % r["numa"] if r.get("numa") else "")) if r["ok"] else "REFUSED: " + r["reason"])
 
 
 def render_table(rows):
@@ -210,7 +347,8 @@ def render_table(rows):
 def render_csv(rows):
     out = io.StringIO()
     fields = ["host", "ok", "backend", "mode", "memory_bytes", "size_bytes", "size", "overhead_bytes",
-              "scratch_bytes", "scratch_source", "left_bytes", "reserve_bytes", "vms_bytes", "cmdline_args", "reason"]
+              "scratch_bytes", "scratch_source", "left_bytes", "reserve_bytes", "vms_bytes", "cmdline_args", "numa",
+              "reason"]
     w = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:

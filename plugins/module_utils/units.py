@@ -14,8 +14,23 @@ _SUFFIX = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB, "P": 1024 ** 5}
 _SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$", re.I)
 
 
+_PARSED = {}  # text -> bytes: a fleet repeats a few sizes many times
+
+
 def parse_size(value, what="size"):
     """'10G', '512M', '1.5G', '0x40000000', 1073741824 -> bytes (int). Raises ValueError."""
+    if value.__class__ is str:
+        size = _PARSED.get(value)
+        if size is not None:
+            return size
+        size = _parse_size(value, what)
+        if len(_PARSED) < 65536:
+            _PARSED[value] = size
+        return size
+    return _parse_size(value, what)
+
+
+def _parse_size(value, what):
     if isinstance(value, bool):
         raise ValueError("%s: %r is not a size" % (what, value))
     if isinstance(value, int):
@@ -33,8 +48,20 @@ def parse_size(value, what="size"):
     return int(size)
 
 
+_FORMATTED = {}
+
+
 def format_size(size):
     """bytes -> the largest exact kernel suffix: 1073741824 -> '1G', 3221225472 -> '3G'."""
+    text = _FORMATTED.get(size)
+    if text is None:
+        text = _format_size(size)
+        if len(_FORMATTED) < 65536:
+            _FORMATTED[size] = text
+    return text
+
+
+def _format_size(size):
     for suffix in ("P", "T", "G", "M", "K"):
         unit = _SUFFIX[suffix]
         if size and size % unit == 0:

@@ -46,6 +46,8 @@ import json
 import math
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
+
 try:
     import netaddr
     HAS_NETADDR = True
@@ -328,6 +330,14 @@ def _resolver(d, cache):
             return _var_values(var, hvars[var])
         return values
     zones = _Zones(d) if kind == "cidrs" else None
+    # An IPv4 value depends only on the address's first ceil(prefix / 8) octets (the domain's
+    # prefix, or its longest network): hosts that share them share the answer, found once.
+    if kind == "subnet":
+        longest = d["prefix"]
+    else:
+        longest = zones.lens[4][0] if zones.lens[4] else None
+    octets = -(-longest // 8) if longest else 0
+    by_octets = {}
 
     def address_values(name, hvars):
         if var in hvars:
@@ -336,6 +346,18 @@ def _resolver(d, cache):
             text = name  # as Ansible connects
         else:
             return [], None, "no variable %r (an address)" % var, False
+        key = None
+        if 0 < octets < 4 and text.__class__ is str and _QUAD.fullmatch(text):
+            key = text.rsplit(".", 4 - octets)[0]
+            found = by_octets.get(key)
+            if found is not None:
+                return found
+        found = _address_values(text, hvars)
+        if key is not None and found[0]:
+            by_octets[key] = found
+        return found
+
+    def _address_values(text, hvars):
         addr = _address(text, cache)
         if addr is None:
             if var in hvars:
@@ -394,6 +416,11 @@ def _targets(pol, total):
 
 def plan_waves(hosts, policy=None):
     """Hosts in inventory order + policy -> the plan (see the module's docstring). Raises WaveError."""
+    with no_cyclic_gc():
+        return _plan_waves(hosts, policy)
+
+
+def _plan_waves(hosts, policy):
     pol = _policy(policy)
     _hosts(hosts)
     domains = pol["domains"]
@@ -403,31 +430,47 @@ def plan_waves(hosts, policy=None):
     n = len(names)
 
     # every (domain, value) pair gets an id; a host is the tuple of its pair ids
-    pair_id, pair_dom, pair_val = {}, [], []
+    pair_dom, pair_val = [], []
     host_pairs, host_domains, problems = [], [], {}
     free = [0] * len(domains)  # hosts a domain does not limit
+    # per domain: its index, name, resolver, {value: pair id}, and the variable a plain-string
+    # value is read from directly (var domains: the common case, without the resolver's call)
+    plan = [(di, domains[di]["name"], resolve, {}, domains[di]["var"] if domains[di]["kind"] == "var" else None)
+            for di, resolve in resolvers]
     for h in hosts:
+        name = h["name"]
         hvars = h.get("vars") or {}
         pairs, shown = [], {}
-        for di, resolve in resolvers:
-            values, show, problem, malformed = resolve(h["name"], hvars)
-            d = domains[di]
-            if problem and (malformed or d["required"]):
-                why = problem if malformed else "%s (domain %s is required)" % (problem, d["name"])
-                problems.setdefault(why, []).append(h["name"])
+        for di, dname, resolve, vmap, var in plan:
+            if var is not None:
+                raw = hvars.get(var)
+                if raw.__class__ is str and raw and not raw.isspace():
+                    pid = vmap.get(raw)
+                    if pid is None:
+                        pid = vmap[raw] = len(pair_dom)
+                        pair_dom.append(di)
+                        pair_val.append(raw)
+                    pairs.append(pid)
+                    shown[dname] = raw
+                    continue
+            values, show, problem, malformed = resolve(name, hvars)
+            if problem and (malformed or domains[di]["required"]):
+                why = problem if malformed else "%s (domain %s is required)" % (problem, dname)
+                problems.setdefault(why, []).append(name)
             if not values:
                 free[di] += 1
                 continue
-            shown[d["name"]] = show
+            shown[dname] = show
             for v in values:
-                key = (di, v)
-                pid = pair_id.get(key)
+                pid = vmap.get(v)
                 if pid is None:
-                    pid = pair_id[key] = len(pair_dom)
+                    pid = vmap[v] = len(pair_dom)
                     pair_dom.append(di)
                     pair_val.append(v)
                 pairs.append(pid)
-        host_pairs.append(tuple(sorted(pairs)))
+        if len(pairs) > 1:
+            pairs.sort()
+        host_pairs.append(tuple(pairs))
         host_domains.append(shown)
     if problems:
         whys = list(problems)  # in inventory order of their first host
@@ -623,6 +666,14 @@ def render_csv(plan):
         w.writerow([r["host"], r["wave"]] + [" ".join(v) if isinstance(v, list) else v
                                              for v in (r["domains"].get(d, "") for d in names)])
     return out.getvalue()
+
+
+def render_limits(plan):
+    """{wave-001.limit: its hosts one per line, ...} in plan order, as ``--limit @FILE`` reads them
+    (an AWX job's limit, a job slice, an ansible-runner run)."""
+    width = max(3, len(str(len(plan["waves"]))))
+    return dict(("wave-%0*d.limit" % (width, w["wave"]), "".join(h + "\n" for h in w["hosts"]))
+                for w in plan["waves"])
 
 
 def render_json(plan):

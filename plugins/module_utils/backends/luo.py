@@ -124,10 +124,14 @@ def estimate_reserved(memory_bytes, firmware_ram_ranges=None, nodes=1, kernel_re
     0 and below 4 GiB, where boot loaders put the kernel and its initramfs. Only the split's
     rounding depends on that guess: the areas' sum is twice the scale of the total."""
     if firmware_ram_ranges:
-        sections = set()
-        for start, end in firmware_ram_ranges:
-            sections.update(range(start // SECTION, end // SECTION + 1))
-        memmap = len(sections) * (SECTION // PAGE) * STRUCT_PAGE
+        # the sections any range touches, counted over the merged runs of section numbers
+        count, last = 0, -1
+        for first, end in sorted((start // SECTION, end // SECTION) for start, end in firmware_ram_ranges):
+            first = max(first, last + 1)
+            if end >= first:
+                count += end - first + 1
+                last = end
+        memmap = count * (SECTION // PAGE) * STRUCT_PAGE
     else:
         memmap = align_up(memory_bytes, SECTION) // PAGE * STRUCT_PAGE
     nodes = max(int(nodes or 1), 1)

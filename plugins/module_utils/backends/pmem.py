@@ -10,6 +10,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from operator import itemgetter
+
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, MiB, align_down, align_up, format_size, human, parse_size)
@@ -49,7 +51,7 @@ class PmemBackend(Backend):
     def place(self, size, firmware_ram_ranges):
         """The offset of a ``size``-byte region: the top of the highest System RAM range above
         4 GiB that holds it, section-aligned. Deterministic, so a re-plan gives the same answer."""
-        for start, end in sorted(firmware_ram_ranges, key=lambda r: r[0], reverse=True):
+        for start, end in sorted(firmware_ram_ranges, key=itemgetter(0), reverse=True):
             lo = max(align_up(start, SECTION), LOW_LIMIT)
             offset = align_down(end + 1 - size, SECTION)
             if offset >= lo:

@@ -1,0 +1,163 @@
+"""Planning without contacting hosts (playbooks/sizing.yml from a facts file or Ansible's fact
+cache), each host's row handed back by name, one limit file per wave (playbooks/plan.yml), the
+NUMA check and the report_files module. The playbooks run on hosts with a local connection."""
+
+import json
+import os
+import sys
+
+import pytest
+
+import conftest
+from test_waves_playbook import PLAYBOOKS, run
+
+sys.path.insert(0, os.path.join(conftest.ROOT, "tests", "bench"))
+import fleet_inventory  # noqa: E402
+
+from ansible_collections.guestmemfs.liveupdate.plugins.filter.carveout import _inputs  # noqa: E402
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing  # noqa: E402
+from ansible_collections.guestmemfs.liveupdate.plugins.modules import report_files  # noqa: E402
+
+GiB = 1 << 30
+
+
+def small_fleet(n=24):
+    """The benchmark's generated fleet, with a local connection: 4 sizing policies by group, one host
+    too small for its policy on two NUMA nodes (hv000021, in the pmem_vms group)."""
+    inv, facts = fleet_inventory.fleet(n)
+    facts["hv000021"] = fleet_inventory.host_facts(__import__("random").Random(5), 2, small=True)
+    inv["hypervisors"]["vars"].update(ansible_connection="local",
+                                      ansible_python_interpreter="{{ ansible_playbook_python }}")
+    return inv, facts
+
+
+def expected_rows(inv, facts):
+    """The plan the collection's planner gives for the same facts and policies, in inventory order."""
+    hosts = []
+    for group in inv["hypervisors"]["children"].values():
+        for name in group["hosts"]:
+            hosts.append(_inputs(name, facts[name]["guestmemfs"], group["vars"]["guestmemfs_sizing"]))
+    order = dict((h, i) for i, h in enumerate(sorted(facts)))
+    return sizing.plan_fleet(sorted(hosts, key=lambda h: order[h["name"]]))
+
+
+def sizing_json(tmp_path):
+    return json.loads((tmp_path / "report" / "sizing.json").read_text())["hosts"]
+
+
+def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
+    inv, facts = small_fleet()
+    expected = expected_rows(inv, facts)
+    refused = [r["host"] for r in expected if not r["ok"]]
+    assert refused == ["hv000021"] and "NUMA node" in expected[21]["reason"]
+    # a facts file: {host: ansible_facts}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"))
+    assert out.returncode == 2, out.stdout + out.stderr  # the refused host fails, named; no host was contacted
+    assert "skipping: no hosts matched" in out.stdout  # the facts play
+    assert "hv000021: no carve-out: %s" % expected[21]["reason"] in out.stdout
+    from_file = sizing_json(tmp_path)
+    assert [dict(r, numa=r.get("numa")) for r in from_file] == json.loads(json.dumps(expected))
+    # Ansible's jsonfile fact cache, written by Ansible's own cache plugin
+    os.remove(str(tmp_path / "report" / "sizing.json"))
+    fleet_inventory.write_cache(facts, str(tmp_path / "cache"))
+    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "cache"),
+                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
+    try:
+        out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
+    finally:
+        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
+            os.environ.pop(k)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert sizing_json(tmp_path) == from_file
+
+
+def test_each_host_records_its_own_row_by_name(tmp_path):
+    inv, facts = small_fleet(8)
+    # a policy templated per host: each host's own size
+    inv["hypervisors"]["vars"]["guestmemfs_sizing"] = {"mode": "absolute", "size": "{{ carve_gib }}G", "reserve": "8G"}
+    for group in inv["hypervisors"]["children"].values():
+        del group["vars"]["guestmemfs_sizing"]
+        for i, (name, hvars) in enumerate(sorted(group["hosts"].items())):
+            hvars["carve_gib"] = 8 + int(name[2:])
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"),
+              "-e", "guestmemfs_sizing_record=true")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = dict((r["host"], r) for r in sizing_json(tmp_path))
+    assert len(rows) == 8
+    for name, row in rows.items():
+        assert row["size"] == "%dG" % (8 + int(name[2:]))
+        assert "%s: %s (%s)" % (name, row["size"], " ".join(row["cmdline_args"])) in out.stdout
+
+
+def plan(tmp_path, inv):
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    waves = json.loads((tmp_path / "report" / "waves.json").read_text())["waves"]
+    limits = sorted(os.listdir(str(tmp_path / "report" / "waves")))
+    return waves, limits
+
+
+def test_plan_writes_one_limit_file_per_wave_and_removes_stale_ones(tmp_path):
+    inv, _facts = small_fleet(60)
+    waves, limits = plan(tmp_path, inv)
+    assert len(waves) > 3
+    assert limits == ["wave-%03d.limit" % w["wave"] for w in waves]
+    for w in waves:
+        assert (tmp_path / "report" / "waves" / ("wave-%03d.limit" % w["wave"])).read_text().split() == w["hosts"]
+    # a policy with fewer, larger waves: the earlier plan's extra files go
+    inv["hypervisors"]["vars"]["guestmemfs_rollout"] = {"canary": 1, "waves": ["50%"]}
+    fewer, limits = plan(tmp_path, inv)
+    assert len(fewer) < len(waves) and limits == ["wave-%03d.limit" % w["wave"] for w in fewer]
+
+
+def numa_host(policy, nodes=(128 * GiB, 128 * GiB)):
+    mem = sum(nodes)
+    return {"name": "h", "memory_bytes": mem, "numa_node_bytes": list(nodes), "numa_nodes": len(nodes),
+            "firmware_ram_ranges": [[0, 0x9FBFF], [0x100000, 0x7FFDBFFF], [4 * GiB, 4 * GiB + mem - 2 * GiB - 1]],
+            "policy": policy}
+
+
+def test_numa_a_vm_larger_than_a_node_is_refused_unless_spread():
+    vms = [{"name": "big", "memory": "160G"}, {"name": "small", "memory": "8G"}]
+    row = sizing.plan_host(numa_host({"backend": "luo", "mode": "vms", "vms": vms}))
+    assert not row["ok"] and "VM big needs 160.0 GiB" in row["reason"] and "NUMA node's 128.0 GiB" in row["reason"]
+    row = sizing.plan_host(numa_host({"backend": "luo", "mode": "vms", "vms": vms, "numa": "spread"}))
+    assert row["ok"] and row["numa"].startswith("spread: VM big needs 160.0 GiB")
+    assert "(NUMA spread: VM big" in sizing.render_table([row])
+    # on one node of the same memory nothing spans nodes
+    row = sizing.plan_host(numa_host({"backend": "luo", "mode": "vms", "vms": vms}, nodes=(256 * GiB,)))
+    assert row["ok"] and row["numa"] is None
+
+
+def test_numa_a_contiguous_carveout_must_fit_in_a_node():
+    for backend in ("pmem", "guestmemfs"):
+        vms = [{"name": "v%d" % i, "memory": "1G"} for i in range(150)]
+        row = sizing.plan_host(numa_host({"backend": backend, "mode": "vms", "vms": vms, "reserve": "8G"}))
+        assert not row["ok"] and "the %s carve-out of" % backend in row["reason"], row
+    # luo carves nothing out: the same memory in memfds may spread over the nodes
+    row = sizing.plan_host(numa_host({"backend": "luo", "mode": "vms", "vms": vms, "reserve": "8G"}))
+    assert row["ok"] and row["numa"] is None
+    # a carve-out within a node is fine
+    row = sizing.plan_host(numa_host({"backend": "pmem", "mode": "absolute", "size": "100G", "reserve": "8G"}))
+    assert row["ok"] and row["numa"] is None
+    with pytest.raises(AssertionError):
+        assert sizing.plan_host(numa_host({"mode": "absolute", "size": "8G", "numa": "maybe"}))["ok"]
+
+
+def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, capsys):
+    d = tmp_path / "waves"
+    code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"wave-1.limit": "a\n", "wave-2.limit": "b\n"},
+                                                         "exclusive": "wave-*.limit"})
+    assert code == 0 and res["changed"] and res["written"] == ["wave-1.limit", "wave-2.limit"]
+    (d / "notes.txt").write_text("mine")
+    code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"wave-1.limit": "a\n"},
+                                                         "exclusive": "wave-*.limit"})
+    assert res["changed"] and res["written"] == [] and res["removed"] == ["wave-2.limit"]
+    assert sorted(os.listdir(str(d))) == ["notes.txt", "wave-1.limit"]
+    code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"wave-1.limit": "a\n"},
+                                                         "exclusive": "wave-*.limit"})
+    assert not res["changed"]
+    code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"../x": "a"}})
+    assert code == 1 and "plain names" in res["msg"]
