@@ -31,6 +31,8 @@ import tempfile
 import time
 import uuid
 
+from counter_guest import counter_guest  # beside this file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_FILES = os.path.join(HERE, "image")
 
@@ -726,14 +728,14 @@ def open_tap(ns, ifname):
     return fd
 
 
-def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem"):
+def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem", guest="counter"):
     require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
     state = load_state(name)
     if state and any(pid_alive(h.get("pid", 0), h["name"]) for h in state["hosts"]):
         healthy = all(pid_alive(h["pid"], h["name"]) and ssh_ok(state, h) for h in state["hosts"])
         if len(state["hosts"]) == hosts and healthy:
             log(f"fleet '{name}' is already up with {hosts} hosts: reusing it")
-            state["backend"] = backend
+            state["backend"], state["guest"] = backend, guest
             write_inventory(name, state, inventory_copy)
             return state
         raise FleetStillRunning(f"fleet '{name}' is running but not as asked (or not answering): "
@@ -751,7 +753,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
     if not os.path.exists(key):
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"fleet-{name}", "-f", key])
     state = {"name": name, "key": key, "memory_mb": memory_mb, "cpus": cpus, "accel": accel,
-             "base": base, "hosts": [], "backend": backend}
+             "base": base, "hosts": [], "backend": backend, "guest": guest}
     for i in range(hosts):
         hname = f"host{i + 1}"
         host = {"name": hname, "port": base_port + i,
@@ -829,6 +831,34 @@ def inventory_vars(text, backend=None):
     return out
 
 
+GUESTS = ("counter", "linux")
+
+
+def with_guest(text, guest):
+    """The inventory variables with ``guest``'s VMs: linux (the real guest, as inventory-vars.yml has
+    it) or counter (inventory-guest-counter.yml's blocks in place of guestmemfs_vm_defaults and
+    guestmemfs_vms)."""
+    if guest == "linux":
+        return text
+    if guest not in GUESTS:
+        raise FleetError(f"guest {guest!r}: the virtual fleet knows {', '.join(GUESTS)}")
+    with open(os.path.join(HERE, "inventory-guest-counter.yml")) as fh:
+        block = [line for line in fh.read().splitlines() if line.strip() and not line.startswith("#")]
+    out, skip, placed = [], False, False
+    for line in text.splitlines():
+        if line.startswith(("guestmemfs_vm_defaults:", "guestmemfs_vms:")):
+            skip = True
+            if not placed:
+                out += block
+                placed = True
+            continue
+        if skip and (line.startswith((" ", "#")) or not line.strip()):
+            continue
+        skip = False
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def write_inventory(name, state, copy_to=None):
     lines = ["# Written by tests/fleet/fleet.py up; the fleet's VMs on 127.0.0.1", "all:",
              "  children:", "    hypervisors:", "      hosts:"]
@@ -845,7 +875,8 @@ def write_inventory(name, state, copy_to=None):
               "          -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o ConnectTimeout=30",
               "        ansible_python_interpreter: /usr/bin/python3"]
     with open(os.path.join(HERE, "inventory-vars.yml")) as fh:
-        lines += ["        " + line if line.strip() else "" for line in inventory_vars(fh.read(), state.get("backend"))]
+        text = with_guest(fh.read(), state.get("guest", "counter"))
+        lines += ["        " + line if line.strip() else "" for line in inventory_vars(text, state.get("backend"))]
     lines.append("")
     path = os.path.join(fleet_dir(name), "inventory.yml")
     write(path, "\n".join(lines))
@@ -959,6 +990,10 @@ def provision(state, guest=None):
                                    stdin=fh, capture_output=True, timeout=600, check=False)
             if r.returncode != 0:
                 raise FleetError(f"{host['name']}: copying {f} failed: {r.stderr.decode(errors='replace')}")
+        r = subprocess.run(ssh_base(state, host) + [f"cat > {HOST_GUEST_DIR}/counter-guest.mb"], input=counter_guest(),
+                           capture_output=True, timeout=120, check=False)
+        if r.returncode != 0:
+            raise FleetError(f"{host['name']}: writing the counting guest failed: {r.stderr.decode(errors='replace')}")
         out = ssh_out(state, host, PROVISION_DISKS.format(dir=HOST_GUEST_DIR, count=GUEST_DISKS, mb=GUEST_DISK_MB),
                       timeout=600)
         log(f"{host['name']}: guest {manifest['kernel']} in {HOST_GUEST_DIR} "
@@ -1073,6 +1108,10 @@ def main(argv=None):
     pu.add_argument("--inventory", help="also write the inventory to this path")
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
+    pu.add_argument("--guest", default=os.environ.get("GUESTMEMFS_FLEET_GUEST", "counter"), choices=list(GUESTS),
+                    help="the nested VMs: counter (the multiboot counting guest) or linux (the real guest with a "
+                         "disk and a NIC; slow to boot under two levels of TCG); default $GUESTMEMFS_FLEET_GUEST "
+                         "or counter")
     sub.add_parser("down", help="stop the fleet")
     pp = sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
     pp.add_argument("--kernel", help="the guest with this bzImage instead of Debian's 6.12 (see `guest --kernel`)")
@@ -1097,7 +1136,7 @@ def main(argv=None):
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
             try:
                 state = up(a.name, a.hosts, a.memory, a.cpus, a.base_port, a.timeout, a.accel, a.inventory,
-                           a.backend)
+                           a.backend, a.guest)
             except FleetStillRunning:
                 raise
             except BaseException:

@@ -129,6 +129,24 @@ def test_inventory_vars_for_each_backend():
         fleet.inventory_vars(text, "nvdimm")
 
 
+def test_inventory_vars_for_each_guest():
+    with open(fleet.os.path.join(fleet.HERE, "inventory-vars.yml")) as fh:
+        text = fh.read()
+    linux = yaml.safe_load(fleet.with_guest(text, "linux"))
+    counter = yaml.safe_load(fleet.with_guest(text, "counter"))
+    assert [vm["disks"][0]["format"] for vm in linux["guestmemfs_vms"]] == ["qcow2", "raw"]
+    assert linux["guestmemfs_vm_defaults"]["vcpus"] == 2 and "gmfs.ip=" in linux["guestmemfs_vms"][0]["append"]
+    assert counter["guestmemfs_vms"] == [{"name": "vm1", "memory": "256M"}, {"name": "vm2", "memory": "256M"}]
+    assert counter["guestmemfs_vm_defaults"]["kernel"] == "/var/lib/guestmemfs-guest/counter-guest.mb"
+    # Everything else is the same, and the backend rewrite still applies on top.
+    for key in set(linux) - {"guestmemfs_vms", "guestmemfs_vm_defaults"}:
+        assert counter[key] == linux[key]
+    luo = yaml.safe_load("\n".join(fleet.inventory_vars(fleet.with_guest(text, "counter"), "luo")))
+    assert luo["guestmemfs_backend"] == "luo" and luo["guestmemfs_vms"] == counter["guestmemfs_vms"]
+    with pytest.raises(fleet.FleetError, match="knows counter, linux"):
+        fleet.with_guest(text, "windows")
+
+
 def test_host_nics_have_fixed_macs_and_the_guest_net_tap(tmp_path):
     state = {"accel": "tcg", "cpus": 1, "memory_mb": 4096, "key": "/k/id"}
     host = {"name": "host3", "port": 2224, "disk": "d", "console": "c", "qmp": "q", "pidfile": "p"}
