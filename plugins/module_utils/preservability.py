@@ -440,13 +440,17 @@ def machines_from_query(machines):
 def target_machines(binary, run):
     """The machine types ``binary`` offers (its ``-machine help``); ``run(argv)`` gives (rc, stdout,
     stderr) (the module's run_command). Raises OSError/ValueError when it cannot say."""
-    rc, out, err = run([binary, "-machine", "help"])
-    if rc != 0:
-        raise ValueError("%s -machine help failed (rc=%s): %s" % (binary, rc, err.strip()))
-    machines = parse_machine_help(out)
-    if not machines:
-        raise ValueError("%s -machine help listed no machine types" % binary)
-    return machines
+    # Asked twice at most: once, in a molecule run, it answered rc 0 with no list at all, and an
+    # answer a second later was complete; a refusal must come from QEMU's answer, not a hiccup.
+    for attempt in (1, 2):
+        rc, out, err = run([binary, "-machine", "help"])
+        if rc != 0:
+            raise ValueError("%s -machine help failed (rc=%s): %s" % (binary, rc, err.strip()))
+        machines = parse_machine_help(out)
+        if machines:
+            return machines
+    raise ValueError("%s -machine help listed no machine types (twice; stdout %r, stderr %r)"
+                     % (binary, (out or "")[:200], (err or "")[:200]))
 
 
 # -- disks, NICs and files the restoring QEMU reopens ----------------------------------------------

@@ -529,3 +529,17 @@ def test_module_host_liveupdate_held(node, capsys):
                                              "the collection's holder" % me)
     assert out["host"]["warnings"][0]["check"] == "kho_cma"
     assert "CmaFree (1024 kB) > CmaTotal (0 kB)" in out["host"]["warnings"][0]["detail"]
+
+
+def test_target_machines_asks_again_after_an_empty_answer():
+    help_text = rec("machines")["machine_help"]
+    answers = [(0, "", ""), (0, help_text, "")]
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        return answers.pop(0)
+    assert "pc-q35-10.0" in P.target_machines("qemu-system-x86_64", run)
+    assert calls == [["qemu-system-x86_64", "-machine", "help"]] * 2
+    with pytest.raises(ValueError, match="listed no machine types .twice"):
+        P.target_machines("q", lambda argv: (0, "", "oops"))
