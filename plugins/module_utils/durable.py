@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 
 
 def write_json(path, data):
@@ -30,6 +31,21 @@ def write_json(path, data):
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def replace_file(path, data, mode):
+    """Write ``data`` (bytes) to ``path`` by a rename from a temporary file beside it: a reader sees
+    the old file or the new one, never half of one. Not fsynced (reports, not state)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".%s." % os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path, default=None):

@@ -78,10 +78,11 @@ removed:
 
 import fnmatch
 import os
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import replace_file
 
 
 def _same(path, data):
@@ -90,19 +91,6 @@ def _same(path, data):
             return f.read() == data
     except OSError:
         return False
-
-
-def _write(path, data, mode):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".report-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main():
@@ -136,7 +124,7 @@ def main():
             if not os.path.isdir(path):
                 os.makedirs(path)
             for name in written:
-                _write(os.path.join(path, name), to_bytes(p["files"][name] if p["files"][name] is not None else ""),
+                replace_file(os.path.join(path, name), to_bytes(p["files"][name] if p["files"][name] is not None else ""),
                        mode)
             for name in removed:
                 os.unlink(os.path.join(path, name))

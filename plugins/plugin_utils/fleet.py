@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.collections import is_sequence
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import replace_file
+
 try:
     from ansible.template import Templar
     from ansible.vars.hostvars import HostVarsVars
@@ -148,7 +150,6 @@ def read_facts_file(path):
 def write_files(directory, texts, mode=0o644):
     """{name: text} -> files in ``directory`` (created when missing), each written atomically and only
     when its content differs; the names written, sorted."""
-    import tempfile
     if not os.path.isdir(directory):
         os.makedirs(directory)
     written = []
@@ -161,15 +162,6 @@ def write_files(directory, texts, mode=0o644):
                     continue
         except OSError:
             pass
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, mode)
-            os.rename(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        replace_file(path, data, mode)
         written.append(name)
     return written
