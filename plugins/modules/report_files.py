@@ -124,8 +124,8 @@ def main():
             if not os.path.isdir(path):
                 os.makedirs(path)
             for name in written:
-                replace_file(os.path.join(path, name), to_bytes(p["files"][name] if p["files"][name] is not None else ""),
-                       mode)
+                data = to_bytes(p["files"][name] if p["files"][name] is not None else "")
+                replace_file(os.path.join(path, name), data, mode)
             for name in removed:
                 os.unlink(os.path.join(path, name))
         except OSError as exc:
