@@ -490,6 +490,8 @@ def build_guest(force=False, kernel=None):
     require_tools("dpkg-deb", "depmod", "gcc")
     if not os.path.exists(GUEST_BUSYBOX):
         raise FleetError(f"{GUEST_BUSYBOX} missing: install busybox-static (scripts/bootstrap)")
+    if kernel and not os.path.isfile(kernel):
+        raise FleetError(f"guest kernel {kernel}: no such file (GUESTMEMFS_FLEET_GUEST_KERNEL or --kernel)")
     deb = find_kernel_deb() or download_kernel_deb()
     out = os.path.join(cache_dir(), "images", f"guest-{guest_key(deb, kernel)}")
     if os.path.exists(os.path.join(out, "manifest.json")) and not force:
@@ -728,7 +730,8 @@ def open_tap(ns, ifname):
     return fd
 
 
-def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem", guest="counter"):
+def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=None, backend="pmem", guest="counter",
+       guest_kernel=None):
     require_tools("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen")
     state = load_state(name)
     if state and any(pid_alive(h.get("pid", 0), h["name"]) for h in state["hosts"]):
@@ -765,7 +768,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
             os.unlink(host["disk"])
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
         state["hosts"].append(host)
-    guest = build_guest()  # before any VM boots: a missing tool fails fast
+    guest = build_guest(kernel=guest_kernel)  # before any VM boots: a missing tool fails fast
     state["netns"] = guest_net_up(name)
     t0 = time.monotonic()
     for host in state["hosts"]:
@@ -1096,7 +1099,10 @@ def main(argv=None):
     pi.add_argument("--force", action="store_true")
     pg = sub.add_parser("guest", help="build or reuse the nested test guest (kernel + initramfs); prints its directory")
     pg.add_argument("--force", action="store_true")
-    pg.add_argument("--kernel", help="use this bzImage (all guest drivers built in) instead of Debian's 6.12")
+    kernel_help = ("the guest's bzImage, with every driver it needs built in (e.g. the small kernel scripts/test "
+                   "builds from fleet-small.config), instead of Debian's 6.12 and its modules; default "
+                   "$GUESTMEMFS_FLEET_GUEST_KERNEL")
+    pg.add_argument("--kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     pu = sub.add_parser("up", help="boot the fleet")
     pu.add_argument("--hosts", type=int, default=2)
     pu.add_argument("--memory", type=int, default=4096, help="MiB per host (default 4096)")
@@ -1112,9 +1118,10 @@ def main(argv=None):
                     help="the nested VMs: counter (the multiboot counting guest) or linux (the real guest with a "
                          "disk and a NIC; slow to boot under two levels of TCG); default $GUESTMEMFS_FLEET_GUEST "
                          "or counter")
+    pu.add_argument("--guest-kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     sub.add_parser("down", help="stop the fleet")
     pp = sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
-    pp.add_argument("--kernel", help="the guest with this bzImage instead of Debian's 6.12 (see `guest --kernel`)")
+    pp.add_argument("--kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     sub.add_parser("status", help="show the fleet")
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
@@ -1136,7 +1143,7 @@ def main(argv=None):
                 raise FleetError("--hosts and --cpus must be >= 1 and --memory >= 1024 MiB")
             try:
                 state = up(a.name, a.hosts, a.memory, a.cpus, a.base_port, a.timeout, a.accel, a.inventory,
-                           a.backend, a.guest)
+                           a.backend, a.guest, a.guest_kernel)
             except FleetStillRunning:
                 raise
             except BaseException:
