@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import fcntl
 import os
 import sys
 import threading
@@ -39,15 +41,117 @@ UNIT = "guestmemfs-vm@%s.service"
 
 
 class UpdateError(Exception):
-    """A step failed; the message says what was left where and how to recover."""
+    """A step failed; the message says what was left where and how to recover. ``update_id`` is
+    the update the failing step had begun (None when it began none)."""
+
+    def __init__(self, msg, update_id=None):
+        Exception.__init__(self, msg)
+        self.update_id = update_id
 
 
-def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
+# One host-wide update lock (flock, in /run: gone with the boot), held by a save from its first
+# check to its end and by the guarded kexec; between them the journal (phase saved) keeps any
+# other save out. Tests point it at a tree (tests/unit/conftest.py).
+UPDATE_LOCK = os.path.join(cpr.RUN_DIR, "update.lock")
+# Room a save needs beside what it writes per VM: the device state (a few MB measured; VGA memory
+# and other device RAM count, so generously), and per GiB of VM memory the manifest's digests.
+STATE_ROOM = 64 * 1024 * 1024
+MANIFEST_ROOM_PER_CHUNK = 256
+# The save's time limit: the migrations, then hashing every VM's memory (full manifest) at a
+# pessimistic 100 MB/s.
+SAVE_BASE_S = 360
+HASH_BYTES_PER_S = 100 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def update_lock(what):
+    """Hold the host's update lock for ``what`` (non-blocking): UpdateError names its holder."""
+    d = os.path.dirname(UPDATE_LOCK)
+    if not os.path.isdir(d):
+        os.makedirs(d, 0o700)
+    fd = os.open(UPDATE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (IOError, OSError):
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+            raise UpdateError("another update step holds this host's update lock %s (%s): %s refused, nothing "
+                              "was paused or changed. Let it finish (agent status shows the journal), then re-run"
+                              % (UPDATE_LOCK, holder, what))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, ("pid %d, %s" % (os.getpid(), what)).encode("utf-8"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def free_bytes(path):
+    """Bytes root may still write on the filesystem holding ``path`` (or its nearest parent)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _filesystem(path):
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.stat(path).st_dev, path
+
+
+def space_problems(vms):
+    """What the save of ``vms`` would lack on the filesystems of the journal, the manifest and the
+    state files (each written beside its old copy first), summed per filesystem; [] when enough."""
+    need = {}
+
+    def add(path, nbytes, what):
+        dev, where = _filesystem(path)
+        n, whats, _w = need.get(dev, (0, [], where))
+        need[dev] = (n + nbytes, whats + [what], where)
+    jsize = os.path.getsize(journal.JOURNAL) if os.path.exists(journal.JOURNAL) else 0
+    add(journal.JOURNAL, 2 * jsize + 64 * 1024 * (1 + len(vms)), "journal")
+    add(manifest.MANIFEST_PATH, 2 * sum(64 * 1024 + (vm.memory_bytes // manifest.CHUNK + 1) * MANIFEST_ROOM_PER_CHUNK
+                                        for vm in vms), "manifest")
+    for vm in vms:
+        add(vm.state_path, STATE_ROOM + vm.memory_bytes // 1024, "%s's state" % vm.name)
+    out = []
+    for _dev, (n, whats, where) in sorted(need.items(), key=lambda kv: kv[1][2]):
+        free = free_bytes(where)
+        if free < n:
+            out.append("%s has %d MiB free, the save needs about %d MiB there (%s)" % (
+                where, free // 2 ** 20, -(-n // 2 ** 20), ", ".join(whats)))
+    return out
+
+
+def save_time_limit(memory_bytes):
+    """Seconds a save of VMs with ``memory_bytes`` of memory in all may take (its async limit)."""
+    return SAVE_BASE_S + -(-int(memory_bytes) // HASH_BYTES_PER_S)
+
+
+def save_time_limit_of(conf_dir=None):
+    """save_time_limit for every VM configured on this host."""
+    return save_time_limit(sum(vm.memory_bytes for vm in _configured(conf_dir or cpr.CONF_DIR)))
+
+
+def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
     """Save every running VM (in parallel) and record the manifest that gates their restore.
 
-    Extents are recorded before any VM pauses; content once they are stopped. On a failure the
-    VMs already saved are restored on this kernel (their units restart them from the state file)
-    and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command (systemctl)."""
+    Only one update step at a time (the host's update lock), only from an idle journal, only with
+    room for journal, manifest and state files. Extents are recorded before any VM pauses; each
+    VM's content, and its journal entry, are durable before its QEMU quits. On any failure the VMs
+    already saved are restored on this kernel (their units restart them from the state file), the
+    others resume, and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command
+    (systemctl)."""
+    with update_lock("a save"):
+        return _save_all(run, names, mode, conf_dir, timeout, update_id or str(uuid.uuid4()))
+
+
+def _save_all(run, names, mode, conf_dir, timeout, update_id):
+    j = load_journal()
+    if j.get("phase") not in IDLE_PHASES:
+        raise UpdateError("update %s is in flight on this host (phase %s, saved on boot %s): a save starts only "
+                          "from an idle journal. Nothing was paused; `update_step` says what that update needs"
+                          % (j.get("update_id"), j.get("phase"), j.get("from_boot_id")))
     names = names if names is not None else vm_names(conf_dir)
     vms = [cpr.VM.load(n, conf_dir) for n in names]
     status = dict((vm.name, cpr.status(vm)) for vm in vms)
@@ -66,12 +170,15 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
             raise UpdateError("%s: a state file already exists (%s): an earlier save was not restored "
                               "(journal: %s). Nothing was paused; restore it first (agent verify %s, then "
                               "systemctl start %s)" % (vm.name, vm.state_path,
-                                                       load_journal().get("vms", {}).get(vm.name, {}).get("state"),
+                                                       j.get("vms", {}).get(vm.name, {}).get("state"),
                                                        vm.name, UNIT % vm.name))
+    short = space_problems(running)
+    if short:
+        raise UpdateError("not enough free space for the save: %s. Nothing was paused; free space there and "
+                          "re-run" % "; ".join(short))
     # Each VM restores with exactly the argv it runs with now (recorded when it started), never one
     # rebuilt from a definition changed since.
     argvs = dict((vm.name, _started_argv(vm)) for vm in running)
-    update_id = str(uuid.uuid4())
     tokens = {}
     for backend, vms_of in by_backend(running):
         try:
@@ -87,48 +194,81 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                              saver_pid=os.getpid())(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
                                    "argv_source": argvs[vm.name][1]}) for vm in running)
-    update_journal(begin, msg="saving %d VMs" % len(running))
-    m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
-    for name, token in tokens.items():
-        m["files"][name]["luo_token"] = token
-
     results, errors = {}, {}
+    try:
+        update_journal(begin, msg="saving %d VMs" % len(running))
+        m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
+        for name, token in tokens.items():
+            m["files"][name]["luo_token"] = token
+        manifest.save(m)
+        lock = threading.Lock()
 
-    def one(vm):
+        def durable(vm, r):
+            # Before this VM's QEMU quits: its memory is final, so hash it, and make the digests and
+            # its journal entry durable; a failure here resumes the VM (cpr.save).
+            part = manifest.add_content({"files": {vm.name: dict(m["files"][vm.name])}})
+            with lock:
+                m["files"][vm.name] = part["files"][vm.name]
+                m["content_s"] = max(m.get("content_s") or 0, part["content_s"])
+                manifest.save(m)
+                update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
+
+        def one(vm):
+            try:
+                results[vm.name] = cpr.save(vm, timeout=timeout, before_quit=durable)
+            except Exception as exc:  # any failure of one VM must not stop the others' rollback
+                errors[vm.name] = str(exc)
+        threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if not errors:
+            os.sync()
+            update_journal(journal.phase_update("saved", saved_ts=time.time()),
+                           msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
+            return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
+                    "manifest_content_s": m.get("content_s")}
+    except Exception as exc:  # a full disk, a lost journal: whatever it is, roll back
+        errors["the save"] = "%s: %s" % (type(exc).__name__, exc)
+    _roll_back_save(run, running, results, errors, conf_dir, update_id)
+
+
+def _roll_back_save(run, running, results, errors, conf_dir, update_id):
+    """After a failed save: resume what is paused, restore what was saved, on this kernel; raise
+    UpdateError saying what was left where. Each step is tried even when one before failed (a
+    full disk may refuse the journal too)."""
+    left = []
+    for vm in running:
+        if vm.name in results:
+            continue
+        now = cpr.status(vm)
+        if now in ("paused", "postmigrate", "finish-migrate"):
+            try:
+                cpr.resume(vm)
+                now = "running"
+            except Exception as exc:
+                left.append("%s could not be resumed (%s): `agent status`, then resume it over QMP %s" % (
+                    vm.name, exc, vm.qmp_path))
         try:
-            r = cpr.save(vm, timeout=timeout)
-            results[vm.name] = r
-            update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
-        except Exception as exc:  # any failure of one VM must not stop the others' rollback
-            errors[vm.name] = str(exc)
-    threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    # The saved VMs' memory is final now: hash it, so that whatever comes next (kexec, or a
-    # rollback on this kernel) restores them only on verified memory.
-    manifest.add_content(m, names=set(results))
-    for name in errors:
-        m["files"].pop(name, None)
-    manifest.save(m)
-    if errors:
-        for vm in running:
-            if vm.name in errors:
-                now = cpr.status(vm)
-                update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
-                                              error=errors[vm.name]))
+            update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
+                                          error=errors.get(vm.name, errors.get("the save"))))
+        except Exception as exc:
+            left.append("%s's journal entry not written (%s)" % (vm.name, exc))
+    try:
         rolled = rollback(run, sorted(results), conf_dir)
+    except Exception as exc:
+        rolled = "NOT restored (%s: %s); their state files and the manifest %s are kept: free space on the " \
+                 "journal's and manifest's disk, then run vm_cpr action=restore (or agent verify, then systemctl " \
+                 "start %s)" % (", ".join(sorted(results)), exc, manifest.MANIFEST_PATH, UNIT % "NAME")
+    try:
         update_journal(journal.phase_update("rolled_back"), msg="save failed: %s" % errors)
-        raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
-                          "were restored on this kernel: %s" % (
-                              "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none"))
-    os.sync()
-    update_journal(journal.phase_update("saved", saved_ts=time.time()),
-                   msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
-    return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
-            "manifest_content_s": m.get("content_s")}
+    except Exception as exc:
+        left.append("the journal %s could not record the rollback (%s)" % (journal.JOURNAL, exc))
+    raise UpdateError("saving failed (%s); VMs not saved were resumed where they ran. VMs already saved were "
+                      "restored on this kernel: %s%s" % (
+                          "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none",
+                          (". Left: " + "; ".join(left)) if left else ""), update_id=update_id)
 
 
 def shutdown_for_update(names, run, conf_dir=cpr.CONF_DIR, timeout=300, poll=1.0):
@@ -207,8 +347,9 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
                 state = "running"
             except Exception as exc:
                 state = "down (resume failed: %s)" % exc
-            if os.path.exists(vm.state_path + ".partial"):
-                os.unlink(vm.state_path + ".partial")
+            for stale in (vm.state_path + ".partial", vm.state_path):  # the VM runs on: any state is stale
+                if os.path.exists(stale):
+                    os.unlink(stale)
         elif os.path.exists(vm.state_path):
             state = "saved"
         else:
@@ -304,7 +445,15 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     """Kexec, only for a host whose every VM is saved on this boot and whose next kernel is loaded:
     a VM still running would die with its memory unsaved. Each backend adds its own refusals and
     does the kexec its way (systemctl kexec, the memfd holder, reboot(2)). Returns an error text, or
-    does not return when the kexec started."""
+    does not return when the kexec started. Under the host's update lock: never during a save."""
+    try:
+        with update_lock("the kexec"):
+            return _kexec_now(run, conf_dir)
+    except UpdateError as exc:
+        return "not kexecing: %s" % exc
+
+
+def _kexec_now(run, conf_dir):
     j = load_journal()
     problems = []
     if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != journal.boot_id():

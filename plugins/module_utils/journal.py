@@ -29,7 +29,7 @@ SAVED_PHASES = ("saved", "handover", "kexec")
 # Phases after which a host has no update in flight.
 IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
 # VM states that are final for one update.
-VM_FINAL = ("restored", "held", "restore_failed")
+VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
 
 def boot_id():
@@ -100,8 +100,16 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
     return "start", "no update in flight (phase %s)" % phase
 
 
+# What an operator does about a journal that is not JSON (durable.CorruptFile names the file).
+JOURNAL_RECOVERY = (
+    "Recover: nothing was changed and every VM's state and memory files are kept (VMs with a state file "
+    "stay down, as their verdict cannot be read). Repair the JSON (a write cut short, a full disk?) or "
+    "restore it from a copy; `agent status` reads it again once it parses. Do not delete it while a VM "
+    "has a state file under /var/lib/guestmemfs-liveupdate/state: the journal says which VMs are saved")
+
+
 def load_journal(path=None):
-    return read_json(path or JOURNAL, {}) or {}
+    return read_json(path or JOURNAL, {}, recover=JOURNAL_RECOVERY) or {}
 
 
 def update_journal(fn, path=None, msg=None):
