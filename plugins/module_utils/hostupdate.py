@@ -192,8 +192,8 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id):
                            if k == "preflight" and v.get("boot_id") == journal.boot_id())
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
                              saver_pid=os.getpid())(j)
-        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
-                                   "argv_source": argvs[vm.name][1]}) for vm in running)
+        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "state_path": vm.state_path,
+                                   "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1]}) for vm in running)
     results, errors = {}, {}
     try:
         update_journal(begin, msg="saving %d VMs" % len(running))
@@ -361,30 +361,46 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
     return out
 
 
+# A held VM's verdict that no later verification may lift: it ran past its saved state.
+RESUMED_PAST_STATE = "resumed_past_state"
+
+
 def verify_pending(names=None):
     """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
-    ``ok`` -> state restoring (its unit may restore it); anything else -> held, never resumed.
-    Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
+    ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
+    else -> held, never resumed. Runs at boot from guestmemfs-verify.service, before any VM unit
+    starts; there it first finalises a save or a resume that the end of an earlier boot cut short."""
     j = load_journal()
-    after_kexec = j.get("phase") in SAVED_PHASES and j.get("from_boot_id") not in (None, journal.boot_id())
+    m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
+    boot = journal.boot_id()
+    if j.get("phase") == "saving" and j.get("from_boot_id") not in (None, boot):
+        j = _finalise_interrupted_save(j, m)
+    j = _finalise_interrupted_resumes(j)
+    after_kexec = j.get("phase") in SAVED_PHASES + ("interrupted",) and j.get("from_boot_id") not in (None, boot)
     if after_kexec:
         # Whether this boot is the kernel the update loaded, or a cold boot into the default one
         # (a new kernel that panicked, a power cycle): the VMs restore either way, on verified memory.
         target = j.get("kexec_target") or {}
         cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
-        set_phase("booted", to_boot_id=journal.boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
+        set_phase("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
                                                          "NOT the loaded kernel", j.get("phase")))
-    pending = [n for n, v in j.get("vms", {}).items()
-               if v.get("state") in ("saved", "restore_failed", "held") and (names is None or n in names)]
-    m = manifest.load() or {}
+    pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
+        v.get("state") in ("saved", "restore_failed")
+        or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
+        or (v.get("state") == "restoring" and v.get("verified_boot_id") != boot))]
     verdicts = {}
 
     def one(name):
         entry = m.get("files", {}).get(name)
-        verdicts[name] = manifest.verify_file(entry) if entry else {
-            "status": "no_manifest", "detail": "no manifest entry for %s" % name}
+        if not entry:
+            verdicts[name] = {"status": "no_manifest", "detail": "no manifest entry for %s" % name}
+        elif entry.get("mode") != "extents" and "digests" not in entry:
+            verdicts[name] = {"status": "no_digests", "detail": "the manifest has no content digests for %s (its save "
+                              "stopped before recording them): its memory cannot be verified" % name}
+        else:
+            verdicts[name] = manifest.verify_file(entry)
     threads = [threading.Thread(target=one, args=(n,)) for n in pending]
     for t in threads:
         t.start()
@@ -392,8 +408,8 @@ def verify_pending(names=None):
         t.join()
     for name, verdict in verdicts.items():
         if verdict["status"] == manifest.OK:
-            update_journal(journal.set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
-                           msg="%s verified" % name)
+            update_journal(journal.set_vm(name, state="restoring", verify=verdict, verified_ts=time.time(),
+                                          verified_boot_id=boot), msg="%s verified" % name)
         else:
             update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
@@ -402,6 +418,59 @@ def verify_pending(names=None):
             "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
         finish_if_done()
     return verdicts
+
+
+def _finalise_interrupted_save(j, m):
+    """A save that the end of its boot cut short (power loss, reset, a kernel panic): each VM's
+    outcome from what is on disk. Saved (state file and digests complete): verified next, restored
+    on intact memory. A state file without digests: held. No state file: down, its memory file
+    kept, its unit boots it afresh. Phase ``interrupted``; ``interrupted_save`` says what it left."""
+    boot = journal.boot_id()
+    outcome = {}
+
+    def fn(j):
+        for name, v in sorted((j.get("vms") or {}).items()):
+            if v.get("state") != "saving":
+                outcome[name] = v.get("state")
+                continue
+            state_path = v.get("state_path") or os.path.join(cpr.STATE_DIR, name + ".state")
+            entry = m.get("files", {}).get(name) or {}
+            complete = entry and (entry.get("mode") == "extents" or "digests" in entry)
+            if os.path.exists(state_path) and complete:
+                v["state"] = "saved"
+            elif os.path.exists(state_path):
+                v["state"] = "held"
+                v["verify"] = {"status": "no_digests", "detail": "the save stopped before %s's digests were recorded: "
+                               "state file %s kept, its memory cannot be verified. Recover: agent discard-state %s, "
+                               "then systemctl start %s (it boots afresh)" % (name, state_path, name, UNIT % name)}
+            else:
+                v["state"] = ("down (the host rebooted during the save of update %s on boot %s: no complete state; "
+                              "memory file %s kept; its unit boots it afresh, or systemctl start %s)"
+                              % (j.get("update_id"), j.get("from_boot_id"), v.get("mem_path"), UNIT % name))
+            outcome[name] = v["state"]
+        j["interrupted_save"] = {"update_id": j.get("update_id"), "saved_on_boot_id": j.get("from_boot_id"),
+                                 "found_on_boot_id": boot, "ts": time.time(), "vms": dict(outcome)}
+        journal.phase_update("interrupted")(j)
+        j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot, "msg": (
+            "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
+                "%s %s" % kv for kv in sorted(outcome.items()))))})
+    return update_journal(fn)
+
+
+def _finalise_interrupted_resumes(j):
+    """A VM journaled ``resuming`` on an earlier boot may have run past its saved state: held for
+    good (never loaded again); the recovery is to discard that state."""
+    boot = journal.boot_id()
+    stale = [n for n, v in (j.get("vms") or {}).items()
+             if v.get("state") == "resuming" and v.get("resuming_boot_id") != boot]
+    for name in stale:
+        rec = j["vms"][name]
+        j = update_journal(journal.set_vm(name, state="held", verify={
+            "status": RESUMED_PAST_STATE, "detail": "%s was resuming on boot %s when that boot ended: its memory may "
+            "have run past its saved state %s, which must not be loaded again. Recover: agent discard-state %s, then "
+            "systemctl start %s (it boots afresh)" % (name, rec.get("resuming_boot_id"), rec.get("state_path"), name,
+                                                     UNIT % name)}), msg="%s held: resuming interrupted" % name)
+    return j
 
 
 def _release():
@@ -495,6 +564,9 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         record_argv(name, argv)
         os.execvp(argv[0], argv)
     rec = load_journal().get("vms", {}).get(name, {})
+    if rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id():
+        verify_pending([name])  # a verdict belongs to the boot it was given on
+        rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).
         base = rec.get("argv") or _started_argv(vm)[0]
@@ -504,8 +576,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
-                         "afresh after moving the state file away.\n"
-                         % (name, rec.get("verify", {}).get("detail"), vm.state_path, vm.mem_path))
+                         "afresh after `agent discard-state %s`.\n"
+                         % (name, rec.get("verify", {}).get("detail"), vm.state_path, vm.mem_path, name))
         return 4
     sys.stderr.write("%s: state file %s exists but its memory is not verified (journal: %s): not starting. "
                      "Run `agent verify %s` first.\n" % (name, vm.state_path, rec.get("state"), name))
@@ -518,8 +590,17 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     if rec.get("state") != "restoring":
         return 0
     vm = cpr.VM.load(name, conf_dir)
+    if rec.get("verified_boot_id") != journal.boot_id():
+        sys.stderr.write("%s: its memory was verified on boot %s, not this one: not resuming. State %s and memory %s "
+                         "kept; run `agent verify %s`, then systemctl restart %s\n" % (
+                             name, rec.get("verified_boot_id"), vm.state_path, vm.mem_path, name, UNIT % name))
+        return 3
+
+    def resuming(vm):  # from cont on, the VM's memory runs past its saved state
+        update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
+                       msg="%s resuming" % name)
     try:
-        r = cpr.restore(vm)
+        r = cpr.restore(vm, before_cont=resuming)
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))

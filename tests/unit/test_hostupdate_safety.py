@@ -221,6 +221,83 @@ def test_a_rescue_restores_only_its_own_update(host, capsys, monkeypatch):
     assert rc == 0 and out["changed"] is False and "theirs" in out["msg"]
 
 
+# 3. A verdict belongs to its boot; `resuming` is journaled before `cont`.
+
+def test_a_restoring_verdict_of_an_earlier_boot_is_verified_again(host, monkeypatch):
+    save(host)
+    hostupdate.verify_pending()  # the saving boot's verdict (as a rollback would give)
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restoring"
+    with open(str(host.dir / "vm1.ram"), "r+b") as fh:  # the memory changed since
+        fh.write(b"\xff")
+    host.boot["id"] = BOOT_B
+    monkeypatch.setattr(hostupdate.os, "execvp", lambda *a: pytest.fail("restored on an unverified verdict: %r" % (a,)))
+    assert hostupdate.vm_run("vm1", conf_dir=host.conf) == 4
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "held"
+
+
+def test_resuming_is_journaled_before_cont(host):
+    save(host)
+    hostupdate.verify_pending()
+    q = host.qemus["vm1"]
+    q.status = "inmigrate"
+    seen = []
+    q.on_cmd = lambda execute: seen.append(journal.load_journal()["vms"]["vm1"]["state"]) if execute == "cont" else None
+    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    assert seen == ["resuming"] and journal.load_journal()["vms"]["vm1"]["state"] == "restored"
+
+
+# 4. Power loss during the save.
+
+def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
+    # vm1 saved completely, vm2's QEMU was still saving when the power went.
+    host.qemus["vm2"].on_cmd = lambda execute: (_ for _ in ()).throw(KeyboardInterrupt()) if execute == "migrate" else None
+    monkeypatch.setattr(hostupdate.threading, "Thread", _Inline)
+    with pytest.raises(KeyboardInterrupt):
+        save(host, names=["vm1", "vm2"])
+    j = journal.load_journal()
+    assert j["phase"] == "saving" and j["vms"]["vm2"]["state"] == "saving"
+    host.boot["id"] = BOOT_B
+    for q in host.qemus.values():
+        q.status = None
+    # Before the boot-time verify has run (or when it failed): an operator is told, never "wait".
+    step, reason = next_step(j, BOOT_B, "7.3.4", "7.3.5")
+    assert step == "blocked" and "agent verify" in reason
+    hostupdate.verify_pending()  # guestmemfs-verify.service at boot
+    j = journal.load_journal()
+    assert j["phase"] != "saving" and j["interrupted_save"]["update_id"] == j["update_id"]
+    assert j["vms"]["vm1"]["state"] == "restoring"  # saved completely, memory intact: restored by its unit
+    assert j["vms"]["vm2"]["state"].startswith("down") and "systemctl start" in j["vms"]["vm2"]["state"]
+    assert any("rebooted during the save" in e["msg"] for e in j["log"])
+    host.qemus["vm1"].status = "inmigrate"
+    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    step, reason = next_step(journal.load_journal(), BOOT_B, "7.3.4", "7.3.5")
+    assert step == "start", reason
+
+
+def test_a_vm_resuming_when_its_boot_ended_is_held_for_good(host):
+    save(host)
+    hostupdate.verify_pending()
+    journal.update_journal(journal.set_vm("vm1", state="resuming", resuming_boot_id=BOOT_A))
+    host.boot["id"] = BOOT_B
+    hostupdate.verify_pending()
+    hostupdate.verify_pending(["vm1"])  # agent verify vm1 does not lift it either
+    v = journal.load_journal()["vms"]["vm1"]
+    assert v["state"] == "held" and "agent discard-state vm1" in v["verify"]["detail"]
+
+
+class _Inline(object):
+    """threading.Thread that runs its target at start(), in order (a deterministic save)."""
+
+    def __init__(self, target, args=()):
+        self.target, self.args = target, args
+
+    def start(self):
+        self.target(*self.args)
+
+    def join(self):
+        pass
+
+
 # 8. The smaller holes.
 
 def test_a_failed_migration_is_cancelled_before_cont(host):
