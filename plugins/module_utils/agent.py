@@ -4,7 +4,8 @@
 """The host agent's command line: ``/usr/lib/guestmemfs-liveupdate/agent SUBCOMMAND``, run by the
 units of the qemu_vm role and by the live update's kexec step. One parser; each subcommand checks
 its own arguments (exit 2 with a usage line otherwise). Exit codes: 0 done, 2 usage, 3-7 a VM
-not started (see hostupdate.vm_run), 4 a VM held (verify), 5 the kexec or a holder request refused."""
+not started (see hostupdate.vm_run), 4 a VM held (verify), 5 the kexec or a holder request refused,
+8 the journal or the manifest is not JSON (the message names the file and the recovery)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -16,6 +17,7 @@ import subprocess
 import sys
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
 def _verify(a):
@@ -91,4 +93,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CorruptFile as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 8

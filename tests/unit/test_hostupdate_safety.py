@@ -298,6 +298,41 @@ class _Inline(object):
         pass
 
 
+# 5. Corrupt journal or manifest.
+
+def test_a_corrupt_journal_is_a_clear_error_everywhere(host, capsys, monkeypatch):
+    with open(journal.JOURNAL, "w") as fh:
+        fh.write('{"phase": "sav')
+    monkeypatch.setattr(hostupdate.os, "execvp", lambda *a: pytest.fail("started"))
+    os.makedirs(str(host.dir / "state"))
+    open(state_file(host, "vm1"), "w").close()
+    load = cpr.VM.load
+    monkeypatch.setattr(cpr.VM, "load", classmethod(lambda cls, name, conf_dir=None: load(name, host.conf)))
+    for argv in (["verify"], ["vm-run", "vm1"], ["vm-restore", "vm1"], ["status"], ["kexec"]):
+        rc = agent.main(argv)
+        err = capsys.readouterr().err
+        assert rc == 8 and journal.JOURNAL in err and "not valid JSON" in err and "Recover" in err, (argv, err)
+    with open(journal.JOURNAL) as fh:
+        assert fh.read() == '{"phase": "sav'  # kept as found
+    from conftest import run_main
+    from ansible_collections.guestmemfs.liveupdate.plugins.modules import update_step
+    kernel = host.dir / "vmlinuz-7.3.5"
+    from conftest import bzimage
+    bzimage(kernel, "7.3.5 (x) #1 SMP")
+    rc, out = run_main(capsys, update_step, {"kernel": str(kernel)})
+    assert rc == 1 and journal.JOURNAL in out["msg"] and "Recover" in out["msg"]
+
+
+def test_a_corrupt_manifest_is_a_clear_error(host, capsys):
+    save(host)
+    with open(manifest.MANIFEST_PATH, "w") as fh:
+        fh.write("\0\0\0")
+    rc = agent.main(["verify"])
+    err = capsys.readouterr().err
+    assert rc == 8 and manifest.MANIFEST_PATH in err and "not valid JSON" in err
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "saved"  # nothing judged on a broken manifest
+
+
 # 8. The smaller holes.
 
 def test_a_failed_migration_is_cancelled_before_cont(host):
