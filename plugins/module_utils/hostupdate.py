@@ -551,6 +551,36 @@ def _kexec_now(run, conf_dir):
     return backend.kexec(vms_of, j, run, ROOT)
 
 
+def discard_state(name, conf_dir=None):
+    """Discard VM ``name``'s saved state on purpose (``agent discard-state``): the state file moves
+    aside (kept, never deleted), the journal records it (state ``discarded``, final), and the VM's
+    unit boots it afresh. Refused while its QEMU runs or another update step holds the lock.
+    Returns (exit code, text)."""
+    conf_dir = conf_dir or cpr.CONF_DIR
+    try:
+        with update_lock("discard-state %s" % name):
+            vm = cpr.VM.load(name, conf_dir)
+            rec = load_journal().get("vms", {}).get(name, {})
+            now = cpr.status(vm)
+            if now is not None:
+                return 5, ("%s: its QEMU answers (status %s): a state is not discarded under a running VM; nothing "
+                           "changed. Stop it first (systemctl stop %s)" % (name, now, UNIT % name))
+            if not os.path.exists(vm.state_path):
+                return 5, "%s has no saved state (%s does not exist; journal: %s): nothing discarded" % (
+                    name, vm.state_path, rec.get("state"))
+            kept = "%s.discarded-%d" % (vm.state_path, int(time.time()))
+            os.rename(vm.state_path, kept)
+            update_journal(journal.set_vm(name, state="discarded", discarded_from=rec.get("state"), discarded_to=kept,
+                                          discarded_ts=time.time()),
+                           msg="%s: saved state discarded on purpose (was %s), kept as %s" % (
+                               name, rec.get("state"), kept))
+            finish_if_done(conf_dir)
+            return 0, ("%s: saved state discarded (journal state was %s), kept as %s; `systemctl start %s` boots it "
+                       "afresh on memory file %s" % (name, rec.get("state"), kept, UNIT % name, vm.mem_path))
+    except UpdateError as exc:
+        return 5, str(exc)
+
+
 def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""

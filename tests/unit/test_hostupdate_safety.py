@@ -359,5 +359,35 @@ def test_qmp_deadlines_do_not_follow_the_wall_clock(monkeypatch):
     finally:
         a.close()
         b.close()
+def test_agent_verify_says_what_it_checked(host, capsys):
+    rc = agent.main(["verify", "vm1"])
+    out = capsys.readouterr().out
+    assert rc != 0 and "vm1" in out and "not checked" in out
+    assert agent.main(["verify"]) == 0 and "no saved VM to verify" in capsys.readouterr().out
 
 
+def test_agent_discard_state_is_journaled(host, capsys, monkeypatch):
+    monkeypatch.setattr(cpr, "CONF_DIR", host.conf)
+    save(host)
+    for q in host.qemus.values():
+        q.status = None
+    journal.update_journal(journal.set_vm("vm1", state="held", verify={"detail": "content differs"}))
+    assert agent.main(["discard-state", "vm1"]) == 0
+    out = capsys.readouterr().out
+    j = journal.load_journal()
+    assert j["vms"]["vm1"]["state"] == "discarded" and not os.path.exists(state_file(host, "vm1"))
+    kept = [f for f in os.listdir(str(host.dir / "state")) if f.startswith("vm1.state.discarded")]
+    assert kept and kept[0] in out and any("discarded" in e["msg"] for e in j["log"])
+    # A VM whose QEMU runs is not discarded under it.
+    host.qemus["vm2"].status = "running"
+    assert agent.main(["discard-state", "vm2"]) == 5 and os.path.exists(state_file(host, "vm2"))
+
+
+def test_a_guestmemfs_vm_of_odd_size_can_start_on_its_rounded_file(tmp_path):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend, guestmemfs
+    gm = get_backend("guestmemfs")
+    mem = tmp_path / "vm1.ram"
+    with open(str(mem), "wb") as fh:
+        fh.truncate(gm.file_size(17 * MiB))  # what vm_memory creates for 17 MiB
+    vm = cpr.VM({"name": "vm1", "memory_bytes": 17 * MiB, "mem_path": str(mem), "backend": "guestmemfs"})
+    assert guestmemfs.file_refusal(vm) is None
