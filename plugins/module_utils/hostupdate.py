@@ -465,11 +465,11 @@ def _finalise_interrupted_resumes(j):
              if v.get("state") == "resuming" and v.get("resuming_boot_id") != boot]
     for name in stale:
         rec = j["vms"][name]
-        j = update_journal(journal.set_vm(name, state="held", verify={
-            "status": RESUMED_PAST_STATE, "detail": "%s was resuming on boot %s when that boot ended: its memory may "
-            "have run past its saved state %s, which must not be loaded again. Recover: agent discard-state %s, then "
-            "systemctl start %s (it boots afresh)" % (name, rec.get("resuming_boot_id"), rec.get("state_path"), name,
-                                                     UNIT % name)}), msg="%s held: resuming interrupted" % name)
+        detail = ("%s was resuming on boot %s when that boot ended: its memory may have run past its saved state %s, "
+                  "which must not be loaded again. Recover: agent discard-state %s, then systemctl start %s (it boots "
+                  "afresh)" % (name, rec.get("resuming_boot_id"), rec.get("state_path"), name, UNIT % name))
+        j = update_journal(journal.set_vm(name, state="held", verify={"status": RESUMED_PAST_STATE, "detail": detail}),
+                           msg="%s held: resuming interrupted" % name)
     return j
 
 

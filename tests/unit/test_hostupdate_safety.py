@@ -359,6 +359,8 @@ def test_qmp_deadlines_do_not_follow_the_wall_clock(monkeypatch):
     finally:
         a.close()
         b.close()
+
+
 def test_agent_verify_says_what_it_checked(host, capsys):
     rc = agent.main(["verify", "vm1"])
     out = capsys.readouterr().out

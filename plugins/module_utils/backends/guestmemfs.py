@@ -167,7 +167,7 @@ def file_refusal(vm):
     if have == want:
         return None
     size = "is missing" if have is None else "has %d bytes" % have
+    rounded = "" if want == vm.memory_bytes else " rounded up to whole 2 MiB blocks (%d)" % want
     return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes%s (after a cold boot the region "
             "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes "
-            "the file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes, "" if want == vm.memory_bytes
-                                               else " rounded up to whole 2 MiB blocks (%d)" % want))
+            "the file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes, rounded))
