@@ -4,7 +4,9 @@
 """The host agent's command line: ``/usr/lib/guestmemfs-liveupdate/agent SUBCOMMAND``, run by the
 units of the qemu_vm role and by the live update's kexec step. One parser; each subcommand checks
 its own arguments (exit 2 with a usage line otherwise). Exit codes: 0 done, 2 usage, 3-7 a VM
-not started (see hostupdate.vm_run), 4 a VM held (verify), 5 the kexec or a holder request refused."""
+not started (see hostupdate.vm_run), 4 a VM held or not checked (verify), 5 the kexec, a holder request or
+a discard-state refused,
+8 the journal or the manifest is not JSON (the message names the file and the recovery)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -16,13 +18,31 @@ import subprocess
 import sys
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
 def _verify(a):
     verdicts = hostupdate.verify_pending(a.names or None)
     for name, v in sorted(verdicts.items()):
         sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
-    return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) else 4
+    # Say what was not checked: a VM that is not saved has nothing to verify, which is no "ok".
+    vms = journal.load_journal().get("vms") or {}
+    unchecked = [n for n in a.names if n not in verdicts]
+    for name in unchecked:
+        rec = vms.get(name) or {}
+        why = (rec.get("verify") or {}).get("detail") if rec.get("state") == "held" else None
+        sys.stdout.write("%s: not checked: its journal state is %s%s; only a saved, held or restore_failed VM's "
+                         "memory is verified\n" % (name, rec.get("state") or "none (not in the update)",
+                                                   " (%s)" % why if why else ""))
+    if not a.names and not verdicts:
+        sys.stdout.write("no saved VM to verify: nothing is pending in the journal %s\n" % journal.JOURNAL)
+    return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) and not unchecked else 4
+
+
+def _discard(a):
+    rc, text = hostupdate.discard_state(a.name)
+    (sys.stdout if rc == 0 else sys.stderr).write(text + "\n")
+    return rc
 
 
 def _kexec(a):
@@ -65,6 +85,10 @@ def parser():
     s = sub.add_parser("vm-restore", help="the VM unit's ExecStartPost: finish a restore and resume")
     s.add_argument("name", metavar="NAME")
     s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name))
+    s = sub.add_parser("discard-state", help="discard VM NAME's saved state on purpose (journaled; kept aside): "
+                       "its unit then boots it afresh")
+    s.add_argument("name", metavar="NAME")
+    s.set_defaults(func=_discard)
     sub.add_parser("status", help="print the update journal").set_defaults(func=_status)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
     sub.add_parser("luo-hold", help="run the memfd holder (guestmemfs-luo.service)").set_defaults(
@@ -91,4 +115,8 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CorruptFile as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 8

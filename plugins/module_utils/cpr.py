@@ -72,21 +72,26 @@ def _fsync_path(path):
         os.close(fd)
 
 
-def save(vm, timeout=120):
+def save(vm, timeout=120, before_quit=None):
     """Pause the VM, write its device state with cpr-reboot, make it durable, quit QEMU.
 
+    ``before_quit(vm, timings)`` runs once the state file is complete and durable, before QEMU quits
+    (the caller makes the VM's digests and journal durable there): if it raises, the VM resumes.
     Returns timings (QMP timestamps, host CLOCK_REALTIME). On failure the VM is resumed when it
-    still runs and QMPError says what happened; the state file is removed unless complete."""
+    still runs (a failed migration is cancelled first) and the exception says what happened; a
+    state file is removed unless QEMU quit after it (a resumed VM's state is stale)."""
     tmp = vm.state_path + ".partial"
     os.makedirs(os.path.dirname(vm.state_path), 0o700, exist_ok=True)  # VMs save in parallel
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect()
     stopped = False
+    migrating = renamed = False
     try:
         _prepare_migration(q)
         q.cmd("stop")
         stopped = True
         stop = q.wait_event("STOP", 30)
+        migrating = True
         q.cmd("migrate", uri="file:" + tmp)
         done = q.wait_event("MIGRATION", timeout,
                             match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
@@ -99,17 +104,27 @@ def save(vm, timeout=120):
             raise QMPError("migration of %s to %s ended %s%s" % (vm.name, tmp, done["data"]["status"], reason))
         _fsync_path(tmp)
         os.rename(tmp, vm.state_path)
+        renamed = True
         _fsync_path(os.path.dirname(vm.state_path))
         size = os.path.getsize(vm.state_path)
+        out = {"stop_ts": event_time(stop), "saved_ts": event_time(done), "state_bytes": size,
+               "save_s": round(event_time(done) - event_time(stop), 3)}
+        if before_quit:
+            before_quit(vm, out)
         try:
             q.cmd("quit")
         except QMPError:
             pass  # QEMU may close the socket before answering
-        return {"stop_ts": event_time(stop), "saved_ts": event_time(done), "state_bytes": size,
-                "save_s": round(event_time(done) - event_time(stop), 3)}
+        return out
     except Exception:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, vm.state_path if renamed else None):
+            if path and os.path.exists(path):
+                os.unlink(path)
+        if migrating:
+            try:  # a failed or unfinished migration holds QEMU in its migration state: end it first
+                q.cmd("migrate_cancel")
+            except QMPError:
+                pass
         if stopped:
             try:
                 q.cmd("cont")
@@ -120,9 +135,10 @@ def save(vm, timeout=120):
         q.close()
 
 
-def restore(vm, timeout=120, connect_wait=60):
+def restore(vm, timeout=120, connect_wait=60, before_cont=None):
     """Feed the saved state to a QEMU started with ``-incoming defer`` and resume the VM.
-    The caller has verified the memory file first."""
+    The caller has verified the memory file first; ``before_cont(vm)`` runs (journals) right
+    before the VM resumes: from then on its memory runs past the saved state."""
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect(wait=connect_wait)
     try:
@@ -133,6 +149,8 @@ def restore(vm, timeout=120, connect_wait=60):
                             match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
         if done["data"]["status"] != "completed":
             raise QMPError("incoming migration of %s ended %s" % (vm.name, done["data"]["status"]))
+        if before_cont:
+            before_cont(vm)
         q.cmd("cont")
         resume = q.wait_event("RESUME", 30)
         return {"restore_started_ts": t0, "loaded_ts": event_time(done), "resume_ts": event_time(resume)}

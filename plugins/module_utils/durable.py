@@ -48,12 +48,21 @@ def replace_file(path, data, mode):
         raise
 
 
-def read_json(path, default=None):
+class CorruptFile(ValueError):
+    """A state file exists but is not JSON: the message names the file and the recovery."""
+
+
+def read_json(path, default=None, recover=None):
+    """The JSON in ``path``, ``default`` when it cannot be read; CorruptFile (never a traceback)
+    when it is not JSON, naming the file and ``recover`` (what the operator does about it)."""
     try:
         with open(path) as fh:
             return json.load(fh)
     except (IOError, OSError):
         return default
+    except ValueError as exc:
+        raise CorruptFile("%s is not valid JSON (%s); it was left as found. %s" % (
+            path, exc, recover or "Recover: repair it or restore it from a copy"))
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import fcntl
 import os
 import sys
 import threading
@@ -39,15 +41,117 @@ UNIT = "guestmemfs-vm@%s.service"
 
 
 class UpdateError(Exception):
-    """A step failed; the message says what was left where and how to recover."""
+    """A step failed; the message says what was left where and how to recover. ``update_id`` is
+    the update the failing step had begun (None when it began none)."""
+
+    def __init__(self, msg, update_id=None):
+        Exception.__init__(self, msg)
+        self.update_id = update_id
 
 
-def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
+# One host-wide update lock (flock, in /run: gone with the boot), held by a save from its first
+# check to its end and by the guarded kexec; between them the journal (phase saved) keeps any
+# other save out. Tests point it at a tree (tests/unit/conftest.py).
+UPDATE_LOCK = os.path.join(cpr.RUN_DIR, "update.lock")
+# Room a save needs beside what it writes per VM: the device state (a few MB measured; VGA memory
+# and other device RAM count, so generously), and per GiB of VM memory the manifest's digests.
+STATE_ROOM = 64 * 1024 * 1024
+MANIFEST_ROOM_PER_CHUNK = 256
+# The save's time limit: the migrations, then hashing every VM's memory (full manifest) at a
+# pessimistic 100 MB/s.
+SAVE_BASE_S = 360
+HASH_BYTES_PER_S = 100 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def update_lock(what):
+    """Hold the host's update lock for ``what`` (non-blocking): UpdateError names its holder."""
+    d = os.path.dirname(UPDATE_LOCK)
+    if not os.path.isdir(d):
+        os.makedirs(d, 0o700)
+    fd = os.open(UPDATE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (IOError, OSError):
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "unknown"
+            raise UpdateError("another update step holds this host's update lock %s (%s): %s refused, nothing "
+                              "was paused or changed. Let it finish (agent status shows the journal), then re-run"
+                              % (UPDATE_LOCK, holder, what))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, ("pid %d, %s" % (os.getpid(), what)).encode("utf-8"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def free_bytes(path):
+    """Bytes root may still write on the filesystem holding ``path`` (or its nearest parent)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _filesystem(path):
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.stat(path).st_dev, path
+
+
+def space_problems(vms):
+    """What the save of ``vms`` would lack on the filesystems of the journal, the manifest and the
+    state files (each written beside its old copy first), summed per filesystem; [] when enough."""
+    need = {}
+
+    def add(path, nbytes, what):
+        dev, where = _filesystem(path)
+        n, whats, _w = need.get(dev, (0, [], where))
+        need[dev] = (n + nbytes, whats + [what], where)
+    jsize = os.path.getsize(journal.JOURNAL) if os.path.exists(journal.JOURNAL) else 0
+    add(journal.JOURNAL, 2 * jsize + 64 * 1024 * (1 + len(vms)), "journal")
+    add(manifest.MANIFEST_PATH, 2 * sum(64 * 1024 + (vm.memory_bytes // manifest.CHUNK + 1) * MANIFEST_ROOM_PER_CHUNK
+                                        for vm in vms), "manifest")
+    for vm in vms:
+        add(vm.state_path, STATE_ROOM + vm.memory_bytes // 1024, "%s's state" % vm.name)
+    out = []
+    for _dev, (n, whats, where) in sorted(need.items(), key=lambda kv: kv[1][2]):
+        free = free_bytes(where)
+        if free < n:
+            out.append("%s has %d MiB free, the save needs about %d MiB there (%s)" % (
+                where, free // 2 ** 20, -(-n // 2 ** 20), ", ".join(whats)))
+    return out
+
+
+def save_time_limit(memory_bytes):
+    """Seconds a save of VMs with ``memory_bytes`` of memory in all may take (its async limit)."""
+    return SAVE_BASE_S + -(-int(memory_bytes) // HASH_BYTES_PER_S)
+
+
+def save_time_limit_of(conf_dir=None):
+    """save_time_limit for every VM configured on this host."""
+    return save_time_limit(sum(vm.memory_bytes for vm in _configured(conf_dir or cpr.CONF_DIR)))
+
+
+def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
     """Save every running VM (in parallel) and record the manifest that gates their restore.
 
-    Extents are recorded before any VM pauses; content once they are stopped. On a failure the
-    VMs already saved are restored on this kernel (their units restart them from the state file)
-    and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command (systemctl)."""
+    Only one update step at a time (the host's update lock), only from an idle journal, only with
+    room for journal, manifest and state files. Extents are recorded before any VM pauses; each
+    VM's content, and its journal entry, are durable before its QEMU quits. On any failure the VMs
+    already saved are restored on this kernel (their units restart them from the state file), the
+    others resume, and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command
+    (systemctl)."""
+    with update_lock("a save"):
+        return _save_all(run, names, mode, conf_dir, timeout, update_id or str(uuid.uuid4()))
+
+
+def _save_all(run, names, mode, conf_dir, timeout, update_id):
+    j = load_journal()
+    if j.get("phase") not in IDLE_PHASES:
+        raise UpdateError("update %s is in flight on this host (phase %s, saved on boot %s): a save starts only "
+                          "from an idle journal. Nothing was paused; `update_step` says what that update needs"
+                          % (j.get("update_id"), j.get("phase"), j.get("from_boot_id")))
     names = names if names is not None else vm_names(conf_dir)
     vms = [cpr.VM.load(n, conf_dir) for n in names]
     status = dict((vm.name, cpr.status(vm)) for vm in vms)
@@ -66,12 +170,15 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
             raise UpdateError("%s: a state file already exists (%s): an earlier save was not restored "
                               "(journal: %s). Nothing was paused; restore it first (agent verify %s, then "
                               "systemctl start %s)" % (vm.name, vm.state_path,
-                                                       load_journal().get("vms", {}).get(vm.name, {}).get("state"),
+                                                       j.get("vms", {}).get(vm.name, {}).get("state"),
                                                        vm.name, UNIT % vm.name))
+    short = space_problems(running)
+    if short:
+        raise UpdateError("not enough free space for the save: %s. Nothing was paused; free space there and "
+                          "re-run" % "; ".join(short))
     # Each VM restores with exactly the argv it runs with now (recorded when it started), never one
     # rebuilt from a definition changed since.
     argvs = dict((vm.name, _started_argv(vm)) for vm in running)
-    update_id = str(uuid.uuid4())
     tokens = {}
     for backend, vms_of in by_backend(running):
         try:
@@ -85,50 +192,83 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120):
                            if k == "preflight" and v.get("boot_id") == journal.boot_id())
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
                              saver_pid=os.getpid())(j)
-        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "argv": argvs[vm.name][0],
-                                   "argv_source": argvs[vm.name][1]}) for vm in running)
-    update_journal(begin, msg="saving %d VMs" % len(running))
-    m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
-    for name, token in tokens.items():
-        m["files"][name]["luo_token"] = token
-
+        j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "state_path": vm.state_path,
+                                   "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1]}) for vm in running)
     results, errors = {}, {}
+    try:
+        update_journal(begin, msg="saving %d VMs" % len(running))
+        m = manifest.record(dict((vm.name, vm.mem_path) for vm in running), mode=mode, content=False)
+        for name, token in tokens.items():
+            m["files"][name]["luo_token"] = token
+        manifest.save(m)
+        lock = threading.Lock()
 
-    def one(vm):
+        def durable(vm, r):
+            # Before this VM's QEMU quits: its memory is final, so hash it, and make the digests and
+            # its journal entry durable; a failure here resumes the VM (cpr.save).
+            part = manifest.add_content({"files": {vm.name: dict(m["files"][vm.name])}})
+            with lock:
+                m["files"][vm.name] = part["files"][vm.name]
+                m["content_s"] = max(m.get("content_s") or 0, part["content_s"])
+                manifest.save(m)
+                update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
+
+        def one(vm):
+            try:
+                results[vm.name] = cpr.save(vm, timeout=timeout, before_quit=durable)
+            except Exception as exc:  # any failure of one VM must not stop the others' rollback
+                errors[vm.name] = str(exc)
+        threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if not errors:
+            os.sync()
+            update_journal(journal.phase_update("saved", saved_ts=time.time()),
+                           msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
+            return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
+                    "manifest_content_s": m.get("content_s")}
+    except Exception as exc:  # a full disk, a lost journal: whatever it is, roll back
+        errors["the save"] = "%s: %s" % (type(exc).__name__, exc)
+    _roll_back_save(run, running, results, errors, conf_dir, update_id)
+
+
+def _roll_back_save(run, running, results, errors, conf_dir, update_id):
+    """After a failed save: resume what is paused, restore what was saved, on this kernel; raise
+    UpdateError saying what was left where. Each step is tried even when one before failed (a
+    full disk may refuse the journal too)."""
+    left = []
+    for vm in running:
+        if vm.name in results:
+            continue
+        now = cpr.status(vm)
+        if now in ("paused", "postmigrate", "finish-migrate"):
+            try:
+                cpr.resume(vm)
+                now = "running"
+            except Exception as exc:
+                left.append("%s could not be resumed (%s): `agent status`, then resume it over QMP %s" % (
+                    vm.name, exc, vm.qmp_path))
         try:
-            r = cpr.save(vm, timeout=timeout)
-            results[vm.name] = r
-            update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
-        except Exception as exc:  # any failure of one VM must not stop the others' rollback
-            errors[vm.name] = str(exc)
-    threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    # The saved VMs' memory is final now: hash it, so that whatever comes next (kexec, or a
-    # rollback on this kernel) restores them only on verified memory.
-    manifest.add_content(m, names=set(results))
-    for name in errors:
-        m["files"].pop(name, None)
-    manifest.save(m)
-    if errors:
-        for vm in running:
-            if vm.name in errors:
-                now = cpr.status(vm)
-                update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
-                                              error=errors[vm.name]))
+            update_journal(journal.set_vm(vm.name, state="running" if now == "running" else "down (%s)" % now,
+                                          error=errors.get(vm.name, errors.get("the save"))))
+        except Exception as exc:
+            left.append("%s's journal entry not written (%s)" % (vm.name, exc))
+    try:
         rolled = rollback(run, sorted(results), conf_dir)
+    except Exception as exc:
+        rolled = "NOT restored (%s: %s); their state files and the manifest %s are kept: free space on the " \
+                 "journal's and manifest's disk, then run vm_cpr action=restore (or agent verify, then systemctl " \
+                 "start %s)" % (", ".join(sorted(results)), exc, manifest.MANIFEST_PATH, UNIT % "NAME")
+    try:
         update_journal(journal.phase_update("rolled_back"), msg="save failed: %s" % errors)
-        raise UpdateError("saving failed for %s; those VMs were resumed where they ran. VMs already saved "
-                          "were restored on this kernel: %s" % (
-                              "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none"))
-    os.sync()
-    update_journal(journal.phase_update("saved", saved_ts=time.time()),
-                   msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
-    return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
-            "manifest_content_s": m.get("content_s")}
+    except Exception as exc:
+        left.append("the journal %s could not record the rollback (%s)" % (journal.JOURNAL, exc))
+    raise UpdateError("saving failed (%s); VMs not saved were resumed where they ran. VMs already saved were "
+                      "restored on this kernel: %s%s" % (
+                          "; ".join("%s: %s" % kv for kv in sorted(errors.items())), rolled or "none",
+                          (". Left: " + "; ".join(left)) if left else ""), update_id=update_id)
 
 
 def shutdown_for_update(names, run, conf_dir=cpr.CONF_DIR, timeout=300, poll=1.0):
@@ -207,8 +347,9 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
                 state = "running"
             except Exception as exc:
                 state = "down (resume failed: %s)" % exc
-            if os.path.exists(vm.state_path + ".partial"):
-                os.unlink(vm.state_path + ".partial")
+            for stale in (vm.state_path + ".partial", vm.state_path):  # the VM runs on: any state is stale
+                if os.path.exists(stale):
+                    os.unlink(stale)
         elif os.path.exists(vm.state_path):
             state = "saved"
         else:
@@ -220,30 +361,46 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
     return out
 
 
+# A held VM's verdict that no later verification may lift: it ran past its saved state.
+RESUMED_PAST_STATE = "resumed_past_state"
+
+
 def verify_pending(names=None):
     """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
-    ``ok`` -> state restoring (its unit may restore it); anything else -> held, never resumed.
-    Runs at boot from guestmemfs-verify.service, before any VM unit starts."""
+    ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
+    else -> held, never resumed. Runs at boot from guestmemfs-verify.service, before any VM unit
+    starts; there it first finalises a save or a resume that the end of an earlier boot cut short."""
     j = load_journal()
-    after_kexec = j.get("phase") in SAVED_PHASES and j.get("from_boot_id") not in (None, journal.boot_id())
+    m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
+    boot = journal.boot_id()
+    if j.get("phase") == "saving" and j.get("from_boot_id") not in (None, boot):
+        j = _finalise_interrupted_save(j, m)
+    j = _finalise_interrupted_resumes(j)
+    after_kexec = j.get("phase") in SAVED_PHASES + ("interrupted",) and j.get("from_boot_id") not in (None, boot)
     if after_kexec:
         # Whether this boot is the kernel the update loaded, or a cold boot into the default one
         # (a new kernel that panicked, a power cycle): the VMs restore either way, on verified memory.
         target = j.get("kexec_target") or {}
         cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
-        set_phase("booted", to_boot_id=journal.boot_id(), booted_release=_release(), booted_as_loaded=as_loaded,
+        set_phase("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
                                                          "NOT the loaded kernel", j.get("phase")))
-    pending = [n for n, v in j.get("vms", {}).items()
-               if v.get("state") in ("saved", "restore_failed", "held") and (names is None or n in names)]
-    m = manifest.load() or {}
+    pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
+        v.get("state") in ("saved", "restore_failed")
+        or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
+        or (v.get("state") == "restoring" and v.get("verified_boot_id") != boot))]
     verdicts = {}
 
     def one(name):
         entry = m.get("files", {}).get(name)
-        verdicts[name] = manifest.verify_file(entry) if entry else {
-            "status": "no_manifest", "detail": "no manifest entry for %s" % name}
+        if not entry:
+            verdicts[name] = {"status": "no_manifest", "detail": "no manifest entry for %s" % name}
+        elif entry.get("mode") != "extents" and "digests" not in entry:
+            verdicts[name] = {"status": "no_digests", "detail": "the manifest has no content digests for %s (its save "
+                              "stopped before recording them): its memory cannot be verified" % name}
+        else:
+            verdicts[name] = manifest.verify_file(entry)
     threads = [threading.Thread(target=one, args=(n,)) for n in pending]
     for t in threads:
         t.start()
@@ -251,8 +408,8 @@ def verify_pending(names=None):
         t.join()
     for name, verdict in verdicts.items():
         if verdict["status"] == manifest.OK:
-            update_journal(journal.set_vm(name, state="restoring", verify=verdict, verified_ts=time.time()),
-                           msg="%s verified" % name)
+            update_journal(journal.set_vm(name, state="restoring", verify=verdict, verified_ts=time.time(),
+                                          verified_boot_id=boot), msg="%s verified" % name)
         else:
             update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
@@ -261,6 +418,59 @@ def verify_pending(names=None):
             "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
         finish_if_done()
     return verdicts
+
+
+def _finalise_interrupted_save(j, m):
+    """A save that the end of its boot cut short (power loss, reset, a kernel panic): each VM's
+    outcome from what is on disk. Saved (state file and digests complete): verified next, restored
+    on intact memory. A state file without digests: held. No state file: down, its memory file
+    kept, its unit boots it afresh. Phase ``interrupted``; ``interrupted_save`` says what it left."""
+    boot = journal.boot_id()
+    outcome = {}
+
+    def fn(j):
+        for name, v in sorted((j.get("vms") or {}).items()):
+            if v.get("state") != "saving":
+                outcome[name] = v.get("state")
+                continue
+            state_path = v.get("state_path") or os.path.join(cpr.STATE_DIR, name + ".state")
+            entry = m.get("files", {}).get(name) or {}
+            complete = entry and (entry.get("mode") == "extents" or "digests" in entry)
+            if os.path.exists(state_path) and complete:
+                v["state"] = "saved"
+            elif os.path.exists(state_path):
+                v["state"] = "held"
+                v["verify"] = {"status": "no_digests", "detail": "the save stopped before %s's digests were recorded: "
+                               "state file %s kept, its memory cannot be verified. Recover: agent discard-state %s, "
+                               "then systemctl start %s (it boots afresh)" % (name, state_path, name, UNIT % name)}
+            else:
+                v["state"] = ("down (the host rebooted during the save of update %s on boot %s: no complete state; "
+                              "memory file %s kept; its unit boots it afresh, or systemctl start %s)"
+                              % (j.get("update_id"), j.get("from_boot_id"), v.get("mem_path"), UNIT % name))
+            outcome[name] = v["state"]
+        j["interrupted_save"] = {"update_id": j.get("update_id"), "saved_on_boot_id": j.get("from_boot_id"),
+                                 "found_on_boot_id": boot, "ts": time.time(), "vms": dict(outcome)}
+        journal.phase_update("interrupted")(j)
+        j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot, "msg": (
+            "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
+                "%s %s" % kv for kv in sorted(outcome.items()))))})
+    return update_journal(fn)
+
+
+def _finalise_interrupted_resumes(j):
+    """A VM journaled ``resuming`` on an earlier boot may have run past its saved state: held for
+    good (never loaded again); the recovery is to discard that state."""
+    boot = journal.boot_id()
+    stale = [n for n, v in (j.get("vms") or {}).items()
+             if v.get("state") == "resuming" and v.get("resuming_boot_id") != boot]
+    for name in stale:
+        rec = j["vms"][name]
+        detail = ("%s was resuming on boot %s when that boot ended: its memory may have run past its saved state %s, "
+                  "which must not be loaded again. Recover: agent discard-state %s, then systemctl start %s (it boots "
+                  "afresh)" % (name, rec.get("resuming_boot_id"), rec.get("state_path"), name, UNIT % name))
+        j = update_journal(journal.set_vm(name, state="held", verify={"status": RESUMED_PAST_STATE, "detail": detail}),
+                           msg="%s held: resuming interrupted" % name)
+    return j
 
 
 def _release():
@@ -304,7 +514,15 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     """Kexec, only for a host whose every VM is saved on this boot and whose next kernel is loaded:
     a VM still running would die with its memory unsaved. Each backend adds its own refusals and
     does the kexec its way (systemctl kexec, the memfd holder, reboot(2)). Returns an error text, or
-    does not return when the kexec started."""
+    does not return when the kexec started. Under the host's update lock: never during a save."""
+    try:
+        with update_lock("the kexec"):
+            return _kexec_now(run, conf_dir)
+    except UpdateError as exc:
+        return "not kexecing: %s" % exc
+
+
+def _kexec_now(run, conf_dir):
     j = load_journal()
     problems = []
     if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != journal.boot_id():
@@ -333,6 +551,36 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     return backend.kexec(vms_of, j, run, ROOT)
 
 
+def discard_state(name, conf_dir=None):
+    """Discard VM ``name``'s saved state on purpose (``agent discard-state``): the state file moves
+    aside (kept, never deleted), the journal records it (state ``discarded``, final), and the VM's
+    unit boots it afresh. Refused while its QEMU runs or another update step holds the lock.
+    Returns (exit code, text)."""
+    conf_dir = conf_dir or cpr.CONF_DIR
+    try:
+        with update_lock("discard-state %s" % name):
+            vm = cpr.VM.load(name, conf_dir)
+            rec = load_journal().get("vms", {}).get(name, {})
+            now = cpr.status(vm)
+            if now is not None:
+                return 5, ("%s: its QEMU answers (status %s): a state is not discarded under a running VM; nothing "
+                           "changed. Stop it first (systemctl stop %s)" % (name, now, UNIT % name))
+            if not os.path.exists(vm.state_path):
+                return 5, "%s has no saved state (%s does not exist; journal: %s): nothing discarded" % (
+                    name, vm.state_path, rec.get("state"))
+            kept = "%s.discarded-%d" % (vm.state_path, int(time.time()))
+            os.rename(vm.state_path, kept)
+            update_journal(journal.set_vm(name, state="discarded", discarded_from=rec.get("state"), discarded_to=kept,
+                                          discarded_ts=time.time()),
+                           msg="%s: saved state discarded on purpose (was %s), kept as %s" % (
+                               name, rec.get("state"), kept))
+            finish_if_done(conf_dir)
+            return 0, ("%s: saved state discarded (journal state was %s), kept as %s; `systemctl start %s` boots it "
+                       "afresh on memory file %s" % (name, rec.get("state"), kept, UNIT % name, vm.mem_path))
+    except UpdateError as exc:
+        return 5, str(exc)
+
+
 def vm_run(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
     with -incoming defer. A VM whose state file exists is never cold-started."""
@@ -346,6 +594,9 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         record_argv(name, argv)
         os.execvp(argv[0], argv)
     rec = load_journal().get("vms", {}).get(name, {})
+    if rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id():
+        verify_pending([name])  # a verdict belongs to the boot it was given on
+        rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).
         base = rec.get("argv") or _started_argv(vm)[0]
@@ -355,8 +606,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
-                         "afresh after moving the state file away.\n"
-                         % (name, rec.get("verify", {}).get("detail"), vm.state_path, vm.mem_path))
+                         "afresh after `agent discard-state %s`.\n"
+                         % (name, rec.get("verify", {}).get("detail"), vm.state_path, vm.mem_path, name))
         return 4
     sys.stderr.write("%s: state file %s exists but its memory is not verified (journal: %s): not starting. "
                      "Run `agent verify %s` first.\n" % (name, vm.state_path, rec.get("state"), name))
@@ -369,8 +620,17 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     if rec.get("state") != "restoring":
         return 0
     vm = cpr.VM.load(name, conf_dir)
+    if rec.get("verified_boot_id") != journal.boot_id():
+        sys.stderr.write("%s: its memory was verified on boot %s, not this one: not resuming. State %s and memory %s "
+                         "kept; run `agent verify %s`, then systemctl restart %s\n" % (
+                             name, rec.get("verified_boot_id"), vm.state_path, vm.mem_path, name, UNIT % name))
+        return 3
+
+    def resuming(vm):  # from cont on, the VM's memory runs past its saved state
+        update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
+                       msg="%s resuming" % name)
     try:
-        r = cpr.restore(vm)
+        r = cpr.restore(vm, before_cont=resuming)
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))

@@ -7,8 +7,11 @@ modules, the host agent and the memfd holder alike.
 ``{"update_id", "phase", "phases": {phase: {ts, boot_id}}, "vms": {name: {"state", ...}}, "log"}``.
 The host's phase goes preflight -> saving -> saved -> [handover] -> kexec -> booted -> verified ->
 restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update stopped before
-the kexec). A VM's state goes running -> saving -> saved -> restoring -> restored, or ends ``held``
-(its memory failed verification: not resumed, state and memory files kept) or ``restore_failed``.
+the kexec; ``interrupted`` when the boot-time verify finds a save cut short by a reboot, recorded
+in ``interrupted_save``). A VM's state goes running -> saving -> saved -> restoring (for the boot
+its memory was verified on) -> resuming (journaled before ``cont``) -> restored, or ends ``held``
+(its memory failed verification: not resumed, state and memory files kept), ``restore_failed`` or
+``discarded`` (an operator discarded its saved state: ``agent discard-state``).
 ``next_step`` reads the journal to tell a re-run (after a dead controller) where this host is.
 """
 
@@ -29,7 +32,7 @@ SAVED_PHASES = ("saved", "handover", "kexec")
 # Phases after which a host has no update in flight.
 IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
 # VM states that are final for one update.
-VM_FINAL = ("restored", "held", "restore_failed")
+VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
 
 def boot_id():
@@ -80,7 +83,11 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
         if same_boot:
             return "rollback", "the save of update %s stopped half-way: restore its VMs on this kernel" % (
                 j.get("update_id"))
-        return "wait", "the host rebooted during a save: its boot-time restore handles the saved VMs"
+        # The boot-time verify finalises such a save (phase interrupted); it has not run, or failed.
+        return "blocked", ("the host rebooted during the save of update %s and its boot-time verify has not "
+                           "finalised it: see `systemctl status guestmemfs-verify.service`, run `agent verify` "
+                           "(each VM saved completely is verified, the others reported down with their memory "
+                           "files kept), then re-run" % j.get("update_id"))
     if phase in SAVED_PHASES:
         if same_boot:
             return "kexec", "VMs of update %s are saved on this boot (phase %s): kexec without saving again" % (
@@ -100,8 +107,16 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
     return "start", "no update in flight (phase %s)" % phase
 
 
+# What an operator does about a journal that is not JSON (durable.CorruptFile names the file).
+JOURNAL_RECOVERY = (
+    "Recover: nothing was changed and every VM's state and memory files are kept (VMs with a state file "
+    "stay down, as their verdict cannot be read). Repair the JSON (a write cut short, a full disk?) or "
+    "restore it from a copy; `agent status` reads it again once it parses. Do not delete it while a VM "
+    "has a state file under /var/lib/guestmemfs-liveupdate/state: the journal says which VMs are saved")
+
+
 def load_journal(path=None):
-    return read_json(path or JOURNAL, {}) or {}
+    return read_json(path or JOURNAL, {}, recover=JOURNAL_RECOVERY) or {}
 
 
 def update_journal(fn, path=None, msg=None):

@@ -199,10 +199,16 @@ def verify(manifest, names=None):
                 if names is None or name in names)
 
 
-def save(manifest, path=MANIFEST_PATH):
+# What an operator does about a manifest that is not JSON (durable.CorruptFile names the file).
+RECOVERY = ("Recover: nothing was changed; the saved VMs stay unverified (not resumed), their state and memory "
+            "files kept. Repair the JSON or restore it from a copy, then run `agent verify`; a VM whose memory can "
+            "no longer be verified boots afresh only after `agent discard-state NAME`")
+
+
+def save(manifest, path=None):
     """Root-only and durable (see durable.write_json)."""
-    write_json(path, manifest)
+    write_json(path or MANIFEST_PATH, manifest)
 
 
-def load(path=MANIFEST_PATH):
-    return read_json(path)
+def load(path=None):
+    return read_json(path or MANIFEST_PATH, recover=RECOVERY)

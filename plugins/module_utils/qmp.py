@@ -26,7 +26,7 @@ class QMP(object):
 
     def connect(self, wait=0.0):
         """Connect (retrying for ``wait`` seconds while QEMU creates the socket) and negotiate."""
-        deadline = time.time() + wait
+        deadline = time.monotonic() + wait
         while True:
             try:
                 self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -36,7 +36,7 @@ class QMP(object):
             except (IOError, OSError) as exc:
                 self.sock.close()
                 self.sock = None
-                if time.time() >= deadline:
+                if time.monotonic() >= deadline:
                     raise QMPError("cannot connect to QMP %s: %s" % (self.path, exc))
                 time.sleep(0.05)
         greeting = self._read()
@@ -88,12 +88,12 @@ class QMP(object):
 
     def wait_event(self, name, timeout, match=None):
         """The first event ``name`` (already received or coming) for which ``match(event)`` holds."""
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + timeout
         while True:
             for i, ev in enumerate(self.events):
                 if ev.get("event") == name and (match is None or match(ev)):
                     return self.events.pop(i)
-            left = deadline - time.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise QMPError("QMP %s: no %s event within %ss" % (self.path, name, timeout))
             self.sock.settimeout(min(left, self.timeout))

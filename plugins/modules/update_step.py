@@ -114,14 +114,20 @@ target_build:
       kernel - the step is C(start), not C(done).
   returned: always
   type: str
+save_time_limit:
+  description:
+    - Seconds the save of this host's VMs may take, from their memory (the migrations, then hashing
+      all of it for the manifest) - the playbook's async limit for the save.
+  returned: always
+  type: int
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, journal
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import read_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, hostupdate, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile, read_json
 
 # What the kernel_install role records about the kernel it staged.
 STAGED_FACT = "/etc/ansible/facts.d/guestmemfs_kernel.fact"
@@ -150,14 +156,18 @@ def main():
     if not initrd and os.path.basename(kernel).startswith("vmlinuz-"):
         candidate = os.path.join(os.path.dirname(kernel), "initrd.img-" + os.path.basename(kernel)[8:])
         initrd = candidate if os.path.exists(candidate) else None
-    j = journal.load_journal()
+    try:
+        j = journal.load_journal()
+    except CorruptFile as exc:
+        module.fail_json(msg=str(exc))
     boot_id = hostinfo.boot_id()
     running, running_build = os.uname()[2], os.uname()[3]
     step, reason = journal.next_step(j, boot_id, running, target, running_build=running_build,
                                      target_build=target_build)
     module.exit_json(changed=False, step=step, reason=reason, phase=j.get("phase"), update_id=j.get("update_id"),
                      vms=j.get("vms", {}), boot_id=boot_id, running_release=running, kernel=kernel,
-                     initrd=initrd, target_release=target, running_build=running_build, target_build=target_build)
+                     initrd=initrd, target_release=target, running_build=running_build, target_build=target_build,
+                     save_time_limit=hostupdate.save_time_limit_of())
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ options:
     description: Seconds for one VM's migration (C(save)) or for the whole restore (C(wait)).
     type: int
     default: 300
+  update_id:
+    description:
+      - C(save) - the id the new update gets (default - a random one); the run that starts a save
+        gives one, so that its rescue can name it even when the save died without an answer.
+      - C(restore) - act only on this update - when the journal holds another one (a second run whose
+        save was refused, racing a live save), nothing is done and I(msg) says whose update it is.
+    type: str
 attributes:
   check_mode:
     support: partial
@@ -87,6 +94,10 @@ update_id:
   description: The update this journal belongs to.
   returned: when a journal exists
   type: str
+msg:
+  description: Why C(restore) with an I(update_id) did nothing (the journal holds another update).
+  returned: when C(restore) left another update alone
+  type: str
 phase:
   description: The journal's phase (see M(guestmemfs.liveupdate.update_step)).
   returned: action is wait or status
@@ -108,6 +119,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 FINAL = hostupdate.VM_FINAL
 
@@ -119,10 +131,18 @@ def main():
             vms=dict(type="list", elements="str"),
             manifest_mode=dict(type="str", choices=["full", "sampled", "extents"], default="full"),
             timeout=dict(type="int", default=300),
+            update_id=dict(type="str"),
         ),
         required_if=[("action", "shutdown", ["vms"])],
         supports_check_mode=True,
     )
+    try:
+        _run(module)
+    except CorruptFile as exc:  # a journal or manifest that is not JSON: named, with the recovery
+        module.fail_json(msg=str(exc))
+
+
+def _run(module):
     p = module.params
     action = p["action"]
 
@@ -144,12 +164,18 @@ def main():
         if module.check_mode:
             module.exit_json(changed=True, vms=dict((n, {"state": "would save"}) for n in names or hostupdate.vm_names()))
         try:
-            r = hostupdate.save_all(run, names, mode=p["manifest_mode"], timeout=p["timeout"])
+            r = hostupdate.save_all(run, names, mode=p["manifest_mode"], timeout=p["timeout"],
+                                    update_id=p["update_id"])
         except hostupdate.UpdateError as exc:
-            module.fail_json(msg=str(exc), vms=hostupdate.load_journal().get("vms", {}))
+            module.fail_json(msg=str(exc), update_id=exc.update_id,
+                             vms=hostupdate.load_journal().get("vms", {}) if exc.update_id else {})
         module.exit_json(changed=True, update_id=r["update_id"], vms=hostupdate.load_journal().get("vms", {}),
                          manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
     j = hostupdate.load_journal()
+    if action == "restore" and p["update_id"] and j.get("update_id") != p["update_id"]:
+        module.exit_json(changed=False, vms={}, update_id=j.get("update_id"),
+                         msg="the journal holds update %s (phase %s), not %s: left alone" % (
+                             j.get("update_id"), j.get("phase"), p["update_id"]))
     if action == "restore" and not module.check_mode and j.get("phase") == "saving" \
             and not hostinfo.pid_alive(j.get("saver_pid")):
         hostupdate.recover_interrupted_save()
@@ -167,13 +193,13 @@ def main():
                              vms=j["vms"])
         module.exit_json(changed=True, vms=j["vms"], update_id=j.get("update_id"))
     if action == "wait":
-        deadline = time.time() + p["timeout"]
+        deadline = time.monotonic() + p["timeout"]
         while True:
             j = hostupdate.load_journal()
             vms = dict((n, v) for n, v in j.get("vms", {}).items() if names is None or n in names)
             if vms and all(v.get("state") in FINAL for v in vms.values()):
                 break
-            if time.time() > deadline:
+            if time.monotonic() > deadline:
                 module.fail_json(msg="after %ss, not every VM is restored: %s. See journalctl -u 'guestmemfs-vm@*'"
                                  % (p["timeout"], dict((n, v.get("state")) for n, v in vms.items())), vms=vms)
             time.sleep(1)

@@ -54,9 +54,11 @@ def _no_real_kexec(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def no_real_host_kexec(monkeypatch, tmp_path_factory):
-    """Every unit test: the reboot/kexec syscall entry points raise, and the host agent reads the
-    kernel's kexec state (kexec_loaded, mounts, KHO) under an empty tree unless the test gives one."""
+    """Every unit test: the reboot/kexec syscall entry points raise, the host agent reads the
+    kernel's kexec state (kexec_loaded, mounts, KHO) under an empty tree unless the test gives one,
+    and its update lock is a file of the test's own."""
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, luo
     monkeypatch.setattr(luo, "reboot", _no_real_kexec)
     monkeypatch.setattr(luo, "kexec_file_load", _no_real_kexec)
     monkeypatch.setattr(hostupdate, "ROOT", str(tmp_path_factory.mktemp("empty-host-root")))
+    monkeypatch.setattr(hostupdate, "UPDATE_LOCK", str(tmp_path_factory.mktemp("run") / "update.lock"))

@@ -11,7 +11,7 @@ def test_help_lists_every_subcommand(capsys):
         agent.main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
-    for cmd in ("verify", "vm-run", "vm-restore", "status", "kexec", "luo-hold", "luo"):
+    for cmd in ("verify", "vm-run", "vm-restore", "discard-state", "status", "kexec", "luo-hold", "luo"):
         assert cmd in out
 
 

@@ -67,8 +67,10 @@ def test_save_that_died_is_rolled_back():
     assert step(j("saving", {"vm1": {"state": "saved"}, "vm2": {"state": "saving"}}, saver_pid=42)) == "rollback"
 
 
-def test_reboot_during_save_waits_for_the_boot_time_restore():
-    assert step(j("saving", {"vm1": {"state": "saved"}}), boot=BOOT_B) == "wait"
+def test_reboot_during_save_not_finalised_at_boot_is_blocked_not_waited_for():
+    # The boot-time verify finalises such a save; still ``saving`` means it did not: waiting never ends.
+    reason = next_step(j("saving", {"vm1": {"state": "saved"}}), BOOT_B, "7.3.4", "7.3.5")
+    assert reason[0] == "blocked" and "agent verify" in reason[1]
 
 
 def test_held_vm_blocks_everything_even_on_target():

@@ -189,7 +189,8 @@ def test_cold_start_records_its_argv_and_restore_uses_it_not_a_changed_definitio
     vm = hostupdate.cpr.VM.load("web1", host["conf"])
     assert hostupdate._started_argv(vm) == (started, "recorded")
     open(host["c"]["state"], "w").close()
-    hostupdate.update_journal(lambda j: j.update({"vms": {"web1": {"state": "restoring", "argv": started}}}))
+    rec = {"state": "restoring", "argv": started, "verified_boot_id": "boot-a"}  # verified on this boot
+    hostupdate.update_journal(lambda j: j.update({"vms": {"web1": rec}}))
     # ... and the restore starts exactly that, with -incoming defer.
     with pytest.raises(SystemExit):
         hostupdate.vm_run("web1", conf_dir=host["conf"])

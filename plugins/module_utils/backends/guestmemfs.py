@@ -163,9 +163,11 @@ def file_refusal(vm):
         have = os.stat(vm.mem_path).st_size
     except OSError:
         have = None
-    if have == vm.memory_bytes:
+    want = GuestmemfsBackend().file_size(vm.memory_bytes)  # what vm_memory makes: whole 2 MiB blocks
+    if have == want:
         return None
     size = "is missing" if have is None else "has %d bytes" % have
-    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes (after a cold boot the region "
-            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes the "
-            "file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes))
+    rounded = "" if want == vm.memory_bytes else " rounded up to whole 2 MiB blocks (%d)" % want
+    return ("%s NOT started: its guestmemfs file %s %s, not the VM's %d bytes%s (after a cold boot the region "
+            "starts empty). Any saved state is kept. Recover: run the prepare playbook (vm_memory creates and sizes "
+            "the file), then start the unit" % (vm.name, vm.mem_path, size, vm.memory_bytes, rounded))

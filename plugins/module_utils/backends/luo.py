@@ -316,14 +316,14 @@ class LuoBackend(Backend):
         journal.set_phase("kexec", kexec_ts=time.time())
         os.sync()
         # A holder that died is restarted by systemd with every fd from its store: wait for it.
-        deadline = time.time() + 90
+        deadline = time.monotonic() + 90
         while True:
             try:
                 memfd_holder.request("kexec")
                 return None
             except (memfd_holder.HolderError, OSError) as exc:
                 retry = isinstance(exc, OSError) or "not running" in str(exc)
-                if not retry or time.time() > deadline:
+                if not retry or time.monotonic() > deadline:
                     return "the memfd holder did not kexec: %s" % exc
             time.sleep(2)
 
