@@ -4,18 +4,54 @@
 """The host agent's command line: ``/usr/lib/guestmemfs-liveupdate/agent SUBCOMMAND``, run by the
 units of the qemu_vm role and by the live update's kexec step. One parser; each subcommand checks
 its own arguments (exit 2 with a usage line otherwise). Exit codes: 0 done, 2 usage, 3-7 a VM
-not started (see hostupdate.vm_run), 4 a VM held (verify), 5 the kexec or a holder request refused."""
+not started (see hostupdate.vm_run), 4 a VM held (verify), 5 the kexec or a holder request refused.
+
+Every answer reaches its caller: the agent does not exit while what it wrote to a pipe is unread
+(``delivered``). Ansible's command module stops reading once one second passed without output and
+the process is gone; a refusal written just before the exit was lost that way (rc 5, empty
+stdout and stderr, on a loaded machine)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import argparse
+import fcntl
 import json
+import os
+import stat
+import struct
 import subprocess
 import sys
+import termios
+import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder
+
+
+def unread(fd):
+    """Bytes written to pipe ``fd`` that its reader has not taken yet (0 for anything else)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return 0
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, IOError, ValueError):
+        return 0
+
+
+def delivered(streams=None, timeout=30.0, poll=0.02):
+    """Flush ``streams`` (stdout, stderr) and wait, at most ``timeout`` seconds, until a reader took
+    what sits in their pipes, so that a caller polling for the exit between reads gets it all."""
+    fds = []
+    for stream in streams or (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            fds.append(stream.fileno())
+        except (AttributeError, OSError, IOError, ValueError):
+            continue
+    deadline = time.monotonic() + timeout
+    while any(unread(fd) for fd in fds) and time.monotonic() < deadline:
+        time.sleep(poll)
 
 
 def _verify(a):
@@ -91,4 +127,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    finally:
+        delivered()
