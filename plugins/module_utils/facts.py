@@ -16,7 +16,7 @@ import gzip
 import os
 import re
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt, hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, fdt, hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, flag, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (
@@ -439,6 +439,9 @@ def gather(root="/", mount_point=None, run=None):
         "guestmemfs_fs": "guestmemfs" in filesystems,
         "kho": kho_state(root, args, config),
         "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
+        # What a cold reboot, mkfs or a new manifest would destroy: saved states, unfinished updates.
+        "vms_at_stake": journal.at_stake(journal.load_journal(os.path.join(root, journal.JOURNAL.lstrip("/"))),
+                                         os.path.join(root, cpr.STATE_DIR.lstrip("/"))),
     }
     if facts["guestmemfs_fs"]:
         facts["guestmemfs_region"] = guestmemfs_region(root, args, facts["memory"]["total_bytes"], facts["kho"])

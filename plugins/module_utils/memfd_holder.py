@@ -270,6 +270,10 @@ class Holder(object):
             return {"changed": False}
         if name in self.tokens:
             raise HolderError("%s is preserved for a live update: unpreserve first" % name)
+        stake = [p for p in journal.at_stake() if p.startswith(name + " ")]
+        if stake:
+            raise HolderError("%s's memfd is its memory and stays: %s. Recover the VM first (agent verify %s, "
+                              "systemctl start guestmemfs-vm@%s)" % (name, "; ".join(stake), name, name))
         if users:
             raise HolderError("%s's memory is in use by %s: stop the VM first" % (name, ", ".join(users)))
         os.close(self.vms.pop(name))
@@ -337,6 +341,10 @@ class Holder(object):
         lost = sorted(set(self.vms) - set(self.tokens))
         if lost:
             raise HolderError("memfds not preserved: %s: a kexec now would lose them" % ", ".join(lost))
+        # The same journal check as agent kexec's guard: whoever asks, no kexec of unsaved VMs.
+        unsaved = journal.not_saved(load_journal(), journal.boot_id())
+        if unsaved:
+            raise HolderError("not kexecing, the VMs are not saved: %s" % "; ".join(unsaved))
         luo.reboot_kexec()  # returns only on failure
         raise HolderError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 

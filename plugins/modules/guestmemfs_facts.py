@@ -150,6 +150,12 @@ ansible_facts:
           description: Running QEMU system emulators (each C(pid), C(comm)); a cold reboot would kill them.
           type: list
           elements: dict
+        vms_at_stake:
+          description: What a cold reboot, a mkfs of the backend or a new manifest would destroy, one
+            text each - an update in flight, a VM the journal has not finished with (saving, saved,
+            restoring, held, restore_failed), a saved state file. Empty when nothing is at stake.
+          type: list
+          elements: str
         backend_mount:
           description: With I(mount_point), C(mounted), C(source), C(fstype), C(dax), C(size_bytes),
             C(free_bytes), C(used_bytes) and C(files) (each C(name), C(size_bytes), C(allocated_bytes)).
