@@ -94,8 +94,10 @@ ansible_facts:
         cmdline:
           description: The running command line, as text (C(running)), as a list (C(args)) and as a
             dict of name to list of values (C(options)); on GRUB hosts also the command line the GRUB
-            default files configure for normal entries (C(configured)) and whether a configured
-            argument is not running (C(reboot_required)).
+            default files configure for normal entries (C(configured)), whether a configured
+            argument is not running (C(reboot_required)) and C(drift) - each memory backend's
+            argument that runs (the carve-out) but is missing from the configuration; the next cold
+            boot would boot without it and destroy every VM's memory.
           type: dict
         kernel_config:
           description: Each option that matters for live update, with C(n) when unset; null when no

@@ -63,6 +63,15 @@ options:
     type: list
     elements: str
     default: []
+  allow_boot_drift:
+    description:
+      - Load although a memory backend's boot argument on the running cmdline (the carve-out) is
+        missing from the boot configuration (C(boot_drift)). Without it that is refused - the next
+        cold boot (a crash, a power cut) would boot without the carve-out and destroy every VM's
+        memory. Fix the boot configuration (M(guestmemfs.liveupdate.kernel_cmdline)) instead
+        whenever possible.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -104,6 +113,11 @@ load_s:
   description: Seconds the load took.
   returned: when loaded
   type: float
+boot_drift:
+  description: The memory backends' running boot arguments the boot configuration lacks (empty when none).
+  returned: state is loaded
+  type: list
+  elements: str
 load_syscall:
   description: The system call that loaded the next kernel (always C(kexec_file_load)).
   returned: when loaded
@@ -182,6 +196,7 @@ def main():
             backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], default="pmem"),
             path=dict(type="path"),
             append=dict(type="list", elements="str", default=[]),
+            allow_boot_drift=dict(type="bool", default=False),
         ),
         required_if=[("state", "loaded", ("kernel", "initrd"))],
         supports_check_mode=True,
@@ -211,6 +226,13 @@ def main():
             else (None, None, [])
         problems += backend.target_problems(f["kho"], release, config, places, args, cmd)
     problems += backend.next_cmdline_problems(f["cmdline"]["args"], args)
+    result["boot_drift"] = facts.boot_drift("/", lambda cmd: module.run_command(cmd))
+    if result["boot_drift"] and not p["allow_boot_drift"]:
+        problems.append("the boot configuration has drifted: %s. Put it back (kernel_cmdline), or set "
+                        "allow_boot_drift (guestmemfs_allow_boot_drift) to go on anyway"
+                        % "; ".join(result["boot_drift"]))
+    for d in result["boot_drift"] if p["allow_boot_drift"] else []:
+        module.warn("boot configuration drift (allowed): %s" % d)
     cmdline = " ".join(args)
     result["cmdline"] = cmdline
     if problems:
