@@ -26,7 +26,7 @@ import sys
 import termios
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder, vmdef
 
 
 def unread(fd):
@@ -87,19 +87,27 @@ def _luo(a):
     return 0
 
 
+def vm_name(text):
+    """A VM name by the one rule (vmdef.NAME_RE): it becomes a path, a unit instance and a QEMU id."""
+    try:
+        return vmdef.check_name(text)
+    except vmdef.VMDefError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def parser():
     p = argparse.ArgumentParser(prog="agent", description="guestmemfs.liveupdate host agent: the boot-time "
                                 "restore, the guarded kexec and the luo backend's memfd holder")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     s = sub.add_parser("verify", help="verify saved VMs' memory against the manifest (all pending, or NAME...)")
-    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
     s.set_defaults(func=_verify)
     s = sub.add_parser("vm-run", help="the VM unit's ExecStart: cold start, or QEMU -incoming defer")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_run(a.name))
     s = sub.add_parser("vm-restore", help="the VM unit's ExecStartPost: finish a restore and resume")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name))
     sub.add_parser("status", help="print the update journal").set_defaults(func=_status)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
@@ -110,14 +118,14 @@ def parser():
     ops.required = True
     ops.add_parser("status", help="the holder's memfds and session")
     o = ops.add_parser("ensure", help="a memfd of SIZE bytes for VM NAME")
-    o.add_argument("name", metavar="NAME")
+    o.add_argument("name", metavar="NAME", type=vm_name)
     o.add_argument("size", metavar="SIZE", type=int)
-    ops.add_parser("drop", help="drop VM NAME's memfd (not in use)").add_argument("name", metavar="NAME")
+    ops.add_parser("drop", help="drop VM NAME's memfd (not in use)").add_argument("name", metavar="NAME", type=vm_name)
     ops.add_parser("preserve", help="preserve the memfds (all, or NAME...)").add_argument(
-        "names", nargs="*", metavar="NAME")
+        "names", nargs="*", metavar="NAME", type=vm_name)
     ops.add_parser("unpreserve", help="give up this boot's preserved session")
     o = ops.add_parser("retrieve", help="retrieve VM NAME's memfd by TOKEN after a kexec")
-    o.add_argument("name", metavar="NAME")
+    o.add_argument("name", metavar="NAME", type=vm_name)
     o.add_argument("token", metavar="TOKEN", type=int)
     ops.add_parser("finish", help="finish the retrieved session").add_argument("--force", action="store_true")
     ops.add_parser("kexec", help="kexec from the holder (agent kexec does this, guarded)")

@@ -23,13 +23,12 @@ __metaclass__ = type
 import array
 import json
 import os
-import re
 import socket
 import stat
 import sys
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import LUO_LINK_DIR, RUN_DIR
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     SAVED_PHASES, VM_FINAL, load_journal, update_journal)
@@ -38,8 +37,8 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import
 LINK_DIR = LUO_LINK_DIR
 SOCKET = os.path.join(RUN_DIR, "luo.sock")
 SESSION = "guestmemfs-liveupdate"
-# systemd's FDNAME allows no ':' and no control characters; VM names are checked against this too.
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
+# The one VM-name rule (it also fits systemd's FDNAME: no ':' and no control characters).
+NAME_RE = vmdef.NAME_RE
 
 
 class HolderError(Exception):
@@ -246,7 +245,7 @@ class Holder(object):
         """A memfd of exactly ``size`` bytes for VM ``name``: created, or the existing one if its size
         matches. Refused while a session holds the VMs (a preserved memfd cannot change)."""
         if not NAME_RE.match(name or ""):
-            raise HolderError("VM name %r: use 1 to 48 of A-Z a-z 0-9 _ . -" % (name,))
+            raise HolderError("VM name %r: a VM name is %s" % (name, vmdef.NAME_RULE))
         size = int(size)
         if size <= 0 or size % 4096:
             raise HolderError("%s: size %d is not a positive multiple of 4096" % (name, size))
@@ -352,7 +351,7 @@ class Holder(object):
         """Recovery: take back one memfd by token from the session retrieved in this boot (one that
         did not come back at start, e.g. under a wrong token), then verify and start its VM."""
         if not NAME_RE.match(name or ""):
-            raise HolderError("VM name %r: use 1 to 48 of A-Z a-z 0-9 _ . -" % (name,))
+            raise HolderError("VM name %r: a VM name is %s" % (name, vmdef.NAME_RULE))
         if self.session is None or not self.session.retrieved or self.finished:
             raise HolderError("no unfinished session retrieved in this boot: nothing to retrieve from")
         if name in self.vms:

@@ -135,6 +135,15 @@ def check_name(name):
     return name
 
 
+def names_problem(names):
+    """The refusal of ``names`` that break the VM-name rule (each module checks its names with this
+    before anything acts), or None."""
+    bad = [n for n in names or () if not isinstance(n, str) or not NAME_RE.match(n)]
+    if bad:
+        return "VM names %s: a VM name is %s. Nothing was done" % (", ".join(repr(n) for n in bad), NAME_RULE)
+    return None
+
+
 def _disk(name, i, d):
     if not isinstance(d, dict):
         raise _err(name, "disks[%d] must be a mapping with path and format, not %r" % (i, d))

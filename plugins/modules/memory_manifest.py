@@ -86,7 +86,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, journal, manifest
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, journal, manifest, vmdef
 
 
 def main():
@@ -101,6 +101,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if vmdef.names_problem(p["files"]):
+        module.fail_json(msg=vmdef.names_problem(p["files"]))
     if p["action"] == "record":
         files = p["files"] or dict((n, cpr.VM.load(n).mem_path) for n in hostupdate.vm_names())
         if not files:
