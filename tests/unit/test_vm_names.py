@@ -9,7 +9,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.modules import memory_man
 
 from conftest import run_main
 
-BAD = ["../../etc/cron.d/x", "a b", "vm\nExecStart=/bin/sh", "VM1", "-rf", ""]
+BAD = ["../../etc/cron.d/x", "vm1\n", "a b", "vm\nExecStart=/bin/sh", "VM1", "-rf", ""]
 
 
 @pytest.fixture
