@@ -226,7 +226,7 @@ def main():
             else (None, None, [])
         problems += backend.target_problems(f["kho"], release, config, places, args, cmd)
     problems += backend.next_cmdline_problems(f["cmdline"]["args"], args)
-    result["boot_drift"] = facts.boot_drift("/", lambda cmd: module.run_command(cmd))
+    result["boot_drift"] = facts.boot_drift("/", module.run_command)
     if result["boot_drift"] and not p["allow_boot_drift"]:
         problems.append("the boot configuration has drifted: %s. Put it back (kernel_cmdline), or set "
                         "allow_boot_drift (guestmemfs_allow_boot_drift) to go on anyway"

@@ -170,7 +170,7 @@ def main():
     running, running_build = os.uname()[2], os.uname()[3]
     step, reason = journal.next_step(j, boot_id, running, target, running_build=running_build,
                                      target_build=target_build)
-    drift = facts.boot_drift("/", lambda cmd: module.run_command(cmd))
+    drift = facts.boot_drift("/", module.run_command)
     if drift and step == "start" and not module.params["allow_boot_drift"]:
         step, reason = "blocked", ("the boot configuration has drifted: %s. Nothing was done; put it back "
                                    "(kernel_cmdline, the memory_backend role), or set guestmemfs_allow_boot_drift "

@@ -13,7 +13,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec, upd
 
 from conftest import bzimage, run_main
 from test_cmdline import run as run_kernel_cmdline, tree
-from test_kexec_luo import host as luo_host  # noqa: F401 (a fixture)
+from test_kexec_luo import host as luo_host  # noqa: F401  # pylint: disable=unused-import
 
 CARVED = "root=UUID=x ro console=tty0 console=ttyS0,115200 quiet memmap=1G!4G"
 

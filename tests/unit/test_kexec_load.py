@@ -13,7 +13,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hosti
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec
 
 from conftest import run_main
-from test_kexec_luo import LUO_HOST, host as luo_host  # noqa: F401 (a fixture)
+from test_kexec_luo import LUO_HOST, host as luo_host  # noqa: F401  # pylint: disable=unused-import
 
 
 @pytest.fixture
