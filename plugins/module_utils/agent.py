@@ -5,20 +5,56 @@
 units of the qemu_vm role and by the live update's kexec step. One parser; each subcommand checks
 its own arguments (exit 2 with a usage line otherwise). Exit codes: 0 done, 2 usage, 3-7 a VM
 not started (see hostupdate.vm_run), 4 a VM held or not checked (verify), 5 the kexec, a holder request or
-a discard-state refused,
-8 the journal or the manifest is not JSON (the message names the file and the recovery)."""
+a discard-state refused, 8 the journal or the manifest is not JSON (the message names the file and
+the recovery).
+
+Every answer reaches its caller: the agent does not exit while what it wrote to a pipe is unread
+(``delivered``). Ansible's command module stops reading once one second passed without output and
+the process is gone; a refusal written just before the exit was lost that way (rc 5, empty
+stdout and stderr, on a loaded machine)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 import argparse
+import fcntl
 import json
+import os
+import stat
+import struct
 import subprocess
 import sys
+import termios
+import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
+
+
+def unread(fd):
+    """Bytes written to pipe ``fd`` that its reader has not taken yet (0 for anything else)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return 0
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, IOError, ValueError):
+        return 0
+
+
+def delivered(streams=None, timeout=30.0, poll=0.02):
+    """Flush ``streams`` (stdout, stderr) and wait, at most ``timeout`` seconds, until a reader took
+    what sits in their pipes, so that a caller polling for the exit between reads gets it all."""
+    fds = []
+    for stream in streams or (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            fds.append(stream.fileno())
+        except (AttributeError, OSError, IOError, ValueError):
+            continue
+    deadline = time.monotonic() + timeout
+    while any(unread(fd) for fd in fds) and time.monotonic() < deadline:
+        time.sleep(poll)
 
 
 def _verify(a):
@@ -71,23 +107,31 @@ def _luo(a):
     return 0
 
 
+def vm_name(text):
+    """A VM name by the one rule (vmdef.NAME_RE): it becomes a path, a unit instance and a QEMU id."""
+    try:
+        return vmdef.check_name(text)
+    except vmdef.VMDefError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def parser():
     p = argparse.ArgumentParser(prog="agent", description="guestmemfs.liveupdate host agent: the boot-time "
                                 "restore, the guarded kexec and the luo backend's memfd holder")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     s = sub.add_parser("verify", help="verify saved VMs' memory against the manifest (all pending, or NAME...)")
-    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
     s.set_defaults(func=_verify)
     s = sub.add_parser("vm-run", help="the VM unit's ExecStart: cold start, or QEMU -incoming defer")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_run(a.name))
     s = sub.add_parser("vm-restore", help="the VM unit's ExecStartPost: finish a restore and resume")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name))
     s = sub.add_parser("discard-state", help="discard VM NAME's saved state on purpose (journaled; kept aside): "
                        "its unit then boots it afresh")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=_discard)
     sub.add_parser("status", help="print the update journal").set_defaults(func=_status)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
@@ -98,14 +142,14 @@ def parser():
     ops.required = True
     ops.add_parser("status", help="the holder's memfds and session")
     o = ops.add_parser("ensure", help="a memfd of SIZE bytes for VM NAME")
-    o.add_argument("name", metavar="NAME")
+    o.add_argument("name", metavar="NAME", type=vm_name)
     o.add_argument("size", metavar="SIZE", type=int)
-    ops.add_parser("drop", help="drop VM NAME's memfd (not in use)").add_argument("name", metavar="NAME")
+    ops.add_parser("drop", help="drop VM NAME's memfd (not in use)").add_argument("name", metavar="NAME", type=vm_name)
     ops.add_parser("preserve", help="preserve the memfds (all, or NAME...)").add_argument(
-        "names", nargs="*", metavar="NAME")
+        "names", nargs="*", metavar="NAME", type=vm_name)
     ops.add_parser("unpreserve", help="give up this boot's preserved session")
     o = ops.add_parser("retrieve", help="retrieve VM NAME's memfd by TOKEN after a kexec")
-    o.add_argument("name", metavar="NAME")
+    o.add_argument("name", metavar="NAME", type=vm_name)
     o.add_argument("token", metavar="TOKEN", type=int)
     ops.add_parser("finish", help="finish the retrieved session").add_argument("--force", action="store_true")
     ops.add_parser("kexec", help="kexec from the holder (agent kexec does this, guarded)")
@@ -120,3 +164,5 @@ def main(argv=None):
     except CorruptFile as exc:
         sys.stderr.write("%s\n" % exc)
         return 8
+    finally:
+        delivered()

@@ -16,7 +16,7 @@ import gzip
 import os
 import re
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fdt, hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, fdt, hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.luo import kho_boot_evidence
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline import CmdlineError, configured, flag, parse_cmdline
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (
@@ -407,6 +407,24 @@ def backend_mount(root, mount_point):
     return info
 
 
+def _drift(running_args, configured_args):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import boot_drift  # a cycle
+    return boot_drift(running_args, configured_args)
+
+
+def boot_drift(root="/", run=None):
+    """The backends' running boot arguments the boot configuration lacks (backends.boot_drift), read
+    from this host; a configuration that cannot be read is drift too (nothing shows it keeps them)."""
+    args = parse_cmdline(hostinfo.read_file(root, hostinfo.CMDLINE) or "")
+    try:
+        conf = configured(run, root)
+    except CmdlineError as exc:
+        owned = _drift(args, [])
+        return ["the boot configuration cannot be read (%s): nothing shows that the next cold boot keeps the "
+                "running %s" % (exc, " ".join(d.split(" ", 1)[0] for d in owned))] if owned else []
+    return _drift(args, conf)
+
+
 def gather(root="/", mount_point=None, run=None):
     """All host facts as one dict (the module's ``guestmemfs`` fact). With ``run(argv) -> (rc,
     out, err)``, also the cmdline GRUB is configured to give the next cold boot."""
@@ -439,6 +457,9 @@ def gather(root="/", mount_point=None, run=None):
         "guestmemfs_fs": "guestmemfs" in filesystems,
         "kho": kho_state(root, args, config),
         "qemu_processes": [{"pid": pid, "comm": comm} for pid, comm in qemu_processes(os.path.join(root, "proc"))],
+        # What a cold reboot, mkfs or a new manifest would destroy: saved states, unfinished updates.
+        "vms_at_stake": journal.at_stake(journal.load_journal(os.path.join(root, journal.JOURNAL.lstrip("/"))),
+                                         os.path.join(root, cpr.STATE_DIR.lstrip("/"))),
     }
     if facts["guestmemfs_fs"]:
         facts["guestmemfs_region"] = guestmemfs_region(root, args, facts["memory"]["total_bytes"], facts["kho"])
@@ -450,6 +471,7 @@ def gather(root="/", mount_point=None, run=None):
         facts["cmdline"]["configured"] = " ".join(conf) if conf is not None else None
         # Whether the next cold boot would change what runs: a configured argument not running.
         facts["cmdline"]["reboot_required"] = conf is not None and not set(conf) <= set(args)
+        facts["cmdline"]["drift"] = _drift(args, conf)
     if mount_point:
         facts["backend_mount"] = backend_mount(root, mount_point)
     return facts

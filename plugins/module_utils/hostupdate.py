@@ -524,13 +524,7 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
 
 def _kexec_now(run, conf_dir):
     j = load_journal()
-    problems = []
-    if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != journal.boot_id():
-        problems.append("the journal's phase is %s (boot %s), not saved on this boot" % (
-            j.get("phase"), j.get("from_boot_id")))
-    for name, v in sorted((j.get("vms") or {}).items()):
-        if v.get("state") != "saved" or not os.path.exists(v.get("state_path") or ""):
-            problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
+    problems = journal.not_saved(j, journal.boot_id())
     vms = _configured(conf_dir)
     for vm in vms:
         mapped = users(vm.mem_path, mapped_only=True)

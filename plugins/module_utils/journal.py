@@ -136,3 +136,39 @@ def set_vm(name, **fields):
     def fn(j):
         j.setdefault("vms", {}).setdefault(name, {}).update(fields)
     return fn
+
+
+def not_saved(j, boot_id):
+    """Why journal ``j`` does not say that every VM of its update is saved on boot ``boot_id`` with
+    its state file: what a kexec now would lose ([] when every VM is saved)."""
+    problems = []
+    if j.get("phase") not in SAVED_PHASES or j.get("from_boot_id") != boot_id:
+        problems.append("the journal's phase is %s (boot %s), not saved on this boot" % (
+            j.get("phase"), j.get("from_boot_id")))
+    for name, v in sorted((j.get("vms") or {}).items()):
+        if v.get("state") != "saved" or not os.path.exists(v.get("state_path") or ""):
+            problems.append("%s is %s (state file %s)" % (name, v.get("state"), v.get("state_path")))
+    return problems
+
+
+def at_stake(j=None, state_dir=None):
+    """What a destructive step (mkfs on the backend, a cold reboot, dropping a memfd, re-recording
+    the manifest) would destroy on this host: an update in flight, each VM the journal has not
+    finished with (saving, saved, restoring, held, restore_failed), each saved state file. [] when
+    nothing is at stake. Those steps refuse otherwise: recover or discard each VM first."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr  # cpr stays journal-free
+    j = load_journal() if j is None else j
+    out = []
+    if j.get("phase") not in IDLE_PHASES + ("held",):
+        out.append("update %s is in phase %s" % (j.get("update_id"), j.get("phase")))
+    for name, v in sorted((j.get("vms") or {}).items()):
+        state = str(v.get("state"))
+        if state not in ("restored", "running") and not state.startswith("down"):
+            out.append("%s is %s in the journal" % (name, state))
+    state_dir = state_dir or cpr.STATE_DIR
+    try:
+        files = sorted(f for f in os.listdir(state_dir) if f.endswith(".state"))
+    except OSError:
+        files = []
+    out += ["%s has a saved state (%s)" % (f[:-len(".state")], os.path.join(state_dir, f)) for f in files]
+    return out

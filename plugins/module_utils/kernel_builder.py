@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import tempfile
 import time
 
@@ -23,6 +24,46 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import kerne
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 LOG_TAIL = 60
+
+
+def safe_build_dir(path, create=False):
+    """Why ``path`` must not be the build directory, or None. Its default is a predictable path in
+    /var/tmp: one that another user made first (owned by them, a symlink, writable by others) would
+    let them choose where a root build writes and what it packages. With ``create`` a missing one is
+    made here, owner-only (0700), its parents 0755."""
+    path = os.path.abspath(path)
+    made = False
+    if create and not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, 0o755)
+        try:
+            os.mkdir(path, 0o700)
+            made = True
+        except FileExistsError:
+            pass  # made meanwhile by someone else: checked below like any existing one
+    if not os.path.lexists(path):
+        return None  # check mode: nothing to check yet, nothing made
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        what = "a symlink" if os.path.islink(path) else "not a directory this user can open (%s)" % exc.strerror
+        return ("build_dir %s is %s: refusing to build there. Remove it and run again, or set another "
+                "build_dir" % (path, what))
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            return ("build_dir %s is owned by uid %d, not this user (uid %d): another user may have made it to "
+                    "choose where the build writes. Remove it (or chown it) and run again, or set another "
+                    "build_dir" % (path, st.st_uid, os.geteuid()))
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            return ("build_dir %s is writable by others (mode %04o): chmod go-w it and run again, or set another "
+                    "build_dir" % (path, stat.S_IMODE(st.st_mode)))
+        if made:
+            os.fchmod(fd, 0o700)  # the umask does not decide
+    finally:
+        os.close(fd)
+    return None
 
 
 class Build(object):

@@ -23,13 +23,12 @@ __metaclass__ = type
 import array
 import json
 import os
-import re
 import socket
 import stat
 import sys
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import LUO_LINK_DIR, RUN_DIR
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     SAVED_PHASES, VM_FINAL, load_journal, update_journal)
@@ -38,8 +37,8 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import
 LINK_DIR = LUO_LINK_DIR
 SOCKET = os.path.join(RUN_DIR, "luo.sock")
 SESSION = "guestmemfs-liveupdate"
-# systemd's FDNAME allows no ':' and no control characters; VM names are checked against this too.
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
+# The one VM-name rule (it also fits systemd's FDNAME: no ':' and no control characters).
+NAME_RE = vmdef.NAME_RE
 
 
 class HolderError(Exception):
@@ -246,7 +245,7 @@ class Holder(object):
         """A memfd of exactly ``size`` bytes for VM ``name``: created, or the existing one if its size
         matches. Refused while a session holds the VMs (a preserved memfd cannot change)."""
         if not NAME_RE.match(name or ""):
-            raise HolderError("VM name %r: use 1 to 48 of A-Z a-z 0-9 _ . -" % (name,))
+            raise HolderError("VM name %r: a VM name is %s" % (name, vmdef.NAME_RULE))
         size = int(size)
         if size <= 0 or size % 4096:
             raise HolderError("%s: size %d is not a positive multiple of 4096" % (name, size))
@@ -270,6 +269,10 @@ class Holder(object):
             return {"changed": False}
         if name in self.tokens:
             raise HolderError("%s is preserved for a live update: unpreserve first" % name)
+        stake = [p for p in journal.at_stake() if p.startswith(name + " ")]
+        if stake:
+            raise HolderError("%s's memfd is its memory and stays: %s. Recover the VM first (agent verify %s, "
+                              "systemctl start guestmemfs-vm@%s)" % (name, "; ".join(stake), name, name))
         if users:
             raise HolderError("%s's memory is in use by %s: stop the VM first" % (name, ", ".join(users)))
         os.close(self.vms.pop(name))
@@ -337,6 +340,10 @@ class Holder(object):
         lost = sorted(set(self.vms) - set(self.tokens))
         if lost:
             raise HolderError("memfds not preserved: %s: a kexec now would lose them" % ", ".join(lost))
+        # The same journal check as agent kexec's guard: whoever asks, no kexec of unsaved VMs.
+        unsaved = journal.not_saved(load_journal(), journal.boot_id())
+        if unsaved:
+            raise HolderError("not kexecing, the VMs are not saved: %s" % "; ".join(unsaved))
         luo.reboot_kexec()  # returns only on failure
         raise HolderError("reboot(LINUX_REBOOT_CMD_KEXEC) returned")
 
@@ -344,7 +351,7 @@ class Holder(object):
         """Recovery: take back one memfd by token from the session retrieved in this boot (one that
         did not come back at start, e.g. under a wrong token), then verify and start its VM."""
         if not NAME_RE.match(name or ""):
-            raise HolderError("VM name %r: use 1 to 48 of A-Z a-z 0-9 _ . -" % (name,))
+            raise HolderError("VM name %r: a VM name is %s" % (name, vmdef.NAME_RULE))
         if self.session is None or not self.session.retrieved or self.finished:
             raise HolderError("no unfinished session retrieved in this boot: nothing to retrieve from")
         if name in self.vms:

@@ -24,15 +24,15 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import
 
 # One VM-name rule for every module, the role and the agent: names become file names, unit
 # instance names and QEMU ids.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")  # \Z: "$" also matches before a final newline
 NAME_RULE = "1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
 # A versioned machine type (pc-q35-10.0, pc-i440fx-9.2, virt-10.0): the alias q35 moves with QEMU
 # releases, and a restoring QEMU must offer exactly the type the VM runs.
-MACHINE_RE = re.compile(r"^[a-z][a-z0-9-]*-\d+\.\d+$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-CPU_RE = re.compile(r"^[A-Za-z0-9_.,=+-]+$")
-QUOTA_RE = re.compile(r"^\d{1,5}%$")
+MACHINE_RE = re.compile(r"^[a-z][a-z0-9-]*-\d+\.\d+\Z")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+CPU_RE = re.compile(r"^[A-Za-z0-9_.,=+-]+\Z")
+QUOTA_RE = re.compile(r"^\d{1,5}%\Z")
 
 ACCELS = ("kvm", "tcg")
 DISK_FORMATS = ("raw", "qcow2")
@@ -133,6 +133,15 @@ def check_name(name):
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise VMDefError("VM name %r: a VM name is %s" % (name, NAME_RULE))
     return name
+
+
+def names_problem(names):
+    """The refusal of ``names`` that break the VM-name rule (each module checks its names with this
+    before anything acts), or None."""
+    bad = [n for n in names or () if not isinstance(n, str) or not NAME_RE.match(n)]
+    if bad:
+        return "VM names %s: a VM name is %s. Nothing was done" % (", ".join(repr(n) for n in bad), NAME_RULE)
+    return None
 
 
 def _disk(name, i, d):

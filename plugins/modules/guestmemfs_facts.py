@@ -94,8 +94,10 @@ ansible_facts:
         cmdline:
           description: The running command line, as text (C(running)), as a list (C(args)) and as a
             dict of name to list of values (C(options)); on GRUB hosts also the command line the GRUB
-            default files configure for normal entries (C(configured)) and whether a configured
-            argument is not running (C(reboot_required)).
+            default files configure for normal entries (C(configured)), whether a configured
+            argument is not running (C(reboot_required)) and C(drift) - each memory backend's
+            argument that runs (the carve-out) but is missing from the configuration; the next cold
+            boot would boot without it and destroy every VM's memory.
           type: dict
         kernel_config:
           description: Each option that matters for live update, with C(n) when unset; null when no
@@ -150,6 +152,12 @@ ansible_facts:
           description: Running QEMU system emulators (each C(pid), C(comm)); a cold reboot would kill them.
           type: list
           elements: dict
+        vms_at_stake:
+          description: What a cold reboot, a mkfs of the backend or a new manifest would destroy, one
+            text each - an update in flight, a VM the journal has not finished with (saving, saved,
+            restoring, held, restore_failed), a saved state file. Empty when nothing is at stake.
+          type: list
+          elements: str
         backend_mount:
           description: With I(mount_point), C(mounted), C(source), C(fstype), C(dax), C(size_bytes),
             C(free_bytes), C(used_bytes) and C(files) (each C(name), C(size_bytes), C(allocated_bytes)).

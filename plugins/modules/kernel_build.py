@@ -39,7 +39,10 @@ author:
 options:
   build_dir:
     description:
-      - Directory for the source tree, the log, the packages and the stamps. Created if missing.
+      - Directory for the source tree, the log, the packages and the stamps. Created if missing,
+        owner-only (C(0700)).
+      - Refused, before anything is written, when it is a symlink, owned by another user or writable
+        by others - a predictable path in C(/var/tmp) could have been made by someone else first.
     type: path
     required: true
   git_repo:
@@ -301,7 +304,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import kernel_build as kb
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kernel_builder import Build, read_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kernel_builder import Build, read_json, safe_build_dir
 
 _LOCKS = {}
 
@@ -311,8 +314,6 @@ def _lock(build_dir):
     key = os.path.realpath(build_dir)
     if key in _LOCKS:  # held already by this process (a test calling main() again)
         return 0.0
-    if not os.path.isdir(build_dir):
-        os.makedirs(build_dir)
     fd = os.open(os.path.join(build_dir, ".kernel_build.lock"), os.O_RDWR | os.O_CREAT, 0o644)
     _LOCKS[key] = fd
     t = time.time()
@@ -363,6 +364,9 @@ def main():
     for target in p["config_targets"]:
         if not target.endswith(".config"):
             b.fail("config_targets takes the kernel's fragment targets (NAME.config), not %r" % target)
+    unsafe = safe_build_dir(p["build_dir"], create=not module.check_mode)
+    if unsafe:
+        b.fail(unsafe + ". Nothing was written")
 
     source = b.source()
     b.result["source"] = source
@@ -396,8 +400,6 @@ def main():
     if module.check_mode:
         module.exit_json(msg="a build would run (no stamp for these inputs in %s)" % out_dir, **b.result)
 
-    if not os.path.isdir(p["build_dir"]):
-        os.makedirs(p["build_dir"])
     with open(b.log, "w") as fh:
         fh.write("kernel_build %s, inputs %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), digest))
     timings = {}

@@ -30,6 +30,9 @@ description:
     put back.
   - Reports C(reboot_required) when the running command line differs from the configured one in the
     managed arguments. It never reboots.
+  - Reports C(drift) (and warns) when a memory backend's argument on the running command line (the
+    carve-out) is missing from the configuration it leaves - the next cold boot would destroy every
+    VM's memory.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
@@ -148,6 +151,12 @@ running:
   description: The running command line (C(/proc/cmdline)).
   returned: always
   type: str
+drift:
+  description: The memory backends' arguments on the running command line (the carve-out) that the
+    configuration this run leaves lacks, one text each; the next cold boot would boot without them.
+  returned: always
+  type: list
+  elements: str
 configured:
   description: The command line normal boot entries get after this run (GRUB - C(GRUB_CMDLINE_LINUX)
     and C(GRUB_CMDLINE_LINUX_DEFAULT); grubby - the default entry's args).
@@ -182,7 +191,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cmdline as cl
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import boot_drift, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import parse_size
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostfiles import HostFiles as Host
@@ -468,6 +477,10 @@ def main():
     running = (host.read("/proc/cmdline") or "").strip()
     result["running"] = running
     result["reboot_required"] = cl.missing_and_unwanted(cl.parse_cmdline(running), set_args, remove) != ([], [])
+    result["drift"] = boot_drift(cl.parse_cmdline(running), cl.parse_cmdline(result["configured"])) \
+        if result.get("configured") is not None else []
+    for d in result["drift"]:
+        module.warn("boot configuration drift: %s" % d)
     module.exit_json(**result)
 
 

@@ -13,13 +13,15 @@ module: kexec
 short_description: Preflight and load the next kernel for a kexec live update
 version_added: 0.1.0
 description:
-  - C(loaded) - checks, before anything changes, that the kernel and initrd are staged, kexec-tools
-    and the running kernel's kexec_file_load are there, and the memory backend is mounted (pmem - with
+  - C(loaded) - checks, before anything changes, that the kernel and initrd are staged, the running
+    kernel's kexec_file_load is there, and the memory backend is mounted (pmem - with
     DAX). Builds the next kernel's command line from the running one as the backend needs it (pmem
     keeps C(memmap=), without which the next kernel would overwrite the region; guestmemfs drops
     C(guestmemfs=), which would carve a second region; luo keeps C(kho=on liveupdate=on)) plus
-    I(append), and loads it with C(kexec -s) (kexec_file_load; the legacy kexec_load can place the new
-    kernel inside the region, and carries no KHO handover).
+    I(append), and loads it with the kexec_file_load syscall itself, never through the C(kexec) binary
+    (a kexec-tools that falls back to the legacy kexec_load, or a wrapper, can place the new kernel
+    inside the region, and kexec_load carries no KHO handover); the load counts only once
+    C(/sys/kernel/kexec_loaded) reads 1.
   - C(luo) - also refuses, before anything is loaded, a running kernel without C(/dev/liveupdate) (KHO
     and LUO must be built in and switched on with C(kho=on liveupdate=on)), a target kernel whose
     config (C(/boot/config-RELEASE), or C(config-RELEASE) beside the image; the release is read from
@@ -61,6 +63,15 @@ options:
     type: list
     elements: str
     default: []
+  allow_boot_drift:
+    description:
+      - Load although a memory backend's boot argument on the running cmdline (the carve-out) is
+        missing from the boot configuration (C(boot_drift)). Without it that is refused - the next
+        cold boot (a crash, a power cut) would boot without the carve-out and destroy every VM's
+        memory. Fix the boot configuration (M(guestmemfs.liveupdate.kernel_cmdline)) instead
+        whenever possible.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -71,7 +82,7 @@ attributes:
   platform:
     support: full
     platforms: posix
-    description: Linux with kexec-tools.
+    description: Linux with kexec_file_load (CONFIG_KEXEC_FILE).
 """
 
 EXAMPLES = r"""
@@ -99,17 +110,25 @@ boot_id:
   returned: always
   type: str
 load_s:
-  description: Seconds C(kexec -s -l) took.
+  description: Seconds the load took.
   returned: when loaded
   type: float
+boot_drift:
+  description: The memory backends' running boot arguments the boot configuration lacks (empty when none).
+  returned: state is loaded
+  type: list
+  elements: str
+load_syscall:
+  description: The system call that loaded the next kernel (always C(kexec_file_load)).
+  returned: when loaded
+  type: str
 """
 
 import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 
@@ -121,8 +140,9 @@ def next_cmdline(backend, running_args, append):
 
 
 def load_command(kexec, kernel, initrd, cmdline):
-    """The load: kexec_file_load (``-s``), the only one that is safe for a carve-out and the only
-    one that carries a KHO handover."""
+    """The load as kexec-tools spells it (kexec_file_load, ``-s``: the only load that is safe for a
+    carve-out and the only one that carries a KHO handover), for the preflight and the messages; the
+    module itself loads with ``luo.load_next_kernel``, never through a binary."""
     return [kexec, "-s", "-l", kernel, "--initrd=%s" % initrd, "--command-line=%s" % cmdline]
 
 
@@ -153,8 +173,6 @@ def preflight(module, backend, f):
             problems.append("%s %s is not staged (no such file)" % (what, p[what]))
         elif what == "kernel" and facts.image_problem(p[what]):
             problems.append(facts.image_problem(p[what]))
-    if not module.get_bin_path("kexec"):
-        problems.append("kexec-tools is not installed")
     if not f["kexec_file"]:
         problems.append("the running kernel has no kexec_file_load (CONFIG_KEXEC_FILE), the only safe load")
     if backend.has_filesystem:
@@ -178,6 +196,7 @@ def main():
             backend=dict(type="str", choices=["pmem", "guestmemfs", "luo"], default="pmem"),
             path=dict(type="path"),
             append=dict(type="list", elements="str", default=[]),
+            allow_boot_drift=dict(type="bool", default=False),
         ),
         required_if=[("state", "loaded", ("kernel", "initrd"))],
         supports_check_mode=True,
@@ -188,25 +207,32 @@ def main():
         module.fail_json(msg="path is required for the %s backend: its mount is checked before loading" % backend.name)
     f = facts.gather("/", mount_point=p["path"] if backend.has_filesystem else None)
     result = dict(changed=False, boot_id=f["boot_id"])
-    kexec = module.get_bin_path("kexec")
     if p["state"] == "unloaded":
-        if f["kexec_loaded"] and kexec:
+        if f["kexec_loaded"]:
             result["changed"] = True
             if not module.check_mode:
-                cmd = [kexec, "-s", "-u"]
-                rc, out, err = module.run_command(cmd)
-                if rc != 0:
-                    module.fail_json(msg="kexec -s -u failed", rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
+                try:
+                    luo.kexec_unload()
+                except luo.LuoError as exc:
+                    module.fail_json(msg="unloading the next kernel failed: %s" % exc, rc=exc.errno, stdout="",
+                                     stderr=str(exc), cmd=["kexec_file_load", "unload"], **result)
         module.exit_json(**result)
 
     problems = preflight(module, backend, f)
     args = next_cmdline(backend, f["cmdline"]["args"], p["append"])
-    cmd = load_command(kexec or "kexec", p["kernel"], p["initrd"], " ".join(args))
+    cmd = load_command("kexec", p["kernel"], p["initrd"], " ".join(args))
     if backend.checks_target_kernel:
         release, config, places = target_config(p["kernel"]) if p["kernel"] and os.path.isfile(p["kernel"]) \
             else (None, None, [])
         problems += backend.target_problems(f["kho"], release, config, places, args, cmd)
     problems += backend.next_cmdline_problems(f["cmdline"]["args"], args)
+    result["boot_drift"] = facts.boot_drift("/", module.run_command)
+    if result["boot_drift"] and not p["allow_boot_drift"]:
+        problems.append("the boot configuration has drifted: %s. Put it back (kernel_cmdline), or set "
+                        "allow_boot_drift (guestmemfs_allow_boot_drift) to go on anyway"
+                        % "; ".join(result["boot_drift"]))
+    for d in result["boot_drift"] if p["allow_boot_drift"] else []:
+        module.warn("boot configuration drift (allowed): %s" % d)
     cmdline = " ".join(args)
     result["cmdline"] = cmdline
     if problems:
@@ -214,14 +240,13 @@ def main():
     result["changed"] = True
     if module.check_mode:
         module.exit_json(**result)
-    t0 = time.time()
-    rc, out, err = module.run_command(cmd)
-    result["load_s"] = round(time.time() - t0, 2)
-    if rc != 0:
-        module.fail_json(msg="loading %s failed (under lockdown or Secure Boot an unsigned kernel is refused)"
-                         % p["kernel"], rc=rc, stdout=out, stderr=err, cmd=cmd, **result)
-    if not facts.gather("/")["kexec_loaded"]:
-        module.fail_json(msg="kexec -s -l returned 0 but /sys/kernel/kexec_loaded is not 1", cmd=cmd, **result)
+    try:
+        result["load_s"] = round(luo.load_next_kernel(p["kernel"], p["initrd"], cmdline), 2)
+    except luo.LuoError as exc:
+        module.fail_json(msg="loading %s failed, nothing is paused: %s. Fix that and run again; the kernel it "
+                             "replaced, if any, is no longer loaded" % (p["kernel"], exc), rc=exc.errno,
+                         stdout="", stderr=str(exc), cmd=cmd, **result)
+    result["load_syscall"] = "kexec_file_load"
     target = dict(kernel=p["kernel"], initrd=p["initrd"], cmdline=cmdline, release=facts.image_release(p["kernel"]))
     if hostupdate.load_journal().get("phase") in hostupdate.IDLE_PHASES:
         hostupdate.set_phase("preflight", kexec_target=target, msg="loaded %s" % p["kernel"])

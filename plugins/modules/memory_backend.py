@@ -112,7 +112,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import fstab, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import backend_mount
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
@@ -155,11 +155,23 @@ def block_device(module, root, backend):
     return devs[0]
 
 
-def fs_uuid_type(module, device):
-    """(uuid, type) of a device's filesystem signature, (None, None) for none."""
+def fs_uuid_type(module, device, root="/"):
+    """(uuid, type) of a device's filesystem signature, (None, None) for none. blkid's exit 2 means
+    "nothing found" also when it could not read the device: only a device blkid read quietly and
+    this module can read too counts as blank (anything else fails: never mkfs a device not read)."""
     blkid = module.get_bin_path("blkid", required=True)
     rc, out, err = module.run_command([blkid, "-p", "-o", "export", device])
-    if rc == 2:  # no signature at all
+    if rc == 2:
+        try:
+            with open(os.path.join(root, device.lstrip("/")), "rb") as fh:
+                fh.read(65536)
+            unread = None
+        except (IOError, OSError) as exc:
+            unread = str(exc)
+        if err.strip() or unread:
+            module.fail_json(msg="blkid could not read %s (%s): not formatting it, nothing was changed. Check the "
+                                 "device and run again" % (device, err.strip() or unread),
+                             rc=rc, stdout=out, stderr=err, cmd=[blkid, "-p", "-o", "export", device])
         return None, None
     if rc != 0:
         module.fail_json(msg="blkid %s failed" % device, rc=rc, stdout=out, stderr=err, cmd=[blkid, "-p", device])
@@ -215,16 +227,21 @@ def main():
         if backend.block_devices:
             device = block_device(module, root, backend)
             result["device"] = device
-            uuid, fstype = fs_uuid_type(module, device)
+            uuid, fstype = fs_uuid_type(module, device, root)
             if fstype and fstype != backend.fstype:
                 module.fail_json(msg="%s holds a %s signature, not %s: not formatting it. If it is yours to lose, "
                                      "clear it (wipefs -a %s) and run again" % (device, fstype, backend.fstype, device))
             if not fstype:
+                stake = journal.at_stake()
+                if stake:
+                    module.fail_json(msg="%s reads as blank but VMs are at stake on this host (%s): not formatting "
+                                         "it, nothing was changed. Recover or discard those VMs first"
+                                     % (device, "; ".join(stake)), **result)
                 result["mkfs"] = True
                 if not module.check_mode:
                     run(module, [module.get_bin_path(backend.mkfs[0], required=True)] + list(backend.mkfs[1:])
                         + [device], "%s %s" % (backend.mkfs[0], device))
-                    uuid, fstype = fs_uuid_type(module, device)
+                    uuid, fstype = fs_uuid_type(module, device, root)
             source = "UUID=%s" % uuid if uuid else device
         else:
             source, _fstype, _options = backend.mount_spec(path)

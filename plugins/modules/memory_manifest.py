@@ -86,7 +86,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, manifest
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostupdate, journal, manifest, vmdef
 
 
 def main():
@@ -101,6 +101,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if vmdef.names_problem(p["files"]):
+        module.fail_json(msg=vmdef.names_problem(p["files"]))
     if p["action"] == "record":
         files = p["files"] or dict((n, cpr.VM.load(n).mem_path) for n in hostupdate.vm_names())
         if not files:
@@ -108,6 +110,13 @@ def main():
         missing = sorted(n for n, f in files.items() if not os.path.isfile(f))
         if missing:
             module.fail_json(msg="memory files missing: %s" % ", ".join("%s (%s)" % (n, files[n]) for n in missing))
+        # A record approves the memory as it is now: never for a VM whose saved memory is still to be
+        # verified (or was found altered), which would let it resume on whatever is there.
+        stake = journal.at_stake()
+        if stake:
+            module.fail_json(msg="not recording the manifest while VMs are at stake (%s): a new record would "
+                                 "approve their memory as it is now. Nothing was changed; recover them first "
+                                 "(agent verify NAME, systemctl start guestmemfs-vm@NAME)" % "; ".join(stake))
         m = manifest.record(files, mode=p["mode"], samples=p["samples"])
         if not module.check_mode:
             manifest.save(m, p["path"])

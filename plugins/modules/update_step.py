@@ -24,7 +24,8 @@ description:
   - C(wait) - the host is past its kexec (or rebooted); wait for its own boot-time restore.
   - C(wait_save) - a save is still running on the host.
   - C(rollback) - a save stopped half-way; restore its VMs on the running kernel.
-  - C(blocked) - VMs were held or failed to restore; an operator must look first.
+  - C(blocked) - VMs were held or failed to restore, or (instead of C(start)) the boot configuration
+    has drifted (C(boot_drift)); an operator must look first.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
@@ -38,6 +39,13 @@ options:
   initrd:
     description: Its initramfs. Default - C(/boot/initrd.img-RELEASE) beside a C(/boot/vmlinuz-RELEASE).
     type: path
+  allow_boot_drift:
+    description:
+      - Let an update start although a memory backend's boot argument on the running cmdline (the
+        carve-out) is missing from the boot configuration (C(boot_drift)). Without it the step is
+        C(blocked) instead of C(start) - the next cold boot would destroy every VM's memory.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -79,6 +87,12 @@ update_id:
   description: The journal's update id.
   returned: always
   type: str
+boot_drift:
+  description: The memory backends' running boot arguments (the carve-out) the boot configuration
+    lacks - the next cold boot would boot without them. Empty when none.
+  returned: always
+  type: list
+  elements: str
 vms:
   description: Each VM's record in the journal.
   returned: always
@@ -135,7 +149,8 @@ STAGED_FACT = "/etc/ansible/facts.d/guestmemfs_kernel.fact"
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(kernel=dict(type="path"), initrd=dict(type="path")),
+        argument_spec=dict(kernel=dict(type="path"), initrd=dict(type="path"),
+                           allow_boot_drift=dict(type="bool", default=False)),
         supports_check_mode=True,
     )
     kernel, initrd = module.params["kernel"], module.params["initrd"]
@@ -164,7 +179,12 @@ def main():
     running, running_build = os.uname()[2], os.uname()[3]
     step, reason = journal.next_step(j, boot_id, running, target, running_build=running_build,
                                      target_build=target_build)
-    module.exit_json(changed=False, step=step, reason=reason, phase=j.get("phase"), update_id=j.get("update_id"),
+    drift = facts.boot_drift("/", module.run_command)
+    if drift and step == "start" and not module.params["allow_boot_drift"]:
+        step, reason = "blocked", ("the boot configuration has drifted: %s. Nothing was done; put it back "
+                                   "(kernel_cmdline, the memory_backend role), or set guestmemfs_allow_boot_drift "
+                                   "to update anyway" % "; ".join(drift))
+    module.exit_json(changed=False, step=step, reason=reason, boot_drift=drift, phase=j.get("phase"), update_id=j.get("update_id"),
                      vms=j.get("vms", {}), boot_id=boot_id, running_release=running, kernel=kernel,
                      initrd=initrd, target_release=target, running_build=running_build, target_build=target_build,
                      save_time_limit=hostupdate.save_time_limit_of())

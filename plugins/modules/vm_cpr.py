@@ -118,7 +118,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 FINAL = hostupdate.VM_FINAL
@@ -149,6 +149,9 @@ def _run(module):
     def run(argv):
         return module.run_command(argv)[0]
     names = p["vms"]
+    # Names become paths, unit instances and QMP sockets: checked before anything acts.
+    if vmdef.names_problem(names):
+        module.fail_json(msg=vmdef.names_problem(names))
     if action == "shutdown":
         if not names:
             module.fail_json(msg="action shutdown needs vms: the VMs to shut down")

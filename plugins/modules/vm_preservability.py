@@ -185,6 +185,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if vmdef.names_problem(p["vms"]):
+        module.fail_json(msg=vmdef.names_problem(p["vms"]))
     bad = dict((n, v) for n, v in (p["policy"] or {}).items() if v not in POLICIES)
     if bad:
         module.fail_json(msg="policy: %s; use one of %s" % (

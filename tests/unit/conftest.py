@@ -49,7 +49,8 @@ class RealHostTouched(AssertionError):
 
 
 def _no_real_kexec(*args, **kwargs):
-    raise RealHostTouched("a unit test reached reboot(2) or kexec_file_load(2) of the machine running it")
+    raise RealHostTouched("a unit test reached reboot(2) or kexec_file_load(2) (load or unload) of the machine "
+                          "running it")
 
 
 @pytest.fixture(autouse=True)
@@ -60,5 +61,6 @@ def no_real_host_kexec(monkeypatch, tmp_path_factory):
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, luo
     monkeypatch.setattr(luo, "reboot", _no_real_kexec)
     monkeypatch.setattr(luo, "kexec_file_load", _no_real_kexec)
+    monkeypatch.setattr(luo, "kexec_unload", _no_real_kexec)
     monkeypatch.setattr(hostupdate, "ROOT", str(tmp_path_factory.mktemp("empty-host-root")))
     monkeypatch.setattr(hostupdate, "UPDATE_LOCK", str(tmp_path_factory.mktemp("run") / "update.lock"))

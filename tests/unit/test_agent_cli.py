@@ -41,3 +41,39 @@ def test_subcommands_reach_their_steps(monkeypatch, capsys):
     assert calls == [("run", "web1"), ("restore", "web1"), ("ensure", {"name": "vm1", "size": 4096}),
                      ("retrieve", {"name": "vm1", "token": 3}), ("finish", {"force": True}),
                      ("preserve", {"names": ["a", "b"]})]
+
+
+def test_a_refusal_stays_until_its_reader_took_it(monkeypatch):
+    """Issue 19 item 9: the guard refused with rc 5 and EMPTY stdout and stderr. Ansible's
+    run_command stops reading once a select() of one second came back empty and the process has
+    exited: an agent that writes its refusal and exits in that window loses it. The agent must not
+    exit while its refusal sits unread in the pipe."""
+    import os
+    import threading
+    import time
+
+    monkeypatch.setattr(hostupdate, "kexec_now", lambda run: "not kexecing: vm1 is running")
+    r, w = os.pipe()
+    writer = os.fdopen(w, "w")
+    monkeypatch.setattr("sys.stderr", writer)
+    rc = []
+    t = threading.Thread(target=lambda: rc.append(agent.main(["kexec"])))
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not select_readable(r) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # a loaded caller, descheduled between its select() and its poll()
+        assert t.is_alive(), "the agent exited with its refusal unread: a caller polling now loses it"
+        text = os.read(r, 4096).decode()
+        t.join(10)
+        assert not t.is_alive() and rc == [5] and "not kexecing: vm1 is running" in text
+    finally:
+        t.join(10)
+        writer.close()
+        os.close(r)
+
+
+def select_readable(fd):
+    import select
+    return bool(select.select([fd], [], [], 0)[0])

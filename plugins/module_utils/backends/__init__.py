@@ -46,3 +46,22 @@ def by_backend(vms):
         b = backend_of(vm)
         groups.setdefault(b.name, (b, []))[1].append(vm)
     return sorted(groups.values(), key=lambda g: (g[0].kexec_order, g[0].name))
+
+
+def boot_drift(running_args, configured_args):
+    """Boot arguments of any memory backend that the running kernel has and the boot configuration
+    does not (or has with another value), one text each: the next cold boot (a crash, a power cut)
+    would boot without them, and a carve-out lost that way destroys every VM's memory. [] when none,
+    and when there is no boot configuration to compare with (``configured_args`` None)."""
+    if configured_args is None:
+        return []
+    owners = [b() for b in BACKENDS.values()]
+    out = []
+    for arg in running_args:
+        if arg in configured_args or not any(b.owns_arg(arg) for b in owners):
+            continue
+        name = arg.split("=", 1)[0]
+        there = [c for c in configured_args if c.split("=", 1)[0] == name]
+        out.append("%s runs now but the boot configuration lacks it (%s): the next cold boot would boot "
+                   "without it" % (arg, "configured: " + " ".join(there) if there else "absent"))
+    return out
