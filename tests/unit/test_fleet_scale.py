@@ -91,6 +91,22 @@ def test_each_host_records_its_own_row_by_name(tmp_path):
         assert "%s: %s (%s)" % (name, row["size"], " ".join(row["cmdline_args"])) in out.stdout
 
 
+def test_sizing_refuses_a_host_whose_backend_its_policy_does_not_plan(tmp_path):
+    inv, facts = small_fleet(4)
+    group = inv["hypervisors"]["children"]["guestmemfs_vms"]  # guestmemfs_sizing plans guestmemfs
+    name = sorted(group["hosts"])[0]
+    group["hosts"][name]["guestmemfs_backend"] = "luo"
+    group["hosts"][sorted(group["hosts"])[1]]["guestmemfs_backend"] = "guestmemfs"  # agrees
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert ("%s: no carve-out: guestmemfs_backend is luo but guestmemfs_sizing plans the guestmemfs backend: "
+            "set backend: luo" % name) in out.stdout
+    rows = sizing_json(tmp_path)
+    assert [(r["host"], r["ok"]) for r in rows] == [(h, h != name) for h in sorted(group["hosts"])]
+    assert rows[0]["cmdline_args"] == []
+
+
 def plan(tmp_path, inv):
     out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
