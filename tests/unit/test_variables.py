@@ -108,3 +108,42 @@ def test_sizing_refuses_a_typo_before_it_plans(tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert "guestmemfs_sizng (h1, h2, h3; did you mean guestmemfs_sizing?)" in out.stdout
     assert "Plan every host" not in out.stdout and not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------------------------ the sample inventory (docs/quickstart.md)
+
+SAMPLE = os.path.join(conftest.ROOT, "inventory", "sample")
+
+
+def test_the_sample_inventory_sets_only_known_variables_and_valid_vms():
+    import yaml
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
+    with open(os.path.join(SAMPLE, "group_vars", "hypervisors.yml")) as fh:
+        text = fh.read()
+    group = yaml.safe_load(text)
+    with open(DOC) as fh:
+        doc = fh.read()
+    # what is set, and what is given commented out as a default
+    names = set(group) | set(re.findall(r"^# ?([a-z]+_[a-z_]+):", text, re.M))
+    assert {"guestmemfs_backend", "guestmemfs_sizing", "guestmemfs_rollout", "guestmemfs_vms"} <= set(group)
+    unknown = sorted(n for n in names if not n.startswith("ansible_") and "| `%s` |" % n not in doc)
+    assert unknown == []
+    confs = vmdef.normalize_all(group["guestmemfs_vms"])
+    assert [c["name"] for c in confs] == ["vm1"]
+    assert group["guestmemfs_sizing"]["backend"] == group["guestmemfs_backend"]
+
+
+def test_the_sample_inventory_plans_its_waves(tmp_path):
+    import yaml
+    with open(os.path.join(SAMPLE, "hosts.yml")) as fh:
+        inv = yaml.safe_load(fh)
+    with open(os.path.join(SAMPLE, "group_vars", "hypervisors.yml")) as fh:
+        group_vars = yaml.safe_load(fh)
+    hv = inv["all"]["children"]["hypervisors"]
+    hv["vars"] = dict(group_vars, ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}")
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"), "-e", "guestmemfs_plan_check_vms=false")
+    assert out.returncode == 0, out.stdout + out.stderr
+    waves = [w["hosts"] for w in json.loads((tmp_path / "report" / "waves.json").read_text())["waves"]]
+    assert sorted(h for w in waves for h in w) == ["hv1", "hv2", "hv3"] and len(waves[0]) == 1
+    racks = {"hv1": "r1", "hv2": "r1", "hv3": "r2"}
+    assert all(len(set(racks[h] for h in w)) == len(w) for w in waves)  # at most one host per rack at once
