@@ -102,6 +102,10 @@ options:
         recorded host; C(/proc/cmdline) is then read from there as well.
     type: path
     default: /
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - GRUB 2 with C(update-grub) or C(grub-mkconfig) (Debian, Ubuntu), or C(grubby) with BLS entries (RHEL family)
 attributes:
   check_mode:
     support: full
@@ -109,6 +113,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows each default file before and after.
+  idempotent:
+    support: full
+    description: Arguments already configured are not written again.
   platform:
     support: full
     platforms: posix
@@ -117,6 +124,11 @@ notes:
   - The running command line changes only at the next boot; plan the reboot with
     C(reboot_required).
   - Values with spaces or quotes are refused.
+seealso:
+  - module: guestmemfs.liveupdate.memory_backend
+  - name: Preparing hypervisors
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/host-preparation.md
 """
 
 EXAMPLES = r"""

@@ -61,6 +61,11 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - kexec-tools (C(kexec -s), kexec_file_load)
+  - A running kernel with C(CONFIG_KEXEC_FILE)
 attributes:
   check_mode:
     support: full
@@ -68,10 +73,20 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: partial
+    description: >-
+      C(state=loaded) loads the kernel again on every run (after its preflight); C(state=unloaded) changes
+      nothing when no kernel is loaded.
   platform:
     support: full
     platforms: posix
     description: Linux with kexec-tools.
+seealso:
+  - module: guestmemfs.liveupdate.update_step
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""

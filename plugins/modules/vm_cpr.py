@@ -51,6 +51,11 @@ options:
     description: Seconds for one VM's migration (C(save)) or for the whole restore (C(wait)).
     type: int
     default: 300
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - QEMU 10.0 or newer (cpr-reboot)
+  - The collection's host agent (installed by the C(guestmemfs.liveupdate.qemu_vm) role)
 attributes:
   check_mode:
     support: partial
@@ -60,10 +65,20 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: partial
+    description: >-
+      C(status) and C(wait) only read; C(save), C(restore) and C(shutdown) are steps of one live update,
+      each done once, driven by the host's journal.
   platform:
     support: full
     platforms: posix
     description: Linux hypervisors whose VMs the M(guestmemfs.liveupdate.qemu_vm) role set up.
+seealso:
+  - module: guestmemfs.liveupdate.vm_preservability
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""
