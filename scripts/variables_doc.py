@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: guestmemfs.liveupdate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Write docs/variables.md: every variable the playbooks and roles read, from
@@ -60,9 +59,12 @@ def role_section(role, spec):
             typ = "%s of %s" % (typ, opt["elements"])
         if opt.get("choices"):
             typ += " (%s)" % ", ".join(str(c) for c in opt["choices"])
-        default = opt.get("default", "")
-        default = "`%s`" % (yaml.safe_dump(default, default_flow_style=True).strip().replace("\n...", "")
-                              if not isinstance(default, str) else default) if "default" in opt else ""
+        default = ""
+        if "default" in opt:
+            value = opt["default"]
+            if not isinstance(value, str):
+                value = yaml.safe_dump(value, default_flow_style=True).strip().replace("\n...", "")
+            default = "`%s`" % value
         desc = opt.get("description", "")
         desc = " ".join(desc) if isinstance(desc, list) else desc
         out.append("| `%s` | %s | %s | %s |" % (name, cell(typ), cell(default), cell(ansible_markup(desc))))
