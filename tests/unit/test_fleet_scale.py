@@ -177,3 +177,20 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
     assert not res["changed"]
     code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"../x": "a"}})
     assert code == 1 and "plain names" in res["msg"]
+
+
+def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
+    inv = {"hypervisors": {"hosts": {"empty": {"guestmemfs_carveout": {"ok": True, "size_bytes": 0, "cmdline_args": []}},
+                                     "unplanned": {}},
+                           "vars": {"ansible_connection": "local", "guestmemfs_vms": [],
+                                    "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}
+    (tmp_path / "role.yml").write_text(
+        "- hosts: hypervisors\n  gather_facts: false\n  roles:\n    - guestmemfs.liveupdate.memory_backend\n")
+    out = run(tmp_path, inv, str(tmp_path / "role.yml"), "--check")
+    assert out.returncode == 2, out.stdout + out.stderr
+    recap = dict((line.split()[0], line.split()[2:]) for line in out.stdout.split("PLAY RECAP")[1].strip().splitlines())
+    assert recap["empty"][:4] == ["ok=2", "changed=0", "unreachable=0", "failed=0"]  # the spec, then it ended
+    refuse = out.stdout.split("TASK [guestmemfs.liveupdate.memory_backend : Refuse a host without a carve-out plan]")[1]
+    refuse = refuse.split("PLAY RECAP")[0]
+    assert "[unplanned]" in refuse and "[empty]" not in refuse  # the refusal ran for the other host only
+    assert "unplanned has no carve-out boot arguments: run playbooks/sizing.yml first" in out.stdout

@@ -147,3 +147,12 @@ def test_the_sample_inventory_plans_its_waves(tmp_path):
     assert sorted(h for w in waves for h in w) == ["hv1", "hv2", "hv3"] and len(waves[0]) == 1
     racks = {"hv1": "r1", "hv2": "r1", "hv3": "r2"}
     assert all(len(set(racks[h] for h in w)) == len(w) for w in waves)  # at most one host per rack at once
+
+
+def test_prepare_refuses_a_typo_before_its_first_change(tmp_path):
+    # --check as well: were the preflight to let it through, nothing on this machine would change
+    inv = inventory(guestmemfs_vm={"name": "vm1"})
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "prepare.yml"), "--check")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "guestmemfs_vm (h1, h2, h3; did you mean guestmemfs_vms?)" in out.stdout
+    assert "Install" not in out.stdout and "TASK [guestmemfs.liveupdate.hypervisor" not in out.stdout
