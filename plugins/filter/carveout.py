@@ -19,7 +19,10 @@ from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import
 POLICY_VAR = "guestmemfs_sizing"
 
 
-def _inputs(name, gf, policy):
+BACKEND_VAR = "guestmemfs_backend"
+
+
+def _inputs(name, gf, policy, backend=None):
     """One host's facts (guestmemfs_facts) and policy -> the planner's input for it."""
     gf = gf if isinstance(gf, Mapping) else {}
     mem = gf.get("memory") or {}
@@ -33,6 +36,7 @@ def _inputs(name, gf, policy):
             "numa_node_bytes": nodes,
             "kho_scratch_bytes": kho.get("scratch_bytes"),
             "kho_scratch": plain(kho.get("kho_scratch")),
+            "backend": backend,
             "policy": policy or {}}
 
 
@@ -45,12 +49,13 @@ def carveout_inputs(hosts, hostvars, facts=None):
         raise AnsibleFilterError("carveout_inputs expects a list of host names, got %s" % type(hosts).__name__)
     try:
         from_file = read_facts_file(str(facts)) if facts not in (None, "", "cache") else None
-        fleet = FleetVars(hostvars, [POLICY_VAR])
+        fleet = FleetVars(hostvars, [POLICY_VAR, BACKEND_VAR])
         rows = []
         for name in hosts:
             name = str(name)
             data = fleet.raw(name)
-            policy = fleet.get(name, data).get(POLICY_VAR)
+            own = fleet.get(name, data)
+            policy = own.get(POLICY_VAR)
             if from_file is not None:
                 gf = (from_file.get(name) or {}).get("guestmemfs")
             else:
@@ -59,7 +64,7 @@ def carveout_inputs(hosts, hostvars, facts=None):
                     gf = facts.get("guestmemfs")
                 else:
                     gf = plain(hostvars[name]).get("ansible_facts", {}).get("guestmemfs")
-            rows.append(_inputs(name, gf, policy))
+            rows.append(_inputs(name, gf, policy, own.get(BACKEND_VAR)))
         return rows
     except AnsibleFilterError:
         raise

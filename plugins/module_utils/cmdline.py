@@ -177,8 +177,8 @@ def flag(args, name, default=False):
     return state
 
 
-def split_value(rest, where):
-    """The right-hand side of an assignment -> (quote, words, trailing text)."""
+def _split_raw(rest, where):
+    """The right-hand side of an assignment -> (quote, body as written, trailing text)."""
     rest = rest.rstrip("\n")
     if rest.endswith("\\"):
         raise CmdlineError("%s: a value continued on the next line is not edited; join it first" % where)
@@ -198,6 +198,12 @@ def split_value(rest, where):
         raise CmdlineError("%s: command substitution or escapes in the value are not edited" % where)
     if quote == '"' and '"' in body:
         raise CmdlineError("%s: nested quotes are not edited" % where)
+    return quote, body, trailing
+
+
+def split_value(rest, where):
+    """The right-hand side of an assignment -> (quote, words, trailing text)."""
+    quote, body, trailing = _split_raw(rest, where)
     return quote, body.split(), trailing
 
 
@@ -216,46 +222,156 @@ def _is_ref(word):
     return word.startswith("$")
 
 
-def _render(m, quote, words, trailing):
-    body = " ".join(words)
-    if not quote and (len(words) > 1 or not words):
-        quote = '"'
-    if quote == "'" and any(_is_ref(w) for w in words):
-        quote = '"'
-    return "%s%s%s=%s%s%s%s\n" % (m.group("indent"), m.group("export") or "", m.group("var"),
-                                  quote, body, quote, trailing.rstrip("\n"))
+def _tokens(body):
+    """A value -> ([[separator before, word], ...], whitespace after the last word): the value's
+    own spacing is kept when words are replaced, dropped or added."""
+    parts = re.split(r"(\s+)", body)
+    words, sep = [], ""
+    for part in parts:
+        if not part:
+            continue
+        if part.isspace():
+            sep = part
+        else:
+            words.append([sep, part])
+            sep = ""
+    return words, sep
+
+
+def _untokens(words, tail):
+    return "".join(sep + word for sep, word in words) + tail
+
+
+class Assignment(object):
+    """One ``GRUB_CMDLINE_LINUX(_DEFAULT)=`` line of one default file. ``error`` says why its value
+    cannot be edited (it is then left alone unless it holds a managed argument)."""
+
+    def __init__(self, path, index, match, where):
+        self.path, self.index, self.match = path, index, match
+        self.var = match.group("var")
+        rest = match.group("rest")
+        # A reference to its own variable appends to what came before; anything else replaces it.
+        self.appends = re.search(r"\$\{?%s\}?(?![A-Za-z0-9_])" % self.var, rest) is not None
+        self.error = None
+        try:
+            self.quote, self.body, self.trailing = _split_raw(rest, where)
+        except CmdlineError as exc:
+            self.error = exc
+            self.quote = self.body = self.trailing = None
+
+    def mentions(self, name):
+        """Whether the line holds argument ``name`` as far as its text shows, parsed or not."""
+        pattern = r"(?<![\w.-])%s(?![\w.-])" % re.escape(name)
+        return re.search(pattern, self.match.group("rest")) is not None
+
+    def names(self):
+        return set(arg_name(w) for w in self.body.split() if not _is_ref(w))
+
+    def render(self, values, drop, line):
+        """The line with ``values`` {name: arg} placed at each name's first occurrence (appended
+        when absent) and every other occurrence, and every name in ``drop``, removed."""
+        words, tail = _tokens(self.body)
+        lead = words[0][0] if words else ""
+        out, placed = [], set()
+        for sep, word in words:
+            name = None if _is_ref(word) else arg_name(word)
+            if name in drop or (name in values and name in placed):
+                continue
+            if name in values:
+                placed.add(name)
+                word = values[name]
+            out.append([sep, word])
+        for name, arg in values.items():
+            if name not in placed:
+                out.append([" " if out else "", arg])
+        if out:
+            out[0][0] = lead
+        if out == words:
+            return line
+        quote = self.quote
+        plain = [w for _s, w in out]
+        if not quote and (len(plain) > 1 or not plain):
+            quote = '"'
+        if quote == "'" and any(_is_ref(w) for w in plain):
+            quote = '"'
+        m = self.match
+        return "%s%s%s=%s%s%s%s%s" % (m.group("indent"), m.group("export") or "", m.group("var"), quote,
+                                      _untokens(out, tail), quote, self.trailing.rstrip("\n"),
+                                      "\n" if line.endswith("\n") else "")
+
+
+def scan(files):
+    """[(path, text)] in the order GRUB sources them -> every cmdline assignment, in that order."""
+    found = []
+    for path, text in files:
+        for i, line in enumerate((text or "").splitlines(True)):
+            m = _ASSIGN.match(line)
+            if m:
+                found.append(Assignment(path, i, m, "%s line %d" % (path, i + 1)))
+    return found
+
+
+def live(assignments):
+    """The assignments whose words reach the cmdline: each variable's last one, and the ones before
+    it as long as each later one appends to (references) its variable."""
+    out = []
+    for var in CMDLINE_VARS:
+        for a in reversed([a for a in assignments if a.var == var]):
+            out.append(a)
+            if not a.appends:
+                break
+    return set(id(a) for a in out)
+
+
+def plan_edits(assignments, set_args, remove):
+    """Where each managed argument goes: {id(assignment): (values, drop)} and the names of
+    ``set_args`` that no live assignment holds. An argument set in several live places keeps its
+    value only in the one sourced last (the one that wins), so that it ends up exactly once; a
+    removed one goes from every assignment. An assignment whose value cannot be parsed is refused
+    only when it holds a managed argument."""
+    names = set(set_args) | set(remove)
+    alive = live(assignments)
+    for a in assignments:
+        if a.error is not None and any(a.mentions(n) for n in names):
+            raise a.error
+    parsed = [a for a in assignments if a.error is None]
+    edits = dict((id(a), ({}, set(n for n in remove if n in a.names()))) for a in parsed)
+    absent = []
+    for name, value in set_args.items():
+        holders = [a for a in parsed if id(a) in alive and name in a.names()]
+        if not holders:
+            absent.append(name)
+            continue
+        edits[id(holders[-1])][0][name] = format_arg(name, value)
+        for a in holders[:-1]:
+            edits[id(a)][1].add(name)
+    return edits, absent
+
+
+def edit_files(files, set_args, remove):
+    """[(path, text)] in sourcing order -> ({path: new text}, names of ``set_args`` no live
+    assignment holds: they go into the collection's drop-in). ``$VAR`` references are kept."""
+    assignments = scan(files)
+    edits, absent = plan_edits(assignments, set_args, remove)
+    lines = dict((path, (text or "").splitlines(True)) for path, text in files)
+    for a in assignments:
+        values, drop = edits.get(id(a), ({}, set()))
+        if values or drop:
+            lines[a.path][a.index] = a.render(values, drop, lines[a.path][a.index])
+    return dict((path, "".join(lines[path]) if text is not None else None) for path, text in files), absent
 
 
 def edit_text(text, set_args, remove, path="file"):
-    """Replace or remove managed arguments wherever a cmdline variable defines them.
-    Returns (new text, names found); ``$VAR`` references are kept."""
-    lines = text.splitlines(True)
-    names = set(set_args) | set(remove)
-    found = set()
-    for i, line in enumerate(lines):
-        m = _ASSIGN.match(line)
-        if not m:
-            continue
-        quote, words, trailing = split_value(m.group("rest"), "%s line %d" % (path, i + 1))
-        plain = [w for w in words if not _is_ref(w)]
-        hit = set(arg_name(w) for w in plain) & names
-        if not hit:
-            continue
-        found |= hit
-        keep = dict((n, v) for n, v in set_args.items() if n in hit)
-        new_words = []
-        placed = set()
-        for w in words:
-            n = arg_name(w)
-            if _is_ref(w) or n not in names:
-                new_words.append(w)
-            elif n in keep and n not in placed:
-                placed.add(n)
-                new_words.append(format_arg(n, keep[n]))
-        if not line.endswith("\n"):
-            trailing = trailing.rstrip("\n")
-        lines[i] = _render(m, quote, new_words, trailing)
-    return "".join(lines), found
+    """Replace or remove managed arguments in one file's cmdline assignments.
+    Returns (new text, names found: the set ones it holds, the removed ones it had)."""
+    assignments = scan([(path, text)])
+    new, absent = edit_files([(path, text)], set_args, remove)
+    had = set()
+    for a in assignments:
+        if a.error is None:
+            had |= a.names()
+    found = (set(set_args) - set(absent)) | (set(remove) & had)
+    return new[path], found
 
 
 def dropin_text(existing, add_args):

@@ -76,8 +76,8 @@ def _headroom(value, vms_bytes):
 
 
 def _vms_bytes(vms, backend):
-    if not isinstance(vms, list) or not vms:
-        raise PlanError("mode vms needs a non-empty list 'vms' of {name, memory}")
+    if not isinstance(vms, list):
+        raise PlanError("mode vms needs a list 'vms' of {name, memory}")
     total, largest = 0, (0, None)
     granule = backend.size_align
     plain = type(backend).file_size is Backend.file_size  # rounds up to the granule: inlined
@@ -143,6 +143,22 @@ def _check_policy(policy):
     return backend, None
 
 
+def _check_host_backend(name, backend):
+    """The host's own backend (guestmemfs_backend, which the roles and the live update follow) must be
+    the one its sizing policy plans: else a luo host would get a pmem carve-out's memmap=."""
+    if name in (None, ""):
+        return
+    try:
+        own = _backend(name)
+    except (TypeError, ValueError) as exc:
+        raise PlanError("guestmemfs_backend: %s" % exc)
+    if own is not backend:
+        raise PlanError("guestmemfs_backend is %s but guestmemfs_sizing plans the %s backend%s: set "
+                        "backend: %s in the host's guestmemfs_sizing" % (
+                            own.name, backend.name, " (its default)" if backend.name == DEFAULT_BACKEND else "",
+                            own.name))
+
+
 def _size_policy(policy, backend):
     """The rest of what a policy alone decides: {align, align_name, reserve, mode, fraction | size
     (absolute, vms), vms_bytes (vms), why (refused), guestmemfs scratch}."""
@@ -168,6 +184,8 @@ def _size_policy(policy, backend):
             if policy.get("size") in (None, ""):
                 raise PlanError("mode absolute needs 'size'")
             out["size"] = align_up(parse_size(policy["size"]), align)
+        elif policy.get("vms") == []:  # a host without VMs: nothing to carve, nothing to refuse
+            out["size"] = out["vms_bytes"] = 0
         else:
             vms_bytes, out["largest_vm"] = _vms_bytes(policy.get("vms"), backend)
             out["vms_bytes"] = vms_bytes
@@ -254,6 +272,7 @@ def plan_host(host, _memo=None):
     try:
         if why:
             raise PlanError(why)
+        _check_host_backend(host.get("backend"), backend)
         memory = host.get("memory_bytes")
         if not memory:
             raise PlanError("no memory facts (unreachable, or guestmemfs_facts did not run)")
@@ -262,6 +281,10 @@ def plan_host(host, _memo=None):
         row["vms_bytes"] = sized["vms_bytes"]
         if sized["why"]:
             raise PlanError(sized["why"])
+        if sized["mode"] == "vms" and sized["size"] == 0:
+            row.update(size_bytes=0, size=format_size(0), reserve_bytes=sized["reserve"], overhead_bytes=0,
+                       left_bytes=memory, ok=True)
+            return row
         align = sized["align"]
         size = align_down(int(memory * sized["fraction"]), align) if sized["mode"] == "fraction" else sized["size"]
         if size <= 0:

@@ -34,8 +34,11 @@ options:
     type: path
     default: /
 extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts
+requirements:
+  - Linux with C(/proc) and C(/sys)
 attributes:
   check_mode:
     support: full
@@ -44,6 +47,9 @@ attributes:
     support: none
   facts:
     support: full
+  idempotent:
+    support: full
+    description: Reading the facts changes nothing.
   platform:
     support: full
     platforms: posix

@@ -145,6 +145,11 @@ options:
     description: Build even when a stamp for the same inputs exists.
     type: bool
     default: false
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - The kernel's build dependencies (make, a C compiler, flex, bison, bc, libelf and OpenSSL headers);
+    the C(guestmemfs.liveupdate.kernel_build) role installs them
 attributes:
   check_mode:
     support: full
@@ -152,6 +157,9 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: full
+    description: The same inputs build nothing the second time (a stamp beside the packages).
   platform:
     support: full
     platforms: posix
@@ -165,6 +173,11 @@ notes:
   - With I(base_config=running) on Debian, C(CONFIG_SYSTEM_TRUSTED_KEYS) and
     C(CONFIG_SYSTEM_REVOCATION_KEYS) name certificates that only Debian's build has; they are
     emptied unless the fragment sets them.
+seealso:
+  - module: guestmemfs.liveupdate.kernel_default
+  - name: Building the live-update kernel
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/kernel-build.md
 """
 
 EXAMPLES = r"""

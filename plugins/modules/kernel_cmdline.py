@@ -21,6 +21,12 @@ description:
   - GRUB 2 on Debian and Ubuntu (I(bootloader=grub)) - an argument is replaced or removed in the file
     that defines it (C(/etc/default/grub) or a drop-in under C(/etc/default/grub.d/)); a new one is
     appended to C(GRUB_CMDLINE_LINUX) in the collection's drop-in C(99-guestmemfs-liveupdate.cfg).
+  - An argument assigned in several places that all reach the command line (the main file and a drop-in
+    sourced later that appends, such as a cloud image's C(50-cloudimg-settings.cfg)) keeps its value in
+    the place sourced last and is removed from the others, so that exactly one remains. An assignment
+    that a later one replaces is left as it is. An assignment the module cannot parse (a command
+    substitution, text after the value) is left alone unless it holds an argument the module manages;
+    then the module refuses. The spacing inside a value is kept.
     The result is checked by sourcing the files as grub-mkconfig does, then C(update-grub) runs and
     the generated C(grub.cfg) is checked too.
   - RHEL family (I(bootloader=grubby)) - C(grubby --update-kernel=ALL) edits every BLS entry, and
@@ -99,6 +105,10 @@ options:
         recorded host; C(/proc/cmdline) is then read from there as well.
     type: path
     default: /
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - GRUB 2 with C(update-grub) or C(grub-mkconfig) (Debian, Ubuntu), or C(grubby) with BLS entries (RHEL family)
 attributes:
   check_mode:
     support: full
@@ -106,6 +116,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows each default file before and after.
+  idempotent:
+    support: full
+    description: Arguments already configured are not written again.
   platform:
     support: full
     platforms: posix
@@ -114,6 +127,11 @@ notes:
   - The running command line changes only at the next boot; plan the reboot with
     C(reboot_required).
   - Values with spaces or quotes are refused.
+seealso:
+  - module: guestmemfs.liveupdate.memory_backend
+  - name: Preparing hypervisors
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/host-preparation.md
 """
 
 EXAMPLES = r"""
@@ -254,13 +272,8 @@ def plan_grub(host, set_args, remove):
     before = dict((p, host.read(p)) for p in files)
     if before["/etc/default/grub"] is None:
         host.fail("/etc/default/grub does not exist: is GRUB 2 installed? (bootloader=grub)")
-    after = {}
     try:
-        for p in files:
-            if before[p] is not None:
-                after[p], _found = cl.edit_text(before[p], set_args, remove, path=p)
-            else:
-                after[p] = None
+        after, _absent = cl.edit_files([(p, before[p]) for p in files], set_args, remove)
         linux, default = evaluate(host, after)
         missing, unwanted = cl.missing_and_unwanted(cl.parse_cmdline(linux + " " + default), set_args, remove)
         if missing:

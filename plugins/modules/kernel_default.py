@@ -42,6 +42,10 @@ options:
     description: Directory holding C(etc/default) and C(boot/grub) instead of C(/) (tests).
     type: path
     default: /
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - GRUB 2 with C(update-grub) or C(grub-mkconfig), or C(grubby) with BLS entries
 attributes:
   check_mode:
     support: full
@@ -49,10 +53,18 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff beyond the returned entry.
+  idempotent:
+    support: full
+    description: A default already pinned is not written again.
   platform:
     support: full
     platforms: posix
     description: Linux with GRUB 2 (Debian, Ubuntu) or grubby (RHEL family).
+seealso:
+  - module: guestmemfs.liveupdate.kernel_cmdline
+  - name: Building and installing the live-update kernel
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/kernel-build.md
 """
 
 EXAMPLES = r"""

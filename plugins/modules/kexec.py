@@ -72,6 +72,10 @@ options:
         whenever possible.
     type: bool
     default: false
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - A running kernel with C(CONFIG_KEXEC_FILE) (the module calls kexec_file_load(2) itself, no kexec-tools)
 attributes:
   check_mode:
     support: full
@@ -79,10 +83,20 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: partial
+    description: >-
+      C(state=loaded) loads the kernel again on every run (after its preflight); C(state=unloaded) changes
+      nothing when no kernel is loaded.
   platform:
     support: full
     platforms: posix
     description: Linux with kexec_file_load (CONFIG_KEXEC_FILE).
+seealso:
+  - module: guestmemfs.liveupdate.update_step
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""

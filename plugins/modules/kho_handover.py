@@ -44,6 +44,10 @@ options:
     description: Directory holding C(proc) and C(sys) instead of C(/) (tests).
     type: path
     default: /
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - The guestmemfs RFC kernel with the RFC's KHO v2 (C(CONFIG_KEXEC_KHO), C(CONFIG_FTRACE_KHO))
 attributes:
   check_mode:
     support: full
@@ -51,6 +55,9 @@ attributes:
   diff_mode:
     support: none
     description: The state is one bit, returned as I(active).
+  idempotent:
+    support: full
+    description: A handover already in the wanted state is left as it is.
   platform:
     support: full
     platforms: posix
@@ -58,6 +65,11 @@ attributes:
 notes:
   - Mainline KHO (Linux 6.16+) has no C(active) switch; the luo backend's holder hands its memfds over
     instead, and this module refuses such a kernel.
+seealso:
+  - module: guestmemfs.liveupdate.kexec
+  - name: The guestmemfs backend on the RFC kernel
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/guestmemfs-rfc.md
 """
 
 EXAMPLES = r"""

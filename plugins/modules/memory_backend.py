@@ -54,6 +54,10 @@ options:
     description: Directory holding C(etc/) instead of C(/) (tests replaying a recorded host).
     type: path
     default: /
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - pmem - a C(/dev/pmem*) device (a C(memmap=) carve-out) and e2fsprogs; guestmemfs - the RFC kernel
 attributes:
   check_mode:
     support: full
@@ -61,10 +65,18 @@ attributes:
   diff_mode:
     support: full
     description: Shows C(/etc/fstab) before and after.
+  idempotent:
+    support: full
+    description: A backend already made and mounted is left as it is.
   platform:
     support: full
     platforms: posix
     description: Linux.
+seealso:
+  - module: guestmemfs.liveupdate.vm_memory
+  - name: Preparing hypervisors
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/host-preparation.md
 """
 
 EXAMPLES = r"""

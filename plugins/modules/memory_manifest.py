@@ -47,6 +47,10 @@ options:
     description: Where the manifest is.
     type: path
     default: /var/lib/guestmemfs-liveupdate/manifest.json
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - Linux with the FIEMAP ioctl on the backend's filesystem
 attributes:
   check_mode:
     support: full
@@ -54,10 +58,18 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: partial
+    description: C(verify) changes nothing; C(record) writes the manifest anew on every run.
   platform:
     support: full
     platforms: posix
     description: Linux.
+seealso:
+  - module: guestmemfs.liveupdate.vm_cpr
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""

@@ -39,6 +39,10 @@ options:
     description: Mode of the files written.
     type: raw
     default: "0644"
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - Python 3 on the target
 attributes:
   check_mode:
     support: full
@@ -46,10 +50,15 @@ attributes:
   diff_mode:
     support: none
     description: Reports the names of the files written and removed.
+  idempotent:
+    support: full
+    description: A file with the same content is not written again.
   platform:
     support: full
     platforms: posix
     description: Any POSIX system.
+seealso:
+  - module: guestmemfs.liveupdate.sizing_plan
 """
 
 EXAMPLES = r"""

@@ -41,6 +41,10 @@ options:
       - Where to write C(sizing.txt), C(sizing.json) and C(sizing.csv) (created when missing; a file is
         written only when its content changes). Unset, nothing is written.
     type: path
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - Runs on the controller
 attributes:
   action:
     support: full
@@ -51,10 +55,18 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: full
+    description: A report file with the same content is not written again.
   platform:
     support: full
     platforms: posix
     description: The controller.
+seealso:
+  - module: guestmemfs.liveupdate.guestmemfs_facts
+  - name: Sizing the carve-out
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/sizing.md
 """
 
 EXAMPLES = r"""

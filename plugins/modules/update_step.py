@@ -46,6 +46,10 @@ options:
         C(blocked) instead of C(start) - the next cold boot would destroy every VM's memory.
     type: bool
     default: false
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - The collection's host agent and journal (installed by the C(guestmemfs.liveupdate.qemu_vm) role)
 attributes:
   check_mode:
     support: full
@@ -53,10 +57,18 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: full
+    description: It only reads the host's journal.
   platform:
     support: full
     platforms: posix
     description: Linux.
+seealso:
+  - module: guestmemfs.liveupdate.vm_cpr
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""

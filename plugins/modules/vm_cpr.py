@@ -58,6 +58,11 @@ options:
       - C(restore) - act only on this update - when the journal holds another one (a second run whose
         save was refused, racing a live save), nothing is done and I(msg) says whose update it is.
     type: str
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - QEMU 10.0 or newer (cpr-reboot)
+  - The collection's host agent (installed by the C(guestmemfs.liveupdate.qemu_vm) role)
 attributes:
   check_mode:
     support: partial
@@ -67,10 +72,20 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to diff.
+  idempotent:
+    support: partial
+    description: >-
+      C(status) and C(wait) only read; C(save), C(restore) and C(shutdown) are steps of one live update,
+      each done once, driven by the host's journal.
   platform:
     support: full
     platforms: posix
     description: Linux hypervisors whose VMs the M(guestmemfs.liveupdate.qemu_vm) role set up.
+seealso:
+  - module: guestmemfs.liveupdate.vm_preservability
+  - name: The live update
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/liveupdate.md
 """
 
 EXAMPLES = r"""

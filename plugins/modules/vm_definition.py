@@ -63,6 +63,10 @@ options:
     description: Where the agent records the argv each VM was started with.
     type: path
     default: /var/lib/guestmemfs-liveupdate/argv
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - QEMU 10.0 or newer
 attributes:
   check_mode:
     support: full

@@ -49,6 +49,10 @@ options:
     description: Refuse to run when I(path) is not a mount point (files would land on the root disk).
     type: bool
     default: true
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - A mounted memory backend (M(guestmemfs.liveupdate.memory_backend))
 attributes:
   check_mode:
     support: full
@@ -56,10 +60,18 @@ attributes:
   diff_mode:
     support: full
     description: Shows each file's size before and after.
+  idempotent:
+    support: full
+    description: Files of the wanted size are left as they are.
   platform:
     support: full
     platforms: posix
     description: Linux.
+seealso:
+  - module: guestmemfs.liveupdate.memory_backend
+  - name: Preparing hypervisors
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/host-preparation.md
 """
 
 EXAMPLES = r"""

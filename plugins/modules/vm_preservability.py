@@ -64,6 +64,10 @@ options:
     description: Seconds to wait for each QEMU's QMP answers.
     type: int
     default: 10
+extends_documentation_fragment:
+  - guestmemfs.liveupdate.attributes
+requirements:
+  - QEMU 10.0 or newer with a QMP socket per VM
 attributes:
   check_mode:
     support: full
@@ -78,6 +82,11 @@ attributes:
     support: full
     platforms: posix
     description: Linux hypervisors whose VMs the M(guestmemfs.liveupdate.qemu_vm) role set up.
+seealso:
+  - module: guestmemfs.liveupdate.vm_cpr
+  - name: Preservability
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/preservability.md
 """
 
 EXAMPLES = r"""

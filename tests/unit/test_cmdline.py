@@ -271,3 +271,91 @@ def test_backend_refusals_change_nothing(tmp_path, capsys, args, msg):
     assert rc == 1 and msg in out["msg"], out["msg"]
     assert (root / "etc/default/grub").read_text() == before
     assert not (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").exists()
+
+
+# ------------------------------------------------- configs as cloud images and sites ship them
+
+CLOUD_MAIN = """# If you change this file, run 'update-grub' afterwards to update
+# /boot/grub/grub.cfg.
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=5
+GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`
+GRUB_CMDLINE_LINUX_DEFAULT="quiet  splash"   # two spaces, kept
+GRUB_CMDLINE_LINUX="console=tty0   memmap=2G!8G\tnoresume"
+"""
+
+CLOUD_DROPIN = """# Cloud Image specific Grub settings for Generic Cloud Images
+# CLOUD_IMG: This file was created/modified by the Cloud Image build process
+
+# Set the recordfail timeout
+GRUB_RECORDFAIL_TIMEOUT=0
+
+# Append what the cloud needs to what the main file has
+GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX  console=ttyS0,115200n8 memmap=4G!12G"
+"""
+
+
+def cloud_tree(tmp_path, dropins):
+    root = tmp_path / "cloud"
+    (root / "etc/default/grub.d").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "proc/cmdline").write_text("BOOT_IMAGE=/boot/vmlinuz root=UUID=x ro\n")
+    (root / "etc/default/grub").write_text(CLOUD_MAIN)
+    for name, text in dropins.items():
+        (root / "etc/default/grub.d" / name).write_text(text)
+    return root
+
+
+def test_a_value_in_the_main_file_and_an_appending_dropin_ends_up_once_where_it_wins(tmp_path, capsys):
+    root = cloud_tree(tmp_path, {"50-cloudimg-settings.cfg": CLOUD_DROPIN})
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"})
+    assert rc == 0 and out["changed"], out
+    assert sorted(out["files"]) == ["/etc/default/grub", "/etc/default/grub.d/50-cloudimg-settings.cfg"]
+    assert (root / "etc/default/grub").read_text() == CLOUD_MAIN.replace(
+        'GRUB_CMDLINE_LINUX="console=tty0   memmap=2G!8G\tnoresume"',
+        'GRUB_CMDLINE_LINUX="console=tty0\tnoresume"')  # a word goes with the space before it
+    assert (root / "etc/default/grub.d/50-cloudimg-settings.cfg").read_text() == CLOUD_DROPIN.replace(
+        "memmap=4G!12G", "memmap=1G!5G")
+    assert not (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").exists()
+    assert out["configured"] == "console=tty0 noresume console=ttyS0,115200n8 memmap=1G!5G quiet splash"
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"})
+    assert rc == 0 and out["changed"] is False
+
+
+def test_an_assignment_a_later_dropin_replaces_is_left_alone(tmp_path, capsys):
+    replacing = ('GRUB_CMDLINE_LINUX_DEFAULT="console=tty1 console=ttyS0"\n'
+                 'GRUB_CMDLINE_LINUX="console=ttyS0  memmap=4G!12G"\n')
+    root = cloud_tree(tmp_path, {"50-cloudimg-settings.cfg": replacing})
+    rc, out = run(capsys, root=str(root), args={"memmap": "1G!5G"})
+    assert rc == 0 and out["files"] == ["/etc/default/grub.d/50-cloudimg-settings.cfg"], out
+    assert (root / "etc/default/grub").read_text() == CLOUD_MAIN
+    assert (root / "etc/default/grub.d/50-cloudimg-settings.cfg").read_text() == replacing.replace(
+        "memmap=4G!12G", "memmap=1G!5G")
+    assert out["configured"] == "console=ttyS0 memmap=1G!5G console=tty1 console=ttyS0"
+
+
+def test_an_unparsable_assignment_without_managed_arguments_is_left_alone(tmp_path, capsys):
+    site = ('# site tuning, computed at update-grub time\n'
+            'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT $(echo nosoftlockup)"\n'
+            "GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX mitigations=auto\" ; export GRUB_CMDLINE_LINUX\n")
+    root = cloud_tree(tmp_path, {"40-site.cfg": site})
+    rc, out = run(capsys, root=str(root), args={"kho": "on"}, remove=["noresume"])
+    assert rc == 0 and out["changed"], out
+    assert (root / "etc/default/grub.d/40-site.cfg").read_text() == site
+    assert (root / "etc/default/grub").read_text() == CLOUD_MAIN.replace("   memmap=2G!8G\tnoresume", "   memmap=2G!8G")
+    assert (root / "etc/default/grub.d/99-guestmemfs-liveupdate.cfg").read_text() == (
+        cl.DROPIN_HEADER + 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX kho=on"\n')
+    assert out["configured"] == "console=tty0 memmap=2G!8G mitigations=auto kho=on quiet splash nosoftlockup"
+    # the same line holding an argument the module manages is refused, nothing changed
+    before = dict((p.name, p.read_text()) for p in (root / "etc/default/grub.d").iterdir())
+    rc, out = run(capsys, root=str(root), remove=["mitigations"])
+    assert rc == 1 and "text after the value" in out["msg"]
+    assert dict((p.name, p.read_text()) for p in (root / "etc/default/grub.d").iterdir()) == before
+
+
+def test_spacing_inside_a_value_is_kept():
+    text = "GRUB_CMDLINE_LINUX=' a=1  b\tc=3 '  # note\nGRUB_CMDLINE_LINUX_DEFAULT=quiet\n"
+    assert cl.edit_text(text, {"c": "4"}, ["a"])[0] == (
+        "GRUB_CMDLINE_LINUX=' b\tc=4 '  # note\nGRUB_CMDLINE_LINUX_DEFAULT=quiet\n")
+    assert cl.edit_text(text, {"d": "1"}, [])[0] == text
+    assert cl.edit_text(text, {}, ["quiet"])[0] == "GRUB_CMDLINE_LINUX=' a=1  b\tc=3 '  # note\nGRUB_CMDLINE_LINUX_DEFAULT=\"\"\n"

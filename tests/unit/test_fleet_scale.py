@@ -91,6 +91,22 @@ def test_each_host_records_its_own_row_by_name(tmp_path):
         assert "%s: %s (%s)" % (name, row["size"], " ".join(row["cmdline_args"])) in out.stdout
 
 
+def test_sizing_refuses_a_host_whose_backend_its_policy_does_not_plan(tmp_path):
+    inv, facts = small_fleet(4)
+    group = inv["hypervisors"]["children"]["guestmemfs_vms"]  # guestmemfs_sizing plans guestmemfs
+    name = sorted(group["hosts"])[0]
+    group["hosts"][name]["guestmemfs_backend"] = "luo"
+    group["hosts"][sorted(group["hosts"])[1]]["guestmemfs_backend"] = "guestmemfs"  # agrees
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert ("%s: no carve-out: guestmemfs_backend is luo but guestmemfs_sizing plans the guestmemfs backend: "
+            "set backend: luo" % name) in out.stdout
+    rows = sizing_json(tmp_path)
+    assert [(r["host"], r["ok"]) for r in rows] == [(h, h != name) for h in sorted(group["hosts"])]
+    assert rows[0]["cmdline_args"] == []
+
+
 def plan(tmp_path, inv):
     out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -161,3 +177,20 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
     assert not res["changed"]
     code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"../x": "a"}})
     assert code == 1 and "plain names" in res["msg"]
+
+
+def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
+    inv = {"hypervisors": {"hosts": {"empty": {"guestmemfs_carveout": {"ok": True, "size_bytes": 0, "cmdline_args": []}},
+                                     "unplanned": {}},
+                           "vars": {"ansible_connection": "local", "guestmemfs_vms": [],
+                                    "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}
+    (tmp_path / "role.yml").write_text(
+        "- hosts: hypervisors\n  gather_facts: false\n  roles:\n    - guestmemfs.liveupdate.memory_backend\n")
+    out = run(tmp_path, inv, str(tmp_path / "role.yml"), "--check")
+    assert out.returncode == 2, out.stdout + out.stderr
+    recap = dict((line.split()[0], line.split()[2:]) for line in out.stdout.split("PLAY RECAP")[1].strip().splitlines())
+    assert recap["empty"][:4] == ["ok=2", "changed=0", "unreachable=0", "failed=0"]  # the spec, then it ended
+    refuse = out.stdout.split("TASK [guestmemfs.liveupdate.memory_backend : Refuse a host without a carve-out plan]")[1]
+    refuse = refuse.split("PLAY RECAP")[0]
+    assert "[unplanned]" in refuse and "[empty]" not in refuse  # the refusal ran for the other host only
+    assert "unplanned has no carve-out boot arguments: run playbooks/sizing.yml first" in out.stdout

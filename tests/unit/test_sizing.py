@@ -67,7 +67,7 @@ def test_pmem_aligns_to_sections():
     ({"mode": "fraction"}, "needs 'fraction'"),
     ({"mode": "absolute"}, "needs 'size'"),
     ({"mode": "absolute", "size": "ten"}, "not a size"),
-    ({"mode": "vms", "vms": []}, "non-empty list"),
+    ({"mode": "vms", "vms": "vm1"}, "needs a list 'vms'"),
     ({"mode": "vms", "vms": [{"name": "x"}]}, "needs 'memory'"),
     ({"mode": "guess"}, "use one of fraction, absolute, vms"),
     ({"mode": "absolute", "size": "1G", "align": "4K"}, "use 2M (PMD) or 1G (PUD)"),
@@ -83,6 +83,32 @@ def test_refusals_name_the_reason(policy, reason):
     assert r["ok"] is False
     assert reason in r["reason"]
     assert r["cmdline_args"] == []
+
+
+@pytest.mark.parametrize("backend", ["pmem", "guestmemfs", "luo"])
+def test_a_host_without_vms_is_planned_with_nothing_to_carve(backend):
+    r = sizing.plan_host(host({"backend": backend, "mode": "vms", "vms": [], "headroom": "10%"}))
+    assert r["ok"] is True and r["reason"] is None
+    assert r["size_bytes"] == 0 and r["size"] == "0" and r["cmdline_args"] == [] and r["vms_bytes"] == 0
+    assert r["left_bytes"] == r["memory_bytes"] and r["overhead_bytes"] == 0
+    rows = sizing.plan_fleet([host({"backend": backend, "mode": "vms", "vms": []}, name="empty"),
+                              host({"mode": "absolute", "size": "1G", "reserve": "1G"}, name="full")])
+    assert [r["ok"] for r in rows] == [True, True]
+    assert "empty" in sizing.render_table(rows) and sizing.summary(rows)["refused"] == 0
+
+
+@pytest.mark.parametrize("own,policy,reason", [
+    ("luo", {"mode": "absolute", "size": "1G"},
+     "guestmemfs_backend is luo but guestmemfs_sizing plans the pmem backend (its default): set backend: luo"),
+    ("pmem", {"backend": "guestmemfs", "mode": "absolute", "size": "1G"},
+     "guestmemfs_backend is pmem but guestmemfs_sizing plans the guestmemfs backend: set backend: pmem"),
+    ("nvram", {"mode": "absolute", "size": "1G"}, "guestmemfs_backend: unknown memory backend 'nvram'"),
+])
+def test_the_hosts_backend_must_be_the_one_its_policy_plans(own, policy, reason):
+    h = dict(host(policy), backend=own)
+    r = sizing.plan_host(h)
+    assert r["ok"] is False and r["cmdline_args"] == [] and reason in r["reason"]
+    assert sizing.plan_host(dict(host(dict(policy, backend="luo")), backend="luo"))["ok"] is True
 
 
 def test_unreachable_host_is_refused_not_crashed():

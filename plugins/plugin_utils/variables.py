@@ -1,0 +1,154 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every ``guestmemfs_*`` variable the collection's playbooks and roles read or set.
+
+The variables reference (docs/variables.md) is generated from this list and from the roles'
+``meta/argument_specs.yml``; the playbooks' preflight refuses a ``guestmemfs_*`` variable that is
+not in it (a typo such as ``guestmemfs_rolout`` would otherwise leave a default in force)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import difflib
+
+PREFIX = "guestmemfs_"
+
+# What an operator sets (inventory, group_vars, extra vars), one a line:
+# name | type | default | the playbooks and roles that read it | description (Markdown); a long
+# row goes on in indented lines.
+_OPERATOR = """
+guestmemfs_hosts | str | hypervisors | all playbooks | The inventory group (or pattern) the playbooks act on.
+guestmemfs_backend | str | pmem | liveupdate; roles memory_backend, qemu_vm, kernel_build; sizing (checked) |
+    The memory backend that holds VM RAM: `pmem`, `guestmemfs` or `luo`. Must be the backend the host's
+    `guestmemfs_sizing` plans (its `backend`, default `pmem`): sizing refuses a host where they differ.
+guestmemfs_mount | path | /mnt/vmmem | liveupdate; roles memory_backend, qemu_vm | Mount point of the
+    backend's filesystem (pmem, guestmemfs); not used by `luo`.
+guestmemfs_vms | list of dict | [] | liveupdate; roles memory_backend, qemu_vm | The host's VMs, each with
+    `name` and `memory` and what the guest needs (`docs/vms.md`).
+guestmemfs_vm_defaults | dict | {} | role qemu_vm | Values for the keys a VM definition leaves out
+    (`docs/vms.md`).
+guestmemfs_sizing | dict | (required by sizing) | sizing, prepare | The host's sizing policy: `backend`,
+    `mode` (`fraction`, `absolute`, `vms`), `fraction`, `size`, `vms`, `headroom`, `reserve`, `align`,
+    `kho_scratch`, `kernel_reserved`, `numa` (`docs/sizing.md`).
+guestmemfs_facts_from | str | (unset: read the hosts) | sizing | Plan without contacting the hosts: `cache`
+    (Ansible's fact cache) or the path of a facts file (`docs/scale.md`).
+guestmemfs_sizing_record | bool | true unless guestmemfs_facts_from is set | sizing | Record each host's plan
+    on it as `guestmemfs_carveout`.
+guestmemfs_rollout | dict | (a canary of 1, then growing waves) | plan, liveupdate | The rollout policy:
+    canary, waves, at most K hosts per failure domain (`docs/waves.md`). One policy for the whole rollout: set
+    it for the group or as an extra var.
+guestmemfs_max_failed_hosts | int | 0 | liveupdate | No wave starts after more failed hosts than this.
+guestmemfs_unpreservable | dict | {} | plan, liveupdate | What to do with a VM the live update cannot carry:
+    refuse, skip or shutdown, per VM (`docs/preservability.md`).
+guestmemfs_restore_qemu | path | (the running QEMU) | plan, liveupdate | The QEMU binary that restores the VMs
+    after the kexec, asked for its machine types.
+guestmemfs_plan_check_vms | bool | true | plan | Ask each VM's QEMU which VMs the update can carry
+    (liveupdate.yml sets it false and asks right before each host's save).
+guestmemfs_kexec_kernel | path | (the staged kernel, from kernel.yml's local fact) | liveupdate | The kernel
+    to kexec into; kernel.yml sets it for the rest of its run.
+guestmemfs_kexec_initrd | path | (the staged initrd) | liveupdate | Its initrd.
+guestmemfs_kexec_append | list of str | [] | liveupdate | Arguments added to the next kernel's command line.
+guestmemfs_kexec_timeout | int | 900 | liveupdate | Seconds to wait for the host to come back from the kexec.
+guestmemfs_save_timeout | int | 900 | liveupdate | Seconds the save of a host's VMs may take.
+guestmemfs_restore_timeout | int | 600 | liveupdate | Seconds to wait for the host's own restore of every VM
+    after the kexec.
+guestmemfs_shutdown_timeout | int | 300 | liveupdate | Seconds to wait for a VM shut down by the `shutdown`
+    policy.
+kernel_build_host | str | localhost | kernel | The host that builds the kernel (the role kernel_build runs
+    there).
+kernel_build_become | bool | false | kernel | Become root on the build host.
+kernel_build_controller_dir | path | ~/.cache/guestmemfs-liveupdate/kernel-packages | kernel | Where a remote
+    build host's packages are fetched to on the controller.
+guestmemfs_report_dir | path | $GUESTMEMFS_REPORT_DIR, else guestmemfs-report | plan, sizing, liveupdate,
+    report | Where the reports are written; give it as an extra var (`-e`) or in `GUESTMEMFS_REPORT_DIR`.
+"""
+
+# Set by the collection's playbooks and roles (registered results, facts): never set them.
+# name | the playbook that sets it | what it holds.
+_SET_BY_COLLECTION = """
+guestmemfs_carveout | sizing | this host's sizing plan row (read by the memory_backend role)
+guestmemfs_sizing_hosts | sizing | the hosts sizing plans
+guestmemfs_sizing_result | sizing | the fleet's plan, on localhost
+guestmemfs_rollout_plan | plan | the waves, on localhost
+guestmemfs_rollout_reports | plan | the rendered plan, on localhost
+guestmemfs_plan_reports | plan | the rendered plan
+guestmemfs_plan_preserve | plan | each host's preservability
+guestmemfs_plan_preserve_rows | plan | the preservability report's rows
+guestmemfs_blackout | liveupdate | this host's blackout rows
+guestmemfs_blackout_rows | liveupdate | every host's blackout rows
+guestmemfs_lu_after | liveupdate | the host after the kexec
+guestmemfs_lu_backend | liveupdate | the host's backend
+guestmemfs_lu_group | liveupdate | the hosts of the report
+guestmemfs_lu_kernel | liveupdate | the kernel to load
+guestmemfs_lu_load | liveupdate | the kernel load's result
+guestmemfs_lu_mount | liveupdate | the backend's mount
+guestmemfs_lu_new | liveupdate | the new kernel's release
+guestmemfs_lu_next | liveupdate | the host's next step
+guestmemfs_lu_preserve | liveupdate | the host's preservability
+guestmemfs_lu_restored | liveupdate | the VMs restored
+guestmemfs_lu_saved | liveupdate | the VMs saved
+guestmemfs_lu_spec | liveupdate | what the backend needs
+guestmemfs_lu_step | liveupdate | where the host's update stands
+guestmemfs_lu_waited | liveupdate | a save that was still running
+guestmemfs_lu_wave | liveupdate | this wave's hosts
+guestmemfs_report_hosts | report | the hosts of the report
+guestmemfs_report_qemu | report | each host's QEMU version
+"""
+
+# Refused with a message saying what replaced them: name | its replacement | how.
+_REPLACED = """
+guestmemfs_waves | guestmemfs_rollout | a list of wave sizes is `guestmemfs_rollout.waves`
+"""
+
+
+def _table(text, columns):
+    rows, lines = [], []
+    for line in text.strip().splitlines():
+        if line.startswith(" ") and lines:  # a long row goes on, indented
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line)
+    for line in lines:
+        cells = tuple(c.strip() for c in line.split(" | "))
+        if len(cells) != columns:
+            raise ValueError("variables table: %d cells, not %d: %s" % (len(cells), columns, line))
+        rows.append(cells)
+    return tuple(rows)
+
+
+OPERATOR = _table(_OPERATOR, 5)
+SET_BY_COLLECTION = _table(_SET_BY_COLLECTION, 3)
+REPLACED = _table(_REPLACED, 3)
+
+KNOWN = frozenset([v[0] for v in OPERATOR if v[0].startswith(PREFIX)] + [v[0] for v in SET_BY_COLLECTION] + [v[0] for v in REPLACED])
+
+
+def unknown(names):
+    """``guestmemfs_*`` names that the collection neither reads nor sets -> {name: closest known or None}."""
+    out = {}
+    for name in names:
+        name = str(name)
+        if name.startswith(PREFIX) and name not in KNOWN:
+            close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.8)
+            out[name] = close[0] if close else None
+    return out
+
+
+def describe_unknown(by_host, limit=10):
+    """{host: [names]} -> one line per unknown name with the first hosts that have it."""
+    hosts_of = {}
+    for host, names in by_host.items():
+        for name in names:
+            hosts_of.setdefault(name, []).append(host)
+    lines = []
+    guesses = unknown(hosts_of)
+    for name in sorted(hosts_of)[:limit]:
+        hosts = hosts_of[name]
+        lines.append("%s (%s%s%s)" % (
+            name, ", ".join(hosts[:3]), " and %d more" % (len(hosts) - 3) if len(hosts) > 3 else "",
+            "; did you mean %s?" % guesses[name] if guesses.get(name) else ""))
+    if len(hosts_of) > limit:
+        lines.append("and %d more" % (len(hosts_of) - limit))
+    return lines
