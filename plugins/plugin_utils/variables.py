@@ -51,7 +51,10 @@ guestmemfs_kexec_kernel | path | (the staged kernel, from kernel.yml's local fac
 guestmemfs_kexec_initrd | path | (the staged initrd) | liveupdate | Its initrd.
 guestmemfs_kexec_append | list of str | [] | liveupdate | Arguments added to the next kernel's command line.
 guestmemfs_kexec_timeout | int | 900 | liveupdate | Seconds to wait for the host to come back from the kexec.
-guestmemfs_save_timeout | int | 900 | liveupdate | Seconds the save of a host's VMs may take.
+guestmemfs_save_timeout | int | (from the VMs' memory) | liveupdate | Seconds the save of a host's VMs may take
+    (default: `update_step`'s `save_time_limit`, which follows the VMs' memory).
+guestmemfs_allow_boot_drift | bool | false | liveupdate | Update a host whose boot configuration lacks a memory
+    backend's argument that its running cmdline has (its next cold boot would destroy every VM's memory).
 guestmemfs_restore_timeout | int | 600 | liveupdate | Seconds to wait for the host's own restore of every VM
     after the kexec.
 guestmemfs_shutdown_timeout | int | 300 | liveupdate | Seconds to wait for a VM shut down by the `shutdown`
@@ -83,6 +86,7 @@ guestmemfs_lu_backend | liveupdate | the host's backend
 guestmemfs_lu_group | liveupdate | the hosts of the report
 guestmemfs_lu_kernel | liveupdate | the kernel to load
 guestmemfs_lu_load | liveupdate | the kernel load's result
+guestmemfs_lu_update_id | liveupdate | the id the save gives the host's update (its rescue acts only on it)
 guestmemfs_lu_mount | liveupdate | the backend's mount
 guestmemfs_lu_new | liveupdate | the new kernel's release
 guestmemfs_lu_next | liveupdate | the host's next step

@@ -250,7 +250,11 @@ def test_resuming_is_journaled_before_cont(host):
 
 def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
     # vm1 saved completely, vm2's QEMU was still saving when the power went.
-    host.qemus["vm2"].on_cmd = lambda execute: (_ for _ in ()).throw(KeyboardInterrupt()) if execute == "migrate" else None
+    def power_cut(execute):
+        if execute == "migrate":
+            raise KeyboardInterrupt()
+
+    host.qemus["vm2"].on_cmd = power_cut
     monkeypatch.setattr(hostupdate.threading, "Thread", _Inline)
     with pytest.raises(KeyboardInterrupt):
         save(host, names=["vm1", "vm2"])
