@@ -134,8 +134,10 @@ def test_inventory_vars_for_each_guest():
         text = fh.read()
     linux = yaml.safe_load(fleet.with_guest(text, "linux"))
     counter = yaml.safe_load(fleet.with_guest(text, "counter"))
-    assert [vm["disks"][0]["format"] for vm in linux["guestmemfs_vms"]] == ["qcow2", "raw"]
-    assert linux["guestmemfs_vm_defaults"]["vcpus"] == 2 and "gmfs.ip=" in linux["guestmemfs_vms"][0]["append"]
+    real, counting = linux["guestmemfs_vms"]
+    assert real["vcpus"] == 2 and "gmfs.ip=" in real["append"] and real["nics"][0]["type"] == "bridge"
+    assert "qcow2" in real["disks"][0]["format"] and "raw" in real["disks"][0]["format"]  # by host
+    assert counting["kernel"] == "/var/lib/guestmemfs-guest/counter-guest.mb" and "nics" not in counting
     assert counter["guestmemfs_vms"] == [{"name": "vm1", "memory": "256M"}, {"name": "vm2", "memory": "256M"}]
     assert counter["guestmemfs_vm_defaults"]["kernel"] == "/var/lib/guestmemfs-guest/counter-guest.mb"
     # Everything else is the same, and the backend rewrite still applies on top.
