@@ -25,6 +25,8 @@ from ansible_collections.guestmemfs.liveupdate.plugins.lookup.report_dir import 
 
 STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts")
 UNAME = os.uname().release
+# The kernel options the pmem backend needs (its required_kernel_options).
+OPTIONS = ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX")
 
 
 def collection(tmp_path):
@@ -49,8 +51,8 @@ def collection(tmp_path):
 
 def hosts_inventory(names=("h1", "h2", "h3"), group="hypervisors", **hostvars):
     hosts = dict((h, dict(hostvars.get(h, {}))) for h in names)
-    return {group: {"hosts": hosts, "vars": {"ansible_connection": "local", "ansible_become": False,
-                                            "ansible_python_interpreter": sys.executable}}}
+    group_vars = {"ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": sys.executable}
+    return {group: {"hosts": hosts, "vars": group_vars}}
 
 
 def play(tmp_path, inv, playbook, *args, report_env=True):
@@ -58,8 +60,8 @@ def play(tmp_path, inv, playbook, *args, report_env=True):
     (completed process, the stand-in's calls)."""
     if not (tmp_path / "collections").exists():
         collection(tmp_path)
-    colls, playbooks = str(tmp_path / "collections"), str(tmp_path / "collections" / "ansible_collections" / "guestmemfs"
-                                                           / "liveupdate" / "playbooks")
+    colls = str(tmp_path / "collections")
+    playbooks = os.path.join(colls, "ansible_collections", "guestmemfs", "liveupdate", "playbooks")
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "async").mkdir(exist_ok=True)
     calls = tmp_path / "calls.jsonl"
@@ -219,19 +221,21 @@ def test_an_inventory_without_the_hypervisors_group_is_a_clear_error(tmp_path, p
 def test_sizing_with_a_limit(tmp_path):
     inv, facts = small_fleet(4)
     (tmp_path / "facts.json").write_text(json.dumps(facts))
-    out, _ = play(tmp_path, inv, "sizing.yml", "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"),
-                  "-e", "guestmemfs_sizing_record=true", "--limit", "hv000001")
+    out, calls = play(tmp_path, inv, "sizing.yml", "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"),
+                      "-e", "guestmemfs_sizing_record=true", "--limit", "hv000001")
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / "report" / "sizing.json").read_text())["hosts"]
     assert [r["host"] for r in rows] == ["hv000001"]
     assert "hv000001: %s (" % rows[0]["size"] in out.stdout
+    assert not calls  # planned from the facts file: no host was asked
 
 
 def test_reports_default_to_the_directory_the_command_runs_from(tmp_path):
-    out, _ = play(tmp_path, hosts_inventory(), "liveupdate.yml", "--check", report_env=False)
+    out, calls = play(tmp_path, hosts_inventory(), "liveupdate.yml", "--check", report_env=False)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("liveupdate.json", "liveupdate.txt", "blackout.json"):
         assert (tmp_path / "guestmemfs-report" / name).exists(), name
+    assert not (tmp_path / "report").exists() and calls
     assert report_dir({}, "/srv/ops") == "/srv/ops/guestmemfs-report"
     assert report_dir({"GUESTMEMFS_REPORT_DIR": "out"}, "/srv/ops") == "/srv/ops/out"
     assert report_dir({"GUESTMEMFS_REPORT_DIR": "/var/tmp/r"}, "/srv/ops") == "/var/tmp/r"
@@ -243,18 +247,19 @@ def test_the_host_report_gives_a_readiness_verdict(tmp_path):
     (bindir / "qemu-system-x86_64").write_text("#!/bin/sh\necho 'QEMU emulator version 10.1.0'\n")
     (bindir / "qemu-system-x86_64").chmod(0o755)
     ready = {"kernel_release": "6.12.0", "kexec_file": True, "memory": {"total_bytes": 1 << 36, "numa_nodes": [{}]},
-             "kernel_config": dict((o, "y") for o in ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM",
-                                                        "CONFIG_FS_DAX")), "cmdline": {"drift": []},
+             "kernel_config": dict((o, "y") for o in OPTIONS), "cmdline": {"drift": []},
              "backend_mount": {"mounted": True}, "vms_at_stake": []}
-    blocked = dict(ready, kexec_file=False, kernel_config=dict(ready["kernel_config"], CONFIG_FS_DAX="n"), backend_mount={"mounted": False}, cmdline={"drift": ["memmap=8G!4G"]})
-    inv = hosts_inventory(("h1", "h2"), h1={"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": ready}},
-                                                       "vm_cpr.status": {"phase": "restored", "vms": {}}},
-                                                       "guestmemfs_vms": [{"name": "vm1", "memory": "1G"}]},
-                          h2={"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": blocked}},
-                                          "vm_cpr.status": {"phase": "saved", "vms": {}}}})
+    blocked = dict(ready, kexec_file=False, kernel_config=dict(ready["kernel_config"], CONFIG_FS_DAX="n"),
+                   backend_mount={"mounted": False}, cmdline={"drift": ["memmap=8G!4G"]})
+    h1 = {"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": ready}},
+                      "vm_cpr.status": {"phase": "restored", "vms": {}}},
+          "guestmemfs_vms": [{"name": "vm1", "memory": "1G"}]}
+    h2 = {"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": blocked}},
+                      "vm_cpr.status": {"phase": "saved", "vms": {}}}}
+    inv = hosts_inventory(("h1", "h2"), h1=h1, h2=h2)
     os.environ["PATH"], old = str(bindir) + os.pathsep + os.environ["PATH"], os.environ["PATH"]
     try:
-        out, _ = play(tmp_path, inv, "report.yml")
+        out, calls = play(tmp_path, inv, "report.yml")
     finally:
         os.environ["PATH"] = old
     assert out.returncode == 0, out.stdout + out.stderr
@@ -266,5 +271,6 @@ def test_the_host_report_gives_a_readiness_verdict(tmp_path):
         "the running kernel has no kexec_file_load", "kernel option CONFIG_FS_DAX not set", "ext4 not mounted on /mnt/vmmem",
         "boot configuration drift: memmap=8G!4G",
         "an update is in flight (journal phase saved): re-run liveupdate.yml or see the agent status"]
+    assert sorted(c["host"] for c in calls if c["key"] == "vm_cpr.status") == ["h1", "h2"]
     table = (tmp_path / "report" / "hosts.txt").read_text()
     assert "2 hosts: 1 ready, 1 blocked" in table
