@@ -598,7 +598,9 @@ def host_problems(facts):
             out.append({"vm": None, "check": "liveupdate", "blocks": True,
                         "detail": "/dev/liveupdate is missing: boot with kho=on liveupdate=on"})
         for h in lu.get("holders") or []:
-            if COLLECTION_HOLDER not in (h.get("cmdline") or ""):
+            # PID 1 holds the device only in the holder unit's fd store (FileDescriptorStorePreserve=yes,
+            # the collection's own unit): the same session, kept across holder restarts.
+            if COLLECTION_HOLDER not in (h.get("cmdline") or "") and str(h.get("pid")) != "1":
                 out.append({"vm": None, "check": "liveupdate", "blocks": True,
                             "detail": "/dev/liveupdate is held by %s[%s], not by the collection's holder: "
                                       "LUO allows one opener, so the VMs' memfds cannot be preserved"

@@ -372,6 +372,15 @@ def test_host_liveupdate_held():
         {"backend": "luo", "liveupdate": {"exists": False}})[0]["detail"]
 
 
+def test_host_liveupdate_in_the_holders_fd_store_is_ours():
+    # Seen in molecule's luo scenario: the holder unit keeps /dev/liveupdate in systemd's fd store
+    # (FileDescriptorStorePreserve=yes), so PID 1 shows up as a second holder of the same session.
+    ours = {"backend": "luo", "meminfo": {}, "liveupdate": {"exists": True, "holders": [
+        {"pid": 1, "comm": "systemd", "cmdline": "/sbin/init"},
+        {"pid": 812, "comm": "python3", "cmdline": "/usr/bin/python3 /usr/lib/guestmemfs-liveupdate/agent luo-hold"}]}}
+    assert P.host_problems(ours) == []
+
+
 def test_host_facts_reads_the_holders(tmp_path):
     proc = tmp_path / "proc"
     (proc / "77").mkdir(parents=True)
