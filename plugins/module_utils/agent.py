@@ -89,9 +89,47 @@ def _kexec(a):
     return 0
 
 
+# What an operator does next, by the step the journal alone gives (journal.next_step).
+NEXT_ACTION = {
+    "start": "nothing to do here: playbooks/liveupdate.yml updates this host",
+    "done": "nothing to do here: playbooks/liveupdate.yml updates this host",
+    "wait_save": "wait for the save to finish; a run of playbooks/liveupdate.yml waits for it too",
+    "rollback": "re-run playbooks/liveupdate.yml: it restores the saved VMs on this kernel (or: agent verify, "
+                "then systemctl start guestmemfs-vm@NAME for each saved VM)",
+    "kexec": "re-run playbooks/liveupdate.yml: it kexecs without saving again, or restores the VMs on this "
+             "kernel when the kexec cannot happen",
+    "wait": "wait for the VM units to restore the VMs (journalctl -u 'guestmemfs-vm@*'); then re-run "
+            "playbooks/liveupdate.yml to finish the host",
+    "blocked": "follow the recovery above; `agent status --json` shows the whole journal",
+}
+
+
+def status_summary(j, boot):
+    """The journal in a few lines: the update and its phase, each VM's state, what is wrong and the
+    next action -> (text, exit code: 0 nothing wrong, 4 an operator must act)."""
+    step, reason = journal.next_step(j, boot)
+    vms = j.get("vms", {}) or {}
+    lines = ["update %s: phase %s%s" % (j.get("update_id") or "-", j.get("phase") or "none (no update yet)",
+                                        "" if j.get("from_boot_id") in (None, boot) else " (saved on an earlier boot)")]
+    for name, v in sorted(vms.items()):
+        detail = (v.get("verify") or {}).get("detail") or v.get("error")
+        lines.append("  %s: %s%s" % (name, v.get("state", "?"), " (%s)" % detail if detail else ""))
+    if not vms:
+        lines.append("  no VMs in the journal")
+    wrong = step in ("blocked", "rollback")
+    lines.append("%s: %s" % ("wrong" if wrong else "state", reason))
+    lines.append("next: %s" % NEXT_ACTION[step])
+    return "\n".join(lines) + "\n", 4 if step == "blocked" else 0
+
+
 def _status(a):
-    sys.stdout.write(json.dumps(journal.load_journal(), indent=1, sort_keys=True) + "\n")
-    return 0
+    j = journal.load_journal()
+    if a.json:
+        sys.stdout.write(json.dumps(j, indent=1, sort_keys=True) + "\n")
+        return 0
+    text, code = status_summary(j, journal.boot_id())
+    sys.stdout.write(text)
+    return code
 
 
 def _luo(a):
@@ -107,6 +145,9 @@ def _luo(a):
     return 0
 
 
+README = "/usr/lib/guestmemfs-liveupdate/README"
+
+
 def vm_name(text):
     """A VM name by the one rule (vmdef.NAME_RE): it becomes a path, a unit instance and a QEMU id."""
     try:
@@ -117,7 +158,9 @@ def vm_name(text):
 
 def parser():
     p = argparse.ArgumentParser(prog="agent", description="guestmemfs.liveupdate host agent: the boot-time "
-                                "restore, the guarded kexec and the luo backend's memfd holder")
+                                "restore, the guarded kexec and the luo backend's memfd holder",
+                                epilog="Start with `agent status`. The journal is %s; the units and this "
+                                "agent are described in %s." % (journal.JOURNAL, README))
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     s = sub.add_parser("verify", help="verify saved VMs' memory against the manifest (all pending, or NAME...)")
@@ -133,7 +176,10 @@ def parser():
                        "its unit then boots it afresh")
     s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=_discard)
-    sub.add_parser("status", help="print the update journal").set_defaults(func=_status)
+    s = sub.add_parser("status", help="where the update stands: each VM, what is wrong and the next action "
+                       "(exit 4 when an operator must act)")
+    s.add_argument("--json", action="store_true", help="print the whole journal as JSON instead")
+    s.set_defaults(func=_status)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
     sub.add_parser("luo-hold", help="run the memfd holder (guestmemfs-luo.service)").set_defaults(
         func=lambda a: memfd_holder.hold())

@@ -51,8 +51,8 @@ attributes:
     support: full
     description: Reports the entry and whether it would change; writes nothing.
   diff_mode:
-    support: none
-    description: Nothing to diff beyond the returned entry.
+    support: full
+    description: Shows the default entry before and after (GRUB - the drop-in that pins it).
   idempotent:
     support: full
     description: A default already pinned is not written again.
@@ -162,6 +162,7 @@ def pin_grub(host, release, result):
     stale = cl.grub_set_default(cfg) != path
     result["files"] = [dropin] if before != after else []
     result["changed"] = before != after or (stale and m.params["update_bootloader"])
+    result["diff"] = dict(before_header=dropin, after_header=dropin, before=before or "", after=after)
     if m.check_mode or not result["changed"]:
         return
     host.write(dropin, after)
@@ -190,6 +191,8 @@ def pin_grubby(host, release, result):
     result["previous_default"] = out.strip()
     result["default_entry"] = kernel
     result["changed"] = out.strip() != kernel
+    result["diff"] = dict(before_header="grubby --default-kernel", after_header="grubby --default-kernel",
+                          before=out.strip() + "\n", after=kernel + "\n")
     if m.check_mode or not result["changed"]:
         return
     cmd = [grubby, "--set-default", kernel]
@@ -228,6 +231,8 @@ def main():
         pin_grub(host, release, result)
     else:
         pin_grubby(host, release, result)
+    if not module._diff:
+        result.pop("diff", None)
     module.exit_json(**result)
 
 

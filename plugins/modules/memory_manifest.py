@@ -54,7 +54,8 @@ requirements:
 attributes:
   check_mode:
     support: full
-    description: C(record) computes and does not write; C(verify) only reads.
+    description: C(record) computes the manifest and reports it changed (a run would write it) without
+      writing; C(verify) only reads.
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -132,7 +133,7 @@ def main():
         m = manifest.record(files, mode=p["mode"], samples=p["samples"])
         if not module.check_mode:
             manifest.save(m, p["path"])
-        module.exit_json(changed=not module.check_mode, record_s=m["record_s"], bytes=len(json.dumps(m)))
+        module.exit_json(changed=True, record_s=m["record_s"], bytes=len(json.dumps(m)))
     m = manifest.load(p["path"])
     if not m:
         module.fail_json(msg="no manifest at %s: nothing was recorded on this host" % p["path"])

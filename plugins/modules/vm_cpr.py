@@ -27,6 +27,9 @@ description:
     controller) has resumed or held every VM, and report each VM's blackout from the QMP C(STOP)
     and C(RESUME) timestamps.
   - C(status) - the host's journal.
+  - C(wait_save) - follow a save running detached (async) for up to I(poll) seconds (default 25) and
+    say where it stands - I(done) once the journal shows update I(update_id) past its save (or its
+    saver gone), else how many VMs are saved so far - so that the caller can show progress.
   - C(shutdown) - shut down the VMs in I(vms) cleanly (ACPI power button, then wait for QEMU to exit, up
     to I(timeout) seconds) - the VMs a live update cannot carry whose policy is C(shutdown). Their units
     stay enabled, so they cold-start after the kexec.
@@ -36,7 +39,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [save, restore, wait, status, shutdown]
+    choices: [save, restore, wait, wait_save, status, shutdown]
     required: true
   vms:
     description: VM names (default - all VMs configured on the host).
@@ -51,6 +54,14 @@ options:
     description: Seconds for one VM's migration (C(save)) or for the whole restore (C(wait)).
     type: int
     default: 300
+  poll:
+    description:
+      - C(wait_save) - follow the save for at most this many seconds (default 25).
+      - C(wait) - return after at most this many seconds, without failing, with I(done) false and
+        where the restore stands (I(restored), I(total), I(last_step)), so that the caller can show
+        progress and ask again; I(timeout) still bounds the whole wait of one call. Unset - wait until
+        every VM is restored or I(timeout) passes.
+    type: int
   update_id:
     description:
       - C(save) - the id the new update gets (default - a random one); the run that starts a save
@@ -68,7 +79,7 @@ attributes:
     support: partial
     description: Runs in check mode.
     details: C(save) and C(restore) report the VMs they would act on and do nothing; C(wait) and
-      C(status) only read.
+      C(status) only read; C(wait_save) only reads.
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -117,6 +128,27 @@ phase:
   description: The journal's phase (see M(guestmemfs.liveupdate.update_step)).
   returned: action is wait or status
   type: str
+done:
+  description: Whether every VM reached its final state (C(wait); false only with I(poll)), or whether the
+    save is over (C(wait_save)).
+  returned: action is wait or wait_save
+  type: bool
+saved:
+  description: How many of the VMs are saved so far (C(wait_save)).
+  returned: action is wait_save
+  type: int
+restored:
+  description: How many of the VMs are restored so far (C(wait)).
+  returned: action is wait
+  type: int
+total:
+  description: How many VMs the host restores (C(wait)) or saves (C(wait_save)).
+  returned: action is wait or wait_save
+  type: int
+last_step:
+  description: The journal's last step - its last log message, else its phase.
+  returned: action is wait or wait_save
+  type: str
 booted_release:
   description: The kernel release the host booted after its kexec.
   returned: action is wait
@@ -142,13 +174,14 @@ FINAL = hostupdate.VM_FINAL
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", choices=["save", "restore", "wait", "status", "shutdown"], required=True),
+            action=dict(type="str", choices=["save", "restore", "wait", "wait_save", "status", "shutdown"], required=True),
             vms=dict(type="list", elements="str"),
             manifest_mode=dict(type="str", choices=["full", "sampled", "extents"], default="full"),
             timeout=dict(type="int", default=300),
             update_id=dict(type="str"),
+            poll=dict(type="int"),
         ),
-        required_if=[("action", "shutdown", ["vms"])],
+        required_if=[("action", "shutdown", ["vms"]), ("action", "wait_save", ["update_id"])],
         supports_check_mode=True,
     )
     try:
@@ -210,8 +243,22 @@ def _run(module):
             module.fail_json(msg="restore on the running kernel left %s not running: %s" % (", ".join(bad), text),
                              vms=j["vms"])
         module.exit_json(changed=True, vms=j["vms"], update_id=j.get("update_id"))
+    if action == "wait_save":
+        start = time.monotonic()
+        while True:
+            j = hostupdate.load_journal()
+            ours = j.get("update_id") == p["update_id"]
+            done = ours and (j.get("phase") != "saving" or not hostinfo.pid_alive(j.get("saver_pid")))
+            if done or time.monotonic() - start >= (p["poll"] or 25):
+                vms = j.get("vms", {}) if ours else {}
+                progress = _progress(j, vms) if ours else dict(last_step="the save has not started yet")
+                module.exit_json(changed=False, done=done, phase=j.get("phase"), update_id=j.get("update_id"),
+                                 saved=sum(1 for v in vms.values() if v.get("state") == "saved"), total=len(vms),
+                                 last_step=progress["last_step"])
+            time.sleep(1)
     if action == "wait":
-        deadline = time.monotonic() + p["timeout"]
+        start = time.monotonic()
+        deadline = start + p["timeout"]
         while True:
             j = hostupdate.load_journal()
             vms = dict((n, v) for n, v in j.get("vms", {}).items() if names is None or n in names)
@@ -220,6 +267,9 @@ def _run(module):
             if time.monotonic() > deadline:
                 module.fail_json(msg="after %ss, not every VM is restored: %s. See journalctl -u 'guestmemfs-vm@*'"
                                  % (p["timeout"], dict((n, v.get("state")) for n, v in vms.items())), vms=vms)
+            if p["poll"] and time.monotonic() - start >= p["poll"]:
+                module.exit_json(changed=False, done=False, vms=vms, phase=j.get("phase"), update_id=j.get("update_id"),
+                                 **_progress(j, vms))
             time.sleep(1)
         bad = dict((n, v) for n, v in vms.items() if v.get("state") != "restored")
         if bad:
@@ -227,9 +277,17 @@ def _run(module):
                                  "(/var/lib/guestmemfs-liveupdate/journal.json) says why" % "; ".join(
                                      "%s %s (%s)" % (n, v.get("state"), (v.get("verify") or {}).get("detail") or v.get("error"))
                                      for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
-        module.exit_json(changed=False, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
-                         booted_release=j.get("booted_release"), booted_as_loaded=j.get("booted_as_loaded"))
+        module.exit_json(changed=False, done=True, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
+                         **dict(_progress(j, vms), booted_release=j.get("booted_release"),
+                                booted_as_loaded=j.get("booted_as_loaded")))
     module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"))
+
+
+def _progress(j, vms):
+    """Where a restore stands: VMs restored so far, of how many, and the journal's last step."""
+    log = j.get("log") or []
+    last = (log[-1].get("msg") if log and isinstance(log[-1], dict) else None) or j.get("phase") or "no journal yet"
+    return dict(restored=sum(1 for v in vms.values() if v.get("state") == "restored"), total=len(vms), last_step=last)
 
 
 if __name__ == "__main__":

@@ -64,15 +64,18 @@ kernel_build_host | str | localhost | kernel | The host that builds the kernel (
 kernel_build_become | bool | false | kernel | Become root on the build host.
 kernel_build_controller_dir | path | ~/.cache/guestmemfs-liveupdate/kernel-packages | kernel | Where a remote
     build host's packages are fetched to on the controller.
-guestmemfs_report_dir | path | $GUESTMEMFS_REPORT_DIR, else guestmemfs-report | plan, sizing, liveupdate,
-    report | Where the reports are written; give it as an extra var (`-e`) or in `GUESTMEMFS_REPORT_DIR`.
+guestmemfs_report_dir | path | $GUESTMEMFS_REPORT_DIR, else guestmemfs-report in the current directory | plan,
+    sizing, liveupdate, report | Where the reports are written; give it as an extra var (`-e`) or in
+    `GUESTMEMFS_REPORT_DIR` (a relative path is taken from the directory `ansible-playbook` runs in).
+guestmemfs_run_id | str | (the plan's start time, UTC) | plan, liveupdate | Names the run in the reports'
+    rows (`liveupdate.json`, `blackout.json`); give one value to every job of a rollout run as one job per wave.
 """
 
 # Set by the collection's playbooks and roles (registered results, facts): never set them.
 # name | the playbook that sets it | what it holds.
 _SET_BY_COLLECTION = """
 guestmemfs_carveout | sizing | this host's sizing plan row (read by the memory_backend role)
-guestmemfs_sizing_hosts | sizing | the hosts sizing plans
+guestmemfs_sizing_planned | sizing | the sizing_plan result (kept on localhost as guestmemfs_sizing_result)
 guestmemfs_sizing_result | sizing | the fleet's plan, on localhost
 guestmemfs_rollout_plan | plan | the waves, on localhost
 guestmemfs_rollout_reports | plan | the rendered plan, on localhost
@@ -83,7 +86,17 @@ guestmemfs_blackout | liveupdate | this host's blackout rows
 guestmemfs_blackout_rows | liveupdate | every host's blackout rows
 guestmemfs_lu_after | liveupdate | the host after the kexec
 guestmemfs_lu_backend | liveupdate | the host's backend
-guestmemfs_lu_group | liveupdate | the hosts of the report
+guestmemfs_lu_outcome | liveupdate | this host's row of the run report (outcome, reason, start, end)
+guestmemfs_lu_plan | liveupdate | the rollout plan (from localhost)
+guestmemfs_lu_preflight_ok | liveupdate | whether this host passed its preflight in this wave (the wave's gate)
+guestmemfs_lu_run_id | plan | the run's id in the reports, on localhost
+guestmemfs_lu_run_rows | liveupdate | every planned host's row of the run report
+guestmemfs_lu_started | liveupdate | when this host's wave started
+guestmemfs_lu_stopped | liveupdate | the hosts of this wave that did not pass their preflight
+guestmemfs_lu_wait_since | liveupdate | when the wait for the host's restore started
+guestmemfs_lu_wave_number | liveupdate | this host's wave
+guestmemfs_report_journal | report | each host's live-update journal
+guestmemfs_report_rows | report | the host report's rows (readiness verdicts)
 guestmemfs_lu_kernel | liveupdate | the kernel to load
 guestmemfs_lu_load | liveupdate | the kernel load's result
 guestmemfs_lu_update_id | liveupdate | the id the save gives the host's update (its rescue acts only on it)
@@ -92,7 +105,9 @@ guestmemfs_lu_new | liveupdate | the new kernel's release
 guestmemfs_lu_next | liveupdate | the host's next step
 guestmemfs_lu_preserve | liveupdate | the host's preservability
 guestmemfs_lu_restored | liveupdate | the VMs restored
-guestmemfs_lu_saved | liveupdate | the VMs saved
+guestmemfs_lu_saved | liveupdate | the save's result (its async job)
+guestmemfs_lu_save_progress | liveupdate | where the save stands
+guestmemfs_lu_saving | liveupdate | the save's async job
 guestmemfs_lu_spec | liveupdate | what the backend needs
 guestmemfs_lu_step | liveupdate | where the host's update stands
 guestmemfs_lu_waited | liveupdate | a save that was still running

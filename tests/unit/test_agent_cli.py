@@ -1,6 +1,8 @@
 """The host agent's one command line: every subcommand the units and the playbook run, with its
 arguments checked before anything acts."""
 
+import json
+
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import agent, hostupdate, memfd_holder
@@ -77,3 +79,46 @@ def test_a_refusal_stays_until_its_reader_took_it(monkeypatch):
 def select_readable(fd):
     import select
     return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_status_summarises_what_is_wrong_and_the_next_action(monkeypatch, capsys):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal
+    j = {"update_id": "u1", "phase": "restored", "from_boot_id": "b0",
+         "vms": {"vm1": {"state": "restored"},
+                 "vm2": {"state": "held", "verify": {"status": "content_changed", "detail": "chunk 3 differs"}}}}
+    monkeypatch.setattr(journal, "load_journal", lambda *a, **kw: j)
+    monkeypatch.setattr(journal, "boot_id", lambda: "b1")
+    assert agent.main(["status"]) == 4
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "update u1: phase restored (saved on an earlier boot)"
+    assert out[1:3] == ["  vm1: restored", "  vm2: held (chunk 3 differs)"]
+    assert out[3].startswith("wrong: VMs not resumed after update u1: vm2 (held)")
+    assert out[4].startswith("next: follow the recovery above")
+    assert agent.main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == j
+    j.clear()
+    assert agent.main(["status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "update -: phase none (no update yet)" and out[1] == "  no VMs in the journal"
+    assert out[-1] == "next: nothing to do here: playbooks/liveupdate.yml updates this host"
+
+
+def test_help_names_the_status_command_and_the_installed_readme(capsys):
+    with pytest.raises(SystemExit) as exc:
+        agent.main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Start with `agent status`" in out and agent.README in out
+
+
+def test_every_unit_documents_itself_with_a_file_the_role_installs():
+    import glob
+    import os
+
+    import conftest
+    role = os.path.join(conftest.ROOT, "roles", "qemu_vm")
+    tasks = open(os.path.join(role, "tasks", "main.yml")).read()
+    assert "dest: %s" % agent.README in tasks and os.path.exists(os.path.join(role, "templates", "README.j2"))
+    for unit in glob.glob(os.path.join(role, "templates", "*.service.j2")):
+        docs = [line for line in open(unit) if line.startswith("Documentation=")]
+        assert docs == ["Documentation=file://%s\n" % agent.README], unit

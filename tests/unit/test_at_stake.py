@@ -148,3 +148,12 @@ def test_the_cold_reboot_refuses_while_vms_are_at_stake():
     text = open(os.path.join(os.path.dirname(memory_backend.__file__), "..", "..", "roles", "memory_backend",
                              "tasks", "main.yml")).read()
     assert "vms_at_stake" in text
+
+
+def test_manifest_record_in_check_mode_reports_changed_and_writes_nothing(host, capsys):
+    mem = host / "vm1.ram"
+    mem.write_bytes(b"x" * 8192)
+    rc, out = run_main(capsys, memory_manifest, {"action": "record", "files": {"vm1": str(mem)},
+                                                 "path": str(host / "manifest.json"), "_ansible_check_mode": True})
+    assert rc == 0 and out["changed"] is True
+    assert not (host / "manifest.json").exists()

@@ -107,3 +107,16 @@ def test_module_puts_the_dropin_back_when_update_grub_fails(fake_grub, capsys, m
     rc, out = run(capsys, root=str(fake_grub), release=OLD, bootloader="grub")
     assert rc == 1 and "the drop-in was put back" in out["msg"] and "grub-probe" in out["stderr"]
     assert not (fake_grub / "etc" / "default" / "grub.d" / cl.DEFAULT_DROPIN_NAME).exists()
+
+
+def test_module_diff_shows_the_pinning_dropin(tmp_path, capsys):
+    root = tmp_path / "host"
+    shutil.copytree(HOST, str(root))
+    rc, out = run(capsys, root=str(root), release=OLD, bootloader="grub", update_bootloader=False,
+                  _ansible_check_mode=True, _ansible_diff=True)
+    dropin = "/etc/default/grub.d/" + cl.DEFAULT_DROPIN_NAME
+    assert rc == 0 and out["changed"]
+    assert out["diff"]["before_header"] == dropin and out["diff"]["before"] == ""
+    assert 'GRUB_DEFAULT="gnulinux-advanced-%s>gnulinux-%s-advanced-%s"' % (UUID, OLD, UUID) in out["diff"]["after"]
+    rc, out = run(capsys, root=str(root), release=OLD, bootloader="grub", update_bootloader=False)
+    assert "diff" not in out

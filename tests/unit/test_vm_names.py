@@ -49,3 +49,19 @@ def test_memory_manifest_refuses_a_bad_vm_name(tmp_path, capsys):
 def test_vm_preservability_refuses_a_bad_vm_name(tmp_path, capsys):
     rc, out = run_main(capsys, vm_preservability, {"vms": ["a b"], "conf_dir": str(tmp_path)})
     assert rc == 1 and vmdef.NAME_RULE in out["msg"]
+
+
+def test_vm_cpr_wait_with_poll_returns_where_the_restore_stands(monkeypatch, capsys):
+    # A restore still under way: with poll, the wait returns (not failed) with the progress.
+    j = {"phase": "verified", "update_id": "u1", "log": [{"msg": "vm2: verifying its memory"}],
+         "vms": {"vm1": {"state": "restored"}, "vm2": {"state": "restoring"}}}
+    monkeypatch.setattr(hostupdate, "load_journal", lambda *a, **kw: j)
+    monkeypatch.setattr(vm_cpr.time, "sleep", lambda s: None)
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(vm_cpr.time, "monotonic", lambda: next(clock))
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "poll": 25, "timeout": 600})
+    assert rc == 0 and out["done"] is False and not out.get("failed")
+    assert (out["restored"], out["total"], out["last_step"]) == (1, 2, "vm2: verifying its memory")
+    j["vms"]["vm2"]["state"] = "restored"
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "poll": 25, "timeout": 600})
+    assert rc == 0 and out["done"] is True and out["restored"] == 2

@@ -1,0 +1,276 @@
+"""playbooks/liveupdate.yml and the other playbooks as an operator runs them, by ansible-playbook on
+local stand-in hosts: the real playbooks, templates and task files, in a copy of the collection whose
+host modules (update_step, vm_preservability, kexec, kho_handover, vm_cpr, vm_memory,
+guestmemfs_facts) are stand-ins on the controller (fixtures/standin/standin_action.py), so that nothing
+reaches a kexec, a VM or a mount. Check mode, the reports a failed canary leaves, progress while the
+host restores its VMs, --limit, an inventory without the hypervisors group, a host that failed
+earlier in the run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import conftest
+from test_fleet_scale import small_fleet
+from test_waves_playbook import ANSIBLE_PLAYBOOK
+
+sys.path.insert(0, os.path.join(conftest.FIXTURES, "standin"))
+from standin_action import DEFAULTS  # noqa: E402
+
+from ansible_collections.guestmemfs.liveupdate.plugins.lookup.report_dir import report_dir  # noqa: E402
+
+STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts")
+UNAME = os.uname().release
+# The kernel options the pmem backend needs (its required_kernel_options).
+OPTIONS = ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX")
+
+
+def collection(tmp_path):
+    """A copy of the collection (symlinks) whose host modules are answered by the stand-in."""
+    top = tmp_path / "collections" / "ansible_collections" / "guestmemfs" / "liveupdate"
+    top.mkdir(parents=True)
+    for name in os.listdir(conftest.ROOT):
+        if name not in ("plugins", ".git"):
+            os.symlink(os.path.join(conftest.ROOT, name), str(top / name))
+    (top / "plugins").mkdir()
+    for name in os.listdir(os.path.join(conftest.ROOT, "plugins")):
+        if name != "action":
+            os.symlink(os.path.join(conftest.ROOT, "plugins", name), str(top / "plugins" / name))
+    (top / "plugins" / "action").mkdir()
+    for name in os.listdir(os.path.join(conftest.ROOT, "plugins", "action")):
+        os.symlink(os.path.join(conftest.ROOT, "plugins", "action", name), str(top / "plugins" / "action" / name))
+    standin = os.path.join(conftest.FIXTURES, "standin", "standin_action.py")
+    for name in STANDINS:
+        os.symlink(standin, str(top / "plugins" / "action" / (name + ".py")))
+    return str(tmp_path / "collections"), str(top / "playbooks")
+
+
+def hosts_inventory(names=("h1", "h2", "h3"), group="hypervisors", **hostvars):
+    hosts = dict((h, dict(hostvars.get(h, {}))) for h in names)
+    group_vars = {"ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": sys.executable}
+    return {group: {"hosts": hosts, "vars": group_vars}}
+
+
+def play(tmp_path, inv, playbook, *args, report_env=True):
+    """ansible-playbook PLAYBOOK (a name in the copy's playbooks/, or a path) from tmp_path ->
+    (completed process, the stand-in's calls)."""
+    if not (tmp_path / "collections").exists():
+        collection(tmp_path)
+    colls = str(tmp_path / "collections")
+    playbooks = os.path.join(colls, "ansible_collections", "guestmemfs", "liveupdate", "playbooks")
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
+    (tmp_path / "async").mkdir(exist_ok=True)
+    calls = tmp_path / "calls.jsonl"
+    if calls.exists():
+        calls.unlink()
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=colls, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_RETRY_FILES_ENABLED="false", STANDIN_CALLS=str(calls), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("ANSIBLE_CONFIG", None)
+    env.pop("GUESTMEMFS_REPORT_DIR", None)
+    if report_env:
+        env["GUESTMEMFS_REPORT_DIR"] = str(tmp_path / "report")
+    path = playbook if os.path.isabs(playbook) else os.path.join(playbooks, playbook)
+    out = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(tmp_path / "inventory.yml"), path] + list(args),
+                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300, check=False)
+    made = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return out, made
+
+
+def run_rows(tmp_path):
+    return json.loads((tmp_path / "report" / "liveupdate.json").read_text())
+
+
+def test_check_mode_runs_every_preflight_and_waits_for_nothing(tmp_path):
+    inv = hosts_inventory(h3={"standin": {"vm_preservability": {
+        "vms": {"vm1": {"preservable": True, "problems": []},
+                "vm2": {"preservable": False, "policy": "refuse", "problems": [{"detail": "a vfio device"}]}},
+        "skip": False, "shutdown_vms": []}}})
+    out, calls = play(tmp_path, inv, "liveupdate.yml", "--check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for host, wave in (("h1", 1), ("h2", 2), ("h3", 2)):
+        assert "%s: wave %d; 6.1.0-old -> 6.12.0-new; would start (nothing in flight);" % (host, wave) in out.stdout
+    assert "h1: wave 1; 6.1.0-old -> 6.12.0-new; would start (nothing in flight); 1 of 1 VMs can be carried." in out.stdout
+    assert "2 VMs can be carried; vm2 cannot: a vfio device (policy refuse)" in out.stdout
+    assert "Check mode: nothing was changed and nothing waits." in out.stdout
+    # every host's preflight ran (in check mode); nothing saved, kexeced or waited for
+    assert sorted(c["host"] for c in calls if c["key"] == "kexec") == ["h1", "h2", "h3"]
+    assert all(c["check_mode"] for c in calls)
+    assert not [c for c in calls if c["key"].startswith("vm_cpr")]
+    rows = run_rows(tmp_path)
+    assert [(r["wave"], r["host"], r["outcome"]) for r in rows] == [(1, "h1", "checked"), (2, "h2", "checked"),
+                                                                    (2, "h3", "checked")]
+    assert rows[0]["run_id"] and rows[0]["start"] and rows[0]["end"]
+
+
+def test_a_failed_canary_leaves_its_reports(tmp_path):
+    inv = hosts_inventory(h1={"standin": {"kexec": {"failed": True, "msg": "kexec_file_load: stand-in refusal"}}})
+    out, calls = play(tmp_path, inv, "liveupdate.yml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    rows = run_rows(tmp_path)
+    assert [(r["wave"], r["host"], r["outcome"]) for r in rows] == [(1, "h1", "failed"), (2, "h2", "not run"),
+                                                                    (2, "h3", "not run")]
+    assert "kexec_file_load: stand-in refusal" in rows[0]["reason"]
+    assert rows[0]["run_id"] and rows[0]["start"] <= rows[0]["end"]
+    assert json.loads((tmp_path / "report" / "blackout.json").read_text()) == []
+    table = (tmp_path / "report" / "liveupdate.txt").read_text()
+    assert "failed" in table and "kexec_file_load: stand-in refusal" in table and "1 failed, 2 not run" in table
+    # nothing after the failed preflight: no VM saved, no other host touched
+    assert not [c for c in calls if c["key"] == "vm_cpr.save"]
+    assert not [c for c in calls if c["host"] != "h1"]
+
+
+def test_a_wave_stops_before_any_vm_pauses_when_one_host_fails_its_preflight(tmp_path):
+    # one wave of two hosts (a canary of 2); the stand-in hosts never get as far as the kexec
+    inv = hosts_inventory(("h2", "h3"), h3={"standin": {"kexec": {"failed": True, "msg": "h3 refuses the load"}}})
+    inv["hypervisors"]["vars"]["guestmemfs_rollout"] = {"canary": 2}
+    out, calls = play(tmp_path, inv, "liveupdate.yml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert not [c for c in calls if c["key"] == "vm_cpr.save"]
+    # h2's new kernel is unloaded again, and h2 fails naming h3
+    assert [c["args"].get("state") for c in calls if c["key"] == "kexec" and c["host"] == "h2"] == [None, "unloaded"]
+    rows = dict((r["host"], r) for r in run_rows(tmp_path))
+    assert rows["h3"]["outcome"] == "failed" and "h3 refuses the load" in rows["h3"]["reason"]
+    assert rows["h2"]["outcome"] == "failed" and "h3 failed the preflight" in rows["h2"]["reason"]
+
+
+def test_the_restore_wait_shows_progress(tmp_path):
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5}, "vm2": {"state": "restoring"}}
+    standin = {"update_step": {"step": "wait", "reason": "past the kexec", "running_release": "6.1.0-old",
+                               "target_release": UNAME, "target_build": "", "kernel": "/boot/vmlinuz", "initrd": ""},
+               "vm_cpr.wait": [
+                   {"done": False, "vms": vms, "restored": 1, "total": 2, "last_step": "vm2: verifying its memory"},
+                   {"done": True, "vms": dict(vms, vm2={"state": "restored", "blackout_s": 2.5}), "restored": 2,
+                    "total": 2, "last_step": "vm2 restored", "booted_as_loaded": True}]}
+    out, calls = play(tmp_path, hosts_inventory(("h1",), h1={"standin": standin}), "liveupdate.yml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "h1: 1 of 2 VMs restored after" in out.stdout
+    assert "the host's last step: vm2: verifying its memory" in out.stdout
+    waits = [c for c in calls if c["key"] == "vm_cpr.wait"]
+    assert len(waits) == 2 and all(int(c["args"]["poll"]) <= 25 for c in waits)
+    assert "ASYNC POLL" not in out.stdout
+    rows = run_rows(tmp_path)
+    assert [(r["host"], r["outcome"], r["reason"]) for r in rows] == [("h1", "updated", "2 of 2 VMs restored")]
+    blackout = json.loads((tmp_path / "report" / "blackout.json").read_text())
+    assert [(b["host"], b["vm"], b["wave"], b["run_id"] == rows[0]["run_id"]) for b in blackout] == [
+        ("h1", "vm1", 1, True), ("h1", "vm2", 1, True)]
+
+
+def test_the_save_shows_progress_and_a_failed_kexec_is_reported(tmp_path):
+    # The save runs detached; the controller follows it in slices and shows each host's progress.
+    # The stand-in host's kexec (ansible.builtin.reboot) is refused on a local connection, so the
+    # run reports a failed kexec with its reason: nothing reaches a real reboot.
+    standin = {"vm_cpr.wait_save": [{"done": False, "saved": 1, "total": 2, "last_step": "vm2: migrating its state"},
+                                    {"done": True, "saved": 2, "total": 2, "last_step": "saved"}],
+               "vm_cpr.save": {"changed": True, "update_id": "u1"},
+               # after the failed kexec, the host says its VMs are saved on this boot: restore them
+               "update_step": [DEFAULTS["update_step"], dict(DEFAULTS["update_step"], step="kexec", reason="saved")]}
+    out, calls = play(tmp_path, hosts_inventory(("h1",), h1={"standin": standin}), "liveupdate.yml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "h1: saving, 1 of 2 VMs saved after" in out.stdout
+    assert "the host's last step: vm2: migrating its state" in out.stdout
+    assert "ASYNC POLL" not in out.stdout
+    keys = [c["key"] for c in calls]
+    assert keys.index("vm_cpr.save") < keys.index("vm_cpr.wait_save") and keys.count("vm_cpr.wait_save") == 2
+    rows = run_rows(tmp_path)
+    assert rows[0]["outcome"] == "failed" and "would reboot the control node" in rows[0]["reason"]
+    assert "The kexec did not happen: the VMs were restored on the running kernel" in rows[0]["reason"]
+    restore = [c for c in calls if c["key"] == "vm_cpr.restore"]
+    assert len(restore) == 1 and restore[0]["args"]["update_id"] == [c for c in calls if c["key"] == "vm_cpr.save"][0][
+        "args"]["update_id"]
+
+
+def test_a_limit_updates_only_the_limited_hosts(tmp_path):
+    out, calls = play(tmp_path, hosts_inventory(), "liveupdate.yml", "--check", "--limit", "h2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "h2: wave 1; 6.1.0-old -> 6.12.0-new" in out.stdout
+    assert set(c["host"] for c in calls) == {"h2"}
+    assert [r["host"] for r in run_rows(tmp_path)] == ["h2"]
+
+
+def test_a_host_that_failed_earlier_in_the_run_is_named(tmp_path):
+    collection(tmp_path)
+    outer = tmp_path / "outer.yml"
+    playbooks = tmp_path / "collections" / "ansible_collections" / "guestmemfs" / "liveupdate" / "playbooks"
+    outer.write_text(yaml.safe_dump([
+        {"name": "Something before the update", "hosts": "hypervisors", "gather_facts": False,
+         "tasks": [{"ansible.builtin.fail": {"msg": "injected"}, "when": "inventory_hostname == 'h2'"}]},
+        {"ansible.builtin.import_playbook": str(playbooks / "liveupdate.yml")}]))
+    out, calls = play(tmp_path, hosts_inventory(), str(outer), "--check")
+    assert out.returncode == 2
+    assert ("h2 failed earlier in this run (see its error above), and Ansible leaves a failed host out of every "
+            "later play") in out.stdout
+    assert "--limit '!h2'" in out.stdout
+    assert not calls
+
+
+@pytest.mark.parametrize("playbook", ["plan.yml", "sizing.yml", "prepare.yml", "liveupdate.yml", "report.yml", "kernel.yml"])
+def test_an_inventory_without_the_hypervisors_group_is_a_clear_error(tmp_path, playbook):
+    out, calls = play(tmp_path, hosts_inventory(group="kvm_hosts"), playbook)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "No host of the inventory is in 'hypervisors'" in out.stdout
+    assert "-e guestmemfs_hosts=GROUP" in out.stdout
+    assert not calls
+
+
+def test_sizing_with_a_limit(tmp_path):
+    inv, facts = small_fleet(4)
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    out, calls = play(tmp_path, inv, "sizing.yml", "-e", "guestmemfs_facts_from=%s" % (tmp_path / "facts.json"),
+                      "-e", "guestmemfs_sizing_record=true", "--limit", "hv000001")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / "report" / "sizing.json").read_text())["hosts"]
+    assert [r["host"] for r in rows] == ["hv000001"]
+    assert "hv000001: %s (" % rows[0]["size"] in out.stdout
+    assert not calls  # planned from the facts file: no host was asked
+
+
+def test_reports_default_to_the_directory_the_command_runs_from(tmp_path):
+    out, calls = play(tmp_path, hosts_inventory(), "liveupdate.yml", "--check", report_env=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ("liveupdate.json", "liveupdate.txt", "blackout.json"):
+        assert (tmp_path / "guestmemfs-report" / name).exists(), name
+    assert not (tmp_path / "report").exists() and calls
+    assert report_dir({}, "/srv/ops") == "/srv/ops/guestmemfs-report"
+    assert report_dir({"GUESTMEMFS_REPORT_DIR": "out"}, "/srv/ops") == "/srv/ops/out"
+    assert report_dir({"GUESTMEMFS_REPORT_DIR": "/var/tmp/r"}, "/srv/ops") == "/var/tmp/r"
+
+
+def test_the_host_report_gives_a_readiness_verdict(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "qemu-system-x86_64").write_text("#!/bin/sh\necho 'QEMU emulator version 10.1.0'\n")
+    (bindir / "qemu-system-x86_64").chmod(0o755)
+    ready = {"kernel_release": "6.12.0", "kexec_file": True, "memory": {"total_bytes": 1 << 36, "numa_nodes": [{}]},
+             "kernel_config": dict((o, "y") for o in OPTIONS), "cmdline": {"drift": []},
+             "backend_mount": {"mounted": True}, "vms_at_stake": []}
+    blocked = dict(ready, kexec_file=False, kernel_config=dict(ready["kernel_config"], CONFIG_FS_DAX="n"),
+                   backend_mount={"mounted": False}, cmdline={"drift": ["memmap=8G!4G"]})
+    h1 = {"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": ready}},
+                      "vm_cpr.status": {"phase": "restored", "vms": {}}},
+          "guestmemfs_vms": [{"name": "vm1", "memory": "1G"}]}
+    h2 = {"standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": blocked}},
+                      "vm_cpr.status": {"phase": "saved", "vms": {}}}}
+    inv = hosts_inventory(("h1", "h2"), h1=h1, h2=h2)
+    os.environ["PATH"], old = str(bindir) + os.pathsep + os.environ["PATH"], os.environ["PATH"]
+    try:
+        out, calls = play(tmp_path, inv, "report.yml")
+    finally:
+        os.environ["PATH"] = old
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = dict((r["host"], r) for r in json.loads((tmp_path / "report" / "hosts.json").read_text()))
+    assert rows["h1"]["verdict"] == "ready" and rows["h1"]["blocked_by"] == [] and rows["h1"]["vms"] == ["vm1"]
+    assert rows["h1"]["backend"] == "pmem" and rows["h1"]["mount"]["mounted"] is True
+    assert rows["h2"]["verdict"] == "blocked"
+    assert rows["h2"]["blocked_by"] == [
+        "the running kernel has no kexec_file_load", "kernel option CONFIG_FS_DAX not set", "ext4 not mounted on /mnt/vmmem",
+        "boot configuration drift: memmap=8G!4G",
+        "an update is in flight (journal phase saved): re-run liveupdate.yml or see the agent status"]
+    assert sorted(c["host"] for c in calls if c["key"] == "vm_cpr.status") == ["h1", "h2"]
+    table = (tmp_path / "report" / "hosts.txt").read_text()
+    assert "2 hosts: 1 ready, 1 blocked" in table
