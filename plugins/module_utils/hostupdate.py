@@ -146,7 +146,46 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, u
         return _save_all(run, names, mode, conf_dir, timeout, update_id or str(uuid.uuid4()))
 
 
-def _save_all(run, names, mode, conf_dir, timeout, update_id):
+def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
+    """The whole critical path of one host's update, on the host, in one process: save every VM
+    (pause, migrate, digests and journal durable before each QEMU quits, manifest), sync, then the
+    guarded kexec - under one hold of the update lock, with no controller between the first pause
+    and the kexec. The controller starts this detached and then only reads the journal. A kexec
+    that is refused or does not start restores the saved VMs on this kernel (verified memory) and
+    raises UpdateError saying so; a failed save rolls back as save_all does. Returns the save's
+    result only when the kexec was started by a way that returns (the journal's phase is kexec)."""
+    update_id = update_id or str(uuid.uuid4())
+    with update_lock("an update (save and kexec)"):
+        saved = _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=True)
+        try:
+            # Each QEMU was told to quit after its save: the guard refuses while one still maps memory.
+            _wait_unmapped([cpr.VM.load(n, conf_dir) for n in sorted(saved["vms"])], QUIT_WAIT_S)
+            err = _kexec_now(run, conf_dir)
+        except Exception as exc:  # the kexec did not happen, whatever stopped it
+            err = "%s: %s" % (type(exc).__name__, exc)
+        if err is None:
+            return saved
+        update_journal(lambda j: None, msg="the kexec did not happen: %s" % err)
+        try:
+            rolled = rollback(run, sorted(saved["vms"]), conf_dir)
+        except Exception as exc:
+            rolled = "NOT restored (%s: %s): agent verify, then systemctl start %s for each" % (
+                type(exc).__name__, exc, UNIT % "NAME")
+    raise UpdateError("%s; nothing else changed. VMs saved for it were restored on this kernel: %s. Unload the "
+                      "loaded kernel (kexec state=unloaded) and re-run when fixed" % (err, rolled), update_id=update_id)
+
+
+# How long QEMUs that were told to quit after their save may take to let go of their memory.
+QUIT_WAIT_S = 30
+
+
+def _wait_unmapped(vms, timeout, poll=0.05):
+    deadline = time.monotonic() + timeout
+    while any(users(vm.mem_path, mapped_only=True) for vm in vms) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
+def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
     j = load_journal()
     if j.get("phase") not in IDLE_PHASES:
         raise UpdateError("update %s is in flight on this host (phase %s, saved on boot %s): a save starts only "
@@ -191,7 +230,7 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id):
         j["phases"] = dict((k, v) for k, v in (j.get("phases") or {}).items()
                            if k == "preflight" and v.get("boot_id") == journal.boot_id())
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
-                             saver_pid=os.getpid())(j)
+                             saver_pid=os.getpid(), autonomous=autonomous, manifest_mode=mode)(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "state_path": vm.state_path,
                                    "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1]}) for vm in running)
     results, errors = {}, {}
