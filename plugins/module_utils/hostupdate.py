@@ -404,11 +404,13 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
 RESUMED_PAST_STATE = "resumed_past_state"
 
 
-def verify_pending(names=None):
+def verify_pending(names=None, content=True):
     """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
     ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
-    else -> held, never resumed. Runs at boot from guestmemfs-verify.service, before any VM unit
-    starts; there it first finalises a save or a resume that the end of an earlier boot cut short."""
+    else -> held, never resumed. First, once per boot, it finalises a save or a resume that the end
+    of an earlier boot cut short and records the boot: guestmemfs-verify.service does only that
+    (``content=False``), before any VM unit starts; each VM's unit then verifies its own memory
+    (vm_run), so a VM restores as soon as its own check passed, not after every VM's."""
     j = load_journal()
     m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
     boot = journal.boot_id()
@@ -425,6 +427,8 @@ def verify_pending(names=None):
         set_phase("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
                                                          "NOT the loaded kernel", j.get("phase")))
+    if not content:
+        return {}
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
         v.get("state") in ("saved", "restore_failed")
         or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
@@ -452,7 +456,7 @@ def verify_pending(names=None):
         else:
             update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
-    if after_kexec:
+    if after_kexec and verdicts:
         set_phase("verified", msg="verified: %s" % ", ".join(
             "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
         finish_if_done()
@@ -627,8 +631,10 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         record_argv(name, argv)
         os.execvp(argv[0], argv)
     rec = load_journal().get("vms", {}).get(name, {})
-    if rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id():
-        verify_pending([name])  # a verdict belongs to the boot it was given on
+    if rec.get("state") == "saved" or (
+            rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
+        # its own memory, now (a verdict belongs to the boot it was given on)
+        verify_pending([name])
         rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).

@@ -303,7 +303,9 @@ def _run(module):
                     if time.monotonic() > deadline:
                         module.fail_json(msg="after %ss, update %s is still %s: %s" % (p["timeout"], p["update_id"],
                                                                                        where, text), progress=where)
-                    if p["poll"] and time.monotonic() - start >= p["poll"]:
+                    # not started after a few seconds: the caller reads the process's own answer (a refusal?)
+                    slice_s = min(p["poll"] or 0, 5) if where == "starting" else p["poll"]
+                    if slice_s and time.monotonic() - start >= slice_s:
                         vms = j.get("vms", {}) if where != "starting" else {}
                         module.exit_json(changed=False, done=False, vms=vms, phase=j.get("phase"), progress=where,
                                          update_id=j.get("update_id"), **dict(_progress(j, vms), last_step=text))

@@ -167,18 +167,22 @@ def test_one_process_saves_records_syncs_and_kexecs_then_the_new_boot_restores(h
         e["mode"] == "sampled" and e["algo"] == "crc32" and e["digests"] for e in m["files"].values())
     # What a controller asks meanwhile: the update is kexecing, not done, not failed.
     assert journal.update_progress(j, "boot-a", "u1", pid_alive=lambda pid: True)[0] == "kexec"
-    # The new boot: the verify service, then each VM's unit.
+    # The new boot: the verify service records it (no hashing), then each VM's unit verifies its own
+    # memory and restores it at once.
     host.boot["id"] = "boot-b"
     assert journal.update_progress(j, "boot-b", "u1")[0] == "restoring"
-    verdicts = hostupdate.verify_pending()
-    assert dict((n, v["status"]) for n, v in verdicts.items()) == {"vm1": "ok", "vm2": "ok"}
-    assert dict((n, v["mode"]) for n, v in verdicts.items()) == {"vm1": "sampled", "vm2": "sampled"}
+    assert agent.main(["verify", "--boot"]) == 0
+    j = journal.load_journal()
+    assert j["phase"] == "booted" and all(v["state"] == "saved" for v in j["vms"].values())
     for vm in host.vms:
         assert host.run(["systemctl", "start", "guestmemfs-vm@%s.service" % vm.name]) == 0
+        assert cpr.status(vm) == "running"  # before the next VM's memory is even looked at
     for vm in host.vms:
         assert counting(vm, saved[vm.name]), "%s does not count on from %d" % (vm.name, saved[vm.name])
     j = journal.load_journal()
     assert j["phase"] == "restored" and all(v["state"] == "restored" and v["blackout_s"] > 0 for v in j["vms"].values())
+    assert [(v["verify"]["status"], v["verify"]["mode"], v["verify"]["algo"]) for v in j["vms"].values()] == [
+        ("ok", "sampled", "crc32")] * 2
     assert journal.update_progress(j, "boot-b", "u1")[0] == "done"
 
 
@@ -216,11 +220,12 @@ def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host)
     with open(vm1.mem_path, "r+b") as fh:  # a quarter of vm1's memory changed across the "kexec"
         fh.seek(32 * MiB)
         fh.write(b"\xa5" * (16 * MiB))
-    verdicts = hostupdate.verify_pending()
-    assert verdicts["vm1"]["status"] == "content_changed" and verdicts["vm2"]["status"] == "ok"
     assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 4  # held: QEMU never starts
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm2.service"]) == 0
+    vms = journal.load_journal()["vms"]
+    assert (vms["vm1"]["state"], vms["vm1"]["verify"]["status"], vms["vm2"]["state"]) == (
+        "held", "content_changed", "restored")
     assert cpr.status(vm1) is None and os.path.exists(vm1.state_path)
-    assert journal.load_journal()["vms"]["vm1"]["state"] == "held"
 
 
 @pytest.mark.parametrize("phase, boot, alive, want", [
