@@ -252,3 +252,18 @@ def test_a_rerun_waits_for_a_live_host_side_update_and_never_kexecs_it_again():
     assert journal.next_step(j, "boot-a", pid_alive=lambda pid: False)[0] == "kexec"
     assert journal.next_step(dict(j, phase="saving"), "boot-a", pid_alive=lambda pid: True)[0] == "wait"
     assert journal.next_step(dict(j, phase="saving"), "boot-a", pid_alive=lambda pid: False)[0] == "rollback"
+
+
+def test_the_module_follows_the_update_and_fails_at_once_when_it_stopped(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+    from ansible_collections.guestmemfs.liveupdate.plugins.modules import vm_cpr
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "boot_id", lambda: "boot-a")
+    rc, out = run_main(capsys, vm_cpr, {"action": "update"})
+    assert rc == 1 and "update_id" in out["msg"]  # the caller names the update it follows
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "update_id": "u1", "poll": 1})
+    assert rc == 0 and (out["done"], out["progress"]) == (False, "starting")
+    journal.update_journal(lambda j: j.update(update_id="u1", phase="rolled_back", from_boot_id="boot-a",
+                                              vms={"vm1": {"state": "restored"}}), msg="the kexec did not happen: x")
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "update_id": "u1", "poll": 1})
+    assert rc == 1 and out["progress"] == "stopped" and "the kexec did not happen: x" in out["msg"]
