@@ -28,7 +28,8 @@ import sys
 import termios
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, journal, manifest, memfd_holder, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
+    cpr, hostupdate, journal, manifest, memfd_holder, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
@@ -58,6 +59,10 @@ def delivered(streams=None, timeout=30.0, poll=0.02):
 
 
 def _verify(a):
+    if a.boot:
+        hostupdate.verify_pending(content=False)
+        sys.stdout.write("boot recorded in the journal %s; each VM's unit verifies its own memory\n" % journal.JOURNAL)
+        return 0
     verdicts = hostupdate.verify_pending(a.names or None)
     for name, v in sorted(verdicts.items()):
         sys.stdout.write("%s: %s: %s\n" % (name, v["status"], v["detail"]))
@@ -86,6 +91,17 @@ def _kexec(a):
     if err:
         sys.stderr.write(err + "\n")
         return 5
+    return 0
+
+
+def _update(a):
+    try:
+        r = hostupdate.update_host(subprocess.call, a.names or None, mode=a.mode, update_id=a.update_id,
+                                   conf_dir=cpr.CONF_DIR)
+    except hostupdate.UpdateError as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 5
+    sys.stdout.write("update %s: every VM saved, the kexec started\n" % r["update_id"])
     return 0
 
 
@@ -165,6 +181,8 @@ def parser():
     sub.required = True
     s = sub.add_parser("verify", help="verify saved VMs' memory against the manifest (all pending, or NAME...)")
     s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
+    s.add_argument("--boot", action="store_true", help="at boot (guestmemfs-verify.service): only finalise what "
+                   "the end of the last boot cut short and record this boot; each VM's unit verifies its own memory")
     s.set_defaults(func=_verify)
     s = sub.add_parser("vm-run", help="the VM unit's ExecStart: cold start, or QEMU -incoming defer")
     s.add_argument("name", metavar="NAME", type=vm_name)
@@ -181,6 +199,14 @@ def parser():
     s.add_argument("--json", action="store_true", help="print the whole journal as JSON instead")
     s.set_defaults(func=_status)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
+    s = sub.add_parser("update", help="the whole update of this host in one process: save every VM (or NAME...), "
+                       "record the manifest, sync, kexec into the loaded kernel; a kexec that does not happen "
+                       "restores the VMs on this kernel (exit 5)")
+    s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
+    s.add_argument("--mode", choices=sorted(manifest.MODES), default="full",
+                   help="the manifest's content check (default full)")
+    s.add_argument("--update-id", help="the update's id (default: a new one)")
+    s.set_defaults(func=_update)
     sub.add_parser("luo-hold", help="run the memfd holder (guestmemfs-luo.service)").set_defaults(
         func=lambda a: memfd_holder.hold())
     s = sub.add_parser("luo", help="ask the memfd holder (luo backend)")

@@ -146,7 +146,46 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, u
         return _save_all(run, names, mode, conf_dir, timeout, update_id or str(uuid.uuid4()))
 
 
-def _save_all(run, names, mode, conf_dir, timeout, update_id):
+def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
+    """The whole critical path of one host's update, on the host, in one process: save every VM
+    (pause, migrate, digests and journal durable before each QEMU quits, manifest), sync, then the
+    guarded kexec - under one hold of the update lock, with no controller between the first pause
+    and the kexec. The controller starts this detached and then only reads the journal. A kexec
+    that is refused or does not start restores the saved VMs on this kernel (verified memory) and
+    raises UpdateError saying so; a failed save rolls back as save_all does. Returns the save's
+    result only when the kexec was started by a way that returns (the journal's phase is kexec)."""
+    update_id = update_id or str(uuid.uuid4())
+    with update_lock("an update (save and kexec)"):
+        saved = _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=True)
+        try:
+            # Each QEMU was told to quit after its save: the guard refuses while one still maps memory.
+            _wait_unmapped([cpr.VM.load(n, conf_dir) for n in sorted(saved["vms"])], QUIT_WAIT_S)
+            err = _kexec_now(run, conf_dir)
+        except Exception as exc:  # the kexec did not happen, whatever stopped it
+            err = "%s: %s" % (type(exc).__name__, exc)
+        if err is None:
+            return saved
+        update_journal(lambda j: None, msg="the kexec did not happen: %s" % err)
+        try:
+            rolled = rollback(run, sorted(saved["vms"]), conf_dir)
+        except Exception as exc:
+            rolled = "NOT restored (%s: %s): agent verify, then systemctl start %s for each" % (
+                type(exc).__name__, exc, UNIT % "NAME")
+    raise UpdateError("%s; nothing else changed. VMs saved for it were restored on this kernel: %s. Unload the "
+                      "loaded kernel (kexec state=unloaded) and re-run when fixed" % (err, rolled), update_id=update_id)
+
+
+# How long QEMUs that were told to quit after their save may take to let go of their memory.
+QUIT_WAIT_S = 30
+
+
+def _wait_unmapped(vms, timeout, poll=0.05):
+    deadline = time.monotonic() + timeout
+    while any(users(vm.mem_path, mapped_only=True) for vm in vms) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
+def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
     j = load_journal()
     if j.get("phase") not in IDLE_PHASES:
         raise UpdateError("update %s is in flight on this host (phase %s, saved on boot %s): a save starts only "
@@ -191,7 +230,7 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id):
         j["phases"] = dict((k, v) for k, v in (j.get("phases") or {}).items()
                            if k == "preflight" and v.get("boot_id") == journal.boot_id())
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
-                             saver_pid=os.getpid())(j)
+                             saver_pid=os.getpid(), autonomous=autonomous, manifest_mode=mode)(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "state_path": vm.state_path,
                                    "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1]}) for vm in running)
     results, errors = {}, {}
@@ -365,11 +404,13 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
 RESUMED_PAST_STATE = "resumed_past_state"
 
 
-def verify_pending(names=None):
+def verify_pending(names=None, content=True):
     """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
     ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
-    else -> held, never resumed. Runs at boot from guestmemfs-verify.service, before any VM unit
-    starts; there it first finalises a save or a resume that the end of an earlier boot cut short."""
+    else -> held, never resumed. First, once per boot, it finalises a save or a resume that the end
+    of an earlier boot cut short and records the boot: guestmemfs-verify.service does only that
+    (``content=False``), before any VM unit starts; each VM's unit then verifies its own memory
+    (vm_run), so a VM restores as soon as its own check passed, not after every VM's."""
     j = load_journal()
     m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
     boot = journal.boot_id()
@@ -386,6 +427,8 @@ def verify_pending(names=None):
         set_phase("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded,
                   msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
                                                          "NOT the loaded kernel", j.get("phase")))
+    if not content:
+        return {}
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
         v.get("state") in ("saved", "restore_failed")
         or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
@@ -413,7 +456,7 @@ def verify_pending(names=None):
         else:
             update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
-    if after_kexec:
+    if after_kexec and verdicts:
         set_phase("verified", msg="verified: %s" % ", ".join(
             "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
         finish_if_done()
@@ -588,8 +631,10 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         record_argv(name, argv)
         os.execvp(argv[0], argv)
     rec = load_journal().get("vms", {}).get(name, {})
-    if rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id():
-        verify_pending([name])  # a verdict belongs to the boot it was given on
+    if rec.get("state") == "saved" or (
+            rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
+        # its own memory, now (a verdict belongs to the boot it was given on)
+        verify_pending([name])
         rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).

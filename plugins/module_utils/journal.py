@@ -76,6 +76,10 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
                            "`agent status`, recover each (agent verify NAME, systemctl start guestmemfs-vm@NAME) "
                            "and re-run" % (j.get("update_id"), ", ".join(
                                "%s (%s)" % (n, vms[n].get("state")) for n in held)))
+    if j.get("autonomous") and same_boot and phase in ("saving",) + SAVED_PHASES and pid_alive(j.get("saver_pid")):
+        # The host's own update process (hostupdate.update_host) saves and kexecs by itself.
+        return "wait", "the host's update process (pid %s) runs update %s (phase %s): it kexecs by itself" % (
+            j.get("saver_pid"), j.get("update_id"), phase)
     if phase == "saving":
         if same_boot and pid_alive(j.get("saver_pid")):
             return "wait_save", "a save of update %s is still running (pid %s)" % (
@@ -105,6 +109,40 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
                 running_release, running_build, target_build)
         return "done", "already running %s with nothing in flight" % target_release
     return "start", "no update in flight (phase %s)" % phase
+
+
+def update_progress(j, boot_id, update_id, pid_alive=hostinfo.pid_alive):
+    """Where update ``update_id``, run by the host's own update process (hostupdate.update_host,
+    started detached), stands by the journal alone -> (state, text). ``starting``: not in the
+    journal yet; ``saving``; ``kexec``: saved on this boot, the process kexecs; ``restoring``: a
+    later boot restores the VMs (or ``done`` once every VM is final); ``stopped``: it ended on this
+    boot without a kexec (rolled back, held, or its process died), the text says what it left."""
+    if j.get("update_id") != update_id:
+        return "starting", "update %s has not started yet (the journal holds update %s, phase %s)" % (
+            update_id, j.get("update_id"), j.get("phase"))
+    phase = j.get("phase")
+    vms = j.get("vms") or {}
+    if j.get("from_boot_id") == boot_id:
+        alive = pid_alive(j.get("saver_pid"))
+        last = "; ".join(e.get("msg", "") for e in (j.get("log") or [])[-2:] if isinstance(e, dict))
+        if phase == "saving" and alive:
+            return "saving", "saving: %d of %d VMs saved" % (
+                sum(1 for v in vms.values() if v.get("state") == "saved"), len(vms))
+        if phase in SAVED_PHASES and alive:
+            return "kexec", "every VM saved, the host's update process is kexecing (phase %s)" % phase
+        if phase == "saving":
+            return "stopped", ("the update process (pid %s) died during the save: re-run, it restores the VMs on "
+                               "this kernel (`agent status` says where each is)" % j.get("saver_pid"))
+        if phase in SAVED_PHASES:
+            return "stopped", ("the update process (pid %s) ended after the save without a kexec (phase %s): "
+                               "re-run, it kexecs without saving again or restores the VMs on this kernel (%s)"
+                               % (j.get("saver_pid"), phase, last))
+        if phase in ("rolled_back", "held", "restored"):
+            return "stopped", "the update stopped on this boot before a kexec (phase %s): %s" % (phase, last)
+    if vms and all(v.get("state") in VM_FINAL for v in vms.values()):
+        return "done", "every VM is final (phase %s)" % phase
+    return "restoring", "the new boot restores the VMs (phase %s): %d of %d restored" % (
+        phase, sum(1 for v in vms.values() if v.get("state") == "restored"), len(vms))
 
 
 # What an operator does about a journal that is not JSON (durable.CorruptFile names the file).

@@ -18,6 +18,11 @@ description:
     state file on the root disk, wait for C(completed), fsync, C(quit). The memory manifest that gates
     the restore is recorded - extents before any VM pauses, content once they are stopped. If one VM
     fails, it is resumed and the VMs already saved are restored on the running kernel.
+  - C(update) - the whole critical path of the host's update in this one process, on the host - C(save)
+    as above, sync, then the guarded kexec (the host agent's C(agent kexec)) - with no controller
+    between the first pause and the kexec. Run it detached (C(async), C(poll=0)) and follow it with
+    C(wait) and I(update_id). A kexec that is refused or does not start restores the saved VMs on
+    the running kernel and fails.
   - C(restore) - restore the saved VMs on the running kernel (the path a failure before kexec takes).
     After a save whose process died half-way, first resumes the VMs it left paused and counts those
     whose state file was completed as saved.
@@ -25,7 +30,9 @@ description:
     loads the state and resumes it; a VM whose memory fails verification is not resumed.
   - C(wait) - after a kexec, wait until the host's own restore (which runs at boot without the
     controller) has resumed or held every VM, and report each VM's blackout from the QMP C(STOP)
-    and C(RESUME) timestamps.
+    and C(RESUME) timestamps. With I(update_id) (the update C(update) runs), follow it from its
+    start - saving, kexecing, restoring - and fail as soon as the journal says it stopped without a
+    kexec; the host may go away in between (the kexec), the caller asks again once it answers.
   - C(status) - the host's journal.
   - C(wait_save) - follow a save running detached (async) for up to I(poll) seconds (default 25) and
     say where it stands - I(done) once the journal shows update I(update_id) past its save (or its
@@ -39,7 +46,7 @@ options:
   action:
     description: What to do.
     type: str
-    choices: [save, restore, wait, wait_save, status, shutdown]
+    choices: [save, update, restore, wait, wait_save, status, shutdown]
     required: true
   vms:
     description: VM names (default - all VMs configured on the host).
@@ -66,6 +73,8 @@ options:
     description:
       - C(save) - the id the new update gets (default - a random one); the run that starts a save
         gives one, so that its rescue can name it even when the save died without an answer.
+      - C(update) - the id the update gets, as for C(save) (required).
+      - C(wait) - follow this update from its start (see C(update)).
       - C(restore) - act only on this update - when the journal holds another one (a second run whose
         save was refused, racing a live save), nothing is done and I(msg) says whose update it is.
     type: str
@@ -78,7 +87,7 @@ attributes:
   check_mode:
     support: partial
     description: Runs in check mode.
-    details: C(save) and C(restore) report the VMs they would act on and do nothing; C(wait) and
+    details: C(save), C(update) and C(restore) report the VMs they would act on and do nothing; C(wait) and
       C(status) only read; C(wait_save) only reads.
   diff_mode:
     support: none
@@ -86,7 +95,7 @@ attributes:
   idempotent:
     support: partial
     description: >-
-      C(status) and C(wait) only read; C(save), C(restore) and C(shutdown) are steps of one live update,
+      C(status) and C(wait) only read; C(save), C(update), C(restore) and C(shutdown) are steps of one live update,
       each done once, driven by the host's journal.
   platform:
     support: full
@@ -103,6 +112,20 @@ EXAMPLES = r"""
 - name: Save every VM of the host
   guestmemfs.liveupdate.vm_cpr:
     action: save
+
+- name: Save every VM and kexec, in one process on the host, detached
+  guestmemfs.liveupdate.vm_cpr:
+    action: update
+    update_id: "{{ my_update_id }}"
+    manifest_mode: sampled
+  async: 1200
+  poll: 0
+
+- name: Follow it (ask again after the kexec, once the host answers)
+  guestmemfs.liveupdate.vm_cpr:
+    action: wait
+    update_id: "{{ my_update_id }}"
+    poll: 25
 
 - name: After the kexec, wait for the VMs to be resumed
   guestmemfs.liveupdate.vm_cpr:
@@ -127,6 +150,11 @@ msg:
 phase:
   description: The journal's phase (see M(guestmemfs.liveupdate.update_step)).
   returned: action is wait or status
+  type: str
+progress:
+  description: Where the update I(update_id) stands (C(wait) with I(update_id)) - C(starting), C(saving),
+    C(kexec), C(restoring) or C(done).
+  returned: action is wait with update_id
   type: str
 done:
   description: Whether every VM reached its final state (C(wait); false only with I(poll)), or whether the
@@ -165,7 +193,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate, journal, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 FINAL = hostupdate.VM_FINAL
@@ -174,14 +202,16 @@ FINAL = hostupdate.VM_FINAL
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", choices=["save", "restore", "wait", "wait_save", "status", "shutdown"], required=True),
+            action=dict(type="str", choices=["save", "update", "restore", "wait", "wait_save", "status", "shutdown"],
+                        required=True),
             vms=dict(type="list", elements="str"),
             manifest_mode=dict(type="str", choices=["full", "sampled", "extents"], default="full"),
             timeout=dict(type="int", default=300),
             update_id=dict(type="str"),
             poll=dict(type="int"),
         ),
-        required_if=[("action", "shutdown", ["vms"]), ("action", "wait_save", ["update_id"])],
+        required_if=[("action", "shutdown", ["vms"]), ("action", "wait_save", ["update_id"]),
+                     ("action", "update", ["update_id"])],
         supports_check_mode=True,
     )
     try:
@@ -211,15 +241,18 @@ def _run(module):
             module.fail_json(msg=str(exc))
         module.exit_json(changed=any(v != "not running" for v in out.values()),
                          vms=dict((n, {"state": v}) for n, v in out.items()))
-    if action == "save":
+    if action in ("save", "update"):
+        # update: the save, then the kexec, in this process (the caller runs it detached)
         if module.check_mode:
-            module.exit_json(changed=True, vms=dict((n, {"state": "would save"}) for n in names or hostupdate.vm_names()))
+            module.exit_json(changed=True, vms=dict((n, {"state": "would save" + (", then kexec" if action == "update" else "")})
+                                                    for n in names or hostupdate.vm_names()))
+        step = hostupdate.update_host if action == "update" else hostupdate.save_all
         try:
-            r = hostupdate.save_all(run, names, mode=p["manifest_mode"], timeout=p["timeout"],
-                                    update_id=p["update_id"])
+            r = step(run, names, mode=p["manifest_mode"], timeout=p["timeout"], update_id=p["update_id"])
         except hostupdate.UpdateError as exc:
             module.fail_json(msg=str(exc), update_id=exc.update_id,
                              vms=hostupdate.load_journal().get("vms", {}) if exc.update_id else {})
+        # (an update gets here only from a kexec that returns: the process usually ends with the old kernel)
         module.exit_json(changed=True, update_id=r["update_id"], vms=hostupdate.load_journal().get("vms", {}),
                          manifest_record_s=r["manifest_record_s"], manifest_content_s=r["manifest_content_s"])
     j = hostupdate.load_journal()
@@ -261,6 +294,28 @@ def _run(module):
         deadline = start + p["timeout"]
         while True:
             j = hostupdate.load_journal()
+            if p["update_id"]:
+                where, text = journal.update_progress(j, journal.boot_id(), p["update_id"])
+                if where == "stopped":
+                    module.fail_json(msg=text, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"),
+                                     progress=where)
+                if where in ("starting", "saving", "kexec"):
+                    if time.monotonic() > deadline:
+                        module.fail_json(msg="after %ss, update %s is still %s: %s" % (p["timeout"], p["update_id"],
+                                                                                       where, text), progress=where)
+                    # not started after a few seconds: the caller reads the process's own answer (a refusal?)
+                    slice_s = min(p["poll"] or 0, 5) if where == "starting" else p["poll"]
+                    if slice_s and time.monotonic() - start >= slice_s:
+                        vms = j.get("vms", {}) if where != "starting" else {}
+                        module.exit_json(changed=False, done=False, vms=vms, phase=j.get("phase"), progress=where,
+                                         update_id=j.get("update_id"), **dict(_progress(j, vms), last_step=text))
+                    # the kexec ends this process with the old kernel: answer at once while it runs
+                    if where == "kexec" and p["poll"]:
+                        module.exit_json(changed=False, done=False, vms=j.get("vms", {}), phase=j.get("phase"),
+                                         progress=where, update_id=j.get("update_id"),
+                                         **dict(_progress(j, j.get("vms", {})), last_step=text))
+                    time.sleep(0.5)
+                    continue
             vms = dict((n, v) for n, v in j.get("vms", {}).items() if names is None or n in names)
             if vms and all(v.get("state") in FINAL for v in vms.values()):
                 break

@@ -57,6 +57,10 @@ guestmemfs_allow_boot_drift | bool | false | liveupdate | Update a host whose bo
     backend's argument that its running cmdline has (its next cold boot would destroy every VM's memory).
 guestmemfs_restore_timeout | int | 600 | liveupdate | Seconds to wait for the host's own restore of every VM
     after the kexec.
+guestmemfs_verify | str | prove_once | liveupdate | The memory check of each host's manifest: `prove_once`
+    checks every chunk until a full check of the same kernel pair (running -> target) passed in an earlier
+    wave of the run (the canary), then extents plus a sampled content check; `full` checks every chunk on
+    every host.
 guestmemfs_shutdown_timeout | int | 300 | liveupdate | Seconds to wait for a VM shut down by the `shutdown`
     policy.
 kernel_build_host | str | localhost | kernel | The host that builds the kernel (the role kernel_build runs

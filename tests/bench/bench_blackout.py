@@ -1,19 +1,30 @@
-"""Benchmark: the collection's live update against a minimal hand-written save/kexec/restore of
-the same VMs on the same fleet host, blackout side by side (QMP STOP to RESUME).
+"""Benchmark: the collection's live update against the true floor, on the same fleet host,
+interleaved, per host first QMP STOP -> last RESUME (the host's blackout).
 
-    python3 tests/bench/bench_blackout.py [--name fleet] [--host host1]
+    python3 tests/bench/bench_blackout.py [--name fleet] [--host host1] [--runs 3]
+                                          [--wave host1,host2 --forks 1] [--out DIR]
 
-Needs a fleet prepared by scripts/demo (VMs running on the pmem backend). The hand-written run is
-what FACTS-style manual operation looks like: load the other kernel first, save each VM over QMP
-(cpr-reboot, x-ignore-shared), `kexec -e` directly, then, once SSH answers, start each QEMU with
--incoming defer, load the state and `cont`: no manifest, no journal, no verification, restore
-driven from the controller. Afterwards the VMs go back under their units with a cold start (these
-are test guests). Prints both blackouts per VM and their ratio.
+Needs a fleet prepared by scripts/demo (VMs running on the pmem backend, two kernels installed).
+Each round runs the collection (ansible-playbook liveupdate.yml, --limit the host or the wave) and
+the floor, one after the other, each into the kernel that is not running (so both go both ways).
+
+The floor is the least a host can do and keep its VMs: on the host, the other kernel loaded first
+(outside the clock); then one process saves every VM in parallel over QMP (cpr-reboot,
+x-ignore-shared, stop, migrate to a file, fsync, quit), syncs and `kexec -e`; at boot a unit
+ordered right after the backend's mount starts each QEMU with -incoming defer, loads the state and
+`cont`s. No manifest, no verification, no journal, no SSH on its path. Afterwards its VMs go back
+under their units with a cold start (these are test guests).
+
+With --wave, the collection's runs update every host of the wave as one wave at --forks, and each
+host's blackout is reported; the floor runs on --host only. Prints a table and writes
+bench-blackout.json (every run, min and median per case, the ratios, the load before each run) to
+--out, also when a run fails.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,10 +35,11 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fleet"))
 import fleet  # noqa: E402
 
 QMP_LIB = r'''
-import json, os, socket, sys, time
+import json, os, socket, subprocess, sys, threading, time
 def qmp(path):
     s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rw")
     f.readline()
+    events = []
     def cmd(c, **a):
         f.write(json.dumps({"execute": c, **({"arguments": a} if a else {})}) + "\n"); f.flush()
         while True:
@@ -40,7 +52,6 @@ def qmp(path):
             for e in list(events):
                 if e["event"] == name and pred(e): events.remove(e); return e
             events.append(json.loads(f.readline()))
-    events = []
     cmd("qmp_capabilities")
     cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True},
                                                  {"capability": "x-ignore-shared", "state": True}])
@@ -48,128 +59,217 @@ def qmp(path):
     return cmd, wait
 def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
 done = lambda e: e["data"]["status"] in ("completed", "failed")
+VMS = json.load(open("/root/floor-vms.json"))
 '''
 
-SAVE = QMP_LIB + r'''
-out = {}
-for name in sys.argv[1:]:
+# The critical path, one process on the host: every VM saved in parallel, sync, kexec -e.
+FLOOR_SAVE = QMP_LIB + r'''
+stops = {}
+def save(name):
     cmd, wait = qmp("/run/guestmemfs-liveupdate/%s.qmp" % name)
-    cmd("stop"); stop = wait("STOP")
-    cmd("migrate", uri="file:/root/hand-%s.state" % name); wait("MIGRATION", done)
-    fd = os.open("/root/hand-%s.state" % name, os.O_RDONLY); os.fsync(fd); os.close(fd)
+    cmd("stop"); stops[name] = ts(wait("STOP"))
+    cmd("migrate", uri="file:/root/floor-%s.state" % name); wait("MIGRATION", done)
+    fd = os.open("/root/floor-%s.state" % name, os.O_RDONLY); os.fsync(fd); os.close(fd)
     try: cmd("quit")
     except Exception: pass
-    out[name] = ts(stop)
-json.dump(out, open("/root/hand-stop.json", "w")); os.sync()
+threads = [threading.Thread(target=save, args=(n,)) for n in VMS]
+for t in threads: t.start()
+for t in threads: t.join()
+json.dump(stops, open("/root/floor-stop.json", "w"))
+open("/root/floor-armed", "w").close()
+os.sync()
+os.execvp("kexec", ["kexec", "-e"])
 '''
 
-RESTORE = QMP_LIB + r'''
-import subprocess
-out = {}
-# The backend is mounted from fstab some time after SSH answers: QEMU must not create the RAM file
-# on the root disk instead.
-while subprocess.call(["mountpoint", "-q", "/mnt/vmmem"]): time.sleep(0.2)
-for name in sys.argv[1:]:
-    conf = json.load(open("/etc/guestmemfs-liveupdate/vms/%s.json" % name))
-    size = "%dM" % (conf["memory_bytes"] // 2**20)
+# At boot, right after the backend's mount (floor-restore.service): every VM in parallel.
+FLOOR_RESTORE = QMP_LIB + r'''
+os.makedirs("/run/guestmemfs-liveupdate", exist_ok=True)
+resumed = {}
+def restore(name):
+    v = VMS[name]
     qmp_path = "/run/guestmemfs-liveupdate/%s.qmp" % name
-    argv = ["qemu-system-x86_64", "-name", name, "-nodefaults", "-display", "none", "-machine",
-            conf["machine"] + ",memory-backend=ram0", "-accel", conf["accel"], "-m", size, "-object",
-            "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, conf["mem_path"]),
-            "-qmp", "unix:%s,server=on,wait=off" % qmp_path, "-kernel", conf["kernel"], "-incoming", "defer"]
-    subprocess.check_call(["systemd-run", "-q", "--unit", "hand-" + name, "-p", "CPUQuota=20%"] + argv)
-    while not os.path.exists(qmp_path): time.sleep(0.05)
+    subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["props"] + v["argv"] + ["-incoming", "defer"])
+    while not os.path.exists(qmp_path): time.sleep(0.01)
     cmd, wait = qmp(qmp_path)
-    cmd("migrate-incoming", uri="file:/root/hand-%s.state" % name); wait("MIGRATION", done)
-    cmd("cont"); out[name] = ts(wait("RESUME"))
-print(json.dumps(out))
+    cmd("migrate-incoming", uri="file:/root/floor-%s.state" % name); wait("MIGRATION", done)
+    cmd("cont"); resumed[name] = ts(wait("RESUME"))
+threads = [threading.Thread(target=restore, args=(n,)) for n in VMS]
+for t in threads: t.start()
+for t in threads: t.join()
+os.unlink("/root/floor-armed")
+json.dump(resumed, open("/root/floor-resume.json", "w"))
 '''
+
+FLOOR_UNIT = """[Unit]
+Description=benchmark floor: restore the VMs right after the backend's mount
+DefaultDependencies=no
+After=systemd-remount-fs.service systemd-tmpfiles-setup.service
+RequiresMountsFor=/mnt/vmmem /root
+ConditionPathExists=/root/floor-armed
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 /root/floor-restore.py
+[Install]
+WantedBy=sysinit.target
+"""
+
+OTHER_KERNEL = "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1"
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 def ssh(state, host, command, stdin=None, timeout=600):
     r = subprocess.run(fleet.ssh_base(state, host) + [command], input=stdin, capture_output=True, text=True,
                        timeout=timeout, check=False)
     if r.returncode != 0:
-        raise SystemExit("%s: %s failed: %s" % (host["name"], command[:60], r.stderr.strip()))
+        raise RuntimeError("%s: %s failed (rc %d): %s" % (host["name"], command[:80], r.returncode, r.stderr.strip()))
     return r.stdout.strip()
 
 
-OTHER_KERNEL = "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1"
+def load():
+    return float(open("/proc/loadavg").read().split()[0])
 
 
-def collection_run(state, host, inventory, report):
-    env = dict(os.environ, GUESTMEMFS_REPORT_DIR=report)
+def host_blackout(stops, resumes):
+    """First STOP -> last RESUME of one host, seconds."""
+    return round(max(resumes) - min(stops), 3)
+
+
+def collection_run(state, hosts, forks, out):
+    env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
+    other = ssh(state, hosts[0], OTHER_KERNEL)
+    names = [h["name"] for h in hosts]
+    # one wave of all the hosts given: the canary wave holds them all
+    rollout = json.dumps({"guestmemfs_rollout": {"canary": len(hosts)}})
+    log = open(os.path.join(out, "collection-%d.log" % int(time.time())), "w")
+    subprocess.run(["ansible-playbook", "-i", state["inventory"], "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
+                    "--limit", ",".join(names) + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other, "-e", rollout],
+                   env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    result = {}
+    for h in hosts:
+        j = json.loads(ssh(state, h, "python3 /usr/lib/guestmemfs-liveupdate/agent status --json"))
+        vms = j["vms"].values()
+        if any(v.get("state") != "restored" for v in vms):
+            raise RuntimeError("%s: not every VM restored: %s" % (h["name"], dict((n, v.get("state"))
+                                                                                   for n, v in j["vms"].items())))
+        result[h["name"]] = host_blackout([v["stop_ts"] for v in vms], [v["resume_ts"] for v in vms])
+    return result
+
+
+def floor_run(state, host, vms):
+    props = {}
+    for v in vms:
+        quota = ssh(state, host, "systemctl show -P CPUQuotaPerSecUSec guestmemfs-vm@%s" % v)
+        props[v] = ["-p", "CPUQuota=%d%%" % (float(quota[:-1]) * 100)] if quota.endswith("s") else []
+    argvs = dict((v, json.loads(ssh(state, host, "cat /var/lib/guestmemfs-liveupdate/argv/%s.json" % v))["argv"])
+                 for v in vms)
+    ssh(state, host, "cat > /root/floor-vms.json", stdin=json.dumps(dict(
+        (v, {"argv": argvs[v], "props": props[v]}) for v in vms)))
+    ssh(state, host, "cat > /root/floor-save.py", stdin=FLOOR_SAVE)
+    ssh(state, host, "cat > /root/floor-restore.py", stdin=FLOOR_RESTORE)
+    ssh(state, host, "cat > /etc/systemd/system/floor-restore.service", stdin=FLOOR_UNIT)
+    # Outside the clock: the collection's units stay off this boot, the kernel is loaded.
+    units = " ".join("guestmemfs-vm@%s" % v for v in vms)
+    ssh(state, host, "rm -f /root/floor-*.state /root/floor-resume.json; systemctl daemon-reload; "
+        "systemctl enable -q floor-restore.service; systemctl disable -q guestmemfs-verify.service %s" % units)
     other = ssh(state, host, OTHER_KERNEL)
-    subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "--limit",
-                    host["name"] + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    with open(os.path.join(report, "blackout.json")) as fh:
-        return dict((r["vm"], r["blackout_s"]) for r in json.load(fh) if r["host"] == host["name"])
-
-
-def hand_run(state, host, vms):
-    ssh(state, host, "systemctl disable -q guestmemfs-verify.service %s" % " ".join(
-        "guestmemfs-vm@%s" % v for v in vms))
-    other = ssh(state, host, OTHER_KERNEL)
-    initrd = other.replace("vmlinuz-", "initrd.img-")
-    before = ssh(state, host, "cat /proc/sys/kernel/random/boot_id")
-    ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, initrd))
-    ssh(state, host, "cat > /root/hand-save.py", stdin=SAVE)
-    ssh(state, host, "cat > /root/hand-restore.py", stdin=RESTORE)
-    ssh(state, host, "python3 /root/hand-save.py %s && systemd-run -q --on-active=1 kexec -e" % " ".join(vms))
+    ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, other.replace("vmlinuz-", "initrd.img-")))
+    before = ssh(state, host, BOOT_ID)
+    ssh(state, host, "systemd-run -q --unit floor-save python3 /root/floor-save.py")
     wait_new_boot(state, host, before)
-    resumed = json.loads(ssh(state, host, "mkdir -p /run/guestmemfs-liveupdate && python3 /root/hand-restore.py %s"
-                             % " ".join(vms)))
-    stopped = json.loads(ssh(state, host, "cat /root/hand-stop.json"))
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        try:
+            resumed = json.loads(ssh(state, host, "cat /root/floor-resume.json", timeout=20))
+            break
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError):
+            time.sleep(1)
+    else:
+        raise RuntimeError("%s: the floor's restore did not finish" % host["name"])
+    stopped = json.loads(ssh(state, host, "cat /root/floor-stop.json"))
     # Back under the collection's units (a cold start of the test guests).
-    ssh(state, host, "systemctl stop %s; rm -f /root/hand-*.state; systemctl enable -q guestmemfs-verify.service %s; "
-        "systemctl start %s" % (" ".join("hand-%s" % v for v in vms), " ".join("guestmemfs-vm@%s" % v for v in vms),
-                                " ".join("guestmemfs-vm@%s" % v for v in vms)))
-    return dict((v, round(resumed[v] - stopped[v], 3)) for v in vms)
+    ssh(state, host, "systemctl stop %s; rm -f /root/floor-*.state; systemctl disable -q floor-restore.service; "
+        "systemctl enable -q guestmemfs-verify.service %s; systemctl start %s" % (
+            " ".join("floor-%s" % v for v in vms), units, units))
+    return {host["name"]: host_blackout(list(stopped.values()), list(resumed.values()))}
 
 
 def wait_new_boot(state, host, before, timeout=900):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if ssh(state, host, "cat /proc/sys/kernel/random/boot_id", timeout=20) != before:
+            if ssh(state, host, BOOT_ID, timeout=20) != before:
                 return
-        except (SystemExit, subprocess.TimeoutExpired):
+        except (RuntimeError, subprocess.TimeoutExpired):
             pass
         time.sleep(1)
-    raise SystemExit("%s did not come back within %ss" % (host["name"], timeout))
+    raise RuntimeError("%s did not come back within %ss" % (host["name"], timeout))
 
 
-def cold_reboot(state, host, vms):
-    before = ssh(state, host, "cat /proc/sys/kernel/random/boot_id")
-    ssh(state, host, "systemd-run -q --on-active=1 systemctl reboot")
-    wait_new_boot(state, host, before)
-    units = " ".join("guestmemfs-vm@%s" % v for v in vms)
-    ssh(state, host, "for i in $(seq 300); do systemctl is-active -q %s && exit 0; sleep 1; done; exit 1" % units)
+def summary(runs):
+    out = {}
+    for case in sorted(set(r["case"] for r in runs)):
+        figures = [b for r in runs if r["case"] == case and r.get("blackout") for b in r["blackout"].values()]
+        if figures:
+            out[case] = {"n": len(figures), "min": min(figures), "median": round(statistics.median(figures), 3)}
+    if "floor" in out:
+        for case, s in out.items():
+            s["ratio_min"] = round(s["min"] / out["floor"]["min"], 3)
+            s["ratio_median"] = round(s["median"] / out["floor"]["median"], 3)
+    return out
+
+
+def write(out, args, runs):
+    s = summary(runs)
+    with open(os.path.join(out, "bench-blackout.json"), "w") as fh:
+        json.dump({"args": vars(args), "runs": runs, "summary": s}, fh, indent=1)
+    lines = ["%-24s %3s %10s %10s %10s %10s" % ("case", "n", "min_s", "median_s", "x floor min", "x floor med")]
+    for case, v in s.items():
+        lines.append("%-24s %3d %10.3f %10.3f %10s %10s" % (case, v["n"], v["min"], v["median"], v.get("ratio_min", "-"),
+                                                          v.get("ratio_median", "-")))
+    lines.append("per host first STOP -> last RESUME; load (1 min) before each run: %s" % ", ".join(
+        "%.1f" % r["load"] for r in runs))
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "bench-blackout.txt"), "w") as fh:
+        fh.write(text)
+    return text
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="fleet")
     ap.add_argument("--host", default="host1")
-    ap.add_argument("--report", default=os.path.join(fleet.cache_dir(), "bench-blackout"))
+    ap.add_argument("--wave", help="comma-separated hosts the collection updates as one wave (default: --host)")
+    ap.add_argument("--forks", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3, help="rounds, each a collection run and a floor run")
+    ap.add_argument("--out", default=os.path.join(fleet.cache_dir(), "bench-blackout"))
     a = ap.parse_args()
     state = fleet.load_state(a.name)
     if not state:
         raise SystemExit("fleet %r is not up: run scripts/demo first" % a.name)
-    host = next(h for h in state["hosts"] if h["name"] == a.host)
+    os.makedirs(a.out, exist_ok=True)
+    by_name = dict((h["name"], h) for h in state["hosts"])
+    host = by_name[a.host]
+    wave = [by_name[n] for n in (a.wave.split(",") if a.wave else [a.host])]
     vms = ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
-    # Both runs go the same way (GRUB's default kernel -> the other one): a cold reboot to the
-    # default kernel, the hand-written run, a cold reboot again, then the collection.
-    cold_reboot(state, host, vms)
-    hand = hand_run(state, host, vms)
-    print("hand-written blackout: %s" % hand, flush=True)
-    cold_reboot(state, host, vms)
-    col = collection_run(state, host, state["inventory"], a.report)
-    print("blackout on %s, %d VMs (QMP STOP to RESUME, seconds)" % (a.host, len(vms)))
-    print("%-6s %12s %14s %8s" % ("vm", "collection", "hand-written", "ratio"))
-    for v in vms:
-        print("%-6s %12.1f %14.1f %8.2f" % (v, col[v], hand[v], col[v] / hand[v]))
+    label = "collection %d host%s f%d" % (len(wave), "s" if len(wave) > 1 else "", a.forks)
+    runs = []
+    try:
+        for i in range(a.runs):
+            for case in ((label, "floor") if i % 2 == 0 else ("floor", label)):
+                t0, ld = time.time(), load()
+                print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, case, ld), flush=True)
+                try:
+                    b = floor_run(state, host, vms) if case == "floor" else collection_run(state, wave, a.forks, a.out)
+                    runs.append({"case": case, "round": i + 1, "load": ld, "blackout": b, "wall_s": round(time.time() - t0)})
+                    print("  blackout %s" % b, flush=True)
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    runs.append({"case": case, "round": i + 1, "load": ld, "error": str(exc)})
+                    print("  FAILED: %s" % exc, flush=True)
+                    raise
+                finally:
+                    write(a.out, a, runs)
+    finally:
+        sys.stdout.write(write(a.out, a, runs))
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_the_guard_passes_a_prepared_host_and_refuses_an_unprepared_one(backend,
         assert backend.kexec_problems(vms, dict(j, luo={}), ready(backend))
 
 
-def test_the_kexec_is_journaled_and_goes_one_way_never_to_the_real_host(backend, tmp_path, quiet_holder):
+def test_the_kexec_is_journaled_and_goes_one_way_without_the_shutdown_never_to_the_real_host(backend, tmp_path, quiet_holder):
     runs = []
     j = {"vms": {"vm1": {"state": "saved"}}}
     try:
@@ -140,9 +140,10 @@ def test_the_kexec_is_journaled_and_goes_one_way_never_to_the_real_host(backend,
         err, rebooted = None, True
     assert err is None
     assert journal.load_journal()["phase"] == "kexec"
-    ways = [runs == [["systemctl", "kexec"]], quiet_holder == [("kexec", {})], rebooted]
-    assert ways.count(True) == 1 and not [w for w in (runs, quiet_holder) if w and w not in (
-        [["systemctl", "kexec"]], [("kexec", {})])]
+    # Every backend skips systemd's orderly shutdown (issue 20): reboot(2) here, or from the holder.
+    assert runs == []
+    ways = [quiet_holder == [("kexec", {})], rebooted]
+    assert ways.count(True) == 1 and quiet_holder in ([], [("kexec", {})])
 
 
 def test_a_vm_off_its_backends_mount_is_not_refused_a_start(backend, tmp_path):

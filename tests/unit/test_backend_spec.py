@@ -27,17 +27,26 @@ def directives(text):
     return [line for line in text.splitlines() if line.startswith(("Wants=", "After=", "RequiresMountsFor="))]
 
 
+ON_MOUNT = ["RequiresMountsFor=/var/lib/guestmemfs-liveupdate /mnt/vmmem"]
+NO_MOUNT = ["RequiresMountsFor=/var/lib/guestmemfs-liveupdate"]
+
+
 @pytest.mark.parametrize("backend, vm, verify", [
-    ("pmem", ["RequiresMountsFor=/mnt/vmmem"], ["RequiresMountsFor=/mnt/vmmem"]),
-    ("guestmemfs", ["RequiresMountsFor=/mnt/vmmem", "Wants=guestmemfs-umount-guard.service",
-                    "After=guestmemfs-umount-guard.service"], ["RequiresMountsFor=/mnt/vmmem"]),
-    ("luo", ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"],
-     ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"]),
+    ("pmem", ON_MOUNT, ON_MOUNT),
+    ("guestmemfs", ON_MOUNT + ["Wants=guestmemfs-umount-guard.service", "After=guestmemfs-umount-guard.service"],
+     ON_MOUNT),
+    ("luo", NO_MOUNT + ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"],
+     NO_MOUNT + ["Wants=guestmemfs-luo.service", "After=guestmemfs-luo.service"]),
 ])
 def test_unit_templates_get_the_backends_units_as_data(backend, vm, verify):
-    common = "After=local-fs.target systemd-tmpfiles-setup.service guestmemfs-verify.service"
-    assert directives(render("guestmemfs-vm@.service.j2", backend)) == [common, "Wants=guestmemfs-verify.service"] + vm
-    assert directives(render("guestmemfs-verify.service.j2", backend)) == ["After=local-fs.target"] + verify
+    # Right after the backend's mount and what the agent writes to, not after basic.target (issue 20).
+    early = "After=systemd-remount-fs.service systemd-tmpfiles-setup.service"
+    vm_unit, verify_unit = render("guestmemfs-vm@.service.j2", backend), render("guestmemfs-verify.service.j2", backend)
+    assert directives(vm_unit) == [early + " guestmemfs-verify.service", "Wants=guestmemfs-verify.service"] + vm
+    assert directives(verify_unit) == [early] + verify
+    for unit in (vm_unit, verify_unit):
+        assert "DefaultDependencies=no" in unit and "Conflicts=shutdown.target" in unit
+        assert "Before=shutdown.target" in unit
 
 
 def test_the_default_backend_comes_from_the_registry():

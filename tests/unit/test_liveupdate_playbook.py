@@ -149,7 +149,7 @@ def test_the_restore_wait_shows_progress(tmp_path):
                     "total": 2, "last_step": "vm2 restored", "booted_as_loaded": True}]}
     out, calls = play(tmp_path, hosts_inventory(("h1",), h1={"standin": standin}), "liveupdate.yml")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "h1: 1 of 2 VMs restored after" in out.stdout
+    assert "h1: restoring, 1 of 2 VMs restored after" in out.stdout
     assert "the host's last step: vm2: verifying its memory" in out.stdout
     waits = [c for c in calls if c["key"] == "vm_cpr.wait"]
     assert len(waits) == 2 and all(int(c["args"]["poll"]) <= 25 for c in waits)
@@ -161,28 +161,69 @@ def test_the_restore_wait_shows_progress(tmp_path):
         ("h1", "vm1", 1, True), ("h1", "vm2", 1, True)]
 
 
-def test_the_save_shows_progress_and_a_failed_kexec_is_reported(tmp_path):
-    # The save runs detached; the controller follows it in slices and shows each host's progress.
-    # The stand-in host's kexec (ansible.builtin.reboot) is refused on a local connection, so the
-    # run reports a failed kexec with its reason: nothing reaches a real reboot.
-    standin = {"vm_cpr.wait_save": [{"done": False, "saved": 1, "total": 2, "last_step": "vm2: migrating its state"},
-                                    {"done": True, "saved": 2, "total": 2, "last_step": "saved"}],
-               "vm_cpr.save": {"changed": True, "update_id": "u1"},
-               # after the failed kexec, the host says its VMs are saved on this boot: restore them
-               "update_step": [DEFAULTS["update_step"], dict(DEFAULTS["update_step"], step="kexec", reason="saved")]}
+def test_the_host_updates_itself_while_the_controller_follows_its_journal(tmp_path):
+    # One detached process per host (vm_cpr action=update) saves and kexecs; the controller only follows
+    # the journal in slices: saving, kexecing (the host away: it waits for it), then the host's own
+    # restore. The canary's memory check is full, and the run's report says so.
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full", "algo": "crc32",
+                                                                        "chunks": 256}}}
+    standin = {"vm_cpr.wait": [
+        {"done": False, "progress": "saving", "restored": 0, "total": 1, "last_step": "saving: 0 of 1 VMs saved"},
+        {"done": False, "progress": "kexec", "restored": 0, "total": 1, "last_step": "every VM saved, kexecing"},
+        {"done": True, "progress": "done", "vms": vms, "restored": 1, "total": 1, "last_step": "vm1 resumed",
+         "booted_as_loaded": True}],
+        "update_step": dict(DEFAULTS["update_step"], target_release=UNAME)}
     out, calls = play(tmp_path, hosts_inventory(("h1",), h1={"standin": standin}), "liveupdate.yml")
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "h1: saving, 1 of 2 VMs saved after" in out.stdout
-    assert "the host's last step: vm2: migrating its state" in out.stdout
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "h1: saving, 0 of 1 VMs restored after" in out.stdout
+    assert "h1: kexec, 0 of 1 VMs restored after" in out.stdout
     assert "ASYNC POLL" not in out.stdout
     keys = [c["key"] for c in calls]
-    assert keys.index("vm_cpr.save") < keys.index("vm_cpr.wait_save") and keys.count("vm_cpr.wait_save") == 2
+    assert "vm_cpr.save" not in keys and keys.count("vm_cpr.update") == 1 and keys.count("vm_cpr.wait") == 3
+    update = [c for c in calls if c["key"] == "vm_cpr.update"][0]
+    assert update["args"]["manifest_mode"] == "full"  # the canary proves its kernel pair
+    assert all(c["args"]["update_id"] == update["args"]["update_id"] for c in calls if c["key"] == "vm_cpr.wait")
     rows = run_rows(tmp_path)
-    assert rows[0]["outcome"] == "failed" and "would reboot the control node" in rows[0]["reason"]
-    assert "The kexec did not happen: the VMs were restored on the running kernel" in rows[0]["reason"]
+    assert [(r["host"], r["outcome"], r["memory_check"]) for r in rows] == [("h1", "updated", "full")]
+    blackout = json.loads((tmp_path / "report" / "blackout.json").read_text())
+    assert [(b["vm"], b["verify"], b["verify_mode"], b["checksum"], b["pair"]) for b in blackout] == [
+        ("vm1", "ok", "full", "crc32", "6.1.0-old -> " + UNAME)]
+    assert "proven by a full memory check in this run" in (tmp_path / "report" / "blackout.txt").read_text()
+
+
+def test_later_waves_check_a_sample_once_the_canary_proved_the_pair(tmp_path):
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full"}}}
+    step = dict(DEFAULTS["update_step"], target_release=UNAME)
+    wait = {"done": True, "vms": vms, "restored": 1, "total": 1, "last_step": "vm1 resumed", "booted_as_loaded": True}
+    inv = hosts_inventory(("h1", "h2", "h3"), **dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}})
+                                                      for h in ("h1", "h2", "h3")))
+    out, calls = play(tmp_path, inv, "liveupdate.yml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    modes = dict((c["host"], c["args"]["manifest_mode"]) for c in calls if c["key"] == "vm_cpr.update")
+    assert modes == {"h1": "full", "h2": "sampled", "h3": "sampled"}, modes
+    # guestmemfs_verify: full checks every chunk in every wave
+    out, calls = play(tmp_path, inv, "liveupdate.yml", "-e", "guestmemfs_verify=full")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(c["args"]["manifest_mode"] for c in calls if c["key"] == "vm_cpr.update") == {"full"}
+
+
+def test_an_update_that_stopped_before_its_kexec_is_reported_and_its_vms_restored(tmp_path):
+    # The host's process could not kexec (refused, or the kexec did not start): it restored the VMs
+    # itself; the wait fails at once from the journal and the rescue unloads the kernel.
+    standin = {"vm_cpr.wait": {"failed": True, "progress": "stopped", "msg": "the update stopped on this boot before a "
+                               "kexec (phase rolled_back): the kexec did not happen: no kernel is loaded for kexec"},
+               "update_step": [DEFAULTS["update_step"], dict(DEFAULTS["update_step"], step="start", reason="rolled back")]}
+    out, calls = play(tmp_path, hosts_inventory(("h1",), h1={"standin": standin}), "liveupdate.yml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    rows = run_rows(tmp_path)
+    assert rows[0]["outcome"] == "failed" and "no kernel is loaded for kexec" in rows[0]["reason"]
+    assert "The kexec did not happen: the VMs run on the running kernel" in rows[0]["reason"]
+    keys = [c["key"] for c in calls]
+    assert keys.index("vm_cpr.update") < keys.index("vm_cpr.wait") < keys.index("vm_cpr.restore")
+    unload = [c for c in calls if c["key"] == "kexec" and c["args"].get("state") == "unloaded"]
+    assert len(unload) == 1
     restore = [c for c in calls if c["key"] == "vm_cpr.restore"]
-    assert len(restore) == 1 and restore[0]["args"]["update_id"] == [c for c in calls if c["key"] == "vm_cpr.save"][0][
-        "args"]["update_id"]
+    assert restore[0]["args"]["update_id"] == [c for c in calls if c["key"] == "vm_cpr.update"][0]["args"]["update_id"]
 
 
 def test_a_limit_updates_only_the_limited_hosts(tmp_path):

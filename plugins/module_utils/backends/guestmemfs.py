@@ -127,19 +127,9 @@ class GuestmemfsBackend(Backend):
                     "again, then kexec" % (", ".join(on_mount), hostinfo.KHO_ACTIVE)]
         return []
 
-    def kexec(self, vms, j, run, root="/"):
-        if not self.on_mount(vms, root):
-            return Backend.kexec(self, vms, j, run, root)
-        # Not through systemd's shutdown: it unmounts guestmemfs, and the RFC's umount never returns
-        # once a file was opened by path (then sync hangs too, on the same super block), so the
-        # kexec never comes. The state files are fsynced and the disks synced here; the root filesystem
-        # replays its journal on the next boot.
-        journal.set_phase("kexec", kexec_ts=time.time(), kexec_via="reboot(LINUX_REBOOT_CMD_KEXEC)")
-        try:
-            luo.reboot_kexec()  # returns only on failure
-        except luo.LuoError as exc:
-            return "the kexec did not start: %s" % exc
-        return "reboot(LINUX_REBOOT_CMD_KEXEC) returned: the kexec did not start"
+    # The kexec is the default one (reboot(2) without systemd's shutdown), which guestmemfs needs:
+    # systemd's shutdown unmounts guestmemfs, and the RFC's umount never returns once a file was
+    # opened by path (then sync hangs too, on the same super block), so the kexec would never come.
 
     def start_refusal(self, vm, root="/"):
         if not self.on_mount([vm], root):

@@ -1,0 +1,269 @@
+"""The host-side update (issue 20) end to end against real QEMUs on this machine (TCG, the counting
+guest): one process saves every VM, records the manifest, syncs and kexecs - the kexec itself is
+the only stand-in (reboot(2) raises Kexec here, and a "new boot" is a new boot id) - then the
+boot-time verify and each VM's unit restore them, and the guest counts on from where it stopped.
+The VM units are stand-ins for systemd that run the agent's own vm-run and vm-restore in this
+process, with QEMU started instead of exec'd. No test reaches a real reboot, kexec or mount.
+
+This machine's QEMU (7.2) predates cpr-reboot and file: migration (QEMU 9): Older translates those
+two, and only those, into what 7.2 has - the same stop, x-ignore-shared migration of the device
+state, quit, -incoming defer and cont - so the VMs really stop, save, quit and resume on their
+memory files; a QEMU 9 or newer is driven as it is."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
+    agent, cpr, hostupdate, journal, luo, manifest, qmp)
+
+from counter_guest import counter_guest, read_counter
+
+pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
+                                reason="qemu-system-x86 is installed by scripts/bootstrap")
+
+MiB = 1024 * 1024
+
+
+def qemu_major():
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    return int(re.search(r"version (\d+)", out).group(1))
+
+
+class Older(qmp.QMP):
+    """QMP to a QEMU older than 9: no cpr-reboot mode (its default mode migrates the same device
+    state with x-ignore-shared), no file: URI (exec:cat into the file; the state counts as written
+    once cat is done, as file: counts it once QEMU wrote it)."""
+
+    def cmd(self, execute, **args):
+        if execute == "migrate-set-parameters" and args.get("mode") == "cpr-reboot":
+            return {}
+        uri = args.get("uri", "")
+        if execute == "migrate" and uri.startswith("file:"):
+            path = uri[len("file:"):]
+            self.writing = path
+            args["uri"] = "exec:cat > %s.older && mv %s.older %s" % (path, path, path)
+        if execute == "migrate-incoming" and uri.startswith("file:"):
+            args["uri"] = "exec:cat %s" % uri[len("file:"):]
+        return qmp.QMP.cmd(self, execute, **args)
+
+    def wait_event(self, name, timeout, match=None):
+        ev = qmp.QMP.wait_event(self, name, timeout, match)
+        path = getattr(self, "writing", None)
+        if name == "MIGRATION" and ev.get("data", {}).get("status") == "completed" and path:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return ev
+
+
+class Kexec(BaseException):
+    """The stand-in for reboot(LINUX_REBOOT_CMD_KEXEC): like the real one, nothing after it runs."""
+
+
+class Exec(BaseException):
+    """The stand-in for os.execvp in a VM unit: QEMU was started, the unit's ExecStart is done."""
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    """Two VMs running the counting guest in real QEMUs (TCG), on memory files under tmp_path; the
+    journal, manifest, state files, recorded argvs and the kernel's kexec_loaded in tmp_path too."""
+    if qemu_major() < 9:
+        monkeypatch.setattr(cpr, "QMP", Older)
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(manifest, "MANIFEST_PATH", str(tmp_path / "manifest.json"))
+    monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
+    boot = {"id": "boot-a"}
+    monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
+    monkeypatch.setattr(manifest.hostinfo, "boot_id", lambda: boot["id"])
+    root = tmp_path / "root"
+    (root / "sys" / "kernel").mkdir(parents=True)
+    (root / "sys" / "kernel" / "kexec_loaded").write_text("1\n")
+    monkeypatch.setattr(hostupdate, "ROOT", str(root))
+    kexecs = []
+
+    def reboot(cmd):
+        kexecs.append(cmd)
+        raise Kexec()
+    monkeypatch.setattr(luo, "reboot", reboot)
+    kernel = tmp_path / "counter.mb"
+    kernel.write_bytes(counter_guest())
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    procs = []
+
+    def spawn(prog, argv):
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        raise Exec()
+    monkeypatch.setattr(hostupdate.os, "execvp", spawn)
+
+    def unit(name):
+        """systemctl start guestmemfs-vm@NAME: ExecStart (vm-run), then ExecStartPost (vm-restore)."""
+        try:
+            rc = hostupdate.vm_run(name, conf_dir=str(conf))
+        except Exec:
+            rc = 0
+        return rc or hostupdate.vm_restore(name, conf_dir=str(conf))
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        assert argv[:2] == ["systemctl", "start"] and argv[2].startswith("guestmemfs-vm@"), argv
+        return unit(argv[2][len("guestmemfs-vm@"):-len(".service")])
+    names = ("vm1", "vm2")
+    for name in names:
+        mem = tmp_path / (name + ".ram")
+        with open(mem, "wb") as fh:  # written out, as the backend's files are (no hole to fill later)
+            fh.write(bytes(64 * MiB))
+            os.fsync(fh.fileno())
+        c = {"name": name, "memory_bytes": 64 * MiB, "mem_path": str(mem), "machine": "q35", "accel": "tcg",
+             "kernel": str(kernel), "serial_log": str(tmp_path / (name + ".log")),
+             "qmp": str(tmp_path / (name + ".qmp")), "state": str(tmp_path / "state" / (name + ".state"))}
+        (conf / (name + ".json")).write_text(json.dumps(c))
+        assert unit(name) == 0  # a cold start, as the unit does it
+    vms = [cpr.VM.load(n, str(conf)) for n in names]
+    for vm in vms:
+        deadline = time.monotonic() + 60
+        while (cpr.status(vm) != "running" or read_counter(vm.mem_path) == 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert read_counter(vm.mem_path) > 0, "%s never counted" % vm.name
+    h = type("Host", (), {})()
+    h.dir, h.conf, h.boot, h.vms, h.run, h.calls, h.kexecs, h.root = tmp_path, str(conf), boot, vms, run, calls, kexecs, root
+    yield h
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def counting(vm, after):
+    """Whether ``vm``'s guest counts past ``after`` within 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if read_counter(vm.mem_path) > after and cpr.status(vm) == "running":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_one_process_saves_records_syncs_and_kexecs_then_the_new_boot_restores(host):
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u1")
+    assert host.kexecs == [luo.LINUX_REBOOT_CMD_KEXEC] and host.calls == []  # no systemd on the way
+    j = journal.load_journal()
+    assert (j["phase"], j["update_id"], j["autonomous"], j["kexec_via"]) == (
+        "kexec", "u1", True, "reboot(LINUX_REBOOT_CMD_KEXEC)")
+    saved = dict((vm.name, read_counter(vm.mem_path)) for vm in host.vms)
+    for vm in host.vms:
+        assert cpr.status(vm) is None and os.path.exists(vm.state_path)  # QEMU quit after its save
+        assert j["vms"][vm.name]["state"] == "saved"
+    m = manifest.load()
+    assert set(m["files"]) == {"vm1", "vm2"} and all(
+        e["mode"] == "sampled" and e["algo"] == "crc32" and e["digests"] for e in m["files"].values())
+    # What a controller asks meanwhile: the update is kexecing, not done, not failed.
+    assert journal.update_progress(j, "boot-a", "u1", pid_alive=lambda pid: True)[0] == "kexec"
+    # The new boot: the verify service records it (no hashing), then each VM's unit verifies its own
+    # memory and restores it at once.
+    host.boot["id"] = "boot-b"
+    assert journal.update_progress(j, "boot-b", "u1")[0] == "restoring"
+    assert agent.main(["verify", "--boot"]) == 0
+    j = journal.load_journal()
+    assert j["phase"] == "booted" and all(v["state"] == "saved" for v in j["vms"].values())
+    for vm in host.vms:
+        assert host.run(["systemctl", "start", "guestmemfs-vm@%s.service" % vm.name]) == 0
+        assert cpr.status(vm) == "running"  # before the next VM's memory is even looked at
+    for vm in host.vms:
+        assert counting(vm, saved[vm.name]), "%s does not count on from %d" % (vm.name, saved[vm.name])
+    j = journal.load_journal()
+    assert j["phase"] == "restored" and all(v["state"] == "restored" and v["blackout_s"] > 0 for v in j["vms"].values())
+    assert [(v["verify"]["status"], v["verify"]["mode"], v["verify"]["algo"]) for v in j["vms"].values()] == [
+        ("ok", "sampled", "crc32")] * 2
+    assert journal.update_progress(j, "boot-b", "u1")[0] == "done"
+
+
+def test_a_kexec_that_is_refused_restores_every_vm_on_this_kernel(host):
+    (host.root / "sys" / "kernel" / "kexec_loaded").write_text("0\n")
+    before = dict((vm.name, read_counter(vm.mem_path)) for vm in host.vms)
+    with pytest.raises(hostupdate.UpdateError, match="no kernel is loaded for kexec.*restored on this kernel: "
+                                                     "vm1 restored, vm2 restored") as exc:
+        hostupdate.update_host(host.run, conf_dir=host.conf, update_id="u2")
+    assert exc.value.update_id == "u2" and host.kexecs == []
+    for vm in host.vms:  # running again, on verified memory, from where they stopped
+        assert counting(vm, before[vm.name])
+        assert not os.path.exists(vm.state_path) and os.path.exists(vm.state_path + ".restored")
+    j = journal.load_journal()
+    assert j["phase"] == "rolled_back" and all(v["state"] == "restored" for v in j["vms"].values())
+    where, text = journal.update_progress(j, "boot-a", "u2", pid_alive=lambda pid: False)
+    assert where == "stopped" and "rolled_back" in text
+    # The next update starts from this idle journal.
+    assert journal.next_step(j, "boot-a")[0] == "start"
+
+
+def test_the_agent_runs_the_same_update(host, monkeypatch):
+    monkeypatch.setattr(cpr, "CONF_DIR", host.conf)
+    with pytest.raises(Kexec):
+        agent.main(["update", "--mode", "extents", "--update-id", "u3"])
+    j = journal.load_journal()
+    assert (j["phase"], j["update_id"], j["manifest_mode"]) == ("kexec", "u3", "extents")
+
+
+def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host):
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u4")
+    host.boot["id"] = "boot-b"
+    vm1 = host.vms[0]
+    with open(vm1.mem_path, "r+b") as fh:  # a quarter of vm1's memory changed across the "kexec"
+        fh.seek(32 * MiB)
+        fh.write(b"\xa5" * (16 * MiB))
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 4  # held: QEMU never starts
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm2.service"]) == 0
+    vms = journal.load_journal()["vms"]
+    assert (vms["vm1"]["state"], vms["vm1"]["verify"]["status"], vms["vm2"]["state"]) == (
+        "held", "content_changed", "restored")
+    assert cpr.status(vm1) is None and os.path.exists(vm1.state_path)
+
+
+@pytest.mark.parametrize("phase, boot, alive, want", [
+    ("saving", "boot-a", True, "saving"),
+    ("saved", "boot-a", True, "kexec"),
+    ("kexec", "boot-a", True, "kexec"),
+    ("saving", "boot-a", False, "stopped"),  # the process died half-way: a re-run rolls back
+    ("kexec", "boot-a", False, "stopped"),   # it ended without a kexec: a re-run kexecs or restores
+    ("rolled_back", "boot-a", False, "stopped"),
+    ("kexec", "boot-b", False, "restoring"),
+    ("verified", "boot-b", False, "restoring"),
+])
+def test_where_a_host_side_update_stands_by_its_journal(phase, boot, alive, want):
+    j = {"update_id": "u1", "phase": phase, "from_boot_id": "boot-a", "saver_pid": 42, "autonomous": True,
+         "vms": {"vm1": {"state": "saved"}}}
+    assert journal.update_progress(j, boot, "u1", pid_alive=lambda pid: alive)[0] == want
+    assert journal.update_progress(j, boot, "u0", pid_alive=lambda pid: alive)[0] == "starting"
+
+
+def test_a_rerun_waits_for_a_live_host_side_update_and_never_kexecs_it_again():
+    j = {"update_id": "u1", "phase": "saved", "from_boot_id": "boot-a", "saver_pid": 42, "autonomous": True,
+         "vms": {"vm1": {"state": "saved"}}}
+    assert journal.next_step(j, "boot-a", pid_alive=lambda pid: True)[0] == "wait"
+    assert journal.next_step(j, "boot-a", pid_alive=lambda pid: False)[0] == "kexec"
+    assert journal.next_step(dict(j, phase="saving"), "boot-a", pid_alive=lambda pid: True)[0] == "wait"
+    assert journal.next_step(dict(j, phase="saving"), "boot-a", pid_alive=lambda pid: False)[0] == "rollback"
+
+
+def test_the_module_follows_the_update_and_fails_at_once_when_it_stopped(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+    from ansible_collections.guestmemfs.liveupdate.plugins.modules import vm_cpr
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
+    monkeypatch.setattr(journal, "boot_id", lambda: "boot-a")
+    rc, out = run_main(capsys, vm_cpr, {"action": "update"})
+    assert rc == 1 and "update_id" in out["msg"]  # the caller names the update it follows
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "update_id": "u1", "poll": 1})
+    assert rc == 0 and (out["done"], out["progress"]) == (False, "starting")
+    journal.update_journal(lambda j: j.update(update_id="u1", phase="rolled_back", from_boot_id="boot-a",
+                                              vms={"vm1": {"state": "restored"}}), msg="the kexec did not happen: x")
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "update_id": "u1", "poll": 1})
+    assert rc == 1 and out["progress"] == "stopped" and "the kexec did not happen: x" in out["msg"]
