@@ -20,7 +20,7 @@ PHASES = ("start", "before_wave", "after_resume")
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("phase", "wave", "hosts", "window", "prometheus", "command"))
+    _VALID_ARGS = frozenset(("phase", "wave", "hosts", "window", "prometheus", "command", "guest", "webhook", "lock"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -39,6 +39,13 @@ class ActionModule(ActionBase):
                 gates.check_prometheus(prom)
             if cmd:
                 gates.check_command(cmd)
+            # only checked here, at the start: they act elsewhere (guest_health, rollout_notify, rollout_lock)
+            if args.get("guest"):
+                gates.check_guest(args["guest"])
+            if args.get("webhook"):
+                gates.check_webhook(args["webhook"])
+            if args.get("lock"):
+                gates.check_lock(args["lock"])
         except gates.GateError as exc:
             return dict(result, failed=True, msg=str(exc))
         label = "wave %s" % args.get("wave") if phase == "before_wave" else ", ".join(hosts)

@@ -19,7 +19,7 @@ display = Display()
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("state", "path", "fleet", "ttl", "run_id", "token"))
+    _VALID_ARGS = frozenset(("state", "path", "fleet", "ttl", "run_id", "token", "hosts"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -27,9 +27,12 @@ class ActionModule(ActionBase):
         state, path = args.get("state"), args.get("path")
         if state not in ("acquired", "renewed", "released"):
             return dict(result, failed=True, msg="state must be acquired, renewed or released, not %r" % (state,))
-        if not path:
-            return dict(result, failed=True, msg="path is required: the fleet's lock file")
-        path = os.path.abspath(os.path.expanduser(str(path)))
+        fleet = args.get("fleet")
+        if not fleet:  # the fleet's own hosts name it: every group member, whatever --limit says
+            hostvars = (task_vars or {}).get("hostvars", {})
+            fleet = gates.fleet_id(dict((h, (hostvars[h].get("ansible_host", h), hostvars[h].get("ansible_port", "")))
+                                        for h in args.get("hosts") or []))
+        path = os.path.abspath(os.path.expanduser(str(path or gates.lock_path(fleet))))
         if state != "acquired" and not args.get("token"):
             return dict(result, failed=True, msg="token is required to renew or release: the one acquired returned")
         try:
@@ -39,8 +42,9 @@ class ActionModule(ActionBase):
                     holder = other and gates.stale_reason(other, __import__("time").time(), gates.lock_holder()) is None
                     if holder:
                         display.warning("fleet lock %s is held by %s" % (path, other.get("holder")))
-                    return dict(result, changed=False, path=path, token=None, held_by=other.get("holder") if holder else None)
-                rec = gates.acquire(path, str(args.get("fleet") or "fleet"), args.get("ttl"), run_id=args.get("run_id"))
+                    return dict(result, changed=False, path=path, fleet=fleet, token=None,
+                                held_by=other.get("holder") if holder else None)
+                rec = gates.acquire(path, str(fleet), args.get("ttl"), run_id=args.get("run_id"))
                 if rec.get("took_over"):
                     display.warning("fleet lock %s: %s" % (path, rec["took_over"]))
                 result.update(changed=True, **rec)

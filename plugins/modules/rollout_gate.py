@@ -50,6 +50,15 @@ options:
       C(timeout) (60), C(interval) (10), C(on_failure), C(before_wave), C(after_resume). It runs with
       C(GUESTMEMFS_GATE_PHASE), C(GUESTMEMFS_GATE_WAVE) and C(GUESTMEMFS_GATE_HOSTS) in its environment.
     type: dict
+  guest:
+    description: C(guestmemfs_guest_gate), only checked (the in-guest gate runs on the hosts, M(guestmemfs.liveupdate.guest_health)).
+    type: dict
+  webhook:
+    description: C(guestmemfs_webhook), only checked (M(guestmemfs.liveupdate.rollout_notify) sends).
+    type: dict
+  lock:
+    description: C(guestmemfs_lock), only checked (M(guestmemfs.liveupdate.rollout_lock) takes it).
+    type: dict
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
 attributes:
@@ -109,7 +118,8 @@ from ansible.module_utils.basic import AnsibleModule
 def main():
     module = AnsibleModule(argument_spec=dict(phase=dict(type="str", choices=["start", "before_wave", "after_resume"], required=True),
                                               wave=dict(type="int"), hosts=dict(type="list", elements="str"),
-                                              window=dict(type="dict"), prometheus=dict(type="dict"), command=dict(type="dict")),
+                                              window=dict(type="dict"), prometheus=dict(type="dict"), command=dict(type="dict"),
+                                              guest=dict(type="dict"), webhook=dict(type="dict"), lock=dict(type="dict")),
                            supports_check_mode=True)
     module.fail_json(msg="guestmemfs.liveupdate.rollout_gate runs on the controller, through its action plugin")
 

@@ -32,12 +32,17 @@ options:
     choices: [acquired, renewed, released]
     required: true
   path:
-    description: The lock file.
+    description: The lock file. Default - C($GUESTMEMFS_LOCK_DIR/FLEET.lock), else
+      C(~/.cache/guestmemfs-liveupdate/locks/FLEET.lock).
     type: path
-    required: true
   fleet:
-    description: The fleet's name, for the messages.
+    description: The fleet's name. Default - one made from I(hosts) and their addresses and ports, so that one
+      inventory always gives one name.
     type: str
+  hosts:
+    description: The fleet's hosts (every host of its group), when I(fleet) is not given.
+    type: list
+    elements: str
   ttl:
     description: Seconds until a lock that is not renewed expires (at least 60).
     type: int
@@ -83,6 +88,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+path:
+  description: The lock file.
+  returned: always
+  type: str
+fleet:
+  description: The fleet's name.
+  returned: state is acquired
+  type: str
 token:
   description: This run's token (C(acquired)).
   returned: state is acquired
@@ -110,7 +123,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 def main():
     module = AnsibleModule(argument_spec=dict(state=dict(type="str", choices=["acquired", "renewed", "released"], required=True),
-                                              path=dict(type="path", required=True), fleet=dict(type="str"),
+                                              path=dict(type="path"), fleet=dict(type="str"), hosts=dict(type="list", elements="str"),
                                               ttl=dict(type="int", default=3600), run_id=dict(type="str"),
                                               token=dict(type="str", no_log=False)),
                            required_if=[("state", "renewed", ["token"]), ("state", "released", ["token"])],

@@ -332,6 +332,38 @@ def notify(spec, event, payload, now=None):
 
 # -------------------------------------------------------------------------------- the run lock
 
+LOCK_DIR_ENV = "GUESTMEMFS_LOCK_DIR"
+
+
+def check_guest(spec, name="guestmemfs_guest_gate"):
+    """guestmemfs_guest_gate's input (the in-guest gate runs on the hosts, guest_health)."""
+    _keys(name, spec, ("enabled", "command", "timeout", "on_failure", "before_wave", "after_resume"))
+    cmd = spec.get("command")
+    if cmd is not None and (not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd)):
+        raise GateError("%s.command must be a list: the program and its arguments, run in each guest" % name)
+    _seconds(name + ".timeout", spec.get("timeout"), 60, minimum=1)
+    on_failure(name, spec)
+
+
+def check_lock(spec, name="guestmemfs_lock"):
+    _keys(name, spec, ("enabled", "path", "fleet", "ttl"))
+    _seconds(name + ".ttl", spec.get("ttl"), 3600, minimum=60)
+
+
+def fleet_id(hosts):
+    """A fleet's name when none is given: its hosts and where they are ({name: (address, port)}), so
+    that one inventory always gives one lock, and two fleets (two test fleets on other ports) two."""
+    text = "\n".join("%s@%s:%s" % (h, a, p) for h, (a, p) in sorted(hosts.items()))
+    return "fleet-" + __import__("hashlib").sha256(text.encode()).hexdigest()[:12]
+
+
+def lock_path(fleet, environ=None):
+    """Where a fleet's lock lives by default: $GUESTMEMFS_LOCK_DIR, else ~/.cache/guestmemfs-liveupdate/locks."""
+    environ = os.environ if environ is None else environ
+    directory = environ.get(LOCK_DIR_ENV) or os.path.join("~", ".cache", "guestmemfs-liveupdate", "locks")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fleet)
+    return os.path.join(os.path.expanduser(directory), safe + ".lock")
+
 def lock_holder():
     """Who runs this rollout: user, controller and the ansible-playbook process (this plugin's parent)."""
     try:

@@ -23,7 +23,8 @@ from standin_action import DEFAULTS  # noqa: E402
 
 from ansible_collections.guestmemfs.liveupdate.plugins.lookup.report_dir import report_dir  # noqa: E402
 
-STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts")
+STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts",
+            "guest_health")
 UNAME = os.uname().release
 # The kernel options the pmem backend needs (its required_kernel_options).
 OPTIONS = ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX")
@@ -70,6 +71,7 @@ def play(tmp_path, inv, playbook, *args, report_env=True):
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=colls, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_RETRY_FILES_ENABLED="false", STANDIN_CALLS=str(calls), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"),
+               GUESTMEMFS_LOCK_DIR=str(tmp_path / "locks"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("ANSIBLE_CONFIG", None)
     env.pop("GUESTMEMFS_REPORT_DIR", None)
@@ -101,7 +103,7 @@ def test_check_mode_runs_every_preflight_and_waits_for_nothing(tmp_path):
     # every host's preflight ran (in check mode); nothing saved, kexeced or waited for
     assert sorted(c["host"] for c in calls if c["key"] == "kexec") == ["h1", "h2", "h3"]
     assert all(c["check_mode"] for c in calls)
-    assert not [c for c in calls if c["key"].startswith("vm_cpr")]
+    assert [c["key"] for c in calls if c["key"].startswith("vm_cpr")] == ["vm_cpr.status"] * 3  # the pre-run probe
     rows = run_rows(tmp_path)
     assert [(r["wave"], r["host"], r["outcome"]) for r in rows] == [(1, "h1", "checked"), (2, "h2", "checked"),
                                                                     (2, "h3", "checked")]
@@ -122,7 +124,7 @@ def test_a_failed_canary_leaves_its_reports(tmp_path):
     assert "failed" in table and "kexec_file_load: stand-in refusal" in table and "1 failed, 2 not run" in table
     # nothing after the failed preflight: no VM saved, no other host touched
     assert not [c for c in calls if c["key"] == "vm_cpr.save"]
-    assert not [c for c in calls if c["host"] != "h1"]
+    assert not [c for c in calls if c["host"] != "h1" and c["key"] != "vm_cpr.status"]  # the pre-run probe reads
 
 
 def test_a_wave_stops_before_any_vm_pauses_when_one_host_fails_its_preflight(tmp_path):
