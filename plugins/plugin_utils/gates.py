@@ -155,7 +155,9 @@ def window_gate(spec, now=None):
 def describe_window(spec):
     days = spec.get("days", list(DAYS))
     hours = spec.get("hours", ["00:00-24:00"])
-    return "%s %s %s" % (",".join([days] if isinstance(days, str) else days),
+    days = [days] if isinstance(days, str) else days
+    days = "every day" if set(str(d).lower()[:3] for d in days) == set(DAYS) else ",".join(days)
+    return "%s %s %s" % (days,
                          ",".join([hours] if isinstance(hours, str) else hours), spec.get("timezone", "UTC"))
 
 
