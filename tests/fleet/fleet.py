@@ -340,10 +340,10 @@ GUEST_KERNEL_SERIES = "6.12"
 # What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
 # config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
 # modules.dep does not list.
-GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
-GUEST_FILES = ["init.sh", "workload.c"]
+GUEST_FILES = ["init.sh", "workload.c", "qga.c"]
 # Where `provision` puts the guest on each host, as an operator would.
 HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
 GUEST_DISKS = 8
@@ -517,6 +517,8 @@ def build_guest(force=False, kernel=None):
         workload = os.path.join(work, "workload")
         run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", workload,
              os.path.join(GUEST_DIR, "workload.c")], stderr=subprocess.PIPE)
+        qga = os.path.join(work, "qga")  # the guest agent the in-guest gate asks (qga.c)
+        run(["gcc", "-static", "-O2", "-Wall", "-o", qga, os.path.join(GUEST_DIR, "qga.c")], stderr=subprocess.PIPE)
         cpio = Cpio()
         for d in ("bin", "dev", "proc", "sys", "data", "tmp", "run", "lib", "lib/modules"):
             cpio.dir(d)
@@ -529,6 +531,8 @@ def build_guest(force=False, kernel=None):
             cpio.file("bin/busybox", fh.read(), 0o755)
         with open(workload, "rb") as fh:
             cpio.file("bin/workload", fh.read(), 0o755)
+        with open(qga, "rb") as fh:
+            cpio.file("bin/qga", fh.read(), 0o755)
         names = []
         for path in load:
             name = module_name(path) + ".ko"

@@ -43,6 +43,10 @@ else
   log "no gmfs.ip= on the cmdline: eth0 stays down"
 fi
 
+# The guest agent (qga.c) on the org.qemu.guest_agent.0 port, for the in-guest gate; it waits for the
+# port itself (a VM without the channel never gets one) and is restarted if it dies.
+while :; do /bin/qga; log "qga exited rc=$?; restarting in 1s"; sleep 1; done &
+
 # The workload; restarted if it dies (a new pid shows it from outside).
 while :; do
   /bin/workload
