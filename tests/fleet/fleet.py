@@ -340,7 +340,7 @@ GUEST_KERNEL_SERIES = "6.12"
 # What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
 # config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
 # modules.dep does not list.
-GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console"]
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
 GUEST_FILES = ["init.sh", "workload.c", "qga.c"]
