@@ -7,6 +7,7 @@ the operator's confirmation are the playbook's own."""
 import datetime
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -201,3 +202,34 @@ def test_a_wave_nobody_confirms_does_not_start(tmp_path):
     assert rows[0]["outcome"] == "failed" and "Wave 1 was not confirmed" in rows[0]["reason"]
     assert "without a terminal nobody can confirm" in rows[0]["reason"]
     assert [c["key"] for c in calls] == ["vm_cpr.status"]
+
+
+def test_the_fleet_check_script_on_stand_in_hosts(tmp_path):
+    # tests/fleet/gates_check.py as the fleet runs it, here against the stand-in collection: each
+    # guest's agent answers the check run's ping, then fails the first real run's /bin/false
+    import gates_check  # tests/fleet (conftest puts it on sys.path)
+    colls, _ = collection(tmp_path)
+    failing = dict(DEFAULTS["guest_health"], passed=False, failed_vms=["vm1"], vms={"vm1": {
+        "ok": False, "detail": "/bin/false exited 1 in the guest: ", "seconds": 0.2, "exitcode": 1, "stdout": ""}})
+    inv = fleet(("h1", "h2"), **dict((h, {"standin": {"update_step": STEP, "vm_cpr.wait": WAIT,
+                                                      "guest_health": [DEFAULTS["guest_health"], failing]}})
+                                     for h in ("h1", "h2")))
+    (tmp_path / "inv.yml").write_text(json.dumps(inv))
+    (tmp_path / "async").mkdir()
+    env = dict(ANSIBLE_COLLECTIONS_PATH=colls, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false", STANDIN_CALLS=str(tmp_path / "calls"),
+               ANSIBLE_ASYNC_DIR=str(tmp_path / "async"), ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        rc = gates_check.main(["-i", str(tmp_path / "inv.yml"), "--out", str(tmp_path / "out"), "--hold", "45"])
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    result = json.loads((tmp_path / "out" / "gates-check.json").read_text())
+    assert rc == 0, json.dumps(result, indent=1)
+    assert [c["check"] for c in result["checks"]] == [
+        "check run passes", "h1: every guest's agent answers", "h2: every guest's agent answers",
+        "the first run holds the fleet lock", "a second run is refused naming the holder",
+        "the first run stops (its gate failed)", "the canary failed on the in-guest gate", "no later wave ran",
+        "the lock is released"]
