@@ -155,10 +155,10 @@ booted_release:
   type: str
 kexec_proof:
   description:
-    - What the booted kernel says of its boot, read once every VM is restored - C(release), C(version),
+    - "What the booted kernel says of its boot, read once every VM is restored - C(release), C(version),
       C(kho_exec_from) and C(kho_exec_count) (the kernel log's C(KHO: exec from: RELEASE (count N)), null
       without KHO), C(systemd_kexecs) (systemd's KexecsCount, null before systemd 262) - and
-      C(verdict) (C(kexec), C(not the target) or C(unproven)) with C(evidence), one line per witness.
+      C(verdict) (C(kexec), C(not the target) or C(unproven)) with C(evidence), one line per witness."
   returned: action is wait, after a kexec
   type: dict
 booted_as_loaded:

@@ -139,7 +139,7 @@ def window_gate(spec, now=None):
     if in_window(window, now):
         return {"ok": True, "detail": "inside the window (%s)" % describe_window(spec), "next_open": None}
     t = now.replace(second=0, microsecond=0)
-    for _ in range(8 * 24 * 60):
+    for _minute in range(8 * 24 * 60):
         t += datetime.timedelta(minutes=1)
         if in_window(window, t):
             break
@@ -366,6 +366,7 @@ def lock_path(fleet, environ=None):
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", fleet)
     return os.path.join(os.path.expanduser(directory), safe + ".lock")
 
+
 def lock_holder():
     """Who runs this rollout: user, controller and the ansible-playbook process (this plugin's parent)."""
     try:
@@ -424,7 +425,7 @@ def acquire(path, fleet, ttl, run_id=None, holder=None, now=None):
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     took_over = None
-    for _ in range(3):
+    for _attempt in range(3):
         now_ts = now if now is not None else time.time()
         rec = dict(holder, fleet=fleet, run_id=run_id, token=uuid.uuid4().hex,
                    holder="%s@%s (pid %s)" % (holder["user"], holder["controller"], holder["pid"]),

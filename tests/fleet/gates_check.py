@@ -8,10 +8,10 @@ on the channel inventory-vars.yml turns on) and the collection installed for ans
 
 1. liveupdate.yml --check with the in-guest gate: every VM's agent answers (guest-sync-delimited,
    guest-ping through QEMU's virtio-serial channel); its gate rows are in the report.
-2. A real run whose gates cannot pass: the controller's command gate holds the wave for HOLD
-   seconds, then the in-guest gate runs /bin/false in every guest of the canary, which stops the
-   rollout before anything is loaded or paused; while it holds the fleet lock, a second run of
-   liveupdate.yml must be refused naming the first run as the holder. Afterwards: the first run's
+2. A real run whose gates cannot pass: the controller's command gate holds the wave until a second
+   run of liveupdate.yml is over, then the in-guest gate runs /bin/false in every guest of the canary, which stops the
+   rollout before anything is loaded or paused; the second run, started while the first holds the
+   fleet lock, must be refused naming the first run as the holder. Afterwards: the first run's
    report names the failed gate, no later wave ran, and the lock is released.
 Prints what it checked as a table and writes gates-check.json into the report directory."""
 
@@ -41,7 +41,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("-i", "--inventory", required=True)
     p.add_argument("--out", default=None, help="report directory (default: a new one under /tmp)")
-    p.add_argument("--hold", type=int, default=90, help="seconds the first run holds its lock (default 90)")
+    p.add_argument("--hold", type=int, default=900,
+                   help="seconds the first run holds its lock at most, waiting for the second (default 900)")
     a = p.parse_args(argv)
     out = a.out or tempfile.mkdtemp(prefix="gates-check-")
     locks = os.path.join(out, "locks")
@@ -62,10 +63,12 @@ def main(argv=None):
             check("%s: every guest's agent answers" % row["host"], vms and all(v["ok"] for v in vms.values()),
                   "; ".join("%s %s (%ss)" % (n, v["detail"], v["seconds"]) for n, v in sorted(vms.items())) or "no gate row")
 
-    print("2/2 a run held by its command gate for %d s, then stopped by the in-guest gate; a second run "
-          "meanwhile" % a.hold, flush=True)
+    print("2/2 a run held by its command gate while a second one tries, then stopped by the in-guest gate", flush=True)
     r2, r3 = os.path.join(out, "first"), os.path.join(out, "second")
-    guard = {"guestmemfs_command_gate": {"command": "sleep %d" % a.hold, "timeout": a.hold + 60},
+    # the first run's command gate (on this controller) holds its wave until the second run is over
+    done = os.path.join(out, "second-done")
+    wait = "i=0; while [ ! -e %s ] && [ $i -lt %d ]; do sleep 1; i=$((i+1)); done" % (done, a.hold)
+    guard = {"guestmemfs_command_gate": {"command": ["sh", "-c", wait], "timeout": a.hold + 60},
              "guestmemfs_guest_gate": {"enabled": True, "command": ["/bin/false"], "timeout": 60}}
     first = playbook(a.inventory, r2, locks, guard, background=True)
     t0 = time.monotonic()
@@ -81,6 +84,8 @@ def main(argv=None):
     said = [line for line in second.stdout.splitlines() if "Not starting the rollout" in line or "FAILED!" in line]
     check("a second run is refused naming the holder", second.returncode != 0 and refused,
           "rc %d; %s" % (second.returncode, (said[-1] if said else second.stdout[-300:]).strip()[:400]))
+    with open(done, "w"):
+        pass
     text = first.communicate()[0]
     check("the first run stops (its gate failed)", first.returncode != 0, "rc %d" % first.returncode)
     got = rows(r2) if os.path.exists(os.path.join(r2, "liveupdate.json")) else []

@@ -42,7 +42,7 @@ class Channel(object):
     def _serve(self):
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except OSError:
                 return
             if self.stale:  # what an earlier client's half-read answer leaves in the channel
@@ -117,7 +117,7 @@ def test_the_real_qemu_guest_agent(tmp_path):
     agent = subprocess.Popen([QEMU_GA, "-m", "unix-listen", "-p", path, "-t", str(tmp_path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for _ in range(100):
+        for _tick in range(100):
             if os.path.exists(path):
                 break
             time.sleep(0.05)
