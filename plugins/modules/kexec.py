@@ -261,7 +261,9 @@ def main():
                              "replaced, if any, is no longer loaded" % (p["kernel"], exc), rc=exc.errno,
                          stdout="", stderr=str(exc), cmd=cmd, **result)
     result["load_syscall"] = "kexec_file_load"
-    target = dict(kernel=p["kernel"], initrd=p["initrd"], cmdline=cmdline, release=facts.image_release(p["kernel"]))
+    # from_release: what the boot after the kexec checks KHO's "exec from" against (bootproof)
+    target = dict(kernel=p["kernel"], initrd=p["initrd"], cmdline=cmdline, release=facts.image_release(p["kernel"]),
+                  from_release=os.uname()[2])
     if hostupdate.load_journal().get("phase") in hostupdate.IDLE_PHASES:
         hostupdate.set_phase("preflight", kexec_target=target, msg="loaded %s" % p["kernel"])
     else:  # an update in flight keeps its phase: only the loaded kernel is noted

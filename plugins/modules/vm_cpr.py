@@ -181,6 +181,14 @@ booted_release:
   description: The kernel release the host booted after its kexec.
   returned: action is wait
   type: str
+kexec_proof:
+  description:
+    - "What the booted kernel says of its boot, read once every VM is restored - C(release), C(version),
+      C(kho_exec_from) and C(kho_exec_count) (the kernel log's C(KHO: exec from: RELEASE (count N)), null
+      without KHO), C(systemd_kexecs) (systemd's KexecsCount, null before systemd 262) - and
+      C(verdict) (C(kexec), C(not the target) or C(unproven)) with C(evidence), one line per witness."
+  returned: action is wait, after a kexec
+  type: dict
 booted_as_loaded:
   description:
     - Whether the host booted the kernel and command line the update loaded; false after a cold boot
@@ -193,7 +201,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, hostupdate, journal, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import bootproof, hostinfo, hostupdate, journal, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 FINAL = hostupdate.VM_FINAL
@@ -334,8 +342,19 @@ def _run(module):
                                      for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
         module.exit_json(changed=False, done=True, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
                          **dict(_progress(j, vms), booted_release=j.get("booted_release"),
-                                booted_as_loaded=j.get("booted_as_loaded")))
+                                booted_as_loaded=j.get("booted_as_loaded"), kexec_proof=_kexec_proof(module, j)))
     module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"))
+
+
+def _kexec_proof(module, j):
+    """What the kernel and systemd say of this boot (bootproof), with the verdict on them; None when
+    the journal shows no boot after a kexec. Read here, once every VM is restored: off the blackout path."""
+    if j.get("to_boot_id") is None:
+        return None
+    proof = bootproof.read_proof(module.run_command)
+    target = j.get("kexec_target") or {}
+    verdict, evidence = bootproof.verdict(proof, target.get("from_release"), target.get("release"), j.get("booted_as_loaded"))
+    return dict(proof, verdict=verdict, evidence=evidence)
 
 
 def _progress(j, vms):

@@ -39,7 +39,29 @@ guestmemfs_sizing_record | bool | true unless guestmemfs_facts_from is set | siz
 guestmemfs_rollout | dict | (a canary of 1, then growing waves) | plan, liveupdate | The rollout policy:
     canary, waves, at most K hosts per failure domain (`docs/waves.md`). One policy for the whole rollout: set
     it for the group or as an extra var.
-guestmemfs_max_failed_hosts | int | 0 | liveupdate | No wave starts after more failed hosts than this.
+guestmemfs_max_failed_hosts | int | 0 | liveupdate | No wave starts after more failed hosts than this; hosts
+    already unreachable or with a VM not resumed before the run count too, and a run with more of them does not
+    start (`docs/gates.md`).
+guestmemfs_window | dict | (none: any time) | liveupdate | When a wave may start: `days` (mon..sun), `hours`
+    (`HH:MM-HH:MM`, may run past midnight), `timezone` (default UTC). A run outside it does not start; a running
+    wave finishes (`docs/gates.md`).
+guestmemfs_wave_delay | int | 0 | liveupdate | Seconds to wait before each wave after the first.
+guestmemfs_host_delay | int | 0 | liveupdate | Seconds between the hosts of a wave: the k-th host starts its save
+    k delays after the first.
+guestmemfs_confirm_waves | bool | false | liveupdate | Ask the operator to type yes before each wave (a run
+    without a terminal cannot confirm, so it stops).
+guestmemfs_guest_gate | dict | (off) | liveupdate | The in-guest gate through each VM's guest agent: `enabled`,
+    `command` (argv run in the guest), `timeout` (60), `on_failure` (stop, warn), `before_wave`, `after_resume`
+    (both true) (`docs/gates.md`).
+guestmemfs_prometheus_gate | dict | (none) | liveupdate | A PromQL gate: `url`, `query`, `expect` (empty, true),
+    `timeout` (60), `interval` (10), `on_failure`, `before_wave`, `after_resume`, `headers`, `validate_certs`.
+guestmemfs_command_gate | dict | (none) | liveupdate | A command on the controller that must exit 0: `command`,
+    `timeout` (60), `interval` (10), `on_failure`, `before_wave`, `after_resume`.
+guestmemfs_webhook | dict | (none) | liveupdate | Where the rollout's events are POSTed as JSON: `url`, `headers`,
+    `timeout` (10), `required` (false), `events` (default all), `validate_certs`.
+guestmemfs_lock | dict | {enabled: true, ttl: 3600} | liveupdate | The fleet's run lock: `enabled`, `path`
+    (default `$GUESTMEMFS_LOCK_DIR` or `~/.cache/guestmemfs-liveupdate/locks`, `FLEET.lock`), `fleet` (default a
+    name made from the hosts and their addresses), `ttl`.
 guestmemfs_unpreservable | dict | {} | plan, liveupdate | What to do with a VM the live update cannot carry:
     refuse, skip or shutdown, per VM (`docs/preservability.md`).
 guestmemfs_restore_qemu | path | (the running QEMU) | plan, liveupdate | The QEMU binary that restores the VMs
@@ -117,6 +139,19 @@ guestmemfs_lu_step | liveupdate | where the host's update stands
 guestmemfs_lu_waited | liveupdate | a save that was still running
 guestmemfs_lu_wave | liveupdate | this wave's hosts
 guestmemfs_report_hosts | report | the hosts of the report
+guestmemfs_lu_event | liveupdate | the fields of every webhook event
+guestmemfs_lu_lock | liveupdate | the fleet's run lock this run holds (path, token, holder), on localhost
+guestmemfs_lu_lock_taken | liveupdate | the lock as taken
+guestmemfs_lu_start_gate | liveupdate | the gate settings and window checked at the start
+guestmemfs_lu_probe | liveupdate | whether each host answered before the run
+guestmemfs_lu_probe_journal | liveupdate | each host's journal before the run
+guestmemfs_lu_degraded | liveupdate | the hosts already degraded before the run, on localhost
+guestmemfs_lu_confirm | liveupdate | the operator's answer before a wave
+guestmemfs_lu_wave_gate | liveupdate | the wave's gates (window, Prometheus, command)
+guestmemfs_lu_guest_before | liveupdate | the in-guest gate before the wave
+guestmemfs_lu_guest_after | liveupdate | the in-guest gate after the resume
+guestmemfs_lu_host_gate | liveupdate | the controller's gates after the host's resume
+guestmemfs_lu_closed | liveupdate | why the rollout ended, on localhost
 guestmemfs_report_qemu | report | each host's QEMU version
 """
 

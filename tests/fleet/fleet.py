@@ -340,10 +340,10 @@ GUEST_KERNEL_SERIES = "6.12"
 # What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
 # config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
 # modules.dep does not list.
-GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4"]
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
-GUEST_FILES = ["init.c", "workload.c"]
+GUEST_FILES = ["init.c", "workload.c", "qga.c"]
 # Where `provision` puts the guest on each host, as an operator would.
 HOST_GUEST_DIR = "/var/lib/guestmemfs-guest"
 GUEST_DISKS = 8
@@ -515,7 +515,8 @@ def build_guest(force=False, kernel=None):
         with open(os.path.join(moddir, "modules.dep")) as fh:
             load = [] if kernel else resolve_modules(fh.read(), GUEST_MODULES)
         binaries = {}
-        for prog in ("init", "workload"):
+        # init (PID 1), the workload, and qga: the guest agent the in-guest gate asks.
+        for prog in ("init", "workload", "qga"):
             binaries[prog] = os.path.join(work, prog)
             run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", binaries[prog],
                  os.path.join(GUEST_DIR, prog + ".c")], stderr=subprocess.PIPE)
@@ -534,6 +535,12 @@ def build_guest(force=False, kernel=None):
         cpio.symlink("bin/sh", "busybox")
         with open(binaries["workload"], "rb") as fh:
             cpio.file("bin/workload", fh.read(), 0o755)
+        with open(binaries["qga"], "rb") as fh:
+            cpio.file("bin/qga", fh.read(), 0o755)
+        # What /init starts beside the workload (and restarts if it dies). The agent waits for its
+        # port itself: a VM without the channel never gets one.
+        cpio.dir("etc")
+        cpio.file("etc/gmfs-services", b"/bin/qga\n")
         names = []
         for path in load:
             name = module_name(path) + ".ko"

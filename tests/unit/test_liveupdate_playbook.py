@@ -23,19 +23,32 @@ from standin_action import DEFAULTS  # noqa: E402
 
 from ansible_collections.guestmemfs.liveupdate.plugins.lookup.report_dir import report_dir  # noqa: E402
 
-STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts")
+STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts",
+            "guest_health")
 UNAME = os.uname().release
 # The kernel options the pmem backend needs (its required_kernel_options).
 OPTIONS = ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX")
 
 
-def collection(tmp_path):
-    """A copy of the collection (symlinks) whose host modules are answered by the stand-in."""
+def collection(tmp_path, reboot=False):
+    """A copy of the collection (symlinks) whose host modules are answered by the stand-in. With
+    ``reboot``, liveupdate.yml's kexec (ansible.builtin.reboot, the one builtin that acts on the host)
+    is answered by the stand-in too: the copy of the playbook names it guestmemfs.liveupdate.reboot."""
     top = tmp_path / "collections" / "ansible_collections" / "guestmemfs" / "liveupdate"
     top.mkdir(parents=True)
     for name in os.listdir(conftest.ROOT):
-        if name not in ("plugins", ".git"):
+        if name not in ("plugins", ".git", "playbooks"):
             os.symlink(os.path.join(conftest.ROOT, name), str(top / name))
+    (top / "playbooks").mkdir()
+    for name in os.listdir(os.path.join(conftest.ROOT, "playbooks")):
+        src = os.path.join(conftest.ROOT, "playbooks", name)
+        if reboot and name == "liveupdate.yml":
+            with open(src) as f:
+                text = f.read()
+            assert text.count("ansible.builtin.reboot:") == 1
+            (top / "playbooks" / name).write_text(text.replace("ansible.builtin.reboot:", "guestmemfs.liveupdate.reboot:"))
+        else:
+            os.symlink(src, str(top / "playbooks" / name))
     (top / "plugins").mkdir()
     for name in os.listdir(os.path.join(conftest.ROOT, "plugins")):
         if name != "action":
@@ -44,7 +57,7 @@ def collection(tmp_path):
     for name in os.listdir(os.path.join(conftest.ROOT, "plugins", "action")):
         os.symlink(os.path.join(conftest.ROOT, "plugins", "action", name), str(top / "plugins" / "action" / name))
     standin = os.path.join(conftest.FIXTURES, "standin", "standin_action.py")
-    for name in STANDINS:
+    for name in STANDINS + (("reboot",) if reboot else ()):
         os.symlink(standin, str(top / "plugins" / "action" / (name + ".py")))
     return str(tmp_path / "collections"), str(top / "playbooks")
 
@@ -55,9 +68,9 @@ def hosts_inventory(names=("h1", "h2", "h3"), group="hypervisors", **hostvars):
     return {group: {"hosts": hosts, "vars": group_vars}}
 
 
-def play(tmp_path, inv, playbook, *args, report_env=True):
+def play(tmp_path, inv, playbook, *args, report_env=True, lock_dir=None, background=False):
     """ansible-playbook PLAYBOOK (a name in the copy's playbooks/, or a path) from tmp_path ->
-    (completed process, the stand-in's calls)."""
+    (completed process, the stand-in's calls); ``background``: (the running process, None)."""
     if not (tmp_path / "collections").exists():
         collection(tmp_path)
     colls = str(tmp_path / "collections")
@@ -70,12 +83,16 @@ def play(tmp_path, inv, playbook, *args, report_env=True):
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=colls, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_RETRY_FILES_ENABLED="false", STANDIN_CALLS=str(calls), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"),
+               GUESTMEMFS_LOCK_DIR=str(lock_dir or tmp_path / "locks"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("ANSIBLE_CONFIG", None)
     env.pop("GUESTMEMFS_REPORT_DIR", None)
     if report_env:
         env["GUESTMEMFS_REPORT_DIR"] = str(tmp_path / "report")
     path = playbook if os.path.isabs(playbook) else os.path.join(playbooks, playbook)
+    if background:
+        return subprocess.Popen([ANSIBLE_PLAYBOOK, "-i", str(tmp_path / "inventory.yml"), path] + list(args), cwd=str(tmp_path),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), None
     out = subprocess.run([ANSIBLE_PLAYBOOK, "-i", str(tmp_path / "inventory.yml"), path] + list(args),
                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300, check=False)
     made = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
@@ -101,7 +118,7 @@ def test_check_mode_runs_every_preflight_and_waits_for_nothing(tmp_path):
     # every host's preflight ran (in check mode); nothing saved, kexeced or waited for
     assert sorted(c["host"] for c in calls if c["key"] == "kexec") == ["h1", "h2", "h3"]
     assert all(c["check_mode"] for c in calls)
-    assert not [c for c in calls if c["key"].startswith("vm_cpr")]
+    assert [c["key"] for c in calls if c["key"].startswith("vm_cpr")] == ["vm_cpr.status"] * 3  # the pre-run probe
     rows = run_rows(tmp_path)
     assert [(r["wave"], r["host"], r["outcome"]) for r in rows] == [(1, "h1", "checked"), (2, "h2", "checked"),
                                                                     (2, "h3", "checked")]
@@ -122,7 +139,7 @@ def test_a_failed_canary_leaves_its_reports(tmp_path):
     assert "failed" in table and "kexec_file_load: stand-in refusal" in table and "1 failed, 2 not run" in table
     # nothing after the failed preflight: no VM saved, no other host touched
     assert not [c for c in calls if c["key"] == "vm_cpr.save"]
-    assert not [c for c in calls if c["host"] != "h1"]
+    assert not [c for c in calls if c["host"] != "h1" and c["key"] != "vm_cpr.status"]  # the pre-run probe reads
 
 
 def test_a_wave_stops_before_any_vm_pauses_when_one_host_fails_its_preflight(tmp_path):

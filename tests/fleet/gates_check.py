@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Prove the in-guest gate and the fleet run lock on a running virtual fleet, without pausing any VM.
+
+Needs the fleet up and prepared with the real Linux guest (its guest agent is tests/fleet/guest/qga.c,
+on the channel inventory-vars.yml turns on) and the collection installed for ansible-playbook:
+
+  python3 tests/fleet/gates_check.py -i molecule/default/inventory/
+
+1. liveupdate.yml --check with the in-guest gate: every VM's agent answers (guest-sync-delimited,
+   guest-ping through QEMU's virtio-serial channel); its gate rows are in the report.
+2. A real run whose gates cannot pass: the controller's command gate holds the wave until a second
+   run of liveupdate.yml is over, then the in-guest gate runs /bin/false in every guest of the canary, which stops the
+   rollout before anything is loaded or paused; the second run, started while the first holds the
+   fleet lock, must be refused naming the first run as the holder. Afterwards: the first run's
+   report names the failed gate, no later wave ran, and the lock is released.
+Prints what it checked as a table and writes gates-check.json into the report directory."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def playbook(inv, report, lock_dir, extra, *args, background=False):
+    env = dict(os.environ, GUESTMEMFS_REPORT_DIR=report, GUESTMEMFS_LOCK_DIR=lock_dir, ANSIBLE_NOCOLOR="1")
+    argv = ["ansible-playbook", "-i", inv, "guestmemfs.liveupdate.liveupdate", "-e", json.dumps(extra)] + list(args)
+    if background:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+
+
+def rows(report):
+    with open(os.path.join(report, "liveupdate.json")) as fh:
+        return json.load(fh)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    p.add_argument("-i", "--inventory", required=True)
+    p.add_argument("--out", default=None, help="report directory (default: a new one under /tmp)")
+    p.add_argument("--hold", type=int, default=900,
+                   help="seconds the first run holds its lock at most, waiting for the second (default 900)")
+    a = p.parse_args(argv)
+    out = a.out or tempfile.mkdtemp(prefix="gates-check-")
+    locks = os.path.join(out, "locks")
+    checks = []
+
+    def check(name, ok, detail):
+        checks.append({"check": name, "ok": bool(ok), "detail": detail})
+        print("%-4s %-44s %s" % ("ok" if ok else "FAIL", name, detail), flush=True)
+
+    print("1/2 liveupdate.yml --check with the in-guest gate (guest-ping in every VM)", flush=True)
+    r1 = os.path.join(out, "check")
+    run = playbook(a.inventory, r1, locks, {"guestmemfs_guest_gate": {"enabled": True, "timeout": 120}}, "--check")
+    check("check run passes", run.returncode == 0, "rc %d" % run.returncode)
+    if os.path.exists(os.path.join(r1, "liveupdate.json")):
+        for row in rows(r1):
+            guest = [g for g in row.get("gates") or [] if g["gate"] == "guest"]
+            vms = guest[0]["vms"] if guest else {}
+            check("%s: every guest's agent answers" % row["host"], vms and all(v["ok"] for v in vms.values()),
+                  "; ".join("%s %s (%ss)" % (n, v["detail"], v["seconds"]) for n, v in sorted(vms.items())) or "no gate row")
+
+    print("2/2 a run held by its command gate while a second one tries, then stopped by the in-guest gate", flush=True)
+    r2, r3 = os.path.join(out, "first"), os.path.join(out, "second")
+    # the first run's command gate (on this controller) holds its wave until the second run is over
+    done = os.path.join(out, "second-done")
+    wait = "i=0; while [ ! -e %s ] && [ $i -lt %d ]; do sleep 1; i=$((i+1)); done" % (done, a.hold)
+    guard = {"guestmemfs_command_gate": {"command": ["sh", "-c", wait], "timeout": a.hold + 60},
+             "guestmemfs_guest_gate": {"enabled": True, "command": ["/bin/false"], "timeout": 60}}
+    first = playbook(a.inventory, r2, locks, guard, background=True)
+    t0 = time.monotonic()
+    while not (os.path.isdir(locks) and [n for n in os.listdir(locks) if n.endswith(".lock")]):
+        if first.poll() is not None or time.monotonic() - t0 > 600:
+            break
+        time.sleep(1)
+    held = [n for n in os.listdir(locks) if n.endswith(".lock")] if os.path.isdir(locks) else []
+    check("the first run holds the fleet lock", held, ", ".join(held) or "no lock file")
+    holder = json.load(open(os.path.join(locks, held[0])))["holder"] if held else "?"
+    second = playbook(a.inventory, r3, locks, guard)
+    refused = "another rollout of fleet" in second.stdout and holder in second.stdout
+    said = [line for line in second.stdout.splitlines() if "Not starting the rollout" in line or "FAILED!" in line]
+    check("a second run is refused naming the holder", second.returncode != 0 and refused,
+          "rc %d; %s" % (second.returncode, (said[-1] if said else second.stdout[-300:]).strip()[:400]))
+    with open(done, "w"):
+        pass
+    text = first.communicate()[0]
+    check("the first run stops (its gate failed)", first.returncode != 0, "rc %d" % first.returncode)
+    got = rows(r2) if os.path.exists(os.path.join(r2, "liveupdate.json")) else []
+    waves = sorted(set(r["wave"] for r in got))
+    canary = [r for r in got if r["wave"] == waves[0]] if waves else []
+    check("the canary failed on the in-guest gate", canary and all(
+        r["outcome"] == "failed" and "in-guest gate before wave" in r["reason"] and "/bin/false exited 1" in r["reason"]
+        for r in canary), "; ".join("%s: %s" % (r["host"], r["reason"][:160]) for r in canary))
+    check("no later wave ran", all(r["outcome"] == "not run" for r in got if r["wave"] != waves[0]),
+          ", ".join("%s %s" % (r["host"], r["outcome"]) for r in got))
+    left = [n for n in os.listdir(locks) if n.endswith(".lock")] if os.path.isdir(locks) else []
+    check("the lock is released", not left, ", ".join(left) or "none left")
+    with open(os.path.join(out, "gates-check.json"), "w") as fh:
+        json.dump({"checks": checks, "first_run_tail": text[-4000:]}, fh, indent=2)
+    print("%d of %d checks passed; %s" % (sum(c["ok"] for c in checks), len(checks), os.path.join(out, "gates-check.json")))
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
