@@ -61,6 +61,8 @@ options:
     type: dict
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
+requirements:
+  - Python 3.9 or newer on the controller for IANA time zones (zoneinfo); UTC and local time need nothing
 attributes:
   check_mode:
     support: full

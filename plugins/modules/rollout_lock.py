@@ -55,6 +55,8 @@ options:
     type: str
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
+requirements:
+  - A lock directory writable by the user running ansible-playbook (shared by every controller of the fleet)
 attributes:
   check_mode:
     support: full
@@ -69,6 +71,11 @@ attributes:
     support: full
     platforms: posix
     description: The controller.
+seealso:
+  - module: guestmemfs.liveupdate.rollout_gate
+  - name: Rollout gates
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/gates.md
 """
 
 EXAMPLES = r"""

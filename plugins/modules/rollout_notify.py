@@ -35,6 +35,8 @@ options:
     type: dict
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
+requirements:
+  - The controller reaches the webhook's URL
 attributes:
   check_mode:
     support: full
@@ -49,6 +51,11 @@ attributes:
     support: full
     platforms: posix
     description: The controller.
+seealso:
+  - module: guestmemfs.liveupdate.rollout_gate
+  - name: Rollout gates
+    description: The collection's documentation.
+    link: https://github.com/guestmemfs/liveupdate/blob/main/docs/gates.md
 """
 
 EXAMPLES = r"""

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Prove the in-guest gate and the fleet run lock on a running virtual fleet, without pausing any VM.
 
 Needs the fleet up and prepared with the real Linux guest (its guest agent is tests/fleet/guest/qga.c,

@@ -18,6 +18,7 @@ kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz kerne
 kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
 kernel/net/core/failover.ko.xz:
 kernel/arch/x86/crypto/crc32c-intel.ko.xz:
+kernel/drivers/char/virtio_console.ko.xz:
 """
 
 
@@ -25,7 +26,7 @@ def test_modules_come_after_their_dependencies_once_each():
     order = fleet.resolve_modules(DEP, fleet.GUEST_MODULES)
     names = [fleet.module_name(p) for p in order]
     assert sorted(names) == sorted(["virtio_blk", "virtio_net", "net_failover", "failover", "crc32c_generic",
-                                    "ext4", "crc16", "mbcache", "jbd2"])
+                                    "ext4", "crc16", "mbcache", "jbd2", "virtio_console"])
     assert len(names) == len(set(names))
     for user, deps in [("ext4", ["crc16", "mbcache", "jbd2"]), ("virtio_net", ["net_failover", "failover"]),
                        ("net_failover", ["failover"])]:
