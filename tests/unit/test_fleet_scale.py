@@ -195,3 +195,17 @@ def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     refuse = refuse.split("PLAY RECAP")[0]
     assert "[unplanned]" in refuse and "[empty]" not in refuse  # the refusal ran for the other host only
     assert "unplanned has no carve-out boot arguments: run playbooks/sizing.yml first" in out.stdout
+
+
+def test_plan_without_the_vm_check_visits_no_host(tmp_path):
+    """guestmemfs_plan_check_vms=false (as liveupdate.yml and a plan made without contacting the hosts
+    set it) leaves every host out of the preservability play: no task, not even a skipped one, per host
+    (each is a worker process: minutes at 100,000 hosts). Nothing answers on the hosts' port."""
+    inv, _facts = small_fleet(12)
+    inv["hypervisors"]["vars"].update(ansible_connection="ssh", ansible_port=1, ansible_ssh_timeout=1)
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"), "-e", "guestmemfs_plan_check_vms=false")
+    assert out.returncode == 0, out.stdout + out.stderr
+    play = out.stdout.split("PLAY [Check which VMs the live update can carry]")[1].split("PLAY RECAP")[0]
+    assert "skipping: no hosts matched" in play, play
+    assert "hv0000" not in play, play
+    assert len(json.loads((tmp_path / "report" / "waves.json").read_text())["waves"]) > 1
