@@ -45,6 +45,17 @@ def sizing_json(tmp_path):
     return json.loads((tmp_path / "report" / "sizing.json").read_text())["hosts"]
 
 
+def sizing_from_cache(tmp_path, inv, cache):
+    """sizing.yml planned from Ansible's jsonfile fact cache in ``cache``."""
+    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache),
+                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
+    try:
+        return run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
+    finally:
+        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
+            os.environ.pop(k)
+
+
 def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     inv, facts = small_fleet()
     expected = expected_rows(inv, facts)
@@ -61,13 +72,7 @@ def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     # Ansible's jsonfile fact cache, written by Ansible's own cache plugin
     os.remove(str(tmp_path / "report" / "sizing.json"))
     fleet_inventory.write_cache(facts, str(tmp_path / "cache"))
-    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "cache"),
-                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
-    try:
-        out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
-    finally:
-        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
-            os.environ.pop(k)
+    out = sizing_from_cache(tmp_path, inv, tmp_path / "cache")
     assert out.returncode == 2, out.stdout + out.stderr
     assert sizing_json(tmp_path) == from_file
 
@@ -257,13 +262,7 @@ def test_planning_from_the_fact_cache_leaves_it_as_it_was(tmp_path):
     cache = tmp_path / "cache"
     fleet_inventory.write_cache(facts, str(cache))
     before = dict((p.name, (p.stat().st_mtime_ns, p.read_text())) for p in cache.iterdir())
-    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache),
-                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
-    try:
-        out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
-    finally:
-        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
-            os.environ.pop(k)
+    out = sizing_from_cache(tmp_path, inv, cache)
     assert out.returncode == 0, out.stdout + out.stderr
     after = dict((p.name, (p.stat().st_mtime_ns, p.read_text())) for p in cache.iterdir() if p.name in before)
     assert after == before
