@@ -163,8 +163,8 @@ def playbooks(sizes, facts_mode, keep, repeat=1):
                 print("%5d %7d %5.2f %-11s %8.1f %8.1f %8.2f" % (rnd, n, load(), "both", total_wall, total_cpu, 1000 * total_wall / n))
         if repeat > 1:
             print("\nmin / median of %d interleaved rounds (load: min-max at the start of the runs)" % repeat)
-            print("%7s %-11s %11s %8s %8s %8s %8s %12s" % ("hosts", "playbook", "load", "wall_min", "wall_med", "cpu_min",
-                                                          "cpu_med", "cpu ms/host"))
+            head = ("hosts", "playbook", "load", "wall_min", "wall_med", "cpu_min", "cpu_med", "cpu ms/host")
+            print("%7s %-11s %11s %8s %8s %8s %8s %12s" % head)
             for n in sizes:
                 for name in ("sizing.yml", "plan.yml", "both"):
                     r = runs[(n, name)]
