@@ -1,7 +1,8 @@
 """Benchmark: fleet scale on the controller, side by side in one run.
 
     python tests/bench/bench_playbooks.py [--hosts 1000 10000 100000] [--repeat 3]
-                                          [--playbook-hosts 1000 10000] [--facts cache|file]
+                                          [--playbook-hosts 1000 10000] [--playbook-repeat 3]
+                                          [--facts cache|file]
 
 1. The pure planners on a generated fleet (tests/bench/fleet_inventory.py: sizing policies per
    group, 4 failure domains): carve-out sizing + rollout waves, this checkout's against the 0.1.6
@@ -110,45 +111,67 @@ def run_playbook(playbook, workdir, env, extra):
     return rc, wall, cpu, peak
 
 
-def playbooks(sizes, facts_mode, keep):
+def fleet_env(workdir, tree, facts_mode):
+    """(environment, sizing.yml's extra arguments) for planning the fleet in ``workdir``."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=tree, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+               GUESTMEMFS_REPORT_DIR=os.path.join(workdir, "report"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    env.pop("ANSIBLE_CONFIG", None)
+    if facts_mode == "cache":
+        env.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=os.path.join(workdir, "fact_cache"),
+                   ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
+        return env, ["-e", "guestmemfs_facts_from=cache"]
+    return env, ["-e", "guestmemfs_facts_from=%s" % os.path.join(workdir, "facts.json")]
+
+
+def playbooks(sizes, facts_mode, keep, repeat=1):
+    """``repeat`` rounds over every size (the rounds interleave, so the machine's load spreads over
+    all sizes alike); with more than one round, min and median per size and playbook at the end."""
     print("\n2. ansible-playbook, planned without contacting a host (facts: %s); wall and CPU seconds "
           "(ansible-playbook and its workers), peak resident MiB of ansible-playbook; rc 2 = the refused "
           "hosts failed, by name" % (
               "Ansible's jsonfile fact cache" if facts_mode == "cache" else "a facts file"))
-    head = ("hosts", "load", "playbook", "wall_s", "cpu_s", "ms/host", "peak_MiB", "rc")
-    print("%7s %5s %-11s %8s %8s %8s %9s %4s" % head)
+    head = ("round", "hosts", "load", "playbook", "wall_s", "cpu_s", "ms/host", "peak_MiB", "rc")
+    print("%5s %7s %5s %-11s %8s %8s %8s %9s %4s" % head)
     tree = tempfile.mkdtemp(prefix="glu-bench-pb-")
     os.makedirs(os.path.join(tree, "ansible_collections", "guestmemfs"))
     os.symlink(ROOT, os.path.join(tree, "ansible_collections", "guestmemfs", "liveupdate"))
+    runs = {}  # (hosts, playbook) -> [(wall, cpu, load)]
     try:
         for n in sizes:
-            workdir = os.path.join(tree, "fleet-%d" % n)
             subprocess.check_call([sys.executable, os.path.join(ROOT, "tests", "bench", "fleet_inventory.py"),
-                                   "--hosts", str(n), "--out", workdir] + (["--cache"] if facts_mode == "cache" else []))
-            env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=tree, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
-                       GUESTMEMFS_REPORT_DIR=os.path.join(workdir, "report"), ANSIBLE_NOCOLOR="1",
-                       ANSIBLE_RETRY_FILES_ENABLED="false", ANSIBLE_LOCAL_TEMP=os.path.join(workdir, "tmp"),
-                       ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-            env.pop("ANSIBLE_CONFIG", None)
-            if facts_mode == "cache":
-                env.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=os.path.join(workdir, "fact_cache"),
-                           ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
-                extra = ["-e", "guestmemfs_facts_from=cache"]
-            else:
-                extra = ["-e", "guestmemfs_facts_from=%s" % os.path.join(workdir, "facts.json")]
-            total_wall = total_cpu = 0.0
-            for name in ("sizing.yml", "plan.yml"):
-                la = load()
-                rc, wall, cpu, rss = run_playbook(os.path.join(ROOT, "playbooks", name), workdir, env,
-                                                  extra if name == "sizing.yml" else [])
-                total_wall += wall
-                total_cpu += cpu
-                peak = "%.0f" % rss if rss else "-"
-                print("%7d %5.2f %-11s %8.1f %8.1f %8.2f %9s %4d" % (n, la, name, wall, cpu, 1000 * wall / n, peak, rc))
-                sys.stdout.flush()
-            print("%7d %5.2f %-11s %8.1f %8.1f %8.2f" % (n, load(), "both", total_wall, total_cpu, 1000 * total_wall / n))
-            if not keep:
-                shutil.rmtree(workdir, True)
+                                   "--hosts", str(n), "--out", os.path.join(tree, "fleet-%d" % n)]
+                                  + (["--cache"] if facts_mode == "cache" else []))
+        for rnd in range(1, repeat + 1):
+            for n in sizes:
+                workdir = os.path.join(tree, "fleet-%d" % n)
+                env, extra = fleet_env(workdir, tree, facts_mode)
+                total_wall = total_cpu = 0.0
+                for name in ("sizing.yml", "plan.yml"):
+                    la = load()
+                    # plan.yml: without asking each host's QEMUs (that play contacts every host)
+                    rc, wall, cpu, rss = run_playbook(os.path.join(ROOT, "playbooks", name), workdir, env,
+                                                      extra if name == "sizing.yml" else ["-e", "guestmemfs_plan_check_vms=false"])
+                    total_wall += wall
+                    total_cpu += cpu
+                    runs.setdefault((n, name), []).append((wall, cpu, la))
+                    peak = "%.0f" % rss if rss else "-"
+                    print("%5d %7d %5.2f %-11s %8.1f %8.1f %8.2f %9s %4d" % (rnd, n, la, name, wall, cpu, 1000 * wall / n, peak, rc))
+                    sys.stdout.flush()
+                runs.setdefault((n, "both"), []).append((total_wall, total_cpu, load()))
+                print("%5d %7d %5.2f %-11s %8.1f %8.1f %8.2f" % (rnd, n, load(), "both", total_wall, total_cpu, 1000 * total_wall / n))
+        if repeat > 1:
+            print("\nmin / median of %d interleaved rounds (load: min-max at the start of the runs)" % repeat)
+            head = ("hosts", "playbook", "load", "wall_min", "wall_med", "cpu_min", "cpu_med", "cpu ms/host")
+            print("%7s %-11s %11s %8s %8s %8s %8s %12s" % head)
+            for n in sizes:
+                for name in ("sizing.yml", "plan.yml", "both"):
+                    r = runs[(n, name)]
+                    print("%7d %-11s %5.2f-%5.2f %8.1f %8.1f %8.1f %8.1f %12.2f" % (
+                        n, name, min(x[2] for x in r), max(x[2] for x in r), min(x[0] for x in r),
+                        statistics.median(x[0] for x in r), min(x[1] for x in r), statistics.median(x[1] for x in r),
+                        1000 * statistics.median(x[1] for x in r) / n))
     finally:
         if keep:
             print("fleets and logs kept in %s" % tree)
@@ -162,6 +185,7 @@ def main():
     ap.add_argument("--playbook-hosts", type=int, nargs="*", default=None,
                     help="fleet sizes for the playbooks (default: --hosts; none: skip them)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--playbook-repeat", type=int, default=1, help="interleaved rounds of the playbooks")
     ap.add_argument("--facts", choices=["cache", "file"], default="cache")
     ap.add_argument("--keep", action="store_true", help="keep the generated fleets and the playbooks' logs")
     a = ap.parse_args()
@@ -170,7 +194,7 @@ def main():
     planners(a.hosts, a.repeat)
     sizes = a.hosts if a.playbook_hosts is None else a.playbook_hosts
     if sizes:
-        playbooks(sizes, a.facts, a.keep)
+        playbooks(sizes, a.facts, a.keep, a.playbook_repeat)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,17 @@ def sizing_json(tmp_path):
     return json.loads((tmp_path / "report" / "sizing.json").read_text())["hosts"]
 
 
+def sizing_from_cache(tmp_path, inv, cache):
+    """sizing.yml planned from Ansible's jsonfile fact cache in ``cache``."""
+    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(cache),
+                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
+    try:
+        return run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
+    finally:
+        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
+            os.environ.pop(k)
+
+
 def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     inv, facts = small_fleet()
     expected = expected_rows(inv, facts)
@@ -61,13 +72,7 @@ def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     # Ansible's jsonfile fact cache, written by Ansible's own cache plugin
     os.remove(str(tmp_path / "report" / "sizing.json"))
     fleet_inventory.write_cache(facts, str(tmp_path / "cache"))
-    os.environ.update(ANSIBLE_CACHE_PLUGIN="jsonfile", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "cache"),
-                      ANSIBLE_CACHE_PLUGIN_TIMEOUT="0")
-    try:
-        out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "sizing.yml"), "-e", "guestmemfs_facts_from=cache")
-    finally:
-        for k in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION", "ANSIBLE_CACHE_PLUGIN_TIMEOUT"):
-            os.environ.pop(k)
+    out = sizing_from_cache(tmp_path, inv, tmp_path / "cache")
     assert out.returncode == 2, out.stdout + out.stderr
     assert sizing_json(tmp_path) == from_file
 
@@ -195,3 +200,69 @@ def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     refuse = refuse.split("PLAY RECAP")[0]
     assert "[unplanned]" in refuse and "[empty]" not in refuse  # the refusal ran for the other host only
     assert "unplanned has no carve-out boot arguments: run playbooks/sizing.yml first" in out.stdout
+
+
+def test_plan_without_the_vm_check_visits_no_host(tmp_path):
+    """guestmemfs_plan_check_vms=false (as liveupdate.yml and a plan made without contacting the hosts
+    set it) leaves every host out of the preservability play: no task, not even a skipped one, per host
+    (each is a worker process: minutes at 100,000 hosts). Nothing answers on the hosts' port."""
+    inv, _facts = small_fleet(12)
+    inv["hypervisors"]["vars"].update(ansible_connection="ssh", ansible_port=1, ansible_ssh_timeout=1)
+    out = run(tmp_path, inv, os.path.join(PLAYBOOKS, "plan.yml"), "-e", "guestmemfs_plan_check_vms=false")
+    assert out.returncode == 0, out.stdout + out.stderr
+    play = out.stdout.split("PLAY [Check which VMs the live update can carry]")[1].split("PLAY RECAP")[0]
+    assert "skipping: no hosts matched" in play, play
+    assert "hv0000" not in play, play
+    assert len(json.loads((tmp_path / "report" / "waves.json").read_text())["waves"]) > 1
+
+
+def test_a_hosts_variables_without_its_facts_list_no_plugins(tmp_path, monkeypatch):
+    """FleetVars reads a host's variables as Ansible assembles them, without its facts, and without
+    Ansible's cleaning of the (absent) facts, which lists every connection plugin on disk for each
+    host: half the time of a host's variables at 100,000 hosts."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import connection_loader
+    from ansible.vars.hostvars import HostVars
+    from ansible.vars.manager import VariableManager
+    from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import FleetVars
+
+    inv, facts = small_fleet(6)
+    (tmp_path / "inventory.yml").write_text(json.dumps(inv))
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(tmp_path / "inventory.yml")])
+    vm = VariableManager(loader=loader, inventory=inventory)
+    for name, f in facts.items():
+        vm.set_host_facts(name, f)
+    hostvars = HostVars(inventory=inventory, variable_manager=vm, loader=loader)
+    name = "hv000003"
+    full = hostvars.raw_get(name)
+    assert full["ansible_facts"]["guestmemfs"] == facts[name]["guestmemfs"]
+    listed = []
+    real_all = connection_loader.all
+    monkeypatch.setattr(connection_loader, "all", lambda *a, **kw: listed.append(1) or real_all(*a, **kw))
+    fleet = FleetVars(hostvars, ["guestmemfs_sizing", "rack"])
+    data = fleet.raw(name)
+    assert listed == []
+    assert dict((k, v) for k, v in data.items() if k != "ansible_facts") == \
+        dict((k, v) for k, v in full.items() if k != "ansible_facts" and k not in facts[name])
+    assert not data.get("ansible_facts")
+    assert fleet.facts(name)["guestmemfs"] == facts[name]["guestmemfs"]
+    assert fleet.get(name, data) == {"guestmemfs_sizing": fleet_inventory.SIZING["guestmemfs_vms"],
+                                     "rack": "r0000"}
+    hostvars.raw_get(name)  # Ansible's own reading is as it was
+    assert listed
+
+
+def test_planning_from_the_fact_cache_leaves_it_as_it_was(tmp_path):
+    """sizing.yml from the fact cache writes no host's entry: a task run once on the controller for a
+    play over the hypervisors otherwise has Ansible store its (empty) facts into every host's entry,
+    one file per host with the jsonfile cache (most of a 100,000-host plan's time)."""
+    inv, facts = small_fleet(8)
+    cache = tmp_path / "cache"
+    fleet_inventory.write_cache(facts, str(cache))
+    before = dict((p.name, (p.stat().st_mtime_ns, p.read_text())) for p in cache.iterdir())
+    out = sizing_from_cache(tmp_path, inv, cache)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = dict((p.name, (p.stat().st_mtime_ns, p.read_text())) for p in cache.iterdir() if p.name in before)
+    assert after == before
