@@ -597,14 +597,17 @@ def host_problems(facts):
         if not lu.get("exists"):
             out.append({"vm": None, "check": "liveupdate", "blocks": True,
                         "detail": "/dev/liveupdate is missing: boot with kho=on liveupdate=on"})
-        for h in lu.get("holders") or []:
-            # PID 1 holds the device only in the holder unit's fd store (FileDescriptorStorePreserve=yes,
-            # the collection's own unit): the same session, kept across holder restarts.
-            if COLLECTION_HOLDER not in (h.get("cmdline") or "") and str(h.get("pid")) != "1":
-                out.append({"vm": None, "check": "liveupdate", "blocks": True,
-                            "detail": "/dev/liveupdate is held by %s[%s], not by the collection's holder: "
-                                      "LUO allows one opener, so the VMs' memfds cannot be preserved"
-                                      % (h.get("comm"), h.get("pid"))})
+        holders = lu.get("holders") or []
+        ours = [h for h in holders if COLLECTION_HOLDER in (h.get("cmdline") or "")]
+        for h in holders:
+            # Beside the collection's holder, PID 1 holds the same open device in that unit's fd store
+            # (FileDescriptorStorePreserve=yes). PID 1 alone proves nothing of whose session it is.
+            if h in ours or (ours and str(h.get("pid")) == "1"):
+                continue
+            out.append({"vm": None, "check": "liveupdate", "blocks": True,
+                        "detail": "/dev/liveupdate is held by %s[%s], not by the collection's holder: "
+                                  "LUO allows one opener, so the VMs' memfds cannot be preserved"
+                                  % (h.get("comm"), h.get("pid"))})
     mi = facts.get("meminfo") or {}
     if "CmaFree" in mi and "CmaTotal" in mi and mi["CmaFree"] > mi["CmaTotal"]:
         out.append({"vm": None, "check": "kho_cma", "blocks": False,

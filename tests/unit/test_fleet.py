@@ -168,3 +168,12 @@ def test_image_rebuild_keeps_images_other_fleets_use(tmp_path, monkeypatch):
     (tmp_path / "fleets" / "broken").mkdir()
     (tmp_path / "fleets" / "broken" / "fleet.json").write_text("{not json")
     assert fleet.images_in_use() == {str(tmp_path / "images" / "old.raw")}
+
+
+def test_small_kernel_backends_run_the_counting_guests():
+    # The luo and guestmemfs hosts boot the collection's small kernels, which have no bridge for the
+    # real guest's NIC: its VM never started there (fresh-clone run, 2026-12-05).
+    assert fleet.guest_for("pmem", "linux") == "linux"
+    assert fleet.guest_for("luo", "linux") == "counter"
+    assert fleet.guest_for("guestmemfs", "linux") == "counter"
+    assert fleet.guest_for("luo", "counter") == "counter"

@@ -552,3 +552,12 @@ def test_target_machines_asks_again_after_an_empty_answer():
     assert calls == [["qemu-system-x86_64", "-machine", "help"]] * 2
     with pytest.raises(ValueError, match="listed no machine types .twice"):
         P.target_machines("q", lambda argv: (0, "", "oops"))
+
+
+def test_host_liveupdate_held_only_by_pid1_is_not_taken_for_ours():
+    # PID 1 holds it in some unit's fd store; without the collection's holder beside it, nothing shows
+    # that the session is the collection's: refuse, as for any other opener.
+    alone = {"backend": "luo", "meminfo": {}, "liveupdate": {"exists": True, "holders": [
+        {"pid": 1, "comm": "systemd", "cmdline": "/sbin/init"}]}}
+    problems = P.host_problems(alone)
+    assert len(problems) == 1 and problems[0]["blocks"] and "systemd[1]" in problems[0]["detail"]

@@ -128,7 +128,8 @@ def real_guests(host):
     out = dict((vm, guest_address(recorded_argv(host, vm))) for vm in ("vm1", "vm2"))
     vms = dict((vm, a) for vm, a in out.items() if a)
     if not vms:
-        pytest.skip("no real Linux guest on this host (this run: the %s guest; the default runs it)" % GUEST)
+        pytest.skip("no real Linux guest on this host: counting guests only (GUESTMEMFS_FLEET_GUEST=%s; luo and "
+                    "guestmemfs hosts run counting guests, fleet.py up says why)" % GUEST)
     return vms
 
 

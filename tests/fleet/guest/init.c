@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -30,12 +31,17 @@
 
 #define MAX_SERVICES 8
 
-static void say(const char *fmt, const char *a, const char *b)
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void say(const char *fmt, ...)
 {
+	va_list ap;
+	va_start(ap, fmt);
 	printf("gmfs-init: ");
-	printf(fmt, a, b);
+	vprintf(fmt, ap);
 	printf("\n");
 	fflush(stdout);
+	va_end(ap);
 }
 
 static double uptime(void)
@@ -105,13 +111,13 @@ static void network(void)
 	char ip[64], *slash;
 	int s = socket(AF_INET, SOCK_DGRAM, 0);
 	if (s < 0) {
-		say("socket: %s%s", strerror(errno), "");
+		say("socket: %s", strerror(errno));
 		return;
 	}
 	link_up(s, "lo");
 	cmdline_ip(ip, sizeof ip);
 	if (!ip[0]) {
-		say("no gmfs.ip= on the cmdline: eth0 stays down%s%s", "", "");
+		say("no gmfs.ip= on the cmdline: eth0 stays down");
 		close(s);
 		return;
 	}
@@ -125,7 +131,7 @@ static void network(void)
 	set_addr(s, "eth0", SIOCSIFNETMASK, mask, "eth0 netmask");
 	link_up(s, "eth0");
 	close(s);
-	say("eth0 %s%s", ip, "");
+	say("eth0 %s", ip);
 }
 
 static void data_disk(void)
@@ -136,9 +142,9 @@ static void data_disk(void)
 		usleep(100000);
 	mkdir("/data", 0755);
 	if (mount("/dev/vda", "/data", "ext4", 0, NULL) == 0)
-		say("/data mounted%s%s", "", "");
+		say("/data mounted");
 	else
-		say("no /data (mount /dev/vda failed: %s): the workload runs without its log", strerror(errno), "");
+		say("no /data (mount /dev/vda failed: %s): the workload runs without its log", strerror(errno));
 }
 
 /* Modules in dependency order (written by the build from the kernel's modules.dep); none when the
@@ -182,7 +188,6 @@ int main(void)
 	char services[MAX_SERVICES][256];
 	pid_t pids[MAX_SERVICES];
 	int nservices = 0;
-	char up[32];
 
 	try_mount("proc", "/proc", "proc", 0);
 	try_mount("sysfs", "/sys", "sysfs", 0);
@@ -191,11 +196,10 @@ int main(void)
 	int fd = open("/proc/sys/kernel/printk", O_WRONLY);
 	if (fd >= 0) {
 		if (write(fd, "4", 1) != 1)
-			say("printk level: %s%s", strerror(errno), "");
+			say("printk level: %s", strerror(errno));
 		close(fd);
 	}
-	snprintf(up, sizeof up, "%.2f", uptime());
-	say("up %ss%s", up, "");
+	say("up %.2fs", uptime());
 
 	load_modules();
 	data_disk();
@@ -226,9 +230,8 @@ int main(void)
 		for (int i = 0; i < nservices; i++) {
 			if (pids[i] != pid)
 				continue;
-			char rc[16];
-			snprintf(rc, sizeof rc, "%d", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-			say("%s exited rc=%s; restarting in 1s", services[i], rc);
+			say("%s exited rc=%d; restarting in 1s", services[i],
+			    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 			sleep(1);
 			pids[i] = start(services[i]);
 		}
