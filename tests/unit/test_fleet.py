@@ -177,3 +177,17 @@ def test_small_kernel_backends_run_the_counting_guests():
     assert fleet.guest_for("luo", "linux") == "counter"
     assert fleet.guest_for("guestmemfs", "linux") == "counter"
     assert fleet.guest_for("luo", "counter") == "counter"
+
+
+def test_smp_fleet_hosts_run_single_threaded_tcg():
+    # With multi-threaded TCG (QEMU 7.2 here) a 2-vCPU fleet host's kernel took an int3 Oops while
+    # patching a static key at boot ("sched_clock: Marking stable", then "Oops: int3" in
+    # sched_clock_cpu on the other vCPU) and panicked: fresh-clone run, 2026-12-05.
+    host = {"name": "host1", "disk": "d", "port": 2222, "console": "c", "qmp": "q", "pidfile": "p"}
+    state = {"accel": "tcg", "cpus": 2, "memory_mb": 4096, "key": "/k"}
+    argv = fleet.qemu_cmd(state, host, "/base.raw")
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
+    argv = fleet.qemu_cmd(dict(state, cpus=1), host, "/base.raw")
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    argv = fleet.qemu_cmd(dict(state, accel="kvm"), host, "/base.raw")
+    assert argv[argv.index("-accel") + 1] == "kvm"
