@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError, event_time
 
 CONF_DIR = "/etc/guestmemfs-liveupdate/vms"
@@ -37,6 +37,11 @@ class VM(object):
         self.mem_path = conf["mem_path"]
         self.backend = conf.get("backend")
         self.qmp_path = vmdef.qmp_path(conf, RUN_DIR)
+        self.qga_path = vmdef.qga_path(conf, RUN_DIR)
+        # What its running QEMU was launched with (vmdef.launch; None: as root): the caller sets
+        # it from the recorded launch, so that a save and a restore give the state file to the
+        # user the QEMU runs as.
+        self.launch = None
         self.state_path = conf.get("state") or os.path.join(STATE_DIR, self.name + ".state")
 
     @classmethod
@@ -52,6 +57,10 @@ class VM(object):
     def argv(self):
         """The argv of a cold start, built from this configuration."""
         return vmdef.build_argv(self.conf, RUN_DIR)
+
+    def cold_launch(self):
+        """The launch of a cold start, from this configuration."""
+        return vmdef.launch(self.conf)
 
 
 def vm_names(conf_dir=CONF_DIR):
@@ -81,12 +90,15 @@ def save(vm, timeout=120, before_quit=None):
     still runs (a failed migration is cancelled first) and the exception says what happened; a
     state file is removed unless QEMU quit after it (a resumed VM's state is stale)."""
     tmp = vm.state_path + ".partial"
-    os.makedirs(os.path.dirname(vm.state_path), 0o700, exist_ok=True)  # VMs save in parallel
+    # VMs save in parallel; 0711: a confined QEMU reaches only the file it is given (confine)
+    os.makedirs(os.path.dirname(vm.state_path), 0o711, exist_ok=True)
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect()
     stopped = False
     migrating = renamed = False
+    give_back = None
     try:
+        give_back = confine.state_owner(tmp, vm.launch)  # refuses before the pause
         _prepare_migration(q)
         q.cmd("stop")
         stopped = True
@@ -102,6 +114,7 @@ def save(vm, timeout=120, before_quit=None):
                 why = None
             reason = ": %s" % why if why else ""
             raise QMPError("migration of %s to %s ended %s%s" % (vm.name, tmp, done["data"]["status"], reason))
+        give_back()  # a saved state is root's: no QEMU of that user may alter it
         _fsync_path(tmp)
         os.rename(tmp, vm.state_path)
         renamed = True
@@ -141,12 +154,15 @@ def restore(vm, timeout=120, connect_wait=60, before_cont=None):
     before the VM resumes: from then on its memory runs past the saved state."""
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect(wait=connect_wait)
+    give_back = lambda: None  # noqa: E731
     try:
         t0 = time.time()
         _prepare_migration(q)
+        give_back = confine.state_owner(vm.state_path, vm.launch)  # QEMU reads it as its user
         q.cmd("migrate-incoming", uri="file:" + vm.state_path)
         done = q.wait_event("MIGRATION", timeout,
                             match=lambda e: e.get("data", {}).get("status") in ("completed", "failed", "cancelled"))
+        give_back()
         if done["data"]["status"] != "completed":
             raise QMPError("incoming migration of %s ended %s" % (vm.name, done["data"]["status"]))
         if before_cont:
@@ -155,6 +171,7 @@ def restore(vm, timeout=120, connect_wait=60, before_cont=None):
         resume = q.wait_event("RESUME", 30)
         return {"restore_started_ts": t0, "loaded_ts": event_time(done), "resume_ts": event_time(resume)}
     finally:
+        give_back()
         q.close()
 
 

@@ -16,12 +16,13 @@ __metaclass__ = type
 import contextlib
 import fcntl
 import os
+import subprocess
 import sys
 import threading
 import time
 import uuid
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, manifest, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
@@ -218,6 +219,11 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
     # Each VM restores with exactly the argv it runs with now (recorded when it started), never one
     # rebuilt from a definition changed since.
     argvs = dict((vm.name, _started_argv(vm)) for vm in running)
+    for vm in running:
+        vm.launch = _started_launch(vm)
+    unreachable = [problem for problem in (_state_problem(vm) for vm in running) if problem]
+    if unreachable:
+        raise UpdateError("%s. Nothing was paused" % "; ".join(unreachable))
     tokens = {}
     for backend, vms_of in by_backend(running):
         try:
@@ -232,7 +238,8 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
         journal.phase_update("saving", update_id=update_id, started_ts=time.time(), from_boot_id=journal.boot_id(),
                              saver_pid=os.getpid(), autonomous=autonomous, manifest_mode=mode)(j)
         j["vms"] = dict((vm.name, {"state": "saving", "mem_path": vm.mem_path, "state_path": vm.state_path,
-                                   "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1]}) for vm in running)
+                                   "argv": argvs[vm.name][0], "argv_source": argvs[vm.name][1],
+                                   "launch": vm.launch}) for vm in running)
     results, errors = {}, {}
     try:
         update_journal(begin, msg="saving %d VMs" % len(running))
@@ -346,8 +353,46 @@ def _started_argv(vm):
     return vm.argv(), "configuration (no argv recorded at start)"
 
 
-def record_argv(name, argv):
-    write_json(vmdef.argv_record_path(name, ARGV_DIR), {"argv": argv, "boot_id": journal.boot_id(), "ts": time.time()})
+def _started_launch(vm):
+    """How ``vm``'s QEMU was launched (vmdef.launch), as recorded at its start; None: as root (an
+    argv recorded before confinement, or the opt-out)."""
+    try:
+        rec = vmdef.load_record(vm.name, ARGV_DIR)
+    except vmdef.VMDefError:
+        return None
+    return (rec or {}).get("launch")
+
+
+def _state_problem(vm):
+    """Why a confined QEMU could not write its state file (before anything pauses), or None."""
+    if not confine.confined(vm.launch):
+        return None
+    try:
+        uid, gid = confine.ids(vm.launch["user"])
+    except confine.ConfineError as exc:
+        return "%s: %s" % (vm.name, exc)
+    blocked = confine.unreachable(vm.state_path, uid, gid) if os.path.isdir(os.path.dirname(vm.state_path)) \
+        else confine.unreachable(os.path.dirname(vm.state_path), uid, gid)
+    if blocked:
+        return "%s: its QEMU runs as %s and cannot reach its state file %s (directory %s): the qemu_vm role " \
+               "makes the state directory 0711" % (vm.name, vm.launch["user"], vm.state_path, blocked)
+    return None
+
+
+def record_argv(name, argv, launch=None):
+    write_json(vmdef.argv_record_path(name, ARGV_DIR),
+               {"argv": argv, "launch": launch, "boot_id": journal.boot_id(), "ts": time.time()})
+
+
+def _exec(vm, argv, launch):
+    """Become the VM's QEMU (confine.exec_qemu); returns an exit code only when it refused."""
+    try:
+        confine.exec_qemu(vm, argv, launch)
+    except (confine.ConfineError, OSError, subprocess.CalledProcessError) as exc:
+        sys.stderr.write("%s NOT started: %s. Its memory %s and any saved state are kept; fix that, then start "
+                         "its unit again\n" % (vm.name, exc, vm.mem_path))
+        return 9
+    return 0
 
 
 def rollback(run, names, conf_dir=cpr.CONF_DIR):
@@ -627,9 +672,9 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         sys.stderr.write(refusal[1] + "\n")
         return refusal[0]
     if not os.path.exists(vm.state_path):
-        argv = vm.argv()
-        record_argv(name, argv)
-        os.execvp(argv[0], argv)
+        argv, launch = vm.argv(), vm.cold_launch()
+        record_argv(name, argv, launch)
+        return _exec(vm, argv, launch)
     rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "saved" or (
             rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
@@ -638,10 +683,13 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).
-        base = rec.get("argv") or _started_argv(vm)[0]
-        record_argv(name, base)
-        argv = vmdef.incoming_argv(base)
-        os.execvp(argv[0], argv)
+        # How it was launched comes with it: a VM saved before confinement restores as it ran.
+        if rec.get("argv"):
+            base, launch = rec["argv"], rec.get("launch")
+        else:
+            base, launch = _started_argv(vm)[0], _started_launch(vm)
+        record_argv(name, base, launch)
+        return _exec(vm, vmdef.incoming_argv(base), launch)
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
@@ -664,6 +712,8 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
                          "kept; run `agent verify %s`, then systemctl restart %s\n" % (
                              name, rec.get("verified_boot_id"), vm.state_path, vm.mem_path, name, UNIT % name))
         return 3
+
+    vm.launch = rec.get("launch")
 
     def resuming(vm):  # from cont on, the VM's memory runs past its saved state
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),

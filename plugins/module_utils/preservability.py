@@ -22,6 +22,7 @@ __metaclass__ = type
 import os
 import posixpath
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import preserves_through_luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
@@ -170,7 +171,8 @@ def _memory_problems(vm, backends, machine_backend, conf, backend):
         if btype == "memory-backend-memfd" and not hugetlb:
             out.append(problem(vm, "memory", "%s is QEMU's own memfd: nothing preserves it across kexec "
                                              "(luo VMs map the holder's memfd by %s)" % (where, mem_path)))
-        elif btype == "memory-backend-file" and not hugetlb and path and posixpath.normpath(path) != mem_path:
+        elif btype == "memory-backend-file" and not hugetlb and path and posixpath.normpath(path) != mem_path \
+                and not (path == confine.MEM_FD_PATH and conf.get("mem_fd")):  # the agent handed it over
             out.append(problem(vm, "memory", "%s is not the VM's backend file %s: its content is not "
                                              "preserved" % (where, mem_path)))
     return out

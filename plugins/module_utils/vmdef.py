@@ -20,6 +20,7 @@ import json
 import os
 import re
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import format_size, parse_size
 
 # One VM-name rule for every module, the role and the agent: names become file names, unit
@@ -89,7 +90,22 @@ OWNED_ARGS = {
     "-append": "use the definition's 'append'",
     "-loadvm": "the VM is restored only from its cpr-reboot state",
     "-S": "the collection decides when a VM runs",
+    "-sandbox": "the collection sets QEMU's sandbox (guestmemfs_qemu_user)",
+    "-runas": "the collection decides which user QEMU runs as (guestmemfs_qemu_user)",
+    "-run-with": "the collection decides which user QEMU runs as (guestmemfs_qemu_user)",
+    "-chroot": "the collection decides which user QEMU runs as (guestmemfs_qemu_user)",
+    "-add-fd": "the collection hands QEMU its descriptors itself",
 }
+# What a confined QEMU (unprivileged, -sandbox spawn=deny, no new privileges) cannot do: each
+# pattern of an extra argument, and why.
+UNCONFINABLE = (
+    (re.compile(r"(^|,)(script|downscript)=(?!no(,|$))"), "a tap script is a program QEMU would spawn"),
+    (re.compile(r"(^|,)helper="), "a network helper is a program QEMU would spawn"),
+    (re.compile(r"^bridge(,|$)"), "-netdev bridge spawns the setuid bridge helper: use a nics entry of type bridge"),
+    (re.compile(r"(^|[,:])exec:"), "exec: spawns a program"),
+    (re.compile(r"(^|,)vhost(force)?=on"), "vhost-net needs /dev/vhost-net, which the VM's unit does not allow"),
+    (re.compile(r"(^|,)fd=\d"), "the collection numbers the descriptors it hands QEMU"),
+)
 
 
 class VMDefError(ValueError):
@@ -310,13 +326,21 @@ def build_argv(conf, run_dir):
     plus ``mem_path``). A restore appends ``-incoming defer`` to the argv recorded at the start."""
     name = conf["name"]
     size = "%dM" % (conf["memory_bytes"] // (1024 * 1024))
+    # Confined: the agent hands over the QMP socket, the guest agent's, the taps and a memfd (confine).
+    confined = launch(conf) is not None
+    mem_path = confine.MEM_FD_PATH if confined and conf.get("mem_fd") else conf["mem_path"]
     argv = [conf.get("qemu") or DEFAULTS["qemu"], "-name", name, "-nodefaults", "-no-user-config",
             "-display", "none",
             "-machine", "%s,memory-backend=ram0" % conf["machine"], "-accel", conf.get("accel") or "kvm",
             "-cpu", conf.get("cpu") or ("host" if conf.get("accel", "kvm") == "kvm" else "max"),
             "-smp", str(conf.get("vcpus") or 1), "-m", size,
-            "-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, conf["mem_path"]),
-            "-qmp", "unix:%s,server=on,wait=off" % qmp_path(conf, run_dir)]
+            "-object", "memory-backend-file,id=ram0,size=%s,mem-path=%s,share=on" % (size, mem_path)]
+    if confined:
+        argv += ["-sandbox", confine.SANDBOX,
+                 "-chardev", "socket,id=qmp0,fd=%d,server=on,wait=off" % confine.QMP_FD,
+                 "-mon", "chardev=qmp0,mode=control"]
+    else:
+        argv += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path(conf, run_dir)]
     if conf.get("serial_log"):
         argv += ["-chardev", "file,id=serial0,path=%s,append=on" % conf["serial_log"], "-serial", "chardev:serial0"]
     scsi = False
@@ -334,7 +358,9 @@ def build_argv(conf, run_dir):
         else:
             argv += ["-device", "virtio-blk-pci,drive=disk%d,id=disk%d-dev%s" % (i, i, serial)]
     for i, n in enumerate(conf.get("nics") or []):
-        if n["type"] == "bridge":
+        if confined and n["type"] != "user":
+            netdev = "tap,id=net%d,fd=%d" % (i, confine.NIC_FD_BASE + i)
+        elif n["type"] == "bridge":
             netdev = "bridge,id=net%d,br=%s" % (i, n["bridge"])
         elif n["type"] == "tap":
             netdev = "tap,id=net%d,ifname=%s,script=no,downscript=no" % (i, n["ifname"])
@@ -344,7 +370,8 @@ def build_argv(conf, run_dir):
         argv += ["-netdev", netdev, "-device", "%s,netdev=net%d,id=net%d-dev%s" % (n.get("model", "virtio-net-pci"),
                                                                                    i, i, mac)]
     if conf.get("guest_agent"):
-        argv += ["-chardev", "socket,id=qga0,path=%s,server=on,wait=off" % qga_path(conf, run_dir),
+        where = "fd=%d" % confine.QGA_FD if confined else "path=%s" % qga_path(conf, run_dir)
+        argv += ["-chardev", "socket,id=qga0,%s,server=on,wait=off" % where,
                  "-device", "virtio-serial-pci,id=vser0",
                  "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
     if conf.get("kernel"):
@@ -357,6 +384,32 @@ def build_argv(conf, run_dir):
     return argv
 
 
+def check_confinable(conf):
+    """Refuse (VMDefError) a definition whose extra arguments a confined QEMU cannot run; the
+    message names the argument and the opt-out."""
+    for i, arg in enumerate(conf.get("extra_args") or []):
+        for pattern, why in UNCONFINABLE:
+            if pattern.search(arg):
+                raise _err(conf["name"], "extra_args[%d] %r cannot run in a confined QEMU (user %s, -sandbox): %s. "
+                                         "Drop it, or run this host's QEMUs as root (guestmemfs_qemu_user: root, "
+                                         "unsafe)" % (i, arg, conf.get("qemu_user"), why))
+    return conf
+
+
+def launch(conf):
+    """What the agent hands a VM's QEMU besides its argv: the user it runs as and, per descriptor
+    number, the NIC whose tap it opens; None when QEMU runs as root (unconfined)."""
+    if not confine.confined({"user": conf.get("qemu_user")}):
+        return None
+    nics = {}
+    for i, n in enumerate(conf.get("nics") or []):
+        if n["type"] == "bridge":
+            nics[str(confine.NIC_FD_BASE + i)] = {"bridge": n["bridge"]}
+        elif n["type"] == "tap":
+            nics[str(confine.NIC_FD_BASE + i)] = {"tap": n["ifname"]}
+    return {"user": conf["qemu_user"], "nics": nics}
+
+
 def incoming_argv(argv):
     return list(argv) + ["-incoming", "defer"]
 
@@ -365,8 +418,8 @@ def argv_record_path(name, argv_dir=ARGV_DIR):
     return os.path.join(argv_dir, check_name(name) + ".json")
 
 
-def load_argv(name, argv_dir=ARGV_DIR):
-    """The argv ``name`` was last started with on this host, or None."""
+def load_record(name, argv_dir=ARGV_DIR):
+    """What ``name`` was last started with on this host ({argv, launch, boot_id, ts}), or None."""
     try:
         with open(argv_record_path(name, argv_dir)) as fh:
             rec = json.load(fh)
@@ -375,7 +428,15 @@ def load_argv(name, argv_dir=ARGV_DIR):
     except ValueError as exc:
         raise VMDefError("VM %s: its recorded argv %s is not JSON (%s): move it away only if the VM is not "
                          "saved (agent status)" % (name, argv_record_path(name, argv_dir), exc))
-    argv = rec.get("argv") if isinstance(rec, dict) else None
+    return rec if isinstance(rec, dict) else {}
+
+
+def load_argv(name, argv_dir=ARGV_DIR):
+    """The argv ``name`` was last started with on this host, or None."""
+    rec = load_record(name, argv_dir)
+    if rec is None:
+        return None
+    argv = rec.get("argv")
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         raise VMDefError("VM %s: its recorded argv %s holds no argv list" % (name, argv_record_path(name, argv_dir)))
     return argv

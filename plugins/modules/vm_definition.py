@@ -63,6 +63,17 @@ options:
     description: Where the agent records the argv each VM was started with.
     type: path
     default: /var/lib/guestmemfs-liveupdate/argv
+  qemu_user:
+    description:
+      - The unprivileged user each VM's QEMU runs as, with C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny);
+        the agent hands it its QMP socket, taps and (luo) memfd as descriptors and gives it its memory
+        file, disks and serial log. The user must exist (the role M(guestmemfs.liveupdate.qemu_vm) creates it).
+      - C(root) runs QEMU as root without the sandbox, as before confinement existed (unsafe - a
+        compromised QEMU owns the host); definitions whose C(extra_args) a confined QEMU cannot run
+        (scripts, helpers, C(exec:), C(vhost=on), C(fd=)) are refused otherwise.
+      - A running VM keeps how it was launched (a live update restores it so) until its next cold start.
+    type: str
+    default: guestmemfs-qemu
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
 requirements:
@@ -128,7 +139,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import BACKENDS, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import RUN_DIR
 
@@ -155,12 +166,16 @@ def write(path, text, mode):
     os.rename(tmp, path)
 
 
-def configurations(vms, defaults, backend, mem_dir):
+def configurations(vms, defaults, backend, mem_dir, qemu_user=confine.DEFAULT_USER):
     """{name: configuration} for every definition; VMDefError before anything is written."""
     b = get_backend(backend)
     out = {}
     for vm in vmdef.normalize_all(vms, defaults):
-        conf = dict(vm, backend=backend, mem_path=b.vm_mem_path(vm["name"], mem_dir))
+        conf = dict(vm, backend=backend, mem_path=b.vm_mem_path(vm["name"], mem_dir), qemu_user=qemu_user)
+        if confine.confined({"user": qemu_user}):
+            vmdef.check_confinable(conf)
+            if b.hands_memory_fd:
+                conf["mem_fd"] = True
         out[vm["name"]] = conf
     return out
 
@@ -175,12 +190,15 @@ def main():
             conf_dir=dict(type="path", default="/etc/guestmemfs-liveupdate/vms"),
             unit_dir=dict(type="path", default="/etc/systemd/system"),
             argv_dir=dict(type="path", default=vmdef.ARGV_DIR),
+            qemu_user=dict(type="str", default=confine.DEFAULT_USER),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        confs = configurations(p["vms"], p["defaults"], p["backend"], p["mem_dir"])
+        if not vmdef.NAME_RE.match(p["qemu_user"]) and p["qemu_user"] != confine.ROOT:
+            raise vmdef.VMDefError("qemu_user %r is not a system user name (%s)" % (p["qemu_user"], vmdef.NAME_RULE))
+        confs = configurations(p["vms"], p["defaults"], p["backend"], p["mem_dir"], p["qemu_user"])
     except vmdef.VMDefError as exc:
         module.fail_json(msg="%s. Nothing was changed." % exc)
     changed = False

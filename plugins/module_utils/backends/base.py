@@ -74,6 +74,10 @@ class Backend(abc.ABC):
         """(source, fstype, options) for the backend's filesystem at ``mount_point``; BackendError
         for a backend without a filesystem."""
 
+    # Whether a confined QEMU gets the VM's memory as a descriptor from the agent (its path is one
+    # only root can follow) rather than opening the file itself.
+    hands_memory_fd = False
+
     def vm_mem_path(self, name, mem_dir):
         """Where VM ``name``'s RAM is, for QEMU's memory-backend-file: one file per VM on the mount."""
         return "%s/%s.ram" % (mem_dir.rstrip("/"), name)

@@ -182,6 +182,10 @@ class LuoBackend(Backend):
         # handover and only a later cold boot reads it again.
         return list(running_args)
 
+    # The link is the holder's /proc/<pid>/fd/<n>: only root (with ptrace access to the holder)
+    # follows it, so the agent opens it and hands the memfd to a confined QEMU (confine.MEM_FD).
+    hands_memory_fd = True
+
     def vm_mem_path(self, name, mem_dir=None):
         """The holder's memfd, reached through the link it publishes (no file on a mount)."""
         return memfd_holder.mem_path(name)

@@ -1,0 +1,302 @@
+# -*- coding: utf-8 -*-
+# Copyright: guestmemfs.liveupdate contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A VM's QEMU confined: an unprivileged user, QEMU's seccomp sandbox, and from the agent (root,
+in the VM's unit) only what that QEMU must have, handed over before it starts.
+
+The agent opens what an unprivileged QEMU cannot: the QMP and guest-agent sockets (bound in the
+root-only run directory), each NIC's tap (created, or attached, and put on its bridge), and a luo
+VM's memfd (only its holder's /proc link names it); they reach QEMU as file descriptors at fixed
+numbers, which the argv names (``vmdef.build_argv``). What QEMU opens by path itself - the memory
+file of a backend with a filesystem, the disks, the serial log - the agent gives to the user
+(owner, mode 0600 or 0400); what it only reads - a kernel, an initrd - must be readable already.
+Every check comes first: a refusal changes nothing. The device state of a save or a restore is
+given to the user for the migration alone (``cpr``).
+
+A VM is confined when its argv (the one it was started with, recorded) carries ``-sandbox`` and
+its launch record names the user; an argv recorded before confinement existed runs as before
+(root), so a VM saved by an older agent restores unchanged and is confined at its next cold start."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import fcntl
+import grp
+import os
+import pwd
+import socket
+import stat
+import struct
+import subprocess
+
+# The user a confined QEMU runs as when the role names none; ROOT turns confinement off (unsafe).
+DEFAULT_USER = "guestmemfs-qemu"
+ROOT = "root"
+# QEMU's seccomp filter: no obsolete syscalls, no set*uid (it never needs to become anyone), no
+# fork/exec (the bridge helper, exec: migration, scripts are refused by vm_definition), no
+# scheduler or affinity changes.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# Where each handed-over descriptor sits in QEMU (the argv names them; a restore reuses the argv).
+MEM_FD = 3
+QMP_FD = 4
+QGA_FD = 5
+NIC_FD_BASE = 6
+MEM_FD_PATH = "/proc/self/fd/%d" % MEM_FD
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN = "/dev/net/tun"
+# The kernel numbers the taps it creates for bridged NICs: gmq0, gmq1, ...
+TAP_TEMPLATE = "gmq%d"
+
+
+class ConfineError(Exception):
+    """What keeps a confined QEMU from starting; nothing was changed."""
+
+
+def confined(launch):
+    return bool(launch and launch.get("user") and launch["user"] != ROOT)
+
+
+def ids(user):
+    """(uid, gid) of ``user``, ConfineError when the host has no such user."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfineError("user %s does not exist on this host: the qemu_vm role creates it (run the prepare "
+                           "playbook)" % user)
+    if pw.pw_uid == 0:
+        raise ConfineError("user %s is root: a confined QEMU runs unprivileged" % user)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _allows(st, uid, gid, bits):
+    """Whether ``st``'s mode grants ``bits`` (4 read, 2 write, 1 search) to uid/gid (no other groups:
+    QEMU drops every supplementary group)."""
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & bits == bits
+    if st.st_gid == gid:
+        return (st.st_mode >> 3) & bits == bits
+    return st.st_mode & bits == bits
+
+
+def unreachable(path, uid, gid):
+    """The first directory above ``path`` that uid/gid cannot search, or None."""
+    d = os.path.dirname(os.path.abspath(path))
+    chain = []
+    while True:
+        chain.append(d)
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    for d in reversed(chain):
+        try:
+            st = os.stat(d)
+        except OSError as exc:
+            return "%s (%s)" % (d, exc.strerror)
+        if not _allows(st, uid, gid, 1):
+            return "%s (mode %o, owner %d:%d)" % (d, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return None
+
+
+def _split(value):
+    # local: preservability imports the backends, which import cpr, which imports this module
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.preservability import split_opts
+    return split_opts(value)
+
+
+def qemu_paths(argv):
+    """What QEMU opens by path itself, from its argv: [(path, kind)], kind one of memory, disk,
+    disk-ro, log, read."""
+    out = []
+    for opt, value in zip(argv, argv[1:]):
+        if opt == "-object":
+            kind, opts = _split(value)
+            if kind == "memory-backend-file" and opts.get("mem-path") and opts["mem-path"] != MEM_FD_PATH:
+                out.append((opts["mem-path"], "memory"))
+        elif opt == "-drive":
+            _k, opts = _split(value)
+            if opts.get("file"):
+                out.append((opts["file"], "disk-ro" if opts.get("readonly") == "on" else "disk"))
+        elif opt == "-chardev":
+            kind, opts = _split(value)
+            if kind == "file" and opts.get("path"):
+                out.append((opts["path"], "log"))
+        elif opt in ("-kernel", "-initrd", "-bios"):
+            out.append((value, "read"))
+    return out
+
+
+def access_problems(argv, uid, gid):
+    """Why QEMU as uid/gid could not open what its argv names by path, after ``give``: [] when it can."""
+    out = []
+    for path, kind in qemu_paths(argv):
+        blocked = unreachable(path, uid, gid)
+        if blocked and kind == "memory":
+            blocked = unreachable(os.path.dirname(path), uid, gid)  # give() opens the memory's own directory
+        if blocked:
+            out.append("%s %s: directory %s is not searchable by uid %d" % (kind, path, blocked, uid))
+            continue
+        if kind == "read":
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                out.append("%s: %s" % (path, exc.strerror))
+                continue
+            if not _allows(st, uid, gid, 4):
+                out.append("%s (mode %o, owner %d:%d) is not readable by uid %d: make it readable (it is not "
+                           "given away: other VMs may share it)" % (path, stat.S_IMODE(st.st_mode), st.st_uid,
+                                                                    st.st_gid, uid))
+        elif kind != "log" and not os.path.exists(path):
+            out.append("%s %s does not exist" % (kind, path))
+    return out
+
+
+def give(argv, uid, gid):
+    """Make what QEMU opens by path its own: memory file, disks (read-write 0600, read-only 0400 -
+    a read-only disk shared by VMs stays shared: same user), serial log (created). The memory file's
+    directory (the backend's mount, the collection's) gets o+x."""
+    for path, kind in qemu_paths(argv):
+        if kind == "read":
+            continue
+        if kind == "log" and not os.path.exists(path):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        if kind == "memory":
+            d = os.path.dirname(path)
+            mode = stat.S_IMODE(os.stat(d).st_mode)
+            if not mode & 0o001:
+                os.chmod(d, mode | 0o001)
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o400 if kind == "disk-ro" else 0o600)
+
+
+def listening_socket(path):
+    """A UNIX socket bound at ``path`` (root-only, in the root-only run directory), listening."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    s.listen(4)
+    return s
+
+
+def open_tap(ifname):
+    """A tap's fd: ``ifname`` an existing tap (attached), or a template such as gmq%d (created, named
+    by the kernel). Returns (fd, name)."""
+    fd = os.open(TUN, os.O_RDWR)
+    try:
+        ifr = struct.pack("16sH22x", ifname.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        name = struct.unpack("16sH22x", fcntl.ioctl(fd, TUNSETIFF, ifr))[0].rstrip(b"\0").decode()
+    except Exception:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def nic_fds(launch, run=subprocess.check_call):
+    """{fd number: fd} of each NIC in ``launch``: a bridged NIC's new tap is put on its bridge and up
+    (it goes away with QEMU); a tap NIC's existing tap is attached."""
+    out = {}
+    try:
+        for num, nic in sorted((launch.get("nics") or {}).items()):
+            if nic.get("bridge"):
+                fd, name = open_tap(TAP_TEMPLATE)
+                out[int(num)] = fd
+                run(["ip", "link", "set", "dev", name, "master", nic["bridge"]])
+                run(["ip", "link", "set", "dev", name, "up"])
+            else:
+                out[int(num)] = open_tap(nic["tap"])[0]
+    except Exception:
+        for fd in out.values():
+            os.close(fd)
+        raise
+    return out
+
+
+def handover(vm, argv, launch, run=subprocess.check_call):
+    """{fd number: fd} for QEMU: memory (a luo memfd), QMP, guest agent, taps - what its argv names."""
+    fds = {}
+    if MEM_FD_PATH in " ".join(argv):
+        fds[MEM_FD] = os.open(vm.mem_path, os.O_RDWR)
+    fds[QMP_FD] = os.dup(listening_socket(vm.qmp_path).fileno())
+    if ",fd=%d," % QGA_FD in " ".join(argv):
+        fds[QGA_FD] = os.dup(listening_socket(vm.qga_path).fileno())
+    fds.update(nic_fds(launch, run))
+    return fds
+
+
+def become(fds, uid, gid):
+    """In the process about to exec QEMU: each descriptor at its number (inheritable; everything
+    else the agent opened is close-on-exec), then the user, with no supplementary group and no
+    way back."""
+    # Out of the target range first, so that one dup2 cannot overwrite another's source.
+    high = {}
+    for num, fd in fds.items():
+        high[num] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        os.close(fd)
+    for num, fd in high.items():
+        os.dup2(fd, num)
+        os.close(fd)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
+        raise ConfineError("could not drop to uid %d gid %d" % (uid, gid))
+
+
+def prepare(vm, argv, launch, run=subprocess.check_call):
+    """Everything before the exec of a confined QEMU: (uid, gid, fds). ConfineError before any change
+    when QEMU could not reach a path."""
+    uid, gid = ids(launch["user"])
+    problems = access_problems(argv, uid, gid)
+    if problems:
+        raise ConfineError("its QEMU runs as %s (uid %d) and %s; nothing was changed" % (
+            launch["user"], uid, "; ".join(problems)))
+    give(argv, uid, gid)
+    return uid, gid, handover(vm, argv, launch, run)
+
+
+def exec_qemu(vm, argv, launch):
+    """The VM unit's process becomes QEMU: as root for an unconfined launch (opt-out, or an argv
+    recorded before confinement), else as the launch's user with what ``prepare`` handed over."""
+    if not confined(launch):
+        os.execvp(argv[0], argv)
+    uid, gid, fds = prepare(vm, argv, launch)
+    become(fds, uid, gid)
+    os.execvp(argv[0], argv)
+
+
+def state_owner(path, launch):
+    """Give a state file (about to be written or read by QEMU) to the launch's user; returns a
+    function that gives it back to root. A check comes first: ConfineError when QEMU could not
+    reach it."""
+    if not confined(launch):
+        return lambda: None
+    uid, gid = ids(launch["user"])
+    blocked = unreachable(path, uid, gid)
+    if blocked:
+        raise ConfineError("state %s: directory %s is not searchable by %s (uid %d): the qemu_vm role makes "
+                           "the state directory 0711" % (path, blocked, launch["user"], uid))
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chown(path, uid, gid)
+
+    def back():
+        if os.path.exists(path):
+            os.chown(path, 0, 0)
+    return back
+
+
+def group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
