@@ -226,9 +226,9 @@ def handover(vm, argv, launch, run=subprocess.check_call):
     fds = {}
     if MEM_FD_PATH in " ".join(argv):
         fds[MEM_FD] = os.open(vm.mem_path, os.O_RDWR)
-    fds[QMP_FD] = os.dup(listening_socket(vm.qmp_path).fileno())
+    fds[QMP_FD] = listening_socket(vm.qmp_path).detach()
     if ",fd=%d," % QGA_FD in " ".join(argv):
-        fds[QGA_FD] = os.dup(listening_socket(vm.qga_path).fileno())
+        fds[QGA_FD] = listening_socket(vm.qga_path).detach()
     fds.update(nic_fds(launch, run))
     return fds
 
