@@ -460,6 +460,23 @@ def units_dropin(conf, mem_dir_requires=None):
     lines += ["", "[Service]"]
     if conf.get("cpu_quota"):
         lines.append("CPUQuota=%s" % conf["cpu_quota"])
+    # The unit's file system is read-only but for the agent's directories (ProtectSystem=strict):
+    # QEMU writes its disks and its serial log, the agent gives them to QEMU's user. A disk that is
+    # a device node gets past DevicePolicy=closed; one under /home or /tmp past their protection.
+    writable = sorted(set([os.path.dirname(d["path"]) for d in conf.get("disks") or []
+                           if not d["path"].startswith("/dev/")]
+                          + [os.path.dirname(conf["serial_log"])] * bool(conf.get("serial_log"))))
+    if writable:
+        lines.append("ReadWritePaths=%s" % " ".join("-" + d for d in writable))
+    for d in conf.get("disks") or []:
+        if d["path"].startswith("/dev/"):
+            lines.append("DeviceAllow=%s %s" % (d["path"], "r" if d.get("readonly") else "rw"))
+    paths = [d["path"] for d in conf.get("disks") or []] + [p for p in (conf.get("serial_log"), conf.get("kernel"),
+                                                                          conf.get("initrd")) if p]
+    if any(p.startswith(("/home/", "/root/", "/run/user/")) for p in paths):
+        lines.append("ProtectHome=no")
+    if any(p.startswith(("/tmp/", "/var/tmp/")) for p in paths):
+        lines.append("PrivateTmp=no")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 restore that uses the argv the VM was started with, never one rebuilt from a changed definition."""
 
 import json
+import re
 
 import pytest
 
@@ -21,8 +22,10 @@ REAL = {
 }
 
 
-def conf(**kw):
+def conf(qemu_user=None, **kw):
     c = dict(vmdef.normalize(dict(REAL, **kw)), mem_path="/mnt/vmmem/web1.ram", backend="pmem")
+    if qemu_user:  # what vm_definition adds from its qemu_user option
+        c["qemu_user"] = qemu_user
     return c
 
 
@@ -112,7 +115,7 @@ def test_unit_dropin_orders_the_vm_after_its_mounts_and_bridges():
     text = vmdef.units_dropin(conf(cpu_quota="150%"))
     assert "RequiresMountsFor=/var/lib/guest /var/lib/vms /var/log/guestmemfs-liveupdate\n" in text
     assert "Wants=sys-subsystem-net-devices-br0.device\nAfter=sys-subsystem-net-devices-br0.device\n" in text
-    assert text.endswith("[Service]\nCPUQuota=150%\n")
+    assert "[Service]\nCPUQuota=150%\n" in text
 
 
 def module_args(tmp_path, vms, **kw):
@@ -195,3 +198,110 @@ def test_cold_start_records_its_argv_and_restore_uses_it_not_a_changed_definitio
     with pytest.raises(SystemExit):
         hostupdate.vm_run("web1", conf_dir=host["conf"])
     assert host["execs"][1] == started + ["-incoming", "defer"]
+
+
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def test_a_confined_argv_names_the_handed_descriptors_and_the_sandbox_and_nothing_else_changes():
+    assert vmdef.build_argv(conf(qemu_user="guestmemfs-qemu"), "/run/g") == [
+        "qemu-system-x86_64", "-name", "web1", "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", "pc-q35-10.0,memory-backend=ram0", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "256M",
+        "-object", "memory-backend-file,id=ram0,size=256M,mem-path=/mnt/vmmem/web1.ram,share=on",
+        "-sandbox", SANDBOX,
+        "-chardev", "socket,id=qmp0,fd=4,server=on,wait=off", "-mon", "chardev=qmp0,mode=control",
+        "-chardev", "file,id=serial0,path=/var/log/guestmemfs-liveupdate/web1.serial.log,append=on",
+        "-serial", "chardev:serial0",
+        "-drive", "file=/var/lib/vms/web1.qcow2,format=qcow2,if=none,id=disk0,cache=none",
+        "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev",
+        "-drive", "file=/var/lib/vms/data.raw,format=raw,if=none,id=disk1,cache=writeback",
+        "-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-hd,drive=disk1,bus=scsi0.0,id=disk1-dev,serial=data1",
+        "-netdev", "tap,id=net0,fd=6", "-device", "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:12:34:56",
+        "-chardev", "socket,id=qga0,fd=5,server=on,wait=off",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-kernel", "/var/lib/guest/vmlinuz", "-initrd", "/var/lib/guest/initrd.img",
+        "-append", "console=ttyS0 memmap=8M$32M"]
+    assert vmdef.launch(conf(qemu_user="guestmemfs-qemu")) == {"user": "guestmemfs-qemu",
+                                                                "nics": {"6": {"bridge": "br0"}}}
+
+
+def test_root_is_the_unconfined_argv_of_before_and_no_launch():
+    assert vmdef.build_argv(conf(qemu_user="root"), "/run/g") == vmdef.build_argv(conf(), "/run/g")
+    assert vmdef.launch(conf(qemu_user="root")) is None and vmdef.launch(conf()) is None
+
+
+def test_a_confined_luo_vm_maps_the_memfd_the_agent_hands_over_and_tap_nics_are_handed_too():
+    c = dict(conf(qemu_user="u1", nics=[{"type": "tap", "ifname": "tap-web1", "mac": "52:54:00:00:00:02"},
+                                        {"type": "user"}]),
+             mem_path="/run/guestmemfs-liveupdate/luo/web1", mem_fd=True)
+    argv = vmdef.build_argv(c, "/run/g")
+    assert "memory-backend-file,id=ram0,size=256M,mem-path=/proc/self/fd/3,share=on" in argv
+    assert argv[argv.index("tap,id=net0,fd=6") - 1] == "-netdev" and "user,id=net1" in argv
+    assert vmdef.launch(c) == {"user": "u1", "nics": {"6": {"tap": "tap-web1"}}}
+
+
+@pytest.mark.parametrize("arg,why", [
+    ("tap,id=x,ifname=t0,script=/etc/qemu-ifup", "a tap script is a program QEMU would spawn"),
+    ("tap,id=x,helper=/usr/lib/qemu/qemu-bridge-helper", "a network helper"),
+    ("bridge,id=x,br=br1", "-netdev bridge spawns the setuid bridge helper"),
+    ("tap,id=x,ifname=t0,vhost=on", "vhost-net needs /dev/vhost-net"),
+    ("socket,id=c,fd=7", "the collection numbers the descriptors"),
+    ("exec:cat", "exec: spawns a program"),
+])
+def test_extra_args_a_confined_qemu_cannot_run_are_refused_with_the_opt_out(arg, why):
+    c = conf(qemu_user="guestmemfs-qemu", extra_args=["-netdev", arg])
+    with pytest.raises(vmdef.VMDefError, match=re.escape(why)) as exc:
+        vmdef.check_confinable(c)
+    assert "extra_args[1]" in str(exc.value) and "guestmemfs_qemu_user: root" in str(exc.value)
+    assert vmdef.check_confinable(conf(extra_args=["-netdev", "tap,id=x,ifname=t0,script=no,downscript=no"]))
+
+
+@pytest.mark.parametrize("arg", ["-sandbox", "-runas", "-run-with", "-chroot", "-add-fd"])
+def test_the_user_and_the_sandbox_are_the_collections(arg):
+    with pytest.raises(vmdef.VMDefError, match="contradicts live update"):
+        conf(extra_args=[arg, "x"])
+
+
+def test_unit_dropin_makes_the_disks_and_the_serial_log_writable_under_the_hardened_unit():
+    assert vmdef.units_dropin(conf(cpu_quota="150%")) == (
+        "# Written by guestmemfs.liveupdate from the VM's definition.\n"
+        "[Unit]\n"
+        "RequiresMountsFor=/var/lib/guest /var/lib/vms /var/log/guestmemfs-liveupdate\n"
+        "Wants=sys-subsystem-net-devices-br0.device\n"
+        "After=sys-subsystem-net-devices-br0.device\n"
+        "\n"
+        "[Service]\n"
+        "CPUQuota=150%\n"
+        "ReadWritePaths=-/var/lib/vms -/var/log/guestmemfs-liveupdate\n")
+    text = vmdef.units_dropin(conf(disks=[{"path": "/dev/vg0/web1", "format": "raw"},
+                                          {"path": "/home/ops/seed.raw", "format": "raw", "readonly": True}],
+                                   serial_log="/tmp/web1.log", nics=[]))
+    assert text.split("[Service]\n")[1] == ("ReadWritePaths=-/home/ops -/tmp\n"
+                                            "DeviceAllow=/dev/vg0/web1 rw\n"
+                                            "ProtectHome=no\n"
+                                            "PrivateTmp=no\n")
+
+
+def test_module_confines_by_default_and_hands_a_luo_memfd(tmp_path, capsys):
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [dict(REAL, nics=[])], backend="luo"))
+    assert rc == 0
+    written = json.loads((tmp_path / "conf" / "web1.json").read_text())
+    assert (written["qemu_user"], written["mem_fd"]) == ("guestmemfs-qemu", True)
+    argv = out["vms"]["web1"]["argv"]
+    assert "-sandbox" in argv and "memory-backend-file,id=ram0,size=256M,mem-path=/proc/self/fd/3,share=on" in argv
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [dict(REAL, nics=[])], qemu_user="root"))
+    written = json.loads((tmp_path / "conf" / "web1.json").read_text())
+    assert rc == 0 and written["qemu_user"] == "root" and "mem_fd" not in written
+    assert "-sandbox" not in out["vms"]["web1"]["argv"]
+
+
+def test_module_refuses_what_a_confined_qemu_cannot_run_and_writes_nothing(tmp_path, capsys):
+    vm = dict(REAL, extra_args=["-netdev", "bridge,id=x,br=br1"])
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [vm]))
+    assert rc == 1 and "cannot run in a confined QEMU" in out["msg"] and "Nothing was changed" in out["msg"]
+    assert not (tmp_path / "conf").exists()
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [vm], qemu_user="root"))
+    assert rc == 0
+    rc, out = run(capsys, vm_definition, module_args(tmp_path, [REAL], qemu_user="bad\nuser"))
+    assert rc == 1 and "is not a system user name" in out["msg"]
