@@ -1,0 +1,103 @@
+"""The VM unit's confinement, exactly as rendered (the agent runs as root in it, then becomes QEMU as
+the unprivileged user), and systemd's own check of every unit the qemu_vm role renders."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from test_backend_spec import TEMPLATES
+
+VM_SERVICE = """[Service]
+Type=simple
+# Cold start; or, with a saved state, verify its memory against the manifest, then -incoming defer.
+ExecStart=/usr/bin/python3 /usr/lib/guestmemfs-liveupdate/agent vm-run %i
+# Feed the saved state and resume (does nothing on a cold start).
+ExecStartPost=/usr/bin/python3 /usr/lib/guestmemfs-liveupdate/agent vm-restore %i
+Restart=no
+TimeoutStartSec=600
+
+# Confinement. The agent runs as root in this unit (it verifies the memory, journals, opens the
+# VM's QMP socket, taps and memfd) and then becomes QEMU as guestmemfs-qemu, which
+# QEMU's own -sandbox confines further (see docs/confinement.md). What follows holds for both.
+NoNewPrivileges=yes
+# Read-only but for the agent's directories, the backend's mount and (the VM's drop-in) its disks
+# and serial log.
+ProtectSystem=strict
+ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate -/run/guestmemfs-liveupdate -/mnt/vmmem
+ProtectHome=yes
+PrivateTmp=yes
+# KVM and the taps the agent opens; /dev/null and the like are in "closed".
+DevicePolicy=closed
+DeviceAllow=/dev/kvm rw
+DeviceAllow=/dev/net/tun rw
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+# QMP and the guest agent (unix), taps put on bridges (netlink), a user-mode NIC (inet).
+RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
+# The agent's: give QEMU its files (CHOWN, FOWNER, DAC_*), become its user (SETUID, SETGID), open
+# taps (NET_ADMIN), follow the luo holder's memfd link (SYS_PTRACE: read access to the holder).
+# A QEMU started as root before confinement keeps what it used (NET_ADMIN for its bridge helper).
+CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_NET_ADMIN CAP_SYS_PTRACE CAP_IPC_LOCK CAP_SYS_RESOURCE
+UMask=0077
+# Not MemoryDenyWriteExecute: TCG translates guest code into host code at run time (a JIT), which
+# needs writable and executable memory.
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render(name, backend, user="guestmemfs-qemu"):
+    import jinja2
+
+    from ansible_collections.guestmemfs.liveupdate.plugins.filter.backend_spec import backend_spec
+    # as Ansible's template module renders: every variable required, the final newline kept
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    env.filters["guestmemfs.liveupdate.backend_spec"] = backend_spec
+    return env.get_template(name + ".j2").render(qemu_vm_backend=backend, qemu_vm_mem_dir="/mnt/vmmem",
+                                                 qemu_vm_qemu_user=user, ansible_managed="managed")
+
+
+def test_the_vm_unit_is_hardened_exactly_so():
+    text = render("guestmemfs-vm@.service", "pmem")
+    assert text[text.index("[Service]"):] == VM_SERVICE
+    assert "MemoryDenyWriteExecute=" not in text.replace("# Not MemoryDenyWriteExecute", "")
+
+
+def test_without_a_mount_no_mount_is_writable_and_root_is_named_unsafe():
+    text = render("guestmemfs-vm@.service", "luo", user="root")
+    assert ("ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate "
+            "-/run/guestmemfs-liveupdate\n") in text
+    assert "becomes QEMU as root (opted out: QEMU runs as root, unsafe)" in text
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("backend", ["pmem", "guestmemfs", "luo"])
+def test_systemd_accepts_every_directive_of_the_rendered_units(tmp_path, backend):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+    names = ["guestmemfs-vm@.service", "guestmemfs-verify.service"] + list(get_backend(backend).units)
+    for name in names:
+        (tmp_path / name).write_text(render(name, backend))
+    os.link(tmp_path / "guestmemfs-vm@.service", tmp_path / "guestmemfs-vm@vm1.service")
+    units = [str(tmp_path / n) for n in names if n != "guestmemfs-vm@.service"] + [str(tmp_path / "guestmemfs-vm@vm1.service")]
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no"] + units, capture_output=True, text=True,
+                         timeout=120, cwd=str(tmp_path))
+    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True)
+                  .stdout.split()[1])
+    # FileDescriptorStorePreserve= came with systemd 254 (the luo holder's unit; trixie has 257).
+    known_newer = ["FileDescriptorStorePreserve"] if version < 254 else []
+    problems = [line for line in out.stderr.splitlines()
+                if str(tmp_path) in line and not any(k in line for k in known_newer)]
+    assert problems == [], out.stderr
