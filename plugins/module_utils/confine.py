@@ -74,18 +74,24 @@ def ids(user):
     return pw.pw_uid, pw.pw_gid
 
 
+def groups_of(user, gid):
+    """The groups QEMU keeps: the user's own and its supplementary ones (kvm, for /dev/kvm)."""
+    return sorted(set(os.getgrouplist(user, gid)))
+
+
 def _allows(st, uid, gid, bits):
-    """Whether ``st``'s mode grants ``bits`` (4 read, 2 write, 1 search) to uid/gid (no other groups:
-    QEMU drops every supplementary group)."""
+    """Whether ``st``'s mode grants ``bits`` (4 read, 2 write, 1 search) to uid and ``gid`` (one
+    group or a list of them)."""
+    gids = gid if isinstance(gid, (list, tuple, set)) else [gid]
     if st.st_uid == uid:
         return (st.st_mode >> 6) & bits == bits
-    if st.st_gid == gid:
+    if st.st_gid in gids:
         return (st.st_mode >> 3) & bits == bits
     return st.st_mode & bits == bits
 
 
 def unreachable(path, uid, gid):
-    """The first directory above ``path`` that uid/gid cannot search, or None."""
+    """The first directory above ``path`` that uid and ``gid`` (one or a list) cannot search, or None."""
     d = os.path.dirname(os.path.abspath(path))
     chain = []
     while True:
@@ -132,7 +138,7 @@ def qemu_paths(argv):
 
 
 def access_problems(argv, uid, gid):
-    """Why QEMU as uid/gid could not open what its argv names by path, after ``give``: [] when it can."""
+    """Why QEMU as uid and ``gid`` (one or a list) could not open what its argv names by path, after ``give``: [] when it can."""
     out = []
     for path, kind in qemu_paths(argv):
         blocked = unreachable(path, uid, gid)
@@ -233,10 +239,10 @@ def handover(vm, argv, launch, run=subprocess.check_call):
     return fds
 
 
-def become(fds, uid, gid):
+def become(fds, uid, gid, groups=()):
     """In the process about to exec QEMU: each descriptor at its number (inheritable; everything
-    else the agent opened is close-on-exec), then the user, with no supplementary group and no
-    way back."""
+    else the agent opened is close-on-exec), then the user, with its own groups only and no way
+    back."""
     # Out of the target range first, so that one dup2 cannot overwrite another's source.
     high = {}
     for num, fd in fds.items():
@@ -245,7 +251,7 @@ def become(fds, uid, gid):
     for num, fd in high.items():
         os.dup2(fd, num)
         os.close(fd)
-    os.setgroups([])
+    os.setgroups(list(groups))
     os.setgid(gid)
     os.setuid(uid)
     if os.getuid() != uid or os.geteuid() != uid or os.getgid() != gid:
@@ -253,24 +259,25 @@ def become(fds, uid, gid):
 
 
 def prepare(vm, argv, launch, run=subprocess.check_call):
-    """Everything before the exec of a confined QEMU: (uid, gid, fds). ConfineError before any change
-    when QEMU could not reach a path."""
+    """Everything before the exec of a confined QEMU: (uid, gid, groups, fds). ConfineError before any
+    change when QEMU could not reach a path."""
     uid, gid = ids(launch["user"])
-    problems = access_problems(argv, uid, gid)
+    groups = groups_of(launch["user"], gid)
+    problems = access_problems(argv, uid, groups)
     if problems:
         raise ConfineError("its QEMU runs as %s (uid %d) and %s; nothing was changed" % (
             launch["user"], uid, "; ".join(problems)))
     give(argv, uid, gid)
-    return uid, gid, handover(vm, argv, launch, run)
+    return uid, gid, groups, handover(vm, argv, launch, run)
 
 
 def exec_qemu(vm, argv, launch):
     """The VM unit's process becomes QEMU: as root for an unconfined launch (opt-out, or an argv
     recorded before confinement), else as the launch's user with what ``prepare`` handed over."""
     if not confined(launch):
-        os.execvp(argv[0], argv)
-    uid, gid, fds = prepare(vm, argv, launch)
-    become(fds, uid, gid)
+        return os.execvp(argv[0], argv)
+    uid, gid, groups, fds = prepare(vm, argv, launch)
+    become(fds, uid, gid, groups)
     os.execvp(argv[0], argv)
 
 

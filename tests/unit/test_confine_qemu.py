@@ -100,14 +100,14 @@ def host(monkeypatch):
     procs, pending = [], {}
     real_become = confine.become
 
-    def become(fds, uid, gid):  # in the child QEMU becomes; here only noted
-        pending["drop"] = (fds, uid, gid)
+    def become(fds, uid, gid, groups):  # in the child QEMU becomes; here only noted
+        pending["drop"] = (fds, uid, gid, groups)
 
     def spawn(prog, argv):
-        fds, uid, gid = pending.pop("drop", ({}, None, None))
+        fds, uid, gid, groups = pending.pop("drop", ({}, None, None, None))
         kw = {}
         if uid is not None:
-            kw = {"pass_fds": sorted(fds), "preexec_fn": lambda: real_become(fds, uid, gid)}
+            kw = {"pass_fds": sorted(fds), "preexec_fn": lambda: real_become(fds, uid, gid, groups)}
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw))
         for fd in fds.values():
             os.close(fd)
@@ -180,7 +180,7 @@ def test_a_confined_vm_runs_unprivileged_sandboxed_and_survives_a_save_and_resto
     (qemu,) = live(host.procs)
     st = proc_status(qemu.pid)
     assert st["Uid"].split() == [str(nobody.pw_uid)] * 4 and st["Gid"].split() == [str(nobody.pw_gid)] * 4
-    assert st["Groups"].strip() == "" and st["Seccomp"].strip() == "2"  # no group, the sandbox's filter
+    assert st["Groups"].split() == [str(nobody.pw_gid)] and st["Seccomp"].strip() == "2"  # its group, the filter
     assert st["CapEff"].strip() == "0000000000000000"
     # What it opens by path is its own; its QMP socket stays root's, in a directory it cannot enter.
     for path in (vm.mem_path, vm.conf["serial_log"]):
