@@ -350,7 +350,8 @@ def _started_argv(vm):
     argv = vmdef.load_argv(vm.name, ARGV_DIR)
     if argv:
         return argv, "recorded"
-    return vm.argv(), "configuration (no argv recorded at start)"
+    # Such a VM ran as root (confinement came after argvs were recorded): its argv unconfined.
+    return vmdef.build_argv(dict(vm.conf, qemu_user=None), cpr.RUN_DIR), "configuration (no argv recorded at start)"
 
 
 def _started_launch(vm):

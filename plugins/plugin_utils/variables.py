@@ -29,6 +29,10 @@ guestmemfs_vms | list of dict | [] | liveupdate; roles memory_backend, qemu_vm |
     `name` and `memory` and what the guest needs (`docs/vms.md`).
 guestmemfs_vm_defaults | dict | {} | role qemu_vm | Values for the keys a VM definition leaves out
     (`docs/vms.md`).
+guestmemfs_qemu_user | str | guestmemfs-qemu | role qemu_vm | The unprivileged user each VM's QEMU runs as,
+    sandboxed (`-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`) in a
+    hardened unit; the role creates it. `root` opts out: unsafe, a compromised QEMU owns the host. A
+    running VM keeps how it was launched until its next cold start (`docs/confinement.md`).
 guestmemfs_sizing | dict | (required by sizing) | sizing, prepare | The host's sizing policy: `backend`,
     `mode` (`fraction`, `absolute`, `vms`), `fraction`, `size`, `vms`, `headroom`, `reserve`, `align`,
     `kho_scratch`, `kernel_reserved`, `numa` (`docs/sizing.md`).
