@@ -123,6 +123,11 @@ guestmemfs_lu_run_id | plan | the run's id in the reports, on localhost
 guestmemfs_lu_run_rows | liveupdate | every planned host's row of the run report
 guestmemfs_lu_started | liveupdate | when this host's wave started
 guestmemfs_lu_stopped | liveupdate | the hosts of this wave that did not pass their preflight
+guestmemfs_lu_job | liveupdate | the poll of the host's detached update (async_status)
+guestmemfs_lu_memory_check | liveupdate | the memory check this host's update uses (full to prove a kernel pair, else the policy's)
+guestmemfs_lu_proven | liveupdate | the kernel pairs already proven by a full check, from the run's reports
+guestmemfs_lu_updating | liveupdate | the host's detached update (its async job)
+guestmemfs_lu_verify_mode | liveupdate | the memory check handed to the host's update
 guestmemfs_lu_wait_since | liveupdate | when the wait for the host's restore started
 guestmemfs_lu_wave_number | liveupdate | this host's wave
 guestmemfs_report_journal | report | each host's live-update journal
@@ -135,9 +140,6 @@ guestmemfs_lu_new | liveupdate | the new kernel's release
 guestmemfs_lu_next | liveupdate | the host's next step
 guestmemfs_lu_preserve | liveupdate | the host's preservability
 guestmemfs_lu_restored | liveupdate | the VMs restored
-guestmemfs_lu_saved | liveupdate | the save's result (its async job)
-guestmemfs_lu_save_progress | liveupdate | where the save stands
-guestmemfs_lu_saving | liveupdate | the save's async job
 guestmemfs_lu_spec | liveupdate | what the backend needs
 guestmemfs_lu_step | liveupdate | where the host's update stands
 guestmemfs_lu_waited | liveupdate | a save that was still running
