@@ -242,3 +242,32 @@ def test_a_path_the_user_cannot_reach_refuses_the_start_and_changes_nothing(host
     assert host.unit("vm1") == 9
     assert live(host.procs) == [] and os.stat(vm.mem_path).st_uid == mem_owner == 0
     assert not os.path.exists(vm.qmp_path)
+
+
+def test_a_confined_vm_on_a_memfd_maps_the_descriptor_the_agent_hands_over(host):
+    """The luo backend's case: the memfd is reachable only through its holder's /proc link (here
+    this test process holds it), which QEMU's user cannot follow: the agent opens it and QEMU maps
+    /proc/self/fd/3."""
+    memfd = os.memfd_create("vm1", 0)
+    os.ftruncate(memfd, 64 * MiB)
+    link = os.path.join(host.base, "run", "vm1.memfd")
+    os.symlink("/proc/%d/fd/%d" % (os.getpid(), memfd), link)
+    vm = host.configure(USER)
+    conf = dict(vm.conf, mem_path=link, mem_fd=True)
+    with open(os.path.join(host.conf, "vm1.json"), "w") as fh:
+        json.dump(conf, fh)
+    vm = cpr.VM.load("vm1", host.conf)
+    try:
+        assert host.unit("vm1") == 0
+        assert wait_counting(vm), "the guest never counted on the handed memfd"
+        (qemu,) = live(host.procs)
+        assert proc_status(qemu.pid)["Uid"].split()[0] == str(pwd.getpwnam(USER).pw_uid)
+        assert "mem-path=/proc/self/fd/3" in " ".join(vmdef.load_argv("vm1", hostupdate.ARGV_DIR))
+        with open("/proc/%d/maps" % qemu.pid) as fh:  # the memfd itself, shared
+            assert any("/memfd:vm1" in line and line.split()[1].startswith("rw-s") for line in fh)
+        before = read_counter(vm.mem_path)
+        with pytest.raises(hostupdate.UpdateError, match="vm1 restored"):
+            hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="c3")
+        assert wait_counting(vm, before)
+    finally:
+        os.close(memfd)
