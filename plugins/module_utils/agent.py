@@ -4,7 +4,8 @@
 """The host agent's command line: ``/usr/lib/guestmemfs-liveupdate/agent SUBCOMMAND``, run by the
 units of the qemu_vm role and by the live update's kexec step. One parser; each subcommand checks
 its own arguments (exit 2 with a usage line otherwise). Exit codes: 0 done, 2 usage, 3-7 and 9 a VM
-not started (see hostupdate.vm_run; 9: its confined QEMU could not be given what it needs), 4 a VM held or not checked (verify), 5 the kexec, a holder request or
+not started (see hostupdate.vm_run; 9: its confined QEMU could not be given what it
+needs), 4 a VM held or not checked (verify), 5 the kexec, a holder request or
 a discard-state refused, 8 the journal or the manifest is not JSON (the message names the file and
 the recovery).
 

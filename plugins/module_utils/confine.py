@@ -28,7 +28,6 @@ import pwd
 import socket
 import stat
 import struct
-import subprocess
 
 # The user a confined QEMU runs as when the role names none; ROOT turns confinement off (unsafe).
 DEFAULT_USER = "guestmemfs-qemu"
@@ -49,6 +48,11 @@ TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+# linux/sockios.h, linux/if.h
+SIOCBRADDIF = 0x89A2
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 TUN = "/dev/net/tun"
 # The kernel numbers the taps it creates for bridged NICs: gmq0, gmq1, ...
 TAP_TEMPLATE = "gmq%d"
@@ -207,7 +211,23 @@ def open_tap(ifname):
     return fd, name
 
 
-def nic_fds(launch, run=subprocess.check_call):
+def _if_ioctl(request, ifr):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        return fcntl.ioctl(s.fileno(), request, ifr)
+    finally:
+        s.close()
+
+
+def attach_to_bridge(name, bridge):
+    """Put interface ``name`` on ``bridge`` and up (the ioctls brctl and ip use; no helper program)."""
+    index = socket.if_nametoindex(name)
+    _if_ioctl(SIOCBRADDIF, struct.pack("16si20x", bridge.encode(), index))
+    flags = struct.unpack("16sH22x", _if_ioctl(SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0)))[1]
+    _if_ioctl(SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+
+
+def nic_fds(launch):
     """{fd number: fd} of each NIC in ``launch``: a bridged NIC's new tap is put on its bridge and up
     (it goes away with QEMU); a tap NIC's existing tap is attached."""
     out = {}
@@ -216,8 +236,10 @@ def nic_fds(launch, run=subprocess.check_call):
             if nic.get("bridge"):
                 fd, name = open_tap(TAP_TEMPLATE)
                 out[int(num)] = fd
-                run(["ip", "link", "set", "dev", name, "master", nic["bridge"]])
-                run(["ip", "link", "set", "dev", name, "up"])
+                try:
+                    attach_to_bridge(name, nic["bridge"])
+                except OSError as exc:
+                    raise ConfineError("tap %s cannot join bridge %s: %s" % (name, nic["bridge"], exc))
             else:
                 out[int(num)] = open_tap(nic["tap"])[0]
     except Exception:
@@ -227,7 +249,7 @@ def nic_fds(launch, run=subprocess.check_call):
     return out
 
 
-def handover(vm, argv, launch, run=subprocess.check_call):
+def handover(vm, argv, launch):
     """{fd number: fd} for QEMU: memory (a luo memfd), QMP, guest agent, taps - what its argv names."""
     fds = {}
     if MEM_FD_PATH in " ".join(argv):
@@ -235,7 +257,7 @@ def handover(vm, argv, launch, run=subprocess.check_call):
     fds[QMP_FD] = listening_socket(vm.qmp_path).detach()
     if ",fd=%d," % QGA_FD in " ".join(argv):
         fds[QGA_FD] = listening_socket(vm.qga_path).detach()
-    fds.update(nic_fds(launch, run))
+    fds.update(nic_fds(launch))
     return fds
 
 
@@ -258,7 +280,7 @@ def become(fds, uid, gid, groups=()):
         raise ConfineError("could not drop to uid %d gid %d" % (uid, gid))
 
 
-def prepare(vm, argv, launch, run=subprocess.check_call):
+def prepare(vm, argv, launch):
     """Everything before the exec of a confined QEMU: (uid, gid, groups, fds). ConfineError before any
     change when QEMU could not reach a path."""
     uid, gid = ids(launch["user"])
@@ -268,7 +290,7 @@ def prepare(vm, argv, launch, run=subprocess.check_call):
         raise ConfineError("its QEMU runs as %s (uid %d) and %s; nothing was changed" % (
             launch["user"], uid, "; ".join(problems)))
     give(argv, uid, gid)
-    return uid, gid, groups, handover(vm, argv, launch, run)
+    return uid, gid, groups, handover(vm, argv, launch)
 
 
 def exec_qemu(vm, argv, launch):

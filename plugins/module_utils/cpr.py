@@ -148,13 +148,17 @@ def save(vm, timeout=120, before_quit=None):
         q.close()
 
 
+def _nothing():
+    pass
+
+
 def restore(vm, timeout=120, connect_wait=60, before_cont=None):
     """Feed the saved state to a QEMU started with ``-incoming defer`` and resume the VM.
     The caller has verified the memory file first; ``before_cont(vm)`` runs (journals) right
     before the VM resumes: from then on its memory runs past the saved state."""
     q = QMP(vm.qmp_path, timeout=timeout)
     q.connect(wait=connect_wait)
-    give_back = lambda: None  # noqa: E731
+    give_back = _nothing
     try:
         t0 = time.time()
         _prepare_migration(q)

@@ -16,7 +16,6 @@ __metaclass__ = type
 import contextlib
 import fcntl
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -389,7 +388,7 @@ def _exec(vm, argv, launch):
     """Become the VM's QEMU (confine.exec_qemu); returns an exit code only when it refused."""
     try:
         confine.exec_qemu(vm, argv, launch)
-    except (confine.ConfineError, OSError, subprocess.CalledProcessError) as exc:
+    except (confine.ConfineError, OSError) as exc:
         sys.stderr.write("%s NOT started: %s. Its memory %s and any saved state are kept; fix that, then start "
                          "its unit again\n" % (vm.name, exc, vm.mem_path))
         return 9

@@ -471,8 +471,8 @@ def units_dropin(conf, mem_dir_requires=None):
     for d in conf.get("disks") or []:
         if d["path"].startswith("/dev/"):
             lines.append("DeviceAllow=%s %s" % (d["path"], "r" if d.get("readonly") else "rw"))
-    paths = [d["path"] for d in conf.get("disks") or []] + [p for p in (conf.get("serial_log"), conf.get("kernel"),
-                                                                          conf.get("initrd")) if p]
+    paths = [d["path"] for d in conf.get("disks") or []]
+    paths += [p for p in (conf.get("serial_log"), conf.get("kernel"), conf.get("initrd")) if p]
     if any(p.startswith(("/home/", "/root/", "/run/user/")) for p in paths):
         lines.append("ProtectHome=no")
     if any(p.startswith(("/tmp/", "/var/tmp/")) for p in paths):

@@ -222,8 +222,8 @@ def test_a_confined_argv_names_the_handed_descriptors_and_the_sandbox_and_nothin
         "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
         "-kernel", "/var/lib/guest/vmlinuz", "-initrd", "/var/lib/guest/initrd.img",
         "-append", "console=ttyS0 memmap=8M$32M"]
-    assert vmdef.launch(conf(qemu_user="guestmemfs-qemu")) == {"user": "guestmemfs-qemu",
-                                                                "nics": {"6": {"bridge": "br0"}}}
+    want = {"user": "guestmemfs-qemu", "nics": {"6": {"bridge": "br0"}}}
+    assert vmdef.launch(conf(qemu_user="guestmemfs-qemu")) == want
 
 
 def test_root_is_the_unconfined_argv_of_before_and_no_launch():
