@@ -271,3 +271,51 @@ def test_a_confined_vm_on_a_memfd_maps_the_descriptor_the_agent_hands_over(host)
         assert wait_counting(vm, before)
     finally:
         os.close(memfd)
+
+
+@pytest.fixture
+def private_net():
+    """This thread (and the QEMUs it starts) in a network namespace of the test's own, with a bridge
+    br-t; back in the machine's afterwards."""
+    if not (hasattr(os, "unshare") and shutil.which("ip") and os.path.exists("/dev/net/tun")):
+        pytest.skip("needs os.unshare (Python 3.12), ip and /dev/net/tun")
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        os.unshare(os.CLONE_NEWNET)
+    except OSError as exc:
+        os.close(back)
+        pytest.skip("no network namespace here: %s" % exc)
+    try:
+        subprocess.check_call(["ip", "link", "add", "br-t", "type", "bridge"])
+        subprocess.check_call(["ip", "link", "set", "br-t", "up"])
+        yield
+    finally:
+        os.setns(back, os.CLONE_NEWNET)
+        os.close(back)
+
+
+def bridge_ports(bridge):
+    out = subprocess.run(["ip", "-j", "link", "show", "master", bridge], capture_output=True, text=True, check=True)
+    return sorted((link["ifname"], "UP" in link["flags"]) for link in json.loads(out.stdout or "[]"))
+
+
+def test_a_confined_vm_with_a_bridged_nic_gets_its_tap_on_the_bridge_again_after_a_restore(host, private_net):
+    vm = host.configure(USER)
+    conf = dict(vm.conf, nics=[{"type": "bridge", "bridge": "br-t", "mac": "52:54:00:00:00:01",
+                                "model": "virtio-net-pci"}])
+    with open(os.path.join(host.conf, "vm1.json"), "w") as fh:
+        json.dump(conf, fh)
+    vm = cpr.VM.load("vm1", host.conf)
+    assert host.unit("vm1") == 0
+    assert wait_counting(vm)
+    (qemu,) = live(host.procs)
+    assert "tap,id=net0,fd=6" in vmdef.load_argv("vm1", hostupdate.ARGV_DIR)
+    assert os.readlink("/proc/%d/fd/6" % qemu.pid) == "/dev/net/tun"
+    assert bridge_ports("br-t") == [("gmq0", True)]
+    before = read_counter(vm.mem_path)
+    with pytest.raises(hostupdate.UpdateError, match="vm1 restored"):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="c4")
+    assert wait_counting(vm, before)
+    # The saved QEMU's tap went with it; the restored one has its own, on the same bridge.
+    assert len(live(host.procs)) == 1 and bridge_ports("br-t") == [("gmq0", True)]
+    assert journal.load_journal()["vms"]["vm1"]["launch"] == {"user": USER, "nics": {"6": {"bridge": "br-t"}}}
