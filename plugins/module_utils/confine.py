@@ -130,11 +130,11 @@ def qemu_paths(argv):
                 out.append((opts["mem-path"], "memory"))
         elif opt == "-drive":
             _k, opts = _split(value)
-            if opts.get("file"):
+            if (opts.get("file") or "").startswith("/"):  # not nbd:, json: and the like
                 out.append((opts["file"], "disk-ro" if opts.get("readonly") == "on" else "disk"))
         elif opt == "-chardev":
             kind, opts = _split(value)
-            if kind == "file" and opts.get("path"):
+            if kind == "file" and (opts.get("path") or "").startswith("/"):
                 out.append((opts["path"], "log"))
         elif opt in ("-kernel", "-initrd", "-bios"):
             out.append((value, "read"))
@@ -142,7 +142,8 @@ def qemu_paths(argv):
 
 
 def access_problems(argv, uid, gid):
-    """Why QEMU as uid and ``gid`` (one or a list) could not open what its argv names by path, after ``give``: [] when it can."""
+    """Why QEMU as uid and ``gid`` (one or a list) could not open what its argv names by path, once
+    ``give`` gave it what it writes: [] when it can."""
     out = []
     for path, kind in qemu_paths(argv):
         blocked = unreachable(path, uid, gid)
@@ -151,7 +152,7 @@ def access_problems(argv, uid, gid):
         if blocked:
             out.append("%s %s: directory %s is not searchable by uid %d" % (kind, path, blocked, uid))
             continue
-        if kind == "read":
+        if kind in ("read", "disk-ro"):
             try:
                 st = os.stat(path)
             except OSError as exc:
@@ -167,11 +168,11 @@ def access_problems(argv, uid, gid):
 
 
 def give(argv, uid, gid):
-    """Make what QEMU opens by path its own: memory file, disks (read-write 0600, read-only 0400 -
-    a read-only disk shared by VMs stays shared: same user), serial log (created). The memory file's
-    directory (the backend's mount, the collection's) gets o+x."""
+    """Make what QEMU opens by path its own: memory file, disks (0600), serial log (created). What it
+    only reads (a read-only disk, firmware, a kernel) is never given away: other VMs or the system
+    may share it. The memory file's directory (the backend's mount, the collection's) gets o+x."""
     for path, kind in qemu_paths(argv):
-        if kind == "read":
+        if kind in ("read", "disk-ro"):
             continue
         if kind == "log" and not os.path.exists(path):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
@@ -181,7 +182,7 @@ def give(argv, uid, gid):
             if not mode & 0o001:
                 os.chmod(d, mode | 0o001)
         os.chown(path, uid, gid)
-        os.chmod(path, 0o400 if kind == "disk-ro" else 0o600)
+        os.chmod(path, 0o600)
 
 
 def listening_socket(path):

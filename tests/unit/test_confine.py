@@ -52,8 +52,9 @@ def test_what_qemu_opens_by_path_comes_from_its_argv(tmp_path):
     assert confine.qemu_paths(argv) == [(str(base / "mem/vm1.ram"), "memory"), (str(base / "log/vm1.log"), "log"),
                                         (str(base / "disks/vm1.qcow2"), "disk"), (str(base / "disks/seed.raw"), "disk-ro"),
                                         (str(base / "guest/vmlinuz"), "read")]
-    luo = ["q", "-object", "memory-backend-file,id=ram0,size=64M,mem-path=/proc/self/fd/3,share=on"]
-    assert confine.qemu_paths(luo) == []  # handed over, not opened by path
+    luo = ["q", "-object", "memory-backend-file,id=ram0,size=64M,mem-path=/proc/self/fd/3,share=on",
+           "-drive", "file=nbd://10.0.0.1/x,format=raw,if=none,id=d9"]
+    assert confine.qemu_paths(luo) == []  # handed over, or no path at all
 
 
 @root_only
@@ -68,6 +69,10 @@ def test_every_check_comes_before_any_change(tmp_path):
     os.chmod(base / "guest/vmlinuz", 0o600)
     assert "is not readable by uid %d" % UID in confine.access_problems(argv, UID, [GID])[0]
     os.chmod(base / "guest/vmlinuz", 0o644)
+    os.chmod(base / "disks/seed.raw", 0o600)
+    assert "seed.raw (mode 600, owner 0:0) is not readable by uid %d" % UID in confine.access_problems(
+        argv, UID, [GID])[0]
+    os.chmod(base / "disks/seed.raw", 0o644)
     (base / "disks/vm1.qcow2").unlink()
     assert confine.access_problems(argv, UID, [GID]) == ["disk %s does not exist" % (base / "disks/vm1.qcow2")]
 
@@ -83,7 +88,7 @@ def test_give_makes_only_what_qemu_opens_its_own(tmp_path):
         return st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode))
     assert owner("mem/vm1.ram") == (UID, GID, "0o600")
     assert owner("disks/vm1.qcow2") == (UID, GID, "0o600")
-    assert owner("disks/seed.raw") == (UID, GID, "0o400")
+    assert owner("disks/seed.raw") == (0, 0, "0o644")  # read-only: only read, never given away
     assert owner("log/vm1.log") == (UID, GID, "0o600")  # created
     assert owner("guest/vmlinuz") == (0, 0, "0o644")  # only read: never given away
     assert owner("mem") == (0, 0, "0o751")  # the backend's mount: searchable, not listable
