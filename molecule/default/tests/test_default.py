@@ -117,6 +117,9 @@ def test_each_qemu_runs_unprivileged_sandboxed_in_its_hardened_unit(host):
         status = dict(line.split(":", 1) for line in host.file(f"/proc/{pid}/status").content_string.splitlines())
         assert [int(u) for u in status["Uid"].split()] == [uid] * 4, (name, status["Uid"])
         assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1", name
+        # Seccomp 2 holds for the unit's own filters too: QEMU's sandbox is in the running argv.
+        assert b"\0-sandbox\0on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny\0" in \
+            host.file(f"/proc/{pid}/cmdline").content, name
         assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, name
         rec = json.loads(host.file(f"/var/lib/guestmemfs-liveupdate/argv/{name}.json").content_string)
         assert rec["launch"]["user"] == "guestmemfs-qemu" and "-sandbox" in rec["argv"], rec
