@@ -305,3 +305,19 @@ def test_module_refuses_what_a_confined_qemu_cannot_run_and_writes_nothing(tmp_p
     assert rc == 0
     rc, out = run(capsys, vm_definition, module_args(tmp_path, [REAL], qemu_user="bad\nuser"))
     assert rc == 1 and "is not a system user name" in out["msg"]
+
+
+@pytest.mark.parametrize("backend", ["pmem", "guestmemfs", "luo"])
+def test_a_confined_argv_is_preservable_on_every_backend(backend):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+    b = get_backend(backend)
+    c = dict(conf(qemu_user="guestmemfs-qemu"), backend=backend, mem_path=b.vm_mem_path("web1", "/mnt/vmmem"))
+    if b.hands_memory_fd:
+        c["mem_fd"] = True
+    assert preservability.argv_problems(c, vmdef.build_argv(c, "/run/g"), backend) == []
+    # the descriptor path is accepted only where the agent hands the memory over
+    c.pop("mem_fd", None)
+    argv = [a.replace("mem-path=%s," % c["mem_path"], "mem-path=/proc/self/fd/3,") for a in vmdef.build_argv(c, "/run/g")]
+    assert "is not the VM's backend file" in " ".join(p["detail"] if isinstance(p, dict) else str(p)
+                                                       for p in preservability.argv_problems(c, argv, backend))
