@@ -29,6 +29,10 @@ guestmemfs_vms | list of dict | [] | liveupdate; roles memory_backend, qemu_vm |
     `name` and `memory` and what the guest needs (`docs/vms.md`).
 guestmemfs_vm_defaults | dict | {} | role qemu_vm | Values for the keys a VM definition leaves out
     (`docs/vms.md`).
+guestmemfs_metrics_textfile_dir | path | /var/lib/node_exporter/textfile_collector | role qemu_vm | The
+    node_exporter textfile collector directory the host agent writes `guestmemfs_liveupdate.prom` into; empty
+    turns the file off (`docs/metrics.md`). The update events always go to
+    `/var/lib/guestmemfs-liveupdate/events.jsonl`.
 guestmemfs_sizing | dict | (required by sizing) | sizing, prepare | The host's sizing policy: `backend`,
     `mode` (`fraction`, `absolute`, `vms`), `fraction`, `size`, `vms`, `headroom`, `reserve`, `align`,
     `kho_scratch`, `kernel_reserved`, `numa` (`docs/sizing.md`).
