@@ -135,9 +135,11 @@ guestmemfs_lu_new | liveupdate | the new kernel's release
 guestmemfs_lu_next | liveupdate | the host's next step
 guestmemfs_lu_preserve | liveupdate | the host's preservability
 guestmemfs_lu_restored | liveupdate | the VMs restored
-guestmemfs_lu_saved | liveupdate | the save's result (its async job)
-guestmemfs_lu_save_progress | liveupdate | where the save stands
-guestmemfs_lu_saving | liveupdate | the save's async job
+guestmemfs_lu_updating | liveupdate | the host's update process (its async job)
+guestmemfs_lu_job | liveupdate | that async job's status
+guestmemfs_lu_memory_check | liveupdate | the memory check this host's update gets
+guestmemfs_lu_verify_mode | liveupdate | the manifest mode given to the host's update
+guestmemfs_lu_proven | liveupdate | the kernel pairs proven by a full check earlier in the run
 guestmemfs_lu_spec | liveupdate | what the backend needs
 guestmemfs_lu_step | liveupdate | where the host's update stands
 guestmemfs_lu_waited | liveupdate | a save that was still running
