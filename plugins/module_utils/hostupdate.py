@@ -437,12 +437,13 @@ def verify_pending(names=None, content=True):
         target = j.get("kexec_target") or {}
         cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
+
         def booted(j, phase=j.get("phase")):
             journal.phase_update("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded)(j)
             if as_loaded and phase != "interrupted":
                 journal.count(j, "kexecs")
-        what = "booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
-                                                   "NOT the loaded kernel", j.get("phase"))
+        what = "booted %s (%s) after phase %s" % (
+            _release(), "the loaded kernel" if as_loaded else "NOT the loaded kernel", j.get("phase"))
         update_journal(booted, msg=what)
         events.emit("boot", j.get("update_id"), detail=what, release=_release(), as_loaded=as_loaded)
     if not content:

@@ -87,7 +87,7 @@ def render(j, release=None):
           "loaded for the kexec.", [((("update_id", update_id or ""), ("kernel_release", release),
                                       ("target_release", (j.get("kexec_target") or {}).get("release") or "")), 1)])
     f.add("vm_state", "gauge", "Each VM's state in the last update (1).",
-          [((("vm", n), ("state", str(v.get("state")).split(" ")[0])), 1) for n, v in sorted(vms.items())])
+          [((("vm", n), ("state", str(v.get("state")).split(" ", 1)[0])), 1) for n, v in sorted(vms.items())])
     f.add("vm_blackout_seconds", "gauge", "Each VM's last blackout, from its pause to its resume.",
           [((("vm", n), ("update_id", update_id)), v["blackout_s"]) for n, v in sorted(vms.items())
            if isinstance(v.get("blackout_s"), (int, float))])

@@ -63,8 +63,9 @@ def main():
             a.vms, a.runs, d, open("/proc/loadavg").read().split()[0]))
         print("%-28s %10s %10s %12s %7s" % ("case", "min ms", "median ms", "CPU ms/write", "ratio"))
         for case in sorted(times):
-            print("%-28s %10.3f %10.3f %12.3f %7.2f" % (case, min(times[case]) * 1e3, statistics.median(times[case]) * 1e3,
-                                                       cpus[case] / a.runs * 1e3, statistics.median(times[case]) / base))
+            med = statistics.median(times[case])
+            row = (case, min(times[case]) * 1e3, med * 1e3, cpus[case] / a.runs * 1e3, med / base)
+            print("%-28s %10.3f %10.3f %12.3f %7.2f" % row)
     finally:
         shutil.rmtree(d, True)
 

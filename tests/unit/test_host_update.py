@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 
 
 def qemu_major():
-    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=True).stdout
     return int(re.search(r"version (\d+)", out).group(1))
 
 

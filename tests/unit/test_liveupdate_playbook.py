@@ -182,8 +182,8 @@ def test_the_host_updates_itself_while_the_controller_follows_its_journal(tmp_pa
     # One detached process per host (vm_cpr action=update) saves and kexecs; the controller only follows
     # the journal in slices: saving, kexecing (the host away: it waits for it), then the host's own
     # restore. The canary's memory check is full, and the run's report says so.
-    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full", "algo": "crc32",
-                                                                        "chunks": 256}}}
+    verify = {"status": "ok", "mode": "full", "algo": "crc32", "chunks": 256}
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": verify}}
     standin = {"vm_cpr.wait": [
         {"done": False, "progress": "saving", "restored": 0, "total": 1, "last_step": "saving: 0 of 1 VMs saved"},
         {"done": False, "progress": "kexec", "restored": 0, "total": 1, "last_step": "every VM saved, kexecing"},
@@ -212,8 +212,8 @@ def test_later_waves_check_a_sample_once_the_canary_proved_the_pair(tmp_path):
     vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full"}}}
     step = dict(DEFAULTS["update_step"], target_release=UNAME)
     wait = {"done": True, "vms": vms, "restored": 1, "total": 1, "last_step": "vm1 resumed", "booted_as_loaded": True}
-    inv = hosts_inventory(("h1", "h2", "h3"), **dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}})
-                                                      for h in ("h1", "h2", "h3")))
+    standins = dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}}) for h in ("h1", "h2", "h3"))
+    inv = hosts_inventory(("h1", "h2", "h3"), **standins)
     out, calls = play(tmp_path, inv, "liveupdate.yml")
     assert out.returncode == 0, out.stdout + out.stderr
     modes = dict((c["host"], c["args"]["manifest_mode"]) for c in calls if c["key"] == "vm_cpr.update")

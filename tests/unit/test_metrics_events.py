@@ -16,7 +16,9 @@ import pytest
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
     agent, durable, events, hostupdate, journal, metrics)
 
-from test_host_update import Kexec, counting, host, read_counter  # noqa: F401 (the fixture)
+from test_host_update import Kexec, counting, read_counter
+# the fixture
+from test_host_update import host  # noqa: F401  pylint: disable=unused-import
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "metrics.md")
 
