@@ -307,7 +307,7 @@ def test_the_metrics_textfile_shows_the_update_done(host):
     assert got[("guestmemfs_liveupdate_last_success_timestamp_seconds", ())] >= j["phases"]["restored"]["ts"] - 1
     info = [dict(labels) for (name, labels), _v in got.items() if name == "guestmemfs_liveupdate_update_info"]
     assert info == [{"update_id": j["update_id"], "kernel_release": host.check_output("uname -r"),
-                     "target_release": j["kexec_target"]["release"]}], info
+                     "target_release": j["kexec_target"].get("release") or ""}], info
 
 
 def test_the_events_name_every_step_of_the_update(host):
@@ -329,6 +329,30 @@ def test_the_events_name_every_step_of_the_update(host):
     if BACKEND == "pmem":
         assert any(e["step"] == "verify" and e["vm"] == "vm2" and e["outcome"] == "failed"
                    and e["data"]["verdict"] == "content_changed" for e in evs), evs
+
+
+# The controller's report directory: molecule runs ansible-playbook in the scenario's directory.
+REPORT = os.environ.get("GUESTMEMFS_REPORT_DIR") or os.path.join(
+    os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "."), "guestmemfs-report")
+
+
+def test_the_updates_blackout_report_survives_the_rerun_in_its_own_run_directory(host):
+    """update.yml runs liveupdate.yml twice: the update, then a re-run with nothing to do. The
+    update's blackout rows stay in the update's run directory; latest is the re-run's."""
+    j = journal(host)
+    name = host.backend.get_hostname()
+    want = dict((vm, j["vms"][vm]["blackout_s"]) for vm in ("vm1", "vm2"))
+    found = {}
+    for run in sorted(os.listdir(REPORT)):
+        path = os.path.join(REPORT, run, "blackout.json")
+        if run != "latest" and not os.path.islink(os.path.join(REPORT, run)) and os.path.isfile(path):
+            with open(path) as fh:
+                found[run] = dict((r["vm"], r["blackout_s"]) for r in json.load(fh) if r["host"] == name)
+    update_runs = [run for run, rows in found.items() if rows == want]
+    assert update_runs, "no run directory of %s holds %s's blackout rows %s: %s" % (REPORT, name, want, found)
+    latest = os.readlink(os.path.join(REPORT, "latest"))
+    assert latest in found and latest > update_runs[-1] and found[latest] == {}, (latest, update_runs, found)
+    assert os.readlink(os.path.join(REPORT, "blackout.json")) == os.path.join(latest, "blackout.json")
 
 
 @luo_only
