@@ -35,9 +35,15 @@ FIELDS = ("time", "ts", "monotonic", "boot_id", "host", "update_id", "vm", "step
 _complained = []
 
 
+_boot = []
+
+
 def boot_id():
-    """This boot's id (tests replace it, as they replace journal.boot_id)."""
-    return hostinfo.boot_id()
+    """This boot's id, read once per process: no process lives through a kexec (tests replace it,
+    as they replace journal.boot_id)."""
+    if not _boot:
+        _boot.append(hostinfo.boot_id())
+    return _boot[0]
 
 
 def iso_utc(ts):

@@ -33,6 +33,8 @@ JOURNAL = os.path.join(BASE, "journal.json")
 SAVED_PHASES = ("saved", "handover", "kexec")
 # Phases after which a host has no update in flight.
 IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
+# Phases whose journal writes (one per VM saved) do not render the metrics file: phase changes do.
+QUIET_METRICS_PHASES = ("saving",)
 # VM states that are final for one update.
 VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
@@ -164,11 +166,15 @@ def update_journal(fn, path=None, msg=None):
     path = path or JOURNAL
     with locked(path):
         j = load_journal(path)
+        before = j.get("phase")
         fn(j)
         if msg:
             j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot_id(), "msg": msg})
         write_json(path, j)
-        metrics.refresh(j)  # never raises: the journal is written, the update goes on
+        # The metrics file, never raising. While VMs save, every VM's journal write waits for this
+        # lock with every VM paused: only the phase's change is rendered then, not each VM's.
+        if j.get("phase") != before or j.get("phase") not in QUIET_METRICS_PHASES:
+            metrics.refresh(j)
         return j
 
 

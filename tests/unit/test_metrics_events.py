@@ -277,3 +277,15 @@ def test_the_agent_writes_the_textfile_from_the_journal_and_says_when_it_cannot(
     monkeypatch.setattr(events, "_complained", [])
     assert agent.main(["metrics"]) == 5
     assert "was not written" in capsys.readouterr().err
+
+
+def test_while_vms_save_only_the_phases_change_renders_the_textfile(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
+    journal.update_journal(journal.phase_update("saving", update_id="u5", vms={"vm1": {"state": "saving"}}))
+    assert series(textfile(), "guestmemfs_liveupdate_vm_state") == {(("state", "saving"), ("vm", "vm1")): 1}
+    journal.update_journal(journal.set_vm("vm1", state="saved"))  # a VM saved: every VM is paused now
+    assert series(textfile(), "guestmemfs_liveupdate_vm_state") == {(("state", "saving"), ("vm", "vm1")): 1}
+    journal.update_journal(journal.phase_update("saved"))
+    fams = textfile()
+    assert series(fams, "guestmemfs_liveupdate_vm_state") == {(("state", "saved"), ("vm", "vm1")): 1}
+    assert series(fams, "guestmemfs_liveupdate_phase")[(("phase", "saved"),)] == 1
