@@ -14,7 +14,7 @@ from ansible.module_utils.common.collections import is_sequence
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.guestmemfs.liveupdate.plugins.filter.carveout import carveout_inputs
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import report_runs, sizing
 from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import write_files
 
 FORMATS = {"txt": sizing.render_table, "json": sizing.render_json, "csv": sizing.render_csv}
@@ -22,7 +22,7 @@ FORMATS = {"txt": sizing.render_table, "json": sizing.render_json, "csv": sizing
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("hosts", "facts_from", "report_dir"))
+    _VALID_ARGS = frozenset(("hosts", "facts_from", "report_dir", "run"))
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
@@ -46,8 +46,12 @@ class ActionModule(ActionBase):
                 written = sorted(texts)
             else:
                 try:
-                    written = write_files(report_dir, texts)
-                except OSError as exc:
+                    if args.get("run"):  # this run's own directory, linked from report_dir (module_utils/report_runs)
+                        written = write_files(report_runs.run_dir(report_dir, args["run"]), texts)
+                        report_runs.publish(report_dir, args["run"], sorted(texts))
+                    else:
+                        written = write_files(report_dir, texts)
+                except (OSError, ValueError) as exc:
                     return dict(result, failed=True, msg="writing the sizing report into %s: %s" % (report_dir, exc))
         # rows and by_host hold the same row objects: they travel back to Ansible once
         result.update(

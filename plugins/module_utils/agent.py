@@ -30,7 +30,7 @@ import termios
 import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    cpr, hostupdate, journal, manifest, memfd_holder, vmdef)
+    cpr, hostupdate, journal, manifest, memfd_holder, metrics, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
@@ -149,6 +149,19 @@ def _status(a):
     return code
 
 
+def _metrics(a):
+    d = metrics.textfile_dir()
+    if not d:
+        sys.stdout.write("the metrics file is off (%s gives no textfile_dir)\n" % metrics.CONFIG)
+        return 0
+    path = os.path.join(d, metrics.FILE)
+    if not metrics.refresh(journal.load_journal()):
+        sys.stderr.write("%s was not written (see the line above)\n" % path)
+        return 5
+    sys.stdout.write("%s written from the journal %s\n" % (path, journal.JOURNAL))
+    return 0
+
+
 def _luo(a):
     fields = {"ensure": lambda: {"name": a.name, "size": a.size}, "drop": lambda: {"name": a.name},
               "preserve": lambda: {"names": a.names}, "finish": lambda: {"force": a.force},
@@ -199,6 +212,8 @@ def parser():
                        "(exit 4 when an operator must act)")
     s.add_argument("--json", action="store_true", help="print the whole journal as JSON instead")
     s.set_defaults(func=_status)
+    sub.add_parser("metrics", help="write the node_exporter textfile from the journal now (every journal change "
+                   "writes it too; docs/metrics.md)").set_defaults(func=_metrics)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
     s = sub.add_parser("update", help="the whole update of this host in one process: save every VM (or NAME...), "
                        "record the manifest, sync, kexec into the loaded kernel; a kexec that does not happen "

@@ -22,7 +22,7 @@ import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, manifest, vmdef
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
@@ -166,6 +166,7 @@ def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120
         if err is None:
             return saved
         update_journal(lambda j: None, msg="the kexec did not happen: %s" % err)
+        events.emit("failure", update_id, outcome="failed", detail="the kexec did not happen: %s" % err)
         try:
             rolled = rollback(run, sorted(saved["vms"]), conf_dir)
         except Exception as exc:
@@ -246,6 +247,8 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
         for name, token in tokens.items():
             m["files"][name]["luo_token"] = token
         manifest.save(m)
+        events.emit("record", update_id, detail="manifest %s of %d VMs (%s)" % (manifest.MANIFEST_PATH, len(running), mode),
+                    mode=mode, vms=len(running), record_s=m.get("record_s"))
         lock = threading.Lock()
 
         def durable(vm, r):
@@ -257,6 +260,10 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
                 m["content_s"] = max(m.get("content_s") or 0, part["content_s"])
                 manifest.save(m)
                 update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
+            # QEMU's own times of the pause and of the end of its migration
+            events.emit("pause", update_id, vm.name, ts=r.get("stop_ts"))
+            events.emit("save", update_id, vm.name, ts=r.get("saved_ts"), detail=vm.state_path,
+                        state_bytes=r.get("state_bytes"), content_s=part.get("content_s"))
 
         def one(vm):
             try:
@@ -272,6 +279,7 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
             os.sync()
             update_journal(journal.phase_update("saved", saved_ts=time.time()),
                            msg="saved %d VMs; manifest %s" % (len(running), manifest.MANIFEST_PATH))
+            events.emit("sync", update_id, detail="every VM saved, the host's filesystems synced")
             return {"update_id": update_id, "vms": results, "manifest_record_s": m.get("record_s"),
                     "manifest_content_s": m.get("content_s")}
     except Exception as exc:  # a full disk, a lost journal: whatever it is, roll back
@@ -283,6 +291,9 @@ def _roll_back_save(run, running, results, errors, conf_dir, update_id):
     """After a failed save: resume what is paused, restore what was saved, on this kernel; raise
     UpdateError saying what was left where. Each step is tried even when one before failed (a
     full disk may refuse the journal too)."""
+    for name, err in sorted(errors.items()):
+        events.emit("failure", update_id, None if name == "the save" else name, outcome="failed",
+                    detail="saving failed: %s" % err)
     left = []
     for vm in running:
         if vm.name in results:
@@ -411,6 +422,8 @@ def rollback(run, names, conf_dir=cpr.CONF_DIR):
         out.append("%s %s" % (name, "restored" if rc == 0 else "NOT restored (rc %d): see journalctl -u %s"
                               % (rc, UNIT % name)))
     finish_if_done()
+    events.emit("rollback", j.get("update_id"), outcome="ok" if all(o.endswith(" restored") for o in out) else "failed",
+                detail="on the running kernel: %s" % (", ".join(out) or "no VM"))
     return ", ".join(out)
 
 
@@ -469,9 +482,15 @@ def verify_pending(names=None, content=True):
         target = j.get("kexec_target") or {}
         cmdline = (hostinfo.read_file(ROOT, hostinfo.CMDLINE) or "").strip()
         as_loaded = cmdline == (target.get("cmdline") or "").strip() and _release() == target.get("release")
-        set_phase("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded,
-                  msg="booted %s (%s) after phase %s" % (_release(), "the loaded kernel" if as_loaded else
-                                                         "NOT the loaded kernel", j.get("phase")))
+
+        def booted(j, phase=j.get("phase")):
+            journal.phase_update("booted", to_boot_id=boot, booted_release=_release(), booted_as_loaded=as_loaded)(j)
+            if as_loaded and phase != "interrupted":
+                journal.count(j, "kexecs")
+        what = "booted %s (%s) after phase %s" % (
+            _release(), "the loaded kernel" if as_loaded else "NOT the loaded kernel", j.get("phase"))
+        update_journal(booted, msg=what)
+        events.emit("boot", j.get("update_id"), detail=what, release=_release(), as_loaded=as_loaded)
     if not content:
         return {}
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
@@ -501,6 +520,8 @@ def verify_pending(names=None, content=True):
         else:
             update_journal(journal.set_vm(name, state="held", verify=verdict),
                            msg="%s held: %s" % (name, verdict["detail"]))
+        events.emit("verify", j.get("update_id"), name, outcome="ok" if verdict["status"] == manifest.OK else "failed",
+                    detail=verdict.get("detail"), verdict=verdict["status"], mode=verdict.get("mode"))
     if after_kexec and verdicts:
         set_phase("verified", msg="verified: %s" % ", ".join(
             "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
@@ -580,6 +601,7 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
         else:
             phase = "restored" if j.get("from_boot_id") != journal.boot_id() else "rolled_back"
         journal.phase_update(phase, finished_ts=time.time())(j)
+        journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
         j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
     j = update_journal(fn)
     for backend, _vms in by_backend(_configured(conf_dir)):
@@ -605,9 +627,16 @@ def kexec_now(run, conf_dir=cpr.CONF_DIR):
     does not return when the kexec started. Under the host's update lock: never during a save."""
     try:
         with update_lock("the kexec"):
-            return _kexec_now(run, conf_dir)
+            err = _kexec_now(run, conf_dir)
     except UpdateError as exc:
-        return "not kexecing: %s" % exc
+        err = "not kexecing: %s" % exc
+    if err:
+        try:
+            update_id = load_journal().get("update_id")
+        except Exception:  # a journal that does not read: the refusal says so already
+            update_id = None
+        events.emit("failure", update_id, outcome="failed", detail=err)
+    return err
 
 
 def _kexec_now(run, conf_dir):
@@ -628,8 +657,13 @@ def _kexec_now(run, conf_dir):
     for backend, vms_of in groups:
         problems += backend.kexec_problems(vms_of, j, ROOT)
     if problems:
+        events.emit("kexec-requested", j.get("update_id"), outcome="failed", detail="not kexecing: " + "; ".join(problems))
         return "not kexecing: " + "; ".join(problems)
     backend, vms_of = groups[0]
+    # Written before the kexec, which syncs the filesystems first (and does not return when it starts).
+    events.emit("kexec-requested", j.get("update_id"), detail="kexec into %s via %s" % (
+        (j.get("kexec_target") or {}).get("release") or "the loaded kernel", backend.name),
+        target_release=(j.get("kexec_target") or {}).get("release"))
     return backend.kexec(vms_of, j, run, ROOT)
 
 
@@ -703,7 +737,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
 
 def vm_restore(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStartPost: finish an incoming restore and resume the VM."""
-    rec = load_journal().get("vms", {}).get(name, {})
+    j = load_journal()
+    rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
     if rec.get("state") != "restoring":
         return 0
     vm = cpr.VM.load(name, conf_dir)
@@ -723,6 +758,8 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))
+        events.emit("failure", update_id, name, outcome="failed", detail="restore failed: %s; state %s and memory %s "
+                    "kept" % (exc, vm.state_path, vm.mem_path))
         finish_if_done()
         sys.stderr.write("%s: restore failed: %s; state %s and memory %s kept\n" % (name, exc, vm.state_path,
                                                                                     vm.mem_path))
@@ -731,5 +768,8 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     os.rename(vm.state_path, vm.state_path + ".restored")
     update_journal(journal.set_vm(name, state="restored", blackout_s=blackout, to_boot_id=journal.boot_id(), **r),
                    msg="%s resumed, blackout %ss" % (name, blackout))
+    # QEMU's own times: its state loaded, then cont
+    events.emit("restore", update_id, name, ts=r.get("loaded_ts"), detail="state %s loaded" % vm.state_path)
+    events.emit("resume", update_id, name, ts=r.get("resume_ts"), detail="blackout %ss" % blackout, blackout_s=blackout)
     finish_if_done()
     return 0

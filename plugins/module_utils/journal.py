@@ -4,7 +4,9 @@
 """The journal of one host's live update (root-only, durable, locked), read and written by the
 modules, the host agent and the memfd holder alike.
 
-``{"update_id", "phase", "phases": {phase: {ts, boot_id}}, "vms": {name: {"state", ...}}, "log"}``.
+``{"update_id", "phase", "phases": {phase: {ts, boot_id}}, "vms": {name: {"state", ...}}, "log",
+"totals"}`` (``totals``: counters kept across updates - kexecs, endings, the last success - that
+the metrics file shows; every change of the journal renders that file again, module_utils/metrics).
 The host's phase goes preflight -> saving -> saved -> [handover] -> kexec -> booted -> verified ->
 restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update stopped before
 the kexec; ``interrupted`` when the boot-time verify finds a save cut short by a reboot, recorded
@@ -22,7 +24,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, metrics
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
 
 BASE = "/var/lib/guestmemfs-liveupdate"
@@ -31,6 +33,8 @@ JOURNAL = os.path.join(BASE, "journal.json")
 SAVED_PHASES = ("saved", "handover", "kexec")
 # Phases after which a host has no update in flight.
 IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
+# Phases whose journal writes (one per VM saved) do not render the metrics file: phase changes do.
+QUIET_METRICS_PHASES = ("saving",)
 # VM states that are final for one update.
 VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
@@ -162,11 +166,29 @@ def update_journal(fn, path=None, msg=None):
     path = path or JOURNAL
     with locked(path):
         j = load_journal(path)
+        before = j.get("phase")
         fn(j)
         if msg:
             j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot_id(), "msg": msg})
         write_json(path, j)
+        # The metrics file, never raising. While VMs save, every VM's journal write waits for this
+        # lock with every VM paused: only the phase's change is rendered then, not each VM's.
+        if j.get("phase") != before or j.get("phase") not in QUIET_METRICS_PHASES:
+            metrics.refresh(j)
         return j
+
+
+def count(j, name, key=None, ts_name=None):
+    """Add one to the journal's lasting counter ``name`` (``totals``, kept across updates for the
+    metrics), or to its ``key`` entry; record the time as ``ts_name`` too when given."""
+    totals = j.setdefault("totals", {})
+    if key is None:
+        totals[name] = int(totals.get(name) or 0) + 1
+    else:
+        by = totals.setdefault(name, {})
+        by[key] = int(by.get(key) or 0) + 1
+    if ts_name:
+        totals[ts_name] = time.time()
 
 
 def set_vm(name, **fields):

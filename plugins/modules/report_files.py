@@ -19,6 +19,12 @@ description:
   - Files in O(path) that match O(exclusive) and are not in O(files) are removed, so a plan with fewer
     waves than the last one leaves no stale wave behind.
   - C(playbooks/plan.yml) writes the rollout plan's limit files with it, one per wave (C(docs/scale.md)).
+  - With O(run), the files go to a directory of that run, O(path)/RUN (or O(path)/RUN/SUBDIR), never over
+    another run's; then O(path)/latest points at the run, and each top-level name (O(path)/NAME, or
+    O(path)/SUBDIR) at the run's file, so that a reader of the top-level names reads the last run's.
+    A file or directory of an older layout at a top-level name is moved to O(path)/before-runs/.
+    Where the filesystem has no symlinks, O(path)/latest is a file naming the run and the top-level
+    names are copies.
 author:
   - guestmemfs.liveupdate developers (@guestmemfs)
 options:
@@ -34,6 +40,14 @@ options:
     description:
       - A shell pattern (C(fnmatch)) of the file names this module owns in O(path); those not in O(files)
         are removed. Unset, nothing is removed.
+    type: str
+  run:
+    description:
+      - The run the files belong to (a run id such as C(20250131T120000Z)); characters other than letters, digits
+        and C(. _ -) become C(_). Unset, the files go to O(path) itself.
+    type: str
+  subdir:
+    description: With O(run), a directory of the run the files go to (C(waves) for the limit files).
     type: str
   mode:
     description: Mode of the files written.
@@ -70,6 +84,14 @@ EXAMPLES = r"""
       wave-002.limit: "hv000001\nhv000002\n"
     exclusive: wave-*.limit
   delegate_to: localhost
+
+- name: Write this run's reports into guestmemfs-report/20250131T120000Z/, linked from guestmemfs-report/
+  guestmemfs.liveupdate.report_files:
+    path: guestmemfs-report
+    run: 20250131T120000Z
+    files:
+      blackout.txt: "..."
+  delegate_to: localhost
 """
 
 RETURN = r"""
@@ -83,15 +105,21 @@ removed:
   returned: always
   type: list
   elements: str
+directory:
+  description: The directory the files were written to (O(path)/RUN with O(run)).
+  returned: always
+  type: str
 """
 
 import fnmatch
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import replace_file
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import publish, run_dir
 
 
 def _same(path, data):
@@ -105,7 +133,9 @@ def _same(path, data):
 def main():
     module = AnsibleModule(
         argument_spec=dict(path=dict(type="path", required=True), files=dict(type="dict", required=True),
-                           exclusive=dict(type="str"), mode=dict(type="raw", default="0644")),
+                           exclusive=dict(type="str"), mode=dict(type="raw", default="0644"),
+                           run=dict(type="str"), subdir=dict(type="str")),
+        required_by={"subdir": "run"},
         supports_check_mode=True)
     p = module.params
     try:
@@ -116,8 +146,15 @@ def main():
     bad = [n for n in names if not n or n in (".", "..") or "/" in n or "\0" in n]
     if bad:
         module.fail_json(msg="file names are plain names in path, not %s" % ", ".join(repr(n) for n in bad))
-    path = p["path"]
-    written, removed = [], []
+    base = path = p["path"]
+    if p["run"]:
+        if p["subdir"] and not re.match(r"^[A-Za-z0-9._-]+$", p["subdir"]) or p["subdir"] in (".", ".."):
+            module.fail_json(msg="subdir %r: a plain directory name" % p["subdir"])
+        try:
+            path = os.path.join(run_dir(base, p["run"]), p["subdir"] or "")
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
+    written, removed, linked = [], [], False
     existing = os.listdir(path) if os.path.isdir(path) else []
     if p["exclusive"]:
         keep = set(names)
@@ -137,9 +174,12 @@ def main():
                 replace_file(os.path.join(path, name), data, mode)
             for name in removed:
                 os.unlink(os.path.join(path, name))
+            if p["run"]:
+                linked = publish(base, p["run"], [p["subdir"]] if p["subdir"] else sorted(names))
         except OSError as exc:
             module.fail_json(msg="writing the report files into %s: %s" % (path, exc), written=[], removed=[])
-    module.exit_json(changed=bool(written or removed), written=written, removed=removed)
+    module.exit_json(changed=bool(written or removed or linked), written=written, removed=removed,
+                     directory=os.path.normpath(path))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ options:
       - Where to write C(sizing.txt), C(sizing.json) and C(sizing.csv) (created when missing; a file is
         written only when its content changes). Unset, nothing is written.
     type: path
+  run:
+    description:
+      - With O(report_dir), the run the report belongs to - it goes to O(report_dir)/RUN, linked from
+        O(report_dir)/sizing.* and O(report_dir)/latest (see M(guestmemfs.liveupdate.report_files)).
+    type: str
 extends_documentation_fragment:
   - guestmemfs.liveupdate.attributes
 requirements:
@@ -117,7 +122,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 def main():
     module = AnsibleModule(argument_spec=dict(hosts=dict(type="list", elements="str", required=True),
-                                              facts_from=dict(type="str"), report_dir=dict(type="path")),
+                                              facts_from=dict(type="str"), report_dir=dict(type="path"),
+                                              run=dict(type="str")),
                            supports_check_mode=True)
     module.fail_json(msg="guestmemfs.liveupdate.sizing_plan runs on the controller, through its action plugin")
 

@@ -33,6 +33,10 @@ guestmemfs_qemu_user | str | guestmemfs-qemu | role qemu_vm | The unprivileged u
     sandboxed (`-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`) in a
     hardened unit; the role creates it. `root` opts out: unsafe, a compromised QEMU owns the host. A
     running VM keeps how it was launched until its next cold start (`docs/confinement.md`).
+guestmemfs_metrics_textfile_dir | path | /var/lib/node_exporter/textfile_collector | role qemu_vm | The
+    node_exporter textfile collector directory the host agent writes `guestmemfs_liveupdate.prom` into; empty
+    turns the file off (`docs/metrics.md`). The update events always go to
+    `/var/lib/guestmemfs-liveupdate/events.jsonl`.
 guestmemfs_sizing | dict | (required by sizing) | sizing, prepare | The host's sizing policy: `backend`,
     `mode` (`fraction`, `absolute`, `vms`), `fraction`, `size`, `vms`, `headroom`, `reserve`, `align`,
     `kho_scratch`, `kernel_reserved`, `numa` (`docs/sizing.md`).
@@ -97,8 +101,9 @@ kernel_build_controller_dir | path | ~/.cache/guestmemfs-liveupdate/kernel-packa
 guestmemfs_report_dir | path | $GUESTMEMFS_REPORT_DIR, else guestmemfs-report in the current directory | plan,
     sizing, liveupdate, report | Where the reports are written; give it as an extra var (`-e`) or in
     `GUESTMEMFS_REPORT_DIR` (a relative path is taken from the directory `ansible-playbook` runs in).
-guestmemfs_run_id | str | (the plan's start time, UTC) | plan, liveupdate | Names the run in the reports'
-    rows (`liveupdate.json`, `blackout.json`); give one value to every job of a rollout run as one job per wave.
+guestmemfs_run_id | str | (the plan's start time, UTC) | plan, liveupdate, sizing, report | Names the run in
+    the reports' rows (`liveupdate.json`, `blackout.json`) and its report directory (`REPORT_DIR/RUN_ID/`,
+    linked from `REPORT_DIR/latest`); give one value to every job of a rollout run as one job per wave.
 """
 
 # Set by the collection's playbooks and roles (registered results, facts): never set them.
@@ -119,7 +124,7 @@ guestmemfs_lu_backend | liveupdate | the host's backend
 guestmemfs_lu_outcome | liveupdate | this host's row of the run report (outcome, reason, start, end)
 guestmemfs_lu_plan | liveupdate | the rollout plan (from localhost)
 guestmemfs_lu_preflight_ok | liveupdate | whether this host passed its preflight in this wave (the wave's gate)
-guestmemfs_lu_run_id | plan | the run's id in the reports, on localhost
+guestmemfs_lu_run_id | plan, sizing, report | the run's id in the reports (and its report directory), on localhost
 guestmemfs_lu_run_rows | liveupdate | every planned host's row of the run report
 guestmemfs_lu_started | liveupdate | when this host's wave started
 guestmemfs_lu_stopped | liveupdate | the hosts of this wave that did not pass their preflight

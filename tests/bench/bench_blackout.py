@@ -149,8 +149,8 @@ def collection_run(state, hosts, forks, out):
         j = json.loads(ssh(state, h, "python3 /usr/lib/guestmemfs-liveupdate/agent status --json"))
         vms = j["vms"].values()
         if any(v.get("state") != "restored" for v in vms):
-            raise RuntimeError("%s: not every VM restored: %s" % (h["name"], dict((n, v.get("state"))
-                                                                                   for n, v in j["vms"].items())))
+            states = dict((n, v.get("state")) for n, v in j["vms"].items())
+            raise RuntimeError("%s: not every VM restored: %s" % (h["name"], states))
         result[h["name"]] = host_blackout([v["stop_ts"] for v in vms], [v["resume_ts"] for v in vms])
     return result
 
@@ -224,8 +224,8 @@ def write(out, args, runs):
         json.dump({"args": vars(args), "runs": runs, "summary": s}, fh, indent=1)
     lines = ["%-24s %3s %10s %10s %10s %10s" % ("case", "n", "min_s", "median_s", "x floor min", "x floor med")]
     for case, v in s.items():
-        lines.append("%-24s %3d %10.3f %10.3f %10s %10s" % (case, v["n"], v["min"], v["median"], v.get("ratio_min", "-"),
-                                                          v.get("ratio_median", "-")))
+        row = (case, v["n"], v["min"], v["median"], v.get("ratio_min", "-"), v.get("ratio_median", "-"))
+        lines.append("%-24s %3d %10.3f %10.3f %10s %10s" % row)
     lines.append("per host first STOP -> last RESUME; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
     text = "\n".join(lines) + "\n"

@@ -77,8 +77,8 @@ def main():
         med = statistics.median(times[name])
         base = base or med
         size_note = "-" if name == "raw read" else "%.1f KiB" % (len(json.dumps(outs[name])) / gib / 1024)
-        print("%-14s %9.3f %9.3f %9.3f %9.2f %9.2f %14s" % (name, med, min(times[name]), statistics.median(cpu[name]),
-                                                          gib / med, med / base, size_note))
+        row = (name, med, min(times[name]), statistics.median(cpu[name]), gib / med, med / base, size_note)
+        print("%-14s %9.3f %9.3f %9.3f %9.2f %9.2f %14s" % row)
 
 
 if __name__ == "__main__":

@@ -57,10 +57,13 @@ def _no_real_kexec(*args, **kwargs):
 def no_real_host_kexec(monkeypatch, tmp_path_factory):
     """Every unit test: the reboot/kexec syscall entry points raise, the host agent reads the
     kernel's kexec state (kexec_loaded, mounts, KHO) under an empty tree unless the test gives one,
-    and its update lock is a file of the test's own."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate, luo
+    and its update lock, its events and its metrics textfile are files of the test's own."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostupdate, luo, metrics
     monkeypatch.setattr(luo, "reboot", _no_real_kexec)
     monkeypatch.setattr(luo, "kexec_file_load", _no_real_kexec)
     monkeypatch.setattr(luo, "kexec_unload", _no_real_kexec)
     monkeypatch.setattr(hostupdate, "ROOT", str(tmp_path_factory.mktemp("empty-host-root")))
     monkeypatch.setattr(hostupdate, "UPDATE_LOCK", str(tmp_path_factory.mktemp("run") / "update.lock"))
+    monkeypatch.setattr(events, "EVENTS", str(tmp_path_factory.mktemp("events") / "events.jsonl"))
+    monkeypatch.setattr(metrics, "CONFIG", str(tmp_path_factory.mktemp("etc") / "metrics.json"))
+    monkeypatch.setattr(metrics, "DEFAULT_DIR", str(tmp_path_factory.mktemp("textfile_collector")))

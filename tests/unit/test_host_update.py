@@ -20,7 +20,7 @@ import time
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, cpr, hostupdate, journal, luo, manifest, qmp)
+    agent, cpr, events, hostupdate, journal, luo, manifest, qmp)
 
 from counter_guest import counter_guest, read_counter
 
@@ -31,7 +31,7 @@ MiB = 1024 * 1024
 
 
 def qemu_major():
-    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=True).stdout
     return int(re.search(r"version (\d+)", out).group(1))
 
 
@@ -81,6 +81,7 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
     boot = {"id": "boot-a"}
     monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
+    monkeypatch.setattr(events, "boot_id", lambda: boot["id"])
     monkeypatch.setattr(manifest.hostinfo, "boot_id", lambda: boot["id"])
     root = tmp_path / "root"
     (root / "sys" / "kernel").mkdir(parents=True)

@@ -14,7 +14,7 @@ import types
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, cpr, hostupdate, journal, manifest, qmp)
+    agent, cpr, events, hostupdate, journal, manifest, qmp)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import next_step
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
@@ -156,6 +156,13 @@ def test_disk_full_during_save_resumes_every_vm_and_loses_no_state(host, monkeyp
         assert q.status == "running" and "quit" not in q.commands, (name, q.commands)
         assert not os.path.exists(state_file(host, name))
     assert journal.load_journal()["phase"] == "rolled_back"
+    # The events say it too: each VM's failure, then the rollback (docs/metrics.md).
+    with open(events.EVENTS) as fh:
+        evs = [json.loads(line) for line in fh]
+    fails = [(e["vm"], e["outcome"]) for e in evs if e["step"] == "failure"]
+    assert sorted(fails) == [("vm1", "failed"), ("vm2", "failed")], evs
+    assert all("No space left on device" in e["detail"] for e in evs if e["step"] == "failure")
+    assert [e["step"] for e in evs if e["vm"] is None] == ["record", "rollback"]
 
 
 def test_any_exception_after_the_pause_rolls_back(host, monkeypatch):

@@ -182,8 +182,8 @@ def test_the_host_updates_itself_while_the_controller_follows_its_journal(tmp_pa
     # One detached process per host (vm_cpr action=update) saves and kexecs; the controller only follows
     # the journal in slices: saving, kexecing (the host away: it waits for it), then the host's own
     # restore. The canary's memory check is full, and the run's report says so.
-    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full", "algo": "crc32",
-                                                                        "chunks": 256}}}
+    verify = {"status": "ok", "mode": "full", "algo": "crc32", "chunks": 256}
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": verify}}
     standin = {"vm_cpr.wait": [
         {"done": False, "progress": "saving", "restored": 0, "total": 1, "last_step": "saving: 0 of 1 VMs saved"},
         {"done": False, "progress": "kexec", "restored": 0, "total": 1, "last_step": "every VM saved, kexecing"},
@@ -212,8 +212,8 @@ def test_later_waves_check_a_sample_once_the_canary_proved_the_pair(tmp_path):
     vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full"}}}
     step = dict(DEFAULTS["update_step"], target_release=UNAME)
     wait = {"done": True, "vms": vms, "restored": 1, "total": 1, "last_step": "vm1 resumed", "booted_as_loaded": True}
-    inv = hosts_inventory(("h1", "h2", "h3"), **dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}})
-                                                      for h in ("h1", "h2", "h3")))
+    standins = dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}}) for h in ("h1", "h2", "h3"))
+    inv = hosts_inventory(("h1", "h2", "h3"), **standins)
     out, calls = play(tmp_path, inv, "liveupdate.yml")
     assert out.returncode == 0, out.stdout + out.stderr
     modes = dict((c["host"], c["args"]["manifest_mode"]) for c in calls if c["key"] == "vm_cpr.update")
@@ -332,3 +332,28 @@ def test_the_host_report_gives_a_readiness_verdict(tmp_path):
     assert sorted(c["host"] for c in calls if c["key"] == "vm_cpr.status") == ["h1", "h2"]
     table = (tmp_path / "report" / "hosts.txt").read_text()
     assert "2 hosts: 1 ready, 1 blocked" in table
+
+
+def test_each_run_keeps_its_own_reports_and_the_top_level_names_the_last(tmp_path):
+    # A failed canary (run-1), then a re-run that does nothing (check mode, run-2): run-1's table
+    # must survive the re-run, in its own directory; the top-level names and latest show run-2.
+    inv = hosts_inventory(h1={"standin": {"kexec": {"failed": True, "msg": "kexec_file_load: stand-in refusal"}}})
+    out, calls = play(tmp_path, inv, "liveupdate.yml", "-e", "guestmemfs_run_id=run-1")
+    assert out.returncode == 2, out.stdout + out.stderr
+    first = run_rows(tmp_path)
+    assert [r["outcome"] for r in first] == ["failed", "not run", "not run"]
+    out, calls = play(tmp_path, hosts_inventory(), "liveupdate.yml", "--check", "-e", "guestmemfs_run_id=run-2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = tmp_path / "report"
+    kept = json.loads((report / "run-1" / "liveupdate.json").read_text())
+    assert kept == first and "kexec_file_load: stand-in refusal" in (report / "run-1" / "liveupdate.txt").read_text()
+    assert (report / "run-1" / "waves.json").exists() and (report / "run-1" / "waves" / "wave-001.limit").exists()
+    assert [r["outcome"] for r in run_rows(tmp_path)] == ["checked"] * 3  # the top-level name: the last run's
+    assert os.readlink(str(report / "latest")) == "run-2"
+    for name in ("liveupdate.json", "liveupdate.txt", "blackout.json", "blackout.txt"):
+        assert os.readlink(str(report / name)) == "run-2/" + name
+        assert (report / name).read_text() == (report / "latest" / name).read_text(), name
+    # A check run writes no plan: the top-level plan is still the last one written, run-1's.
+    assert not (report / "run-2" / "waves.json").exists()
+    assert os.readlink(str(report / "waves.json")) == "run-1/waves.json"
+    assert os.readlink(str(report / "waves")) == "run-1/waves" and (report / "waves" / "wave-001.limit").read_text()

@@ -294,6 +294,92 @@ def test_journal_records_every_phase_of_the_update(host):
     assert j["phases"]["booted"]["boot_id"] == j["phases"]["restored"]["boot_id"] == new
 
 
+TEXTFILE = "/var/lib/node_exporter/textfile_collector/guestmemfs_liveupdate.prom"
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+
+
+def textfile_series(text):
+    """{(name, ((label, value), ...)): value} of a textfile, each family's HELP and TYPE checked
+    before its samples (tests/unit/test_metrics_events.py parses it strictly)."""
+    out, typed = {}, set()
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("# HELP "):
+            continue
+        name, labels, value = SAMPLE.match(line).groups()
+        assert name in typed, line
+        out[(name, tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels or ""))))] = float(value)
+    return out
+
+
+def test_the_metrics_textfile_shows_the_update_done(host):
+    j = journal(host)
+    f = host.file(TEXTFILE)
+    assert f.exists and f.mode == 0o644, TEXTFILE
+    got = textfile_series(f.content_string)
+    phases = dict((dict(labels)["phase"], v) for (name, labels), v in got.items() if name == "guestmemfs_liveupdate_phase")
+    assert phases["restored"] == 1 and sum(phases.values()) == 1, phases
+    for vm in ("vm1", "vm2"):
+        blackout = got[("guestmemfs_liveupdate_vm_blackout_seconds", (("update_id", j["update_id"]), ("vm", vm)))]
+        assert blackout == j["vms"][vm]["blackout_s"] and 0 < blackout < 600
+        assert got[("guestmemfs_liveupdate_vm_verification_ok", (("verdict", "ok"), ("vm", vm)))] == 1
+        assert got[("guestmemfs_liveupdate_vm_state", (("state", "restored"), ("vm", vm)))] == 1
+    assert got[("guestmemfs_liveupdate_kexecs_total", ())] >= 1
+    assert got[("guestmemfs_liveupdate_updates_total", (("ending", "restored"),))] >= 1
+    assert got[("guestmemfs_liveupdate_last_success_timestamp_seconds", ())] >= j["phases"]["restored"]["ts"] - 1
+    info = [dict(labels) for (name, labels), _v in got.items() if name == "guestmemfs_liveupdate_update_info"]
+    assert info == [{"update_id": j["update_id"], "kernel_release": host.check_output("uname -r"),
+                     "target_release": j["kexec_target"].get("release") or ""}], info
+
+
+def test_the_events_name_every_step_of_the_update(host):
+    j = journal(host)
+    lines = host.file("/var/lib/guestmemfs-liveupdate/events.jsonl").content_string.splitlines()
+    evs = [json.loads(line) for line in lines]
+    fields = {"time", "ts", "monotonic", "boot_id", "host", "update_id", "vm", "step", "outcome", "detail", "data"}
+    assert all(set(e) == fields for e in evs), [e for e in evs if set(e) != fields][:1]
+    mine = [e for e in evs if e["update_id"] == j["update_id"]]
+    assert all(e["outcome"] == "ok" for e in mine), [e for e in mine if e["outcome"] != "ok"]
+    assert [e["step"] for e in mine if e["vm"] is None] == ["record", "sync", "kexec-requested", "boot"], mine
+    for vm in ("vm1", "vm2"):
+        steps = [e for e in mine if e["vm"] == vm]
+        assert [e["step"] for e in steps] == ["pause", "save", "verify", "restore", "resume"], steps
+        assert [e["boot_id"] for e in steps] == [j["from_boot_id"]] * 2 + [j["to_boot_id"]] * 3
+        assert steps[2]["data"]["verdict"] == "ok"
+        assert steps[4]["data"]["blackout_s"] == j["vms"][vm]["blackout_s"]
+    # The side effect's fault before the update (a byte of vm2 changed) left a failed verify of vm2.
+    if BACKEND == "pmem":
+        assert any(e["step"] == "verify" and e["vm"] == "vm2" and e["outcome"] == "failed"
+                   and e["data"]["verdict"] == "content_changed" for e in evs), evs
+
+
+# The controller's report directory: molecule runs ansible-playbook in the scenario's directory.
+REPORT = os.environ.get("GUESTMEMFS_REPORT_DIR") or os.path.join(
+    os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "."), "guestmemfs-report")
+
+
+def test_the_updates_blackout_report_survives_the_rerun_in_its_own_run_directory(host):
+    """update.yml runs liveupdate.yml twice: the update, then a re-run with nothing to do. The
+    update's blackout rows stay in the update's run directory; latest is the re-run's."""
+    j = journal(host)
+    name = host.backend.get_hostname()
+    want = dict((vm, j["vms"][vm]["blackout_s"]) for vm in ("vm1", "vm2"))
+    found = {}
+    for run in sorted(os.listdir(REPORT)):
+        path = os.path.join(REPORT, run, "blackout.json")
+        if run != "latest" and not os.path.islink(os.path.join(REPORT, run)) and os.path.isfile(path):
+            with open(path) as fh:
+                found[run] = dict((r["vm"], r["blackout_s"]) for r in json.load(fh) if r["host"] == name)
+    update_runs = [run for run, rows in found.items() if rows == want]
+    assert update_runs, "no run directory of %s holds %s's blackout rows %s: %s" % (REPORT, name, want, found)
+    latest = os.readlink(os.path.join(REPORT, "latest"))
+    assert latest in found and latest > update_runs[-1] and found[latest] == {}, (latest, update_runs, found)
+    assert os.readlink(os.path.join(REPORT, "blackout.json")) == os.path.join(latest, "blackout.json")
+
+
 @luo_only
 def test_luo_flags_on_running_and_configured_cmdline(host):
     running = host.file("/proc/cmdline").content_string.split()

@@ -16,9 +16,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo, journal, luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB, format_size, parse_size
 
