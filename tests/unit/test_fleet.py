@@ -202,7 +202,7 @@ def test_a_host_whose_kernel_panicked_at_boot_is_started_once_more(tmp_path, mon
     console = tmp_path / "host1.console.log"
     console.write_text(INT3_PANIC)
     assert fleet.console_panic(str(console)) == "Kernel panic - not syncing: Fatal exception in interrupt"
-    console.write_text(INT3_PANIC.split("[    3.060100]")[0])
+    console.write_text(INT3_PANIC.split("[    3.060100]", maxsplit=1)[0])
     assert fleet.console_panic(str(console)) is None
     assert fleet.console_panic(str(tmp_path / "missing.log")) is None
 
