@@ -319,5 +319,5 @@ def test_a_confined_argv_is_preservable_on_every_backend(backend):
     # the descriptor path is accepted only where the agent hands the memory over
     c.pop("mem_fd", None)
     argv = [a.replace("mem-path=%s," % c["mem_path"], "mem-path=/proc/self/fd/3,") for a in vmdef.build_argv(c, "/run/g")]
-    assert "is not the VM's backend file" in " ".join(p["detail"] if isinstance(p, dict) else str(p)
-                                                       for p in preservability.argv_problems(c, argv, backend))
+    found = preservability.argv_problems(c, argv, backend)
+    assert "is not the VM's backend file" in " ".join(p["detail"] if isinstance(p, dict) else str(p) for p in found)
