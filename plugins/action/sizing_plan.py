@@ -38,10 +38,12 @@ class ActionModule(ActionBase):
         except AnsibleError as exc:
             return dict(result, failed=True, msg=str(exc))
         table = sizing.render_table(rows)
-        written = []
+        written, changed = [], False
         if report_dir:
             report_dir = os.path.expanduser(str(report_dir))
             texts = dict(("sizing." + fmt, table if fmt == "txt" else render(rows)) for fmt, render in FORMATS.items())
+            # A run writes a directory of its own: a change only when what the top-level names show changes.
+            changed = bool(report_runs.differs_from_latest(report_dir, texts)) if args.get("run") else None
             if self._task.check_mode:
                 written = sorted(texts)
             else:
@@ -55,6 +57,6 @@ class ActionModule(ActionBase):
                     return dict(result, failed=True, msg="writing the sizing report into %s: %s" % (report_dir, exc))
         # rows and by_host hold the same row objects: they travel back to Ansible once
         result.update(
-            changed=bool(written), written=written, summary=sizing.summary(rows), table=table, rows=rows,
+            changed=bool(written) if changed is None else changed, written=written, summary=sizing.summary(rows), table=table, rows=rows,
             by_host=dict((r["host"], r) for r in rows), refused=[r["host"] for r in rows if not r["ok"]])
         return result

@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import fnmatch
 import os
 import re
 import shutil
@@ -80,6 +81,30 @@ def _copy(src, dest):
         return
     with open(src, "rb") as fh:
         replace_file(dest, fh.read(), 0o644)
+
+
+def differs_from_latest(base, texts, subdir=None, exclusive=None):
+    """The names of ``texts`` ({name: text or bytes}) whose content differs from what the top-level
+    names show now (the last run that wrote them), and with ``exclusive`` (a glob) the names shown
+    there that this run no longer has. A run writes its own directory every time; whether that is a
+    change is whether what the operator reads changed."""
+    shown = os.path.join(base, subdir) if subdir else base
+    differs = []
+    for name in sorted(texts):
+        data = texts[name]
+        if not isinstance(data, bytes):
+            data = str(data if data is not None else "").encode("utf-8")
+        try:
+            with open(os.path.join(shown, name), "rb") as fh:
+                if fh.read() == data:
+                    continue
+        except (IOError, OSError):
+            pass
+        differs.append(name)
+    if exclusive and os.path.isdir(shown):
+        differs += sorted(n for n in os.listdir(shown) if n not in texts and fnmatch.fnmatchcase(n, exclusive)
+                          and os.path.isfile(os.path.join(shown, n)))
+    return differs
 
 
 def publish(base, run, names):

@@ -119,7 +119,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import replace_file
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import publish, run_dir
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import differs_from_latest, publish, run_dir
 
 
 def _same(path, data):
@@ -155,6 +155,8 @@ def main():
         except ValueError as exc:
             module.fail_json(msg=str(exc))
     written, removed, linked = [], [], False
+    # A run writes a directory of its own; it changes something when what the top-level names show does.
+    differs = (differs_from_latest(base, p["files"], p["subdir"], p["exclusive"]) if p["run"] else None)
     existing = os.listdir(path) if os.path.isdir(path) else []
     if p["exclusive"]:
         keep = set(names)
@@ -178,7 +180,8 @@ def main():
                 linked = publish(base, p["run"], [p["subdir"]] if p["subdir"] else sorted(names))
         except OSError as exc:
             module.fail_json(msg="writing the report files into %s: %s" % (path, exc), written=[], removed=[])
-    module.exit_json(changed=bool(written or removed or linked), written=written, removed=removed,
+    changed = bool(differs or removed) if p["run"] else bool(written or removed or linked)
+    module.exit_json(changed=changed, written=written, removed=removed,
                      directory=os.path.normpath(path))
 
 

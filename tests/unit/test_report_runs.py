@@ -69,3 +69,26 @@ def test_a_run_id_becomes_one_plain_directory_name(run, name):
 def test_a_run_id_that_names_no_run_directory_is_refused(run):
     with pytest.raises(ValueError):
         report_runs.run_name(run)
+
+
+def test_a_new_run_with_the_same_reports_as_the_last_changes_nothing(tmp_path, capsys):
+    # molecule's idempotence run (2026-12-05): sizing.yml run twice reported changed because each
+    # run writes its own directory; what the operator reads (the top-level names) did not change.
+    base = tmp_path / "report"
+    assert write(capsys, base, "run1", {"sizing.txt": "2 hosts\n"})["changed"] is True
+    assert write(capsys, base, "run1", {"w1": "h1\n"}, subdir="waves")["changed"] is True
+    res = write(capsys, base, "run2", {"sizing.txt": "2 hosts\n"})
+    assert res["changed"] is False
+    assert (base / "run2" / "sizing.txt").read_text() == "2 hosts\n"  # the run keeps its own copy
+    assert os.readlink(str(base / "latest")) == "run2"
+    assert write(capsys, base, "run2", {"w1": "h1\n"}, subdir="waves")["changed"] is False
+    assert write(capsys, base, "run3", {"sizing.txt": "3 hosts\n"})["changed"] is True
+
+
+def test_differs_from_latest_compares_with_what_the_top_level_names_show(tmp_path):
+    base = tmp_path / "report"
+    base.mkdir()
+    (base / "a.txt").write_text("x")
+    assert report_runs.differs_from_latest(str(base), {"a.txt": "x"}) == []
+    assert report_runs.differs_from_latest(str(base), {"a.txt": "y", "b.txt": "z"}) == ["a.txt", "b.txt"]
+    assert report_runs.differs_from_latest(str(base), {"c": "1"}, subdir="waves") == ["c"]
