@@ -735,10 +735,37 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     return 3
 
 
+RESTORE_WAIT_POLL_S = 0.2
+
+
+def _main_alive(name):
+    """Whether the VM unit's main process (vm_run: verifying, then QEMU) still runs. systemd gives
+    its control processes $MAINPID; run by hand, the wait ends with the unit's start timeout."""
+    pid = os.environ.get("MAINPID", "")
+    return not pid.isdigit() or os.path.exists("/proc/%s" % pid)
+
+
+def _verdict_pending(rec):
+    return rec.get("state") == "saved" or (
+        rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id())
+
+
 def vm_restore(name, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStartPost: finish an incoming restore and resume the VM."""
     j = load_journal()
     rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
+    # The unit is Type=simple: systemd runs this as soon as vm_run is forked, while vm_run may still
+    # be verifying the memory. Wait for its verdict rather than take "not restoring" for "nothing to do".
+    while _verdict_pending(rec) and _main_alive(name):
+        time.sleep(RESTORE_WAIT_POLL_S)
+        j = load_journal()
+        rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
+    if rec.get("state") == "saved":
+        vm = cpr.VM.load(name, conf_dir)
+        sys.stderr.write("%s: its memory was not verified (the unit's start ended without a verdict): not resuming. "
+                         "State %s and memory %s kept; run `agent verify %s`, then systemctl restart %s\n" % (
+                             name, vm.state_path, vm.mem_path, name, UNIT % name))
+        return 3
     if rec.get("state") != "restoring":
         return 0
     vm = cpr.VM.load(name, conf_dir)

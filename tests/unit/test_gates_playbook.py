@@ -37,10 +37,10 @@ def http():
     e.close()
 
 
-def run(tmp_path, inv, *args, **kw):
+def run(tmp_path, inv, *args, playbook="liveupdate.yml", **kw):
     if not (tmp_path / "collections").exists():
         collection(tmp_path, reboot=True)
-    return play(tmp_path, inv, "liveupdate.yml", *args, **kw)
+    return play(tmp_path, inv, playbook, *args, **kw)
 
 
 def test_a_whole_rollout_tells_every_event_in_order_and_releases_its_lock(tmp_path, http):
@@ -237,3 +237,15 @@ def test_the_fleet_check_script_on_stand_in_hosts(tmp_path):
         "the first run holds the fleet lock", "a second run is refused naming the holder",
         "the first run stops (its gate failed)", "the canary failed on the in-guest gate", "no later wave ran",
         "the lock is released"]
+
+
+def test_a_second_rollout_in_the_same_playbook_run_starts(tmp_path):
+    # molecule's update.yml imports liveupdate.yml twice (the update, then a re-run that must find
+    # every host done): on the fleet, 2026-12-05, the re-run refused every wave with "the rollout
+    # stopped (every wave ran)", the first rollout's end kept on localhost.
+    both = tmp_path / "twice.yml"
+    both.write_text("- ansible.builtin.import_playbook: guestmemfs.liveupdate.liveupdate\n"
+                    "- ansible.builtin.import_playbook: guestmemfs.liveupdate.liveupdate\n")
+    out, _calls = run(tmp_path, fleet(), playbook=str(both))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+    assert "Not starting this wave" not in out.stdout

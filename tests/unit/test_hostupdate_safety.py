@@ -253,6 +253,37 @@ def test_resuming_is_journaled_before_cont(host):
     assert seen == ["resuming"] and journal.load_journal()["vms"]["vm1"]["state"] == "restored"
 
 
+def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
+    # Molecule on the fleet, 2026-12-05: the VM unit is Type=simple, so systemd runs ExecStartPost
+    # (vm_restore) as soon as ExecStart (vm_run) is forked; vm_run was still verifying the memory
+    # (state "saved"), vm_restore saw no "restoring" and returned 0, and both VMs stayed in
+    # -incoming defer, never resumed.
+    save(host)
+    q = host.qemus["vm1"]
+    q.status = "inmigrate"
+    monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.05)
+
+    def verify_later():
+        time.sleep(0.5)
+        hostupdate.verify_pending(["vm1"])
+
+    t = threading.Thread(target=verify_later)
+    t.start()
+    try:
+        assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    finally:
+        t.join()
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
+
+
+def test_the_restore_does_not_wait_for_a_verification_that_ended_without_a_verdict(host, monkeypatch):
+    save(host)
+    monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.01)
+    monkeypatch.setattr(hostupdate, "_main_alive", lambda name: False)  # vm_run exited (refused)
+    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 3
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "saved"  # nothing changed
+
+
 # 4. Power loss during the save.
 
 def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):

@@ -26,6 +26,8 @@ NoNewPrivileges=yes
 # and serial log.
 ProtectSystem=strict
 ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate -/run/guestmemfs-liveupdate -/mnt/vmmem
+# The update's metrics (docs/metrics.md): the agent writes them from here too.
+ReadWritePaths=-/var/lib/node_exporter/textfile_collector
 ProtectHome=yes
 PrivateTmp=yes
 # KVM and the taps the agent opens; /dev/null and the like are in "closed".
@@ -59,16 +61,17 @@ WantedBy=multi-user.target
 """
 
 
-def render(name, backend, user="guestmemfs-qemu"):
+def render(name, backend, user="guestmemfs-qemu", metrics="/var/lib/node_exporter/textfile_collector"):
     import jinja2
 
     from ansible_collections.guestmemfs.liveupdate.plugins.filter.backend_spec import backend_spec
     # as Ansible's template module renders: every variable required, the final newline kept
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, trim_blocks=True,
                              keep_trailing_newline=True)
     env.filters["guestmemfs.liveupdate.backend_spec"] = backend_spec
     return env.get_template(name + ".j2").render(qemu_vm_backend=backend, qemu_vm_mem_dir="/mnt/vmmem",
-                                                 qemu_vm_qemu_user=user, ansible_managed="managed")
+                                                 qemu_vm_qemu_user=user, ansible_managed="managed",
+                                                 qemu_vm_metrics_textfile_dir=metrics)
 
 
 def test_the_vm_unit_is_hardened_exactly_so():
@@ -78,7 +81,10 @@ def test_the_vm_unit_is_hardened_exactly_so():
 
 
 def test_without_a_mount_no_mount_is_writable_and_root_is_named_unsafe():
-    text = render("guestmemfs-vm@.service", "luo", user="root")
+    # and without metrics no metrics directory is (molecule, 2026-12-05: the hardened unit made the
+    # textfile's directory read-only, "Read-only file system", until it was named here)
+    text = render("guestmemfs-vm@.service", "luo", user="root", metrics="")
+    assert "node_exporter" not in text
     assert ("ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate "
             "-/run/guestmemfs-liveupdate\n") in text
     assert "becomes QEMU as root (opted out: QEMU runs as root, unsafe)" in text
