@@ -740,9 +740,9 @@ RESTORE_WAIT_POLL_S = 0.2
 
 def _main_alive(name):
     """Whether the VM unit's main process (vm_run: verifying, then QEMU) still runs. systemd gives
-    its control processes $MAINPID; run by hand, the wait ends with the unit's start timeout."""
+    its control processes $MAINPID; run by hand (no $MAINPID) nothing is verifying: no wait."""
     pid = os.environ.get("MAINPID", "")
-    return not pid.isdigit() or os.path.exists("/proc/%s" % pid)
+    return pid.isdigit() and os.path.exists("/proc/%s" % pid)
 
 
 def _verdict_pending(rec):

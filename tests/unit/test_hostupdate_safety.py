@@ -262,6 +262,7 @@ def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
     q = host.qemus["vm1"]
     q.status = "inmigrate"
     monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.05)
+    monkeypatch.setenv("MAINPID", str(os.getpid()))  # as systemd gives ExecStartPost: the unit's main process
 
     def verify_later():
         time.sleep(0.5)
@@ -279,7 +280,11 @@ def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
 def test_the_restore_does_not_wait_for_a_verification_that_ended_without_a_verdict(host, monkeypatch):
     save(host)
     monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.01)
+    main_alive = hostupdate._main_alive
     monkeypatch.setattr(hostupdate, "_main_alive", lambda name: False)  # vm_run exited (refused)
+    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 3
+    monkeypatch.setattr(hostupdate, "_main_alive", main_alive)
+    monkeypatch.delenv("MAINPID", raising=False)  # run by hand: nothing is verifying, no wait
     assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 3
     assert journal.load_journal()["vms"]["vm1"]["state"] == "saved"  # nothing changed
 
