@@ -243,7 +243,8 @@ def load_records(path):
 def analyse(records):
     """Per target: did the one connection last, how long was the guest silent (the longest gap
     between two replies, as seen from outside), and did the same process run on (boot_id and pid
-    constant, counter never back and on after the resume, seq continued no faster than time allows, its memory intact)."""
+    constant, counter never back and on after the resume, seq continued no faster than time
+    allows, its memory intact)."""
     by_target = {}
     for r in records:
         by_target.setdefault(r["target"], []).append(r)
@@ -257,8 +258,9 @@ def analyse(records):
         # Never back, and on after the resume. Not strictly up between two replies: a starved guest
         # may not run its 10 ms counter thread between two replies a few ms apart.
         counters = [v.get("counter", -1) for v in vals]
+        after = counters[gap_at + 1:] if gaps and len(counters) - gap_at > 2 else counters
         counter_ok = (len(counters) > 1 and all(b >= a for a, b in zip(counters, counters[1:]))
-                      and counters[-1] > counters[gap_at + 1 if gaps and gap_at + 2 < len(counters) else 0])
+                      and after[-1] > after[0])
         seq_ok = all(0 <= b.get("seq", -1) - a.get("seq", 0) <= (rb["mono"] - ra["mono"]) + SEQ_SLACK
                      for (ra, a), (rb, b) in zip(zip(replies, vals), zip(replies[1:], vals[1:])))
         row = {
