@@ -455,6 +455,9 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
         update_journal(journal.set_vm(name, state=state, state_path=vm.state_path),
                        msg="%s after an interrupted save: %s" % (name, state))
         out[name] = state
+    # No VM left saved (each resumed or down): the update is over, or every re-run would find it
+    # "saving" and roll back again. With a VM saved, its restore (rollback) closes it.
+    finish_if_done(conf_dir)
     return out
 
 
@@ -491,6 +494,9 @@ def verify_pending(names=None, content=True):
             _release(), "the loaded kernel" if as_loaded else "NOT the loaded kernel", j.get("phase"))
         update_journal(booted, msg=what)
         events.emit("boot", j.get("update_id"), detail=what, release=_release(), as_loaded=as_loaded)
+        # A save cut short before any VM was saved leaves nothing to restore: close the update now,
+        # or it would wait ("booted") for restores that never come.
+        j = finish_if_done()
     if not content:
         return {}
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
@@ -593,8 +599,7 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
         vms = j.get("vms") or {}
         if not vms or j.get("phase") in IDLE_PHASES:
             return
-        if any(v.get("state") not in VM_FINAL and v.get("state") != "running"
-               and not str(v.get("state", "")).startswith("down") for v in vms.values()):
+        if any(not journal.vm_done(v.get("state")) and v.get("state") != "running" for v in vms.values()):
             return
         if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
             phase = "held"

@@ -39,6 +39,12 @@ QUIET_METRICS_PHASES = ("saving",)
 VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
 
+def vm_done(state):
+    """Whether a VM in ``state`` needs nothing more from its update: final, or ``down ...`` (its QEMU
+    died with its save, or the host rebooted during it: no state to restore; its unit boots it afresh)."""
+    return state in VM_FINAL or str(state or "").startswith("down")
+
+
 def boot_id():
     """This boot's id (tests replace this function)."""
     return hostinfo.boot_id()
@@ -143,7 +149,7 @@ def update_progress(j, boot_id, update_id, pid_alive=hostinfo.pid_alive):
                                % (j.get("saver_pid"), phase, last))
         if phase in ("rolled_back", "held", "restored"):
             return "stopped", "the update stopped on this boot before a kexec (phase %s): %s" % (phase, last)
-    if vms and all(v.get("state") in VM_FINAL for v in vms.values()):
+    if vms and all(vm_done(v.get("state")) for v in vms.values()):
         return "done", "every VM is final (phase %s)" % phase
     return "restoring", "the new boot restores the VMs (phase %s): %d of %d restored" % (
         phase, sum(1 for v in vms.values() if v.get("state") == "restored"), len(vms))
