@@ -28,7 +28,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends imp
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
-    IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, set_phase, update_journal)
+    IDLE_PHASES, SAVED_PHASES, load_journal, set_phase, update_journal)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 

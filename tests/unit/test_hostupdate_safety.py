@@ -365,6 +365,15 @@ def test_a_save_process_killed_before_any_vm_was_saved_is_recovered_once(host, m
     assert step == "start", reason
 
 
+def test_the_recovery_of_a_killed_save_cancels_its_migration_before_cont(host, monkeypatch):
+    # Killed as vm1's migration started: QEMU may still be migrating. A cont while the migration
+    # runs is paused again by its end: the VM would be journaled running while it is stopped.
+    _killed_before_any_vm_saved(host, monkeypatch)
+    hostupdate.recover_interrupted_save(conf_dir=host.conf)
+    cmds = host.qemus["vm1"].commands
+    assert "migrate_cancel" in cmds and cmds.index("migrate_cancel") < len(cmds) - 1 - cmds[::-1].index("cont")
+
+
 def test_a_vm_resuming_when_its_boot_ended_is_held_for_good(host):
     save(host)
     hostupdate.verify_pending()
