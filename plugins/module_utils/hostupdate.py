@@ -601,10 +601,12 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
             return
         if any(not journal.vm_done(v.get("state")) and v.get("state") != "running" for v in vms.values()):
             return
+        # A save the end of its boot cut short: its VMs are back, but no kernel was updated.
+        interrupted = (j.get("interrupted_save") or {}).get("update_id") == j.get("update_id")
         if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
             phase = "held"
         else:
-            phase = "restored" if j.get("from_boot_id") != journal.boot_id() else "rolled_back"
+            phase = "restored" if j.get("from_boot_id") != journal.boot_id() and not interrupted else "rolled_back"
         journal.phase_update(phase, finished_ts=time.time())(j)
         journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
         j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})

@@ -325,6 +325,7 @@ def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
     assert any("rebooted during the save" in e["msg"] for e in j["log"])
     host.qemus["vm1"].status = "inmigrate"
     assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    assert journal.load_journal()["phase"] == "rolled_back"  # vm1 back, but the update did not happen
     step, reason = next_step(journal.load_journal(), BOOT_B, "7.3.4", "7.3.5")
     assert step == "start", reason
 
@@ -344,6 +345,7 @@ def test_power_loss_before_any_vm_was_saved_ends_the_update_at_boot(host, monkey
     hostupdate.verify_pending(content=False)  # guestmemfs-verify.service at boot
     j = journal.load_journal()
     assert all(v["state"].startswith("down") for v in j["vms"].values())
+    assert j["phase"] == "rolled_back"  # not restored: no kernel was updated, nothing counts as a success
     # No VM is left to restore: the update is over (not "wait" for a restore that never comes), and
     # a controller following it learns that now, not after its time limit.
     step, reason = next_step(j, BOOT_B, "7.3.4", "7.3.5")
