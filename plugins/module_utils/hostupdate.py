@@ -607,8 +607,13 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
             phase = "held"
         else:
             phase = "restored" if j.get("from_boot_id") != journal.boot_id() and not interrupted else "rolled_back"
+        if j.get("phase") == phase:
+            return
+        # One ending per update for the metrics: the first (a held update's recovery is not another).
+        first_ending = j.get("phase") != "held"
         journal.phase_update(phase, finished_ts=time.time())(j)
-        journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
+        if first_ending:
+            journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
         j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
     j = update_journal(fn)
     for backend, _vms in by_backend(_configured(conf_dir)):

@@ -236,7 +236,9 @@ def test_the_fleet_check_script_on_stand_in_hosts(tmp_path):
         "check run passes", "h1: every guest's agent answers", "h2: every guest's agent answers",
         "the first run holds the fleet lock", "a second run is refused naming the holder",
         "the first run stops (its gate failed)", "the canary failed on the in-guest gate", "no later wave ran",
-        "the lock is released"]
+        "the lock is released", "the webhook heard the stop in order", "a window that excludes now refuses to start",
+        "the refusal is the only event", "no lock is left", "a firing PromQL gate stops the first wave",
+        "the endpoint was asked"]
 
 
 def test_a_second_rollout_in_the_same_playbook_run_starts(tmp_path):
