@@ -48,11 +48,17 @@ def plain(value):
     return value
 
 
-class _NoFacts(object):
-    """Stands in for Ansible's fact cache while a host's variables are read: no facts."""
+_MISSING = object()
 
-    def get(self, key):
-        raise KeyError(key)
+
+class _NoFacts(object):
+    """Stands in for Ansible's fact cache while a host's variables are read: no facts. ansible-core
+    2.19 on asks get(host) and catches KeyError; 2.17 and 2.18 ask get(host, default)."""
+
+    def get(self, key, default=_MISSING):
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
 
 
 def _clean_no_facts(clean):

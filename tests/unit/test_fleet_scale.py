@@ -254,6 +254,17 @@ def test_a_hosts_variables_without_its_facts_list_no_plugins(tmp_path, monkeypat
     assert listed
 
 
+def test_the_no_facts_stand_in_answers_as_each_supported_ansible_cores_fact_cache():
+    """While FleetVars reads a host's variables, the fact cache it puts in place answers both ways
+    ansible-core reads it: get(host) raising KeyError (2.19 on) and get(host, default) (2.17, 2.18)."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import _NoFacts
+
+    with pytest.raises(KeyError):
+        _NoFacts().get("h1")
+    default = {}
+    assert _NoFacts().get("h1", default) is default
+
+
 def test_planning_from_the_fact_cache_leaves_it_as_it_was(tmp_path):
     """sizing.yml from the fact cache writes no host's entry: a task run once on the controller for a
     play over the hypervisors otherwise has Ansible store its (empty) facts into every host's entry,
