@@ -184,6 +184,20 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
     assert code == 1 and "plain names" in res["msg"]
 
 
+def test_report_files_writes_a_report_given_back_as_data_as_its_json(tmp_path, capsys):
+    """ansible-core 2.17 and 2.18 turn a template's result that looks like JSON (the plan's waves.json)
+    back into data: the file is still that JSON text, not Python's repr of the data."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import waves
+
+    plan = {"waves": [{"wave": 1, "hosts": ["h1"], "limited_by": [], "ok": True, "share": 0.5}], "policy": None}
+    text = waves.render_json(plan)
+    code, res = conftest.run_main(capsys, report_files, {"path": str(tmp_path), "files": {"waves.json": json.loads(text)}})
+    assert code == 0 and res["written"] == ["waves.json"]
+    assert (tmp_path / "waves.json").read_text() == text
+    code, res = conftest.run_main(capsys, report_files, {"path": str(tmp_path), "files": {"waves.json": text}})
+    assert res["written"] == [] and not res["changed"]
+
+
 def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     inv = {"hypervisors": {"hosts": {"empty": {"guestmemfs_carveout": {"ok": True, "size_bytes": 0, "cmdline_args": []}},
                                      "unplanned": {}},
