@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(conftest.ROOT, "tests", "bench"))
 import fleet_inventory  # noqa: E402
 
 from ansible_collections.guestmemfs.liveupdate.plugins.filter.carveout import _inputs  # noqa: E402
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing  # noqa: E402
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing, waves  # noqa: E402
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import report_files  # noqa: E402
 
 GiB = 1 << 30
@@ -187,8 +187,6 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
 def test_report_files_writes_a_report_given_back_as_data_as_its_json(tmp_path, capsys):
     """ansible-core 2.17 and 2.18 turn a template's result that looks like JSON (the plan's waves.json)
     back into data: the file is still that JSON text, not Python's repr of the data."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import waves
-
     plan = {"waves": [{"wave": 1, "hosts": ["h1"], "limited_by": [], "ok": True, "share": 0.5}], "policy": None}
     text = waves.render_json(plan)
     code, res = conftest.run_main(capsys, report_files, {"path": str(tmp_path), "files": {"waves.json": json.loads(text)}})
