@@ -207,7 +207,7 @@ def test_an_update_counts_one_ending_however_often_it_is_closed(host):
     host["boot"]["id"] = BOOT_B
     hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
     hostupdate.update_journal(journal.set_vm("vm2", state="held"))
-    for _ in range(3):
+    for _rerun in range(3):
         hostupdate.finish_if_done()
     assert hostupdate.load_journal()["totals"]["updates"] == {"held": 1}
     hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
