@@ -69,7 +69,7 @@ class Host(object):
         return r.stdout.strip() if r.returncode == 0 else None
 
     def journal(self):
-        return json.loads(self.out("%s status" % AGENT))
+        return json.loads(self.out("%s status --json" % AGENT))
 
     def vms(self):
         return self.out("ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
@@ -305,7 +305,7 @@ def fault_controller_killed(host, ctx):
     deadline = time.time() + 1200
     phase = None
     while time.time() < deadline and p.poll() is None:
-        out = host.try_out("%s status" % AGENT)
+        out = host.try_out("%s status --json" % AGENT)
         phase = json.loads(out).get("phase") if out else phase
         if phase in ("saved", "kexec"):
             break
