@@ -19,4 +19,3 @@ def test_every_task_that_talks_to_the_host_survives_its_kexec():
     assert remote, "no task talks to the host?"
     for t in remote:
         assert t.get("ignore_unreachable") is True, t["name"]
-
