@@ -356,6 +356,7 @@ def test_power_loss_before_any_vm_was_saved_ends_the_update_at_boot(host, monkey
 
 def test_a_save_process_killed_before_any_vm_was_saved_is_recovered_once(host, monkeypatch):
     _killed_before_any_vm_saved(host, monkeypatch)
+
     def dead(_pid):
         return False
     assert next_step(journal.load_journal(), BOOT_A, "7.3.4", "7.3.5", pid_alive=dead)[0] == "rollback"
