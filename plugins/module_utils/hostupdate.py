@@ -28,7 +28,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends imp
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
-    IDLE_PHASES, SAVED_PHASES, load_journal, set_phase, update_journal)
+    IDLE_PHASES, SAVED_PHASES, load_journal, update_journal)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
@@ -528,11 +528,23 @@ def verify_pending(names=None, content=True):
                            msg="%s held: %s" % (name, verdict["detail"]))
         events.emit("verify", j.get("update_id"), name, outcome="ok" if verdict["status"] == manifest.OK else "failed",
                     detail=verdict.get("detail"), verdict=verdict["status"], mode=verdict.get("mode"))
-    if after_kexec and verdicts:
-        set_phase("verified", msg="verified: %s" % ", ".join(
-            "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
+    if verdicts:
+        update_journal(_verified_when_none_waits)
         finish_if_done()
     return verdicts
+
+
+def _verified_when_none_waits(j):
+    """Phase ``verified`` once this boot gave every VM of the update its verdict: each VM's unit
+    verifies its own VM, so the last of them (not the first call after the kexec) gets there."""
+    if j.get("phase") not in SAVED_PHASES + ("booted",) or j.get("from_boot_id") in (None, journal.boot_id()):
+        return
+    vms = j.get("vms") or {}
+    if any(v.get("state") == "saved" for v in vms.values()):
+        return
+    journal.phase_update("verified")(j)
+    j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "verified: %s" % ", ".join(
+        "%s %s" % (n, (v.get("verify") or {}).get("status")) for n, v in sorted(vms.items()))})
 
 
 def _finalise_interrupted_save(j, m):
