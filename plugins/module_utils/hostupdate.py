@@ -543,8 +543,8 @@ def _verified_when_none_waits(j):
     if any(v.get("state") == "saved" for v in vms.values()):
         return
     journal.phase_update("verified")(j)
-    j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "verified: %s" % ", ".join(
-        "%s %s" % (n, (v.get("verify") or {}).get("status")) for n, v in sorted(vms.items()))})
+    journal.note(j, "verified: %s" % ", ".join(
+        "%s %s" % (n, (v.get("verify") or {}).get("status")) for n, v in sorted(vms.items())))
 
 
 def _finalise_interrupted_save(j, m):
@@ -578,9 +578,8 @@ def _finalise_interrupted_save(j, m):
         j["interrupted_save"] = {"update_id": j.get("update_id"), "saved_on_boot_id": j.get("from_boot_id"),
                                  "found_on_boot_id": boot, "ts": time.time(), "vms": dict(outcome)}
         journal.phase_update("interrupted")(j)
-        j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot, "msg": (
-            "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
-                "%s %s" % kv for kv in sorted(outcome.items()))))})
+        journal.note(j, "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
+            "%s %s" % kv for kv in sorted(outcome.items()))), boot=boot)
     return update_journal(fn)
 
 
@@ -626,7 +625,7 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
         journal.phase_update(phase, finished_ts=time.time())(j)
         if first_ending:
             journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
-        j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
+        journal.note(j, "phase %s" % phase)
     j = update_journal(fn)
     for backend, _vms in by_backend(_configured(conf_dir)):
         backend.after_update(j)

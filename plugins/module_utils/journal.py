@@ -59,6 +59,11 @@ def phase_update(name, **fields):
     return fn
 
 
+def note(j, msg, boot=None):
+    """Add ``msg`` to the journal's log, with the time and the boot (this one unless ``boot``)."""
+    j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot or boot_id(), "msg": msg})
+
+
 def set_phase(phase, msg=None, **fields):
     """Record that this host reached ``phase`` (durably, before the step it guards acts)."""
     return update_journal(phase_update(phase, **fields), msg=msg or "phase %s" % phase)
@@ -175,7 +180,7 @@ def update_journal(fn, path=None, msg=None):
         before = j.get("phase")
         fn(j)
         if msg:
-            j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot_id(), "msg": msg})
+            note(j, msg)
         write_json(path, j)
         # The metrics file, never raising. While VMs save, every VM's journal write waits for this
         # lock with every VM paused: only the phase's change is rendered then, not each VM's.
