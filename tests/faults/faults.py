@@ -50,7 +50,9 @@ class Host(object):
         self.report = report
         self._ram = {}
 
-    def ssh(self, command, timeout=180, check=True):
+    # A command may start a VM's unit, which returns once the VM runs: minutes for a TCG guest on a
+    # loaded machine (a cold start's recovery took 5.5 min at a load of 13).
+    def ssh(self, command, timeout=900, check=True):
         r = subprocess.run(fleet.ssh_base(self.state, self.h) + [command], capture_output=True, text=True,
                            timeout=timeout, check=False)
         if check and r.returncode != 0:
