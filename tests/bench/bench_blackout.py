@@ -13,7 +13,8 @@ The floor is the least a host can do and keep its VMs: on the host, the other ke
 x-ignore-shared, stop, migrate to a file, fsync, quit), syncs and `kexec -e`; at boot a unit
 ordered right after the backend's mount starts each QEMU with -incoming defer, loads the state and
 `cont`s. Its QEMU runs as root, unconfined (the VM's definition built with paths where a confined
-QEMU is handed descriptors): what confinement costs counts against the collection. No manifest, no verification, no journal, no SSH on its path. Afterwards its VMs go back
+QEMU is handed descriptors): what confinement costs counts against the collection. No manifest,
+no verification, no journal, no SSH on its path. Afterwards its VMs go back
 under their units with a cold start (these are test guests).
 
 With --wave, the collection's runs update every host of the wave as one wave at --forks, and each
