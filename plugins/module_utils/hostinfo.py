@@ -96,3 +96,105 @@ def pid_alive(pid):
             return b"python" in fh.read()
     except (IOError, OSError, TypeError, ValueError):
         return False
+
+
+# libvirtd's (qemu:///system) live status of each domain it runs: NAME.xml, a <domstatus> with the
+# QEMU's pid around the domain's XML. It is removed when the domain stops.
+LIBVIRT_RUN = "/run/libvirt/qemu"
+PROC = "/proc"
+
+
+def _libvirt_status(text):
+    """A status XML -> {name, uuid, id, pid, state, memory_backing}, or None when it does not parse."""
+    import xml.etree.ElementTree as ET  # stdlib; only here, where libvirt's XML is read
+    try:
+        top = ET.fromstring(text)
+    except ET.ParseError:
+        return None
+    dom = top.find("domain") if top.tag == "domstatus" else None
+    if dom is None:
+        return None
+    backing = dom.find("memoryBacking")
+    source = backing.find("source") if backing is not None else None
+    access = backing.find("access") if backing is not None else None
+    return {"name": (dom.findtext("name") or "").strip() or None,
+            "uuid": (dom.findtext("uuid") or "").strip() or None,
+            "id": dom.get("id"), "pid": _int(top.get("pid")), "state": top.get("state"),
+            "memory_backing": {"source": source.get("type") if source is not None else None,
+                               "access": access.get("mode") if access is not None else None}}
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _libvirt_argv(argv):
+    """The domain name when ``argv`` is a QEMU that libvirt started (its ``-name guest=NAME,...``
+    and its per-domain directory), else None."""
+    if not argv or not os.path.basename(argv[0]).startswith(("qemu-system", "qemu-kvm", "kvm")):
+        return None
+    name = None
+    for i, a in enumerate(argv[:-1]):
+        if a in ("-name", "--name") and argv[i + 1].startswith("guest="):
+            name = argv[i + 1][len("guest="):].split(",", 1)[0]
+    if name is None or not any("/libvirt/qemu/domain-" in a for a in argv):
+        return None
+    return name
+
+
+def libvirt_domains(root="/"):
+    """The QEMU domains libvirt runs on this host, sorted by name: [{name, uuid, id, pid, state,
+    memory_backing, status, argv}]. Found by libvirtd's status files (``status``: the file) and by
+    the argv of every running QEMU that libvirt started (``argv``: True), so a domain of a libvirtd
+    that keeps its status elsewhere (a session daemon) is found too."""
+    found = {}
+    run = os.path.join(root, LIBVIRT_RUN.lstrip("/"))
+    try:
+        names = sorted(n for n in os.listdir(run) if n.endswith(".xml"))
+    except OSError:
+        names = []
+    for n in names:
+        dom = _libvirt_status(read_file(run, n, ""))
+        if dom is None:
+            continue
+        dom.update(status=os.path.join(LIBVIRT_RUN, n), argv=False)
+        found[dom["pid"]] = dom
+    proc = os.path.join(root, PROC.lstrip("/"))
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        pids = []
+    alive = set()
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, pid, "cmdline"), "rb") as fh:
+                argv = fh.read().decode("utf-8", "replace").split("\0")
+        except (IOError, OSError):
+            continue
+        argv = [a for a in argv if a]
+        name = _libvirt_argv(argv)
+        if name is None:
+            continue
+        alive.add(int(pid))
+        if int(pid) in found:
+            found[int(pid)]["argv"] = True
+        else:
+            found[int(pid)] = {"name": name, "uuid": _argv_value(argv, "-uuid"), "id": None, "pid": int(pid),
+                               "state": "running", "memory_backing": None, "status": None, "argv": True}
+    # A status file whose QEMU is gone (libvirtd died before it cleaned up) names no running domain.
+    return sorted((d for d in found.values() if d["pid"] in alive or _exists(proc, d["pid"])),
+                  key=lambda d: (d["name"] or "", d["pid"] or 0))
+
+
+def _exists(proc, pid):
+    return pid is not None and os.path.isdir(os.path.join(proc, str(pid)))
+
+
+def _argv_value(argv, option):
+    for i, a in enumerate(argv[:-1]):
+        if a == option:
+            return argv[i + 1]
+    return None

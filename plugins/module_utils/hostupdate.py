@@ -23,6 +23,7 @@ import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
@@ -180,6 +181,12 @@ def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120
 QUIT_WAIT_S = 30
 
 
+def libvirt_refusals():
+    """Why this host cannot be updated while libvirt runs QEMU domains on it (the preflight's
+    refusal, ``preservability.libvirt_problems``): a kexec would end them with their memory."""
+    return [p["detail"] for p in pres.libvirt_problems(hostinfo.libvirt_domains(ROOT))]
+
+
 def _wait_unmapped(vms, timeout, poll=0.05):
     deadline = time.monotonic() + timeout
     while any(users(vm.mem_path, mapped_only=True) for vm in vms) and time.monotonic() < deadline:
@@ -192,6 +199,9 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
         raise UpdateError("update %s is in flight on this host (phase %s, saved on boot %s): a save starts only "
                           "from an idle journal. Nothing was paused; `update_step` says what that update needs"
                           % (j.get("update_id"), j.get("phase"), j.get("from_boot_id")))
+    libvirt = libvirt_refusals()
+    if libvirt:
+        raise UpdateError("%s. Nothing was paused" % "; ".join(libvirt))
     names = names if names is not None else vm_names(conf_dir)
     vms = [cpr.VM.load(n, conf_dir) for n in names]
     status = dict((vm.name, cpr.status(vm)) for vm in vms)
@@ -671,6 +681,7 @@ def _kexec_now(run, conf_dir):
         if mapped:
             problems.append("%s's memory is still mapped by %s" % (vm.name, ", ".join(
                 "%s[%d]" % (c, pid) for pid, c, _f in mapped)))
+    problems += libvirt_refusals()
     loaded = hostinfo.kexec_loaded(ROOT)
     if loaded is None:
         problems.append("%s cannot be read" % hostinfo.KEXEC_LOADED)

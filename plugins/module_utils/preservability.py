@@ -592,7 +592,7 @@ def host_problems(facts):
     what is reported but does not stop the update.
 
     ``facts``: {"backend", "meminfo": {key: bytes}, "liveupdate": {"exists": bool, "holders":
-    [{"pid", "comm", "cmdline"}]}} (``host_facts``)."""
+    [{"pid", "comm", "cmdline"}]}, "libvirt": [domain]} (``host_facts``)."""
     out = []
     if preserves_through_luo(facts.get("backend")):
         lu = facts.get("liveupdate") or {}
@@ -610,6 +610,7 @@ def host_problems(facts):
                         "detail": "/dev/liveupdate is held by %s[%s], not by the collection's holder: "
                                   "LUO allows one opener, so the VMs' memfds cannot be preserved"
                                   % (h.get("comm"), h.get("pid"))})
+    out += libvirt_problems(facts.get("libvirt") or [])
     mi = facts.get("meminfo") or {}
     if "CmaFree" in mi and "CmaTotal" in mi and mi["CmaFree"] > mi["CmaTotal"]:
         out.append({"vm": None, "check": "kho_cma", "blocks": False,
@@ -619,12 +620,39 @@ def host_problems(facts):
     return out
 
 
-def host_facts(backend, proc="/proc", device="/dev/liveupdate", users=None):
-    """What ``host_problems`` decides on, read from ``proc`` and ``device``."""
+# What libvirt (11.3 in Debian trixie, 12.9 in trixie-backports) lacks to carry a domain through a
+# live update, and what the operator can do; each claim is a recorded run in docs/libvirt.md.
+LIBVIRT_LACKS = ("libvirt cannot carry it: it never sets migration mode cpr-reboot nor x-ignore-shared (its "
+                 "own restore of such a state fails), its save and managedsave copy all guest RAM into the "
+                 "image and stop the domain, and it deletes the domain's memory file in memory_backing_dir "
+                 "whenever its QEMU stops")
+LIBVIRT_TODO = ("Shut the domain down before the update and start it after (virsh shutdown %s, virsh start "
+                "%s), or move it to a guestmemfs_vms definition; docs/libvirt.md")
+
+
+def libvirt_problems(domains):
+    """The host's refusal for each QEMU domain libvirt runs (``hostinfo.libvirt_domains``): the
+    collection cannot save it, and the kexec would end it with its memory."""
+    out = []
+    for d in domains:
+        where = ", ".join(str(x) for x in (
+            "pid %s" % d.get("pid") if d.get("pid") else None,
+            "uuid %s" % d.get("uuid") if d.get("uuid") else None, d.get("status")) if x)
+        out.append({"vm": None, "check": "libvirt", "blocks": True,
+                    "detail": "libvirt runs QEMU domain %s (%s): a kexec would end it and its memory. %s. %s"
+                              % (d.get("name"), where, LIBVIRT_LACKS,
+                                 LIBVIRT_TODO % (d.get("name"), d.get("name")))})
+    return out
+
+
+def host_facts(backend, proc="/proc", device="/dev/liveupdate", users=None, root="/"):
+    """What ``host_problems`` decides on, read from ``proc``, ``device`` and (libvirt's domains)
+    ``root``."""
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import parse_meminfo
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import procs
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, procs
     users = users or procs.users
-    facts = {"backend": backend, "meminfo": parse_meminfo(_read_text(os.path.join(proc, "meminfo")))}
+    facts = {"backend": backend, "meminfo": parse_meminfo(_read_text(os.path.join(proc, "meminfo"))),
+             "libvirt": hostinfo.libvirt_domains(root)}
     if preserves_through_luo(backend):
         holders = []
         exists = os.path.exists(device)

@@ -23,6 +23,12 @@ description:
   - Host checks - for the C(luo) backend, C(/dev/liveupdate) held by a process other than the
     collection's holder; C(CmaFree) above C(CmaTotal) in C(/proc/meminfo) (a KHO scratch area that came
     back as CMA, where long-term pinning fails) is reported as a warning.
+  - A QEMU domain that libvirt runs on the host (its status in C(/run/libvirt/qemu/NAME.xml), or a
+    QEMU whose argv libvirt wrote) refuses the host - libvirt sets neither migration mode
+    C(cpr-reboot) nor C(x-ignore-shared), its save copies all guest RAM and stops the domain, and it
+    deletes the domain's memory file when its QEMU stops, so a kexec would end the domain with its
+    memory. The message names each domain and what the operator can do (shut it down around the
+    update, or move it to a C(guestmemfs_vms) definition); C(docs/libvirt.md) has the evidence.
   - I(policy) decides, per VM that is not preservable, what the run does - C(refuse) fails naming each
     VM and why (the host is not updated), C(skip) leaves the host out of this run (C(skip=true), not
     failed), C(shutdown) lists the VM in C(shutdown_vms) (it is to be shut down cleanly before the
@@ -157,6 +163,7 @@ POLICIES = ["refuse", "skip", "shutdown"]
 SYS_NET = pres.SYS_NET
 BRIDGE_CONF = pres.BRIDGE_CONF
 PROC = "/proc"
+ROOT = "/"  # where libvirt's domains are looked for (its /run/libvirt/qemu and /proc)
 LIVEUPDATE_DEVICE = "/dev/liveupdate"
 
 
@@ -254,11 +261,11 @@ def main():
 
     found = []
     for backend in sorted(set(c.get("backend") for c in confs.values() if c.get("backend"))):
-        for hp in pres.host_problems(pres.host_facts(backend, proc=PROC, device=LIVEUPDATE_DEVICE)):
+        for hp in pres.host_problems(pres.host_facts(backend, proc=PROC, device=LIVEUPDATE_DEVICE, root=ROOT)):
             if hp not in found:
                 found.append(hp)
     if not confs:
-        found = pres.host_problems(pres.host_facts(None, proc=PROC, device=LIVEUPDATE_DEVICE))
+        found = pres.host_problems(pres.host_facts(None, proc=PROC, device=LIVEUPDATE_DEVICE, root=ROOT))
     host = {"problems": [h for h in found if h["blocks"]], "warnings": [h for h in found if not h["blocks"]]}
     for w in host["warnings"]:
         module.warn(w["detail"])

@@ -110,6 +110,8 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(hostupdate, "_started_argv", lambda vm: (["qemu-system-x86_64", "-name", vm.name], "recorded"))
     monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
     monkeypatch.setattr(cpr, "QMP", FakeQMP)
+    # No libvirt domain here, and this machine's /proc and /run unread (test_preservability_libvirt.py).
+    monkeypatch.setattr(hostupdate, "libvirt_refusals", lambda: [])
     FakeQMP.qemus = {}
     conf = tmp_path / "vms"
     conf.mkdir()

@@ -88,6 +88,8 @@ def test_restore_failed_blocks():
 def host(tmp_path, monkeypatch):
     """A host's journal, VM configs and state files under tmp_path; boot id BOOT_A."""
     monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
+    # No libvirt domain here, and this machine's /proc and /run unread (test_preservability_libvirt.py).
+    monkeypatch.setattr(hostupdate, "libvirt_refusals", lambda: [])
     boot = {"id": BOOT_A}
     monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
     conf = tmp_path / "vms"

@@ -389,8 +389,8 @@ def test_host_facts_reads_the_holders(tmp_path):
     dev = tmp_path / "liveupdate"
     dev.write_text("")
     facts = P.host_facts("luo", proc=str(proc), device=str(dev),
-                         users=lambda path, proc: [(77, "luoctl", path)])
-    assert facts == {"backend": "luo", "meminfo": {"CmaTotal": 0, "CmaFree": 4096},
+                         users=lambda path, proc: [(77, "luoctl", path)], root=str(tmp_path))
+    assert facts == {"backend": "luo", "meminfo": {"CmaTotal": 0, "CmaFree": 4096}, "libvirt": [],
                      "liveupdate": {"exists": True, "holders": [{"pid": 77, "comm": "luoctl", "cmdline": "luoctl hold"}]}}
 
 
@@ -419,6 +419,7 @@ def node(tmp_path, host, monkeypatch):
     monkeypatch.setattr(vm_preservability, "SYS_NET", str(host / "sys-class-net"))
     monkeypatch.setattr(vm_preservability, "BRIDGE_CONF", str(host / "etc-qemu" / "bridge.conf"))
     monkeypatch.setattr(vm_preservability, "PROC", str(proc))
+    monkeypatch.setattr(vm_preservability, "ROOT", str(tmp_path))  # no libvirt: no run/libvirt, no proc/PID
     monkeypatch.setattr(vm_preservability, "LIVEUPDATE_DEVICE", str(tmp_path / "liveupdate"))
     sockets = {}
     monkeypatch.setattr(vm_preservability, "connect_qmp", lambda path, timeout: sockets[path]())
