@@ -168,3 +168,14 @@ def test_recorded_manual_path_kept_the_guest_and_the_uuid():
     assert "Freeing initrd memory" in log  # where the guest's boot was at the save
     serial = run_log("e3-serial-after-restore.log")
     assert "Linux version" not in serial and "virtio_blk virtio1" in serial  # its boot went on
+
+
+def test_recorded_live_run_on_the_fleet_host_found_the_domain_and_refused():
+    # plugins/ copied to the host with vm1 running under libvirtd 11.3: hostinfo.libvirt_domains("/"),
+    # host_problems(host_facts("pmem")), the agent's save_all and kexec_now (runs/live-detection.log).
+    log = run_log("live-detection.log")
+    live = REFUSAL.replace("pid 2583", "pid 3973")
+    assert '"pid": 3973' in log and '"status": "/run/libvirt/qemu/vm1.xml"' in log
+    assert "libvirt True " + live in log
+    assert "agent save: " + live + ". Nothing was paused" in log
+    assert "agent kexec: not kexecing: " in log and "; " + live + "; " in log
