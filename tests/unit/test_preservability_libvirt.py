@@ -143,6 +143,16 @@ def test_recorded_libvirt_deletes_the_memory_file_when_qemu_stops():
     assert "/mnt/vmmem/libvirt/libvirt/qemu:\ntotal 0\n" in after and "1-vm1" not in after
 
 
+def test_recorded_libvirt_12_9_deletes_the_memory_file_too():
+    # trixie-backports' 12.9 installed over 11.3 (its qemu driver left unconfigured by the qemu.conf
+    # prompt, its files in place), libvirtd restarted: the same QMP save and quit (runs/e6-12.9.log).
+    log = run_log("e6-12.9.log")
+    assert "Using library: libvirt 12.9.0" in log and "Using API: QEMU 12.9.0" in log
+    assert '"mem-path":"/mnt/vmmem/libvirt/libvirt/qemu/1-vm1/pc.ram"' in log
+    after = log.split('{"execute":"quit"}', 1)[1]
+    assert "shut off (shutdown)" in after and "1-vm1" not in after
+
+
 def test_recorded_libvirt_save_copies_the_ram_and_its_restore_makes_a_new_file():
     log = run_log("e5.log")
     assert '"state":false,"capability":"x-ignore-shared"' in log  # as libvirt runs the domain
