@@ -198,7 +198,7 @@ def update_qemu(run, binary, names=None, parallel=1, mode="sampled", conf_dir=cp
         if not plan["vms"]:
             return {"update_id": None, "vms": dict((n, "%s already runs %s" % (n, binary))
                                                    for n in plan["probe"]["already"]),
-                    "outcomes": dict((n, "already") for n in plan["probe"]["already"]), "kept": {},
+                    "outcomes": dict((n, "already") for n in plan["probe"]["already"]), "kept": {}, "records": {},
                     "probe": plan["probe"]}
         return _update(run, binary, plan, parallel, mode, conf_dir, timeout, update_id, kept_dir)
 
@@ -312,7 +312,8 @@ def _update(run, binary, plan, parallel, mode, conf_dir, timeout, update_id, kep
     for t in threads:
         t.join()
     hostupdate.finish_if_done(conf_dir)
-    out = {"update_id": update_id, "vms": dict((n, o[1]) for n, o in outcomes.items()),
+    records = dict((n, v) for n, v in (load_journal().get("vms") or {}).items() if n in old)
+    out = {"update_id": update_id, "records": records, "vms": dict((n, o[1]) for n, o in outcomes.items()),
            "outcomes": dict((n, o[0]) for n, o in outcomes.items()), "kept": kept, "probe": plan["probe"]}
     if any(o[0] not in ("updated", "already") for o in outcomes.values()):
         err = QemuUpdateError("QEMU update %s did not bring every VM to %s: %s" % (

@@ -134,6 +134,13 @@ kept:
   description: Per VM, the kept copy of the QEMU it ran before.
   returned: not in check mode
   type: dict
+records:
+  description:
+    - Per VM, its journal record after the update - state, C(blackout_s) (QMP STOP to RESUME),
+      C(save_s), C(state_bytes), C(verify) (the memory check's verdict), C(qemu_from), C(qemu) (the
+      binary it runs now), C(qemu_kept), C(rolled_back), C(new_qemu_error).
+  returned: state=updated, not in check mode
+  type: dict
 probe:
   description: What the probe of O(binary) found (version, machine types, VMs already on it).
   returned: state=updated
@@ -177,12 +184,12 @@ def main():
                                     conf_dir=cpr.CONF_DIR, update_id=p["update_id"])
     except hostupdate.UpdateError as exc:
         result = getattr(exc, "result", None) or {}
-        module.fail_json(msg=str(exc), update_id=exc.update_id, **dict((k, result[k]) for k in ("vms", "outcomes", "kept")
+        module.fail_json(msg=str(exc), update_id=exc.update_id, **dict((k, result[k]) for k in ("vms", "outcomes", "kept", "records")
                                                                          if k in result))
     except CorruptFile as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=bool(r["update_id"]), update_id=r["update_id"], vms=r["vms"], outcomes=r["outcomes"],
-                     kept=r["kept"], probe=r.get("probe", {}))
+                     kept=r["kept"], probe=r.get("probe", {}), records=r["records"])
 
 
 if __name__ == "__main__":
