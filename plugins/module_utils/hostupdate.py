@@ -748,6 +748,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
 
 
 RESTORE_WAIT_POLL_S = 0.2
+# How long vm_restore waits for the QEMU its unit started to answer on QMP (it may die instead).
+RESTORE_CONNECT_WAIT_S = 60
 
 
 def _main_alive(name):
@@ -793,7 +795,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
                        msg="%s resuming" % name)
     try:
-        r = cpr.restore(vm, before_cont=resuming)
+        r = cpr.restore(vm, connect_wait=RESTORE_CONNECT_WAIT_S, before_cont=resuming)
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))

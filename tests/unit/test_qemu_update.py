@@ -187,6 +187,26 @@ def test_a_new_qemu_that_refuses_the_state_is_rolled_back_to_the_old_one(qhost, 
     assert any("restoring it by the old one" in m for m in log), log
 
 
+def test_a_new_qemu_that_does_not_start_is_rolled_back_to_the_old_one(qhost, tmp_path, monkeypatch):
+    # It exits at once on the restore's argv (a missing library, an option it no longer knows).
+    new = stand_in(tmp_path)
+    path = os.path.join(os.path.dirname(new), "qemu-system-x86_64")
+    with open(path) as fh:
+        text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(text.replace("drop = ", "if '-incoming' in args:\n    sys.exit('cannot start')\ndrop = "))
+    monkeypatch.setattr(hostupdate, "RESTORE_CONNECT_WAIT_S", 3)
+    vm2 = qhost.vms[1]
+    before = read_counter(vm2.mem_path)
+    with pytest.raises(qemu_update.QemuUpdateError, match="vm2 rolled back: the new QEMU did not restore it"):
+        qemu_update.update_qemu(qhost.qrun, new, names=["vm2"], conf_dir=qhost.conf, kept_dir=qhost.kept)
+    v = journal.load_journal()["vms"]["vm2"]
+    assert (v["state"], v["qemu"], v["rolled_back"]) == ("restored", v["qemu_kept"], True)
+    assert "cannot connect to QMP" in v["new_qemu_error"]
+    assert [a[0] for a in qhost.execs] == [new, v["qemu_kept"]]
+    assert counting(vm2, before)
+
+
 def test_memory_that_does_not_verify_is_held_never_resumed_by_either_qemu(qhost, tmp_path):
     new = stand_in(tmp_path)
     vm1 = qhost.vms[0]
