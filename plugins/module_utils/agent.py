@@ -20,6 +20,7 @@ __metaclass__ = type
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -106,16 +107,30 @@ def _update(a):
     return 0
 
 
+def capture(popen, argv, timeout=60):
+    """``argv``'s (rc, stdout, stderr), as a module's run_command gives them; ``popen`` is
+    subprocess.Popen (handed in, as every runner the agent gives the host-side steps)."""
+    p = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise OSError("%s did not answer within %ds" % (" ".join(argv), timeout))
+    return p.returncode, out, err
+
+
 def _qemu_update(a):
+    run_out = functools.partial(capture, subprocess.Popen)
     try:
         if a.keep_only:
-            for name, path in sorted(qemu_update.keep_all(a.names or None, cpr.CONF_DIR).items()):
+            for name, path in sorted(qemu_update.keep_all(run_out, a.names or None, cpr.CONF_DIR).items()):
                 sys.stdout.write("%s: its running QEMU is kept as %s\n" % (name, path))
             return 0
         if not a.binary:
             sys.stderr.write("agent qemu-update: --binary is required (or --keep-only)\n")
             return 2
-        r = qemu_update.update_qemu(subprocess.call, a.binary, a.names or None, parallel=a.parallel, mode=a.mode,
+        r = qemu_update.update_qemu(subprocess.call, run_out, a.binary, a.names or None, parallel=a.parallel, mode=a.mode,
                                     update_id=a.update_id, conf_dir=cpr.CONF_DIR)
     except hostupdate.UpdateError as exc:
         sys.stderr.write("%s\n" % exc)

@@ -22,13 +22,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    cpr, events, hostupdate, journal, manifest, vmdef)
+    cpr, events, hostupdate, journal, manifest, preservability, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kernel_build import file_sha256
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     IDLE_PHASES, load_journal, update_journal)
@@ -50,31 +49,16 @@ class QemuUpdateError(hostupdate.UpdateError):
     """A refusal or a failure of a QEMU update; the message says what it left and how to recover."""
 
 
-def _run_out(argv, timeout=PROBE_TIMEOUT_S):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       universal_newlines=True)
-    return p.returncode, p.stdout, p.stderr
-
-
 def version(text):
     """(major, minor) from ``qemu-system-* --version``, or None."""
     m = re.search(r"QEMU emulator version (\d+)\.(\d+)", text or "")
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def machines(text):
-    """The machine types (and aliases) ``qemu-system-* -machine help`` lists."""
-    out = set()
-    for line in (text or "").splitlines()[1:]:
-        word = line.split(None, 1)[0] if line.strip() else ""
-        if word:
-            out.add(word)
-    return out
-
-
-def probe(binary, machine_types, run_out=_run_out):
-    """Whether ``binary`` can take VMs of ``machine_types`` -> (problems, facts). Runs it twice
-    (``--version``, ``-machine help``) and changes nothing."""
+def probe(binary, machine_types, run_out):
+    """Whether ``binary`` can take VMs of ``machine_types`` -> (problems, facts). Runs it
+    (``--version``, ``-machine help``) by ``run_out(argv) -> (rc, stdout, stderr)`` (the module's
+    run_command) and changes nothing."""
     facts = {"binary": binary}
     if not os.path.isabs(binary):
         return ["the new QEMU %r is not an absolute path" % binary], facts
@@ -82,7 +66,7 @@ def probe(binary, machine_types, run_out=_run_out):
         return ["the new QEMU %s does not exist or is not executable" % binary], facts
     try:
         rc, out, err = run_out([binary, "--version"])
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError) as exc:
         return ["the new QEMU %s does not run: %s" % (binary, exc)], facts
     facts["version_text"] = (out or err).strip().splitlines()[0] if (out or err).strip() else ""
     v = version(out)
@@ -95,22 +79,21 @@ def probe(binary, machine_types, run_out=_run_out):
         problems.append("the new QEMU %s is version %d.%d: it lacks cpr-reboot with file: migration (QEMU %d.%d "
                         "or newer)" % ((binary,) + v + MIN_VERSION))
     try:
-        rc, out, err = run_out([binary, "-machine", "help"])
-    except (OSError, subprocess.SubprocessError) as exc:
+        offered = preservability.target_machines(binary, run_out)
+    except (OSError, ValueError) as exc:
         return problems + ["the new QEMU %s does not list its machine types: %s" % (binary, exc)], facts
-    offered = machines(out)
     facts["machines"] = sorted(offered)
     missing = sorted(set(machine_types) - offered)
-    if rc != 0 or missing:
-        problems.append("the new QEMU %s does not offer machine type%s %s (`-machine help`, rc %d): the VM%s "
-                        "cannot be restored by it" % (binary, "s" if len(missing) > 1 else "", ", ".join(missing) or
-                                                      "(none listed)", rc, "s" if len(missing) > 1 else ""))
+    if missing:
+        problems.append("the new QEMU %s does not offer machine type%s %s (`-machine help`): the VM%s cannot be "
+                        "restored by it" % (binary, "s" if len(missing) > 1 else "", ", ".join(missing),
+                                            "s" if len(missing) > 1 else ""))
     return problems, facts
 
 
 def _running_exe(vm):
     """(pid, sha256) of the one QEMU that maps ``vm``'s memory."""
-    pids = sorted(set(pid for pid, _c, _f in users(vm.mem_path, mapped_only=True)))
+    pids = sorted(set(pid for pid, _comm, _file in users(vm.mem_path, mapped_only=True)))
     if len(pids) != 1:
         raise QemuUpdateError("%s: %d processes map its memory %s (%s), not one QEMU. Nothing was paused"
                               % (vm.name, len(pids), vm.mem_path, ", ".join(str(p) for p in pids) or "none"))
@@ -122,7 +105,7 @@ def _resolve(argv0):
     return os.path.realpath(path) if path else None
 
 
-def data_dirs(binary, run_out=_run_out):
+def data_dirs(binary, run_out):
     """Where ``binary`` finds its firmware (``-L help``) and its modules (PREFIX/lib/*/qemu, PREFIX/lib/qemu):
     a relocatable QEMU finds both relative to itself."""
     prefix = os.path.dirname(os.path.dirname(binary))
@@ -151,7 +134,7 @@ def _rollback_source(vm, argv0, kept_dir):
         "or install the new QEMU beside it" % (vm.name, argv0, original or argv0))
 
 
-def keep_qemu(vm, argv0, kept_dir=None, run_out=_run_out):
+def keep_qemu(vm, argv0, run_out, kept_dir=None):
     """The QEMU ``vm`` runs now, kept for its rollback -> the kept binary's path. A copy of its
     executable, modules and firmware under ``kept_dir``/SHA256/ with their layout (a relocatable QEMU
     finds them relative to itself): a package that later replaces them in place leaves it intact.
@@ -176,18 +159,19 @@ def keep_qemu(vm, argv0, kept_dir=None, run_out=_run_out):
     for d in [os.path.dirname(where)]:
         if not os.path.isdir(d):
             os.makedirs(d, 0o711)
-    for root, subdirs, _files in os.walk(tmp):  # a confined QEMU reaches them as its user
+    for root, _subdirs, _files in os.walk(tmp):  # a confined QEMU reaches them as its user
         os.chmod(root, 0o755)
     os.rename(tmp, where)
     return os.path.join(where, rel)
 
 
-def update_qemu(run, binary, names=None, parallel=1, mode="sampled", conf_dir=cpr.CONF_DIR, timeout=120,
-                update_id=None, kept_dir=None, run_out=_run_out):
+def update_qemu(run, run_out, binary, names=None, parallel=1, mode="sampled", conf_dir=cpr.CONF_DIR, timeout=120,
+                update_id=None, kept_dir=None):
     """Replace the QEMU of every running VM (or of ``names``) by ``binary``, ``parallel`` VMs at a
     time, under the host's update lock, journaled. Returns {update_id, vms: {name: outcome}}; raises
     QemuUpdateError when it refused (nothing paused) or when a VM did not end on the new binary (the
-    message names each VM's outcome and what to do). ``run(argv) -> rc`` runs systemctl."""
+    message names each VM's outcome and what to do). ``run(argv) -> rc`` runs systemctl, ``run_out(argv) ->
+    (rc, stdout, stderr)`` the QEMUs' probes (the module's run_command)."""
     if mode not in manifest.MODES:
         raise QemuUpdateError("memory check %r: use one of %s. Nothing was paused" % (mode, ", ".join(manifest.MODES)))
     if not isinstance(parallel, int) or parallel < 1:
@@ -203,21 +187,21 @@ def update_qemu(run, binary, names=None, parallel=1, mode="sampled", conf_dir=cp
         return _update(run, binary, plan, parallel, mode, conf_dir, timeout, update_id, kept_dir)
 
 
-def check(binary, names=None, conf_dir=cpr.CONF_DIR, run_out=_run_out):
+def check(run_out, binary, names=None, conf_dir=cpr.CONF_DIR):
     """What update_qemu would do, changing nothing -> {vms: {name: old binary}, probe: facts};
     QemuUpdateError when it would refuse."""
     plan = _check(binary, names, conf_dir, run_out, keep=False)
     return {"vms": dict((vm.name, argv[0]) for vm, argv in plan["vms"]), "probe": plan["probe"]}
 
 
-def keep_all(names=None, conf_dir=cpr.CONF_DIR, kept_dir=None, run_out=_run_out):
+def keep_all(run_out, names=None, conf_dir=cpr.CONF_DIR, kept_dir=None):
     """Keep the QEMU every running VM (or ``names``) runs now (keep_qemu), before a package replaces
     it in place -> {name: kept binary}. Pauses nothing."""
     out = {}
     for name in names or cpr.vm_names(conf_dir):
         vm = cpr.VM.load(name, conf_dir)
         if cpr.status(vm) == "running":
-            out[name] = keep_qemu(vm, hostupdate._started_argv(vm)[0][0], kept_dir, run_out)
+            out[name] = keep_qemu(vm, hostupdate._started_argv(vm)[0][0], run_out, kept_dir)
     return out
 
 
@@ -262,7 +246,7 @@ def _check(binary, names, conf_dir, run_out, keep=True, kept_dir=None):
     kept = {}
     if keep:
         for vm, argv in plan:
-            kept[vm.name] = keep_qemu(vm, argv[0], kept_dir, run_out)
+            kept[vm.name] = keep_qemu(vm, argv[0], run_out, kept_dir)
     return {"vms": plan, "probe": facts, "kept": kept}
 
 
@@ -306,7 +290,7 @@ def _update(run, binary, plan, parallel, mode, conf_dir, timeout, update_id, kep
                     vm.name, type(exc).__name__, exc))
             update_journal(lambda j, n=vm.name: j.__setitem__("unfinished", [x for x in j.get("unfinished") or []
                                                                              if x != n]))
-    threads = [threading.Thread(target=worker) for _ in range(min(parallel, len(vms)))]
+    threads = [threading.Thread(target=worker) for _n in range(min(parallel, len(vms)))]
     for t in threads:
         t.start()
     for t in threads:
@@ -382,4 +366,3 @@ def _one(run, vm, durable, timeout):
                       "%s and systemctl start %s" % (name, why, rec.get("state"), rec.get("error") or (
                           rec.get("verify") or {}).get("detail"), vm.state_path, vm.mem_path, rec.get("qemu_kept"),
                           UNIT % name, name, UNIT % name))
-

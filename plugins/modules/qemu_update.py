@@ -175,17 +175,18 @@ def main():
         if p["state"] == "kept":
             if module.check_mode:
                 module.exit_json(changed=True, vms={}, kept={})
-            kept = qemu_update.keep_all(p["vms"], cpr.CONF_DIR)
+            kept = qemu_update.keep_all(module.run_command, p["vms"], cpr.CONF_DIR)
             module.exit_json(changed=True, vms=dict((n, "kept as %s" % k) for n, k in kept.items()), kept=kept)
         if module.check_mode:
-            plan = qemu_update.check(p["binary"], p["vms"], cpr.CONF_DIR)
+            plan = qemu_update.check(module.run_command, p["binary"], p["vms"], cpr.CONF_DIR)
             module.exit_json(changed=bool(plan["vms"]), vms=plan["vms"], probe=plan["probe"])
-        r = qemu_update.update_qemu(run, p["binary"], p["vms"], parallel=p["parallel"], mode=p["memory_check"],
-                                    conf_dir=cpr.CONF_DIR, update_id=p["update_id"])
+        r = qemu_update.update_qemu(run, module.run_command, p["binary"], p["vms"], parallel=p["parallel"],
+                                    mode=p["memory_check"], conf_dir=cpr.CONF_DIR, update_id=p["update_id"])
     except hostupdate.UpdateError as exc:
+        # what each VM ended as, when the update got that far
         result = getattr(exc, "result", None) or {}
-        module.fail_json(msg=str(exc), update_id=exc.update_id, **dict((k, result[k]) for k in ("vms", "outcomes", "kept", "records")
-                                                                         if k in result))
+        left = dict((k, result[k]) for k in ("vms", "outcomes", "kept", "records") if k in result)
+        module.fail_json(msg=str(exc), update_id=exc.update_id, **left)
     except CorruptFile as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=bool(r["update_id"]), update_id=r["update_id"], vms=r["vms"], outcomes=r["outcomes"],

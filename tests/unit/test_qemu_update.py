@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -19,7 +20,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
     agent, cpr, hostupdate, journal, manifest, procs, qemu_update, vmdef)
 
 from counter_guest import read_counter
-from test_host_update import MiB, counting, host  # noqa: F401 (the fixture)
+from test_host_update import MiB, counting, host  # noqa: F401  pylint: disable=unused-import
 
 REAL = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(not REAL, reason="qemu-system-x86 is installed by scripts/bootstrap")
@@ -46,6 +47,11 @@ for a in args:
         keep.append(a)
 os.execv("%(real)s", ["%(real)s"] + keep)
 """
+
+
+def run_out(argv):
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    return p.returncode, p.stdout, p.stderr
 
 
 def stand_in(tmp_path, name="qemu-system-x86_64", hide=(), drop=None):
@@ -90,13 +96,13 @@ def started(qhost):
 
 
 def test_the_probe_refuses_this_machines_qemu_and_a_missing_machine_type():
-    problems, facts = qemu_update.probe(REAL, ["pc-q35-10.0"])
+    problems, facts = qemu_update.probe(REAL, ["pc-q35-10.0"], run_out)
     assert facts["version"].startswith("7.")
     assert any("lacks cpr-reboot" in p for p in problems), problems
     assert any("does not offer machine type pc-q35-10.0" in p for p in problems), problems
-    problems, _f = qemu_update.probe("/nonexistent/qemu-system-x86_64", ["q35"])
+    problems, _f = qemu_update.probe("/nonexistent/qemu-system-x86_64", ["q35"], run_out)
     assert problems == ["the new QEMU /nonexistent/qemu-system-x86_64 does not exist or is not executable"]
-    assert qemu_update.probe("qemu-system-x86_64", ["q35"])[0] == [
+    assert qemu_update.probe("qemu-system-x86_64", ["q35"], run_out)[0] == [
         "the new QEMU 'qemu-system-x86_64' is not an absolute path"]
 
 
@@ -104,7 +110,7 @@ def test_a_new_qemu_without_the_machine_type_is_refused_before_any_pause(qhost, 
     new = stand_in(tmp_path, hide=("q35",))
     before = dict((vm.name, read_counter(vm.mem_path)) for vm in qhost.vms)
     with pytest.raises(qemu_update.QemuUpdateError, match="does not offer machine type q35.*Nothing was paused"):
-        qemu_update.update_qemu(qhost.qrun, new, conf_dir=qhost.conf, kept_dir=qhost.kept)
+        qemu_update.update_qemu(qhost.qrun, run_out, new, conf_dir=qhost.conf, kept_dir=qhost.kept)
     assert qhost.calls == [] and qhost.execs == []
     assert journal.load_journal().get("phase") is None  # nothing journaled
     for vm in qhost.vms:
@@ -114,7 +120,7 @@ def test_a_new_qemu_without_the_machine_type_is_refused_before_any_pause(qhost, 
 
 def test_a_named_vm_that_is_not_configured_is_refused(qhost, tmp_path):
     with pytest.raises(qemu_update.QemuUpdateError, match="no VM vm9 on this host"):
-        qemu_update.update_qemu(qhost.qrun, stand_in(tmp_path), names=["vm9"], conf_dir=qhost.conf)
+        qemu_update.update_qemu(qhost.qrun, run_out, stand_in(tmp_path), names=["vm9"], conf_dir=qhost.conf)
 
 
 def test_a_qemu_replaced_on_disk_without_a_kept_copy_is_refused_before_any_pause(qhost, tmp_path):
@@ -124,12 +130,12 @@ def test_a_qemu_replaced_on_disk_without_a_kept_copy_is_refused_before_any_pause
     hostupdate.record_argv("vm1", [replaced] + rec["argv"][1:], rec["launch"])
     with pytest.raises(qemu_update.QemuUpdateError, match="vm1: its QEMU .* was replaced on disk .*no copy of it "
                                                           "was kept.*Nothing was paused"):
-        qemu_update.update_qemu(qhost.qrun, stand_in(tmp_path), conf_dir=qhost.conf, kept_dir=qhost.kept)
+        qemu_update.update_qemu(qhost.qrun, run_out, stand_in(tmp_path), conf_dir=qhost.conf, kept_dir=qhost.kept)
     assert qhost.calls == [] and journal.load_journal().get("phase") is None
     assert all(cpr.status(vm) == "running" for vm in qhost.vms)
     # Kept before the package replaced it, it would have been taken back by its copy.
     hostupdate.record_argv("vm1", rec["argv"], rec["launch"])
-    kept = qemu_update.keep_all(["vm1"], qhost.conf, qhost.kept)
+    kept = qemu_update.keep_all(run_out, ["vm1"], qhost.conf, qhost.kept)
     hostupdate.record_argv("vm1", [replaced] + rec["argv"][1:], rec["launch"])
     assert qemu_update._rollback_source(qhost.vms[0], replaced, qhost.kept)[2:] == (kept["vm1"], None, None)
 
@@ -138,7 +144,7 @@ def test_every_vm_moves_to_the_new_qemu_with_its_own_argv_and_counts_on(qhost, t
     new = stand_in(tmp_path)
     old = dict((vm.name, vmdef.load_argv(vm.name, hostupdate.ARGV_DIR)) for vm in qhost.vms)
     before = dict((vm.name, read_counter(vm.mem_path)) for vm in qhost.vms)
-    r = qemu_update.update_qemu(qhost.qrun, new, parallel=2, conf_dir=qhost.conf, kept_dir=qhost.kept,
+    r = qemu_update.update_qemu(qhost.qrun, run_out, new, parallel=2, conf_dir=qhost.conf, kept_dir=qhost.kept,
                                 update_id="q1")
     assert r["outcomes"] == {"vm1": "updated", "vm2": "updated"}
     # The new binary, the VM's own argv, -incoming defer: nothing else differs.
@@ -169,7 +175,7 @@ def test_a_new_qemu_that_refuses_the_state_is_rolled_back_to_the_old_one(qhost, 
     vm1 = qhost.vms[0]
     before = read_counter(vm1.mem_path)
     with pytest.raises(qemu_update.QemuUpdateError, match="vm1 rolled back: the new QEMU did not restore it") as exc:
-        qemu_update.update_qemu(qhost.qrun, new, names=["vm1"], conf_dir=qhost.conf, kept_dir=qhost.kept,
+        qemu_update.update_qemu(qhost.qrun, run_out, new, names=["vm1"], conf_dir=qhost.conf, kept_dir=qhost.kept,
                                 update_id="q2")
     assert exc.value.result["outcomes"] == {"vm1": "rolled_back"}
     j = journal.load_journal()
@@ -199,7 +205,7 @@ def test_a_new_qemu_that_does_not_start_is_rolled_back_to_the_old_one(qhost, tmp
     vm2 = qhost.vms[1]
     before = read_counter(vm2.mem_path)
     with pytest.raises(qemu_update.QemuUpdateError, match="vm2 rolled back: the new QEMU did not restore it"):
-        qemu_update.update_qemu(qhost.qrun, new, names=["vm2"], conf_dir=qhost.conf, kept_dir=qhost.kept)
+        qemu_update.update_qemu(qhost.qrun, run_out, new, names=["vm2"], conf_dir=qhost.conf, kept_dir=qhost.kept)
     v = journal.load_journal()["vms"]["vm2"]
     assert (v["state"], v["qemu"], v["rolled_back"]) == ("restored", v["qemu_kept"], True)
     assert "cannot connect to QMP" in v["new_qemu_error"]
@@ -218,7 +224,7 @@ def test_memory_that_does_not_verify_is_held_never_resumed_by_either_qemu(qhost,
                 fh.write(b"\xa5" * MiB)
         return qhost.qrun(argv)
     with pytest.raises(qemu_update.QemuUpdateError, match="vm1 NOT resumed"):
-        qemu_update.update_qemu(corrupting, new, names=["vm1"], mode="full", conf_dir=qhost.conf,
+        qemu_update.update_qemu(corrupting, run_out, new, names=["vm1"], mode="full", conf_dir=qhost.conf,
                                 kept_dir=qhost.kept)
     j = journal.load_journal()
     assert (j["phase"], j["vms"]["vm1"]["state"], j["vms"]["vm1"]["verify"]["status"]) == (
