@@ -9,7 +9,7 @@ journal durable before its QEMU quits), then its unit starts the new binary with
 defer`` on the argv it ran with (only the binary differs), the unit verifies its memory (it never
 moved: extents plus a sampled content check by default) and resumes it. A new QEMU that does not
 start or refuses the state never ran the guest: the VM is restored by the binary it ran before
-(kept as a copy of the running executable until every VM resumed), on its memory verified again.
+(kept, with its modules and firmware, as it ran), on its memory verified again.
 A VM whose memory does not verify is held, never resumed. Nothing pauses before the new binary is
 proven to run, to offer every VM's machine type and to carry cpr-reboot."""
 
@@ -41,7 +41,6 @@ MIN_VERSION = (9, 0)
 # The executables of the QEMUs the VMs ran before an update, kept for their rollback (0711 like
 # its parent: a confined QEMU reaches the binary by its path, lists nothing).
 KEPT_DIR = os.path.join(journal.BASE, "qemu")
-PROBE_TIMEOUT_S = 60
 UNIT = hostupdate.UNIT
 
 
