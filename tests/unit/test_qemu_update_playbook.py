@@ -43,3 +43,11 @@ def test_a_host_that_rolled_back_a_vm_stops_the_run_after_its_wave(tmp_path):
     blackout = json.loads((tmp_path / "report" / "blackout.json").read_text())
     assert [(b["vm"], b["rolled_back"], b["to_kernel"]) for b in blackout] == [
         ("vm1", True, "/var/lib/guestmemfs-liveupdate/qemu/0123/bin/qemu-system-x86_64")]
+
+
+def test_check_mode_asks_every_host_and_changes_nothing(tmp_path):
+    out, calls = play(tmp_path, hosts_inventory(), "qemu_update.yml", "--check")
+    assert out.returncode == 0, out.stdout[-3000:]
+    moves = [c for c in calls if c["key"] == "qemu_update"]
+    assert [(c["host"], c["check_mode"]) for c in moves] == [("h1", True), ("h2", True), ("h3", True)]
+    assert [(r["host"], r["outcome"]) for r in run_rows(tmp_path)] == [(h, "checked") for h in ("h1", "h2", "h3")]
