@@ -180,9 +180,14 @@ def restore(vm, timeout=120, connect_wait=60, before_cont=None):
 
 
 def resume(vm):
-    """Resume a VM paused by a save that did not finish (its RAM never left this kernel)."""
+    """Resume a VM paused by a save that did not finish (its RAM never left this kernel). A
+    migration its dead saver left running is cancelled first: its end would pause the VM again."""
     with QMP(vm.qmp_path, timeout=10) as q:
         q.connect()
+        try:
+            q.cmd("migrate_cancel")  # nothing to cancel is no error
+        except QMPError:
+            pass
         q.cmd("cont")
 
 

@@ -28,7 +28,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends imp
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
-    IDLE_PHASES, SAVED_PHASES, VM_FINAL, load_journal, set_phase, update_journal)
+    IDLE_PHASES, SAVED_PHASES, load_journal, update_journal)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 
@@ -461,6 +461,9 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
         update_journal(journal.set_vm(name, state=state, state_path=vm.state_path),
                        msg="%s after an interrupted save: %s" % (name, state))
         out[name] = state
+    # No VM left saved (each resumed or down): the update is over, or every re-run would find it
+    # "saving" and roll back again. With a VM saved, its restore (rollback) closes it.
+    finish_if_done(conf_dir)
     return out
 
 
@@ -497,6 +500,9 @@ def verify_pending(names=None, content=True):
             _release(), "the loaded kernel" if as_loaded else "NOT the loaded kernel", j.get("phase"))
         update_journal(booted, msg=what)
         events.emit("boot", j.get("update_id"), detail=what, release=_release(), as_loaded=as_loaded)
+        # A save cut short before any VM was saved leaves nothing to restore: close the update now,
+        # or it would wait ("booted") for restores that never come.
+        j = finish_if_done()
     if not content:
         return {}
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
@@ -528,11 +534,23 @@ def verify_pending(names=None, content=True):
                            msg="%s held: %s" % (name, verdict["detail"]))
         events.emit("verify", j.get("update_id"), name, outcome="ok" if verdict["status"] == manifest.OK else "failed",
                     detail=verdict.get("detail"), verdict=verdict["status"], mode=verdict.get("mode"))
-    if after_kexec and verdicts:
-        set_phase("verified", msg="verified: %s" % ", ".join(
-            "%s %s" % (n, v["status"]) for n, v in sorted(verdicts.items())))
+    if verdicts:
+        update_journal(_verified_when_none_waits)
         finish_if_done()
     return verdicts
+
+
+def _verified_when_none_waits(j):
+    """Phase ``verified`` once this boot gave every VM of the update its verdict: each VM's unit
+    verifies its own VM, so the last of them (not the first call after the kexec) gets there."""
+    if j.get("phase") not in SAVED_PHASES + ("booted",) or j.get("from_boot_id") in (None, journal.boot_id()):
+        return
+    vms = j.get("vms") or {}
+    if any(v.get("state") == "saved" for v in vms.values()):
+        return
+    journal.phase_update("verified")(j)
+    journal.note(j, "verified: %s" % ", ".join(
+        "%s %s" % (n, (v.get("verify") or {}).get("status")) for n, v in sorted(vms.items())))
 
 
 def _finalise_interrupted_save(j, m):
@@ -566,9 +584,8 @@ def _finalise_interrupted_save(j, m):
         j["interrupted_save"] = {"update_id": j.get("update_id"), "saved_on_boot_id": j.get("from_boot_id"),
                                  "found_on_boot_id": boot, "ts": time.time(), "vms": dict(outcome)}
         journal.phase_update("interrupted")(j)
-        j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot, "msg": (
-            "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
-                "%s %s" % kv for kv in sorted(outcome.items()))))})
+        journal.note(j, "the host rebooted during the save of update %s: %s" % (j.get("update_id"), "; ".join(
+            "%s %s" % kv for kv in sorted(outcome.items()))), boot=boot)
     return update_journal(fn)
 
 
@@ -601,20 +618,26 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
             return
         if j.get("unfinished") and j.get("from_boot_id") == journal.boot_id() and hostinfo.pid_alive(j.get("saver_pid")):
             return  # a QEMU update's process still decides these VMs' outcome (a rollback may follow)
-        if any(v.get("state") not in VM_FINAL and v.get("state") != "running"
-               and not str(v.get("state", "")).startswith("down") for v in vms.values()):
+        if any(not journal.vm_done(v.get("state")) and v.get("state") != "running" for v in vms.values()):
             return
+        # A save the end of its boot cut short: its VMs are back, but no kernel was updated.
+        interrupted = (j.get("interrupted_save") or {}).get("update_id") == j.get("update_id")
         if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
             phase = "held"
         elif any(v.get("rolled_back") for v in vms.values()):
             phase = "rolled_back"  # a QEMU update left a VM on its old QEMU
-        elif j.get("phase") == journal.QEMU_UPDATE_PHASE or j.get("from_boot_id") != journal.boot_id():
+        elif j.get("phase") == journal.QEMU_UPDATE_PHASE:
             phase = "restored"
         else:
-            phase = "rolled_back"  # a kernel update restored on the boot it saved on
+            phase = "restored" if j.get("from_boot_id") != journal.boot_id() and not interrupted else "rolled_back"
+        if j.get("phase") == phase:
+            return
+        # One ending per update for the metrics: the first (a held update's recovery is not another).
+        first_ending = j.get("phase") != "held"
         journal.phase_update(phase, finished_ts=time.time())(j)
-        journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
-        j.setdefault("log", []).append({"ts": time.time(), "boot_id": journal.boot_id(), "msg": "phase %s" % phase})
+        if first_ending:
+            journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
+        journal.note(j, "phase %s" % phase)
     j = update_journal(fn)
     for backend, _vms in by_backend(_configured(conf_dir)):
         backend.after_update(j)

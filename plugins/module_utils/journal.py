@@ -41,6 +41,12 @@ QUIET_METRICS_PHASES = ("saving",)
 VM_FINAL = ("restored", "held", "restore_failed", "discarded")
 
 
+def vm_done(state):
+    """Whether a VM in ``state`` needs nothing more from its update: final, or ``down ...`` (its QEMU
+    died with its save, or the host rebooted during it: no state to restore; its unit boots it afresh)."""
+    return state in VM_FINAL or str(state or "").startswith("down")
+
+
 def boot_id():
     """This boot's id (tests replace this function)."""
     return hostinfo.boot_id()
@@ -53,6 +59,11 @@ def phase_update(name, **fields):
         j.setdefault("phases", {})[name] = {"ts": time.time(), "boot_id": boot_id()}
         j.update(fields)
     return fn
+
+
+def note(j, msg, boot=None):
+    """Add ``msg`` to the journal's log, with the time and the boot (this one unless ``boot``)."""
+    j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot or boot_id(), "msg": msg})
 
 
 def set_phase(phase, msg=None, **fields):
@@ -145,7 +156,7 @@ def update_progress(j, boot_id, update_id, pid_alive=hostinfo.pid_alive):
                                % (j.get("saver_pid"), phase, last))
         if phase in ("rolled_back", "held", "restored"):
             return "stopped", "the update stopped on this boot before a kexec (phase %s): %s" % (phase, last)
-    if vms and all(v.get("state") in VM_FINAL for v in vms.values()):
+    if vms and all(vm_done(v.get("state")) for v in vms.values()):
         return "done", "every VM is final (phase %s)" % phase
     return "restoring", "the new boot restores the VMs (phase %s): %d of %d restored" % (
         phase, sum(1 for v in vms.values() if v.get("state") == "restored"), len(vms))
@@ -171,7 +182,7 @@ def update_journal(fn, path=None, msg=None):
         before = j.get("phase")
         fn(j)
         if msg:
-            j.setdefault("log", []).append({"ts": time.time(), "boot_id": boot_id(), "msg": msg})
+            note(j, msg)
         write_json(path, j)
         # The metrics file, never raising. While VMs save, every VM's journal write waits for this
         # lock with every VM paused: only the phase's change is rendered then, not each VM's.

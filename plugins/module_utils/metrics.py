@@ -100,7 +100,8 @@ def render(j, release=None):
               "a new kernel finished (unix seconds).", [((), totals["last_success_ts"])])
     f.add("kexecs_total", "counter", "Kexecs into the kernel the live update loaded that this host booted.",
           [((), int(totals.get("kexecs") or 0))])
-    f.add("updates_total", "counter", "Live updates that ended, by ending: restored (on a new kernel), "
+    f.add("updates_total", "counter", "Live updates that ended, each counted once at its first ending: "
+          "restored (on a new kernel), "
           "rolled_back (on the old one), held (a VM not resumed).",
           [((("ending", e),), int((totals.get("updates") or {}).get(e) or 0)) for e in ENDINGS])
     return f.text()

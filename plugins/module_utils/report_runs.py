@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import errno
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,21 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable impo
 LATEST = "latest"
 # Where a top-level report of the old layout (a plain file or directory) is moved, once.
 BEFORE = "before-runs"
+
+
+def report_json(data):
+    """A JSON report's text (waves.json, sizing.json)."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def report_text(content):
+    """A report file's text. ansible-core 2.17 and 2.18 turn a template's result that looks like JSON
+    back into data on its way to a module: such data is written as the JSON it was rendered as."""
+    if content is None:
+        return ""
+    if isinstance(content, (dict, list)):
+        return report_json(content)
+    return content
 
 
 def run_name(run):

@@ -38,11 +38,11 @@ __metaclass__ = type
 
 import csv
 import io
-import json
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import DEFAULT_BACKEND, get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import report_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import (
     GiB, MiB, align_down, align_up, format_size, human, parse_size)
 
@@ -380,4 +380,4 @@ def render_csv(rows):
 
 
 def render_json(rows):
-    return json.dumps({"summary": summary(rows), "hosts": rows}, indent=2, sort_keys=True) + "\n"
+    return report_json({"summary": summary(rows), "hosts": rows})

@@ -42,11 +42,11 @@ __metaclass__ = type
 import csv
 import heapq
 import io
-import json
 import math
 import re
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.bulk import no_cyclic_gc
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import report_json
 
 try:
     import netaddr
@@ -677,4 +677,4 @@ def render_limits(plan):
 
 
 def render_json(plan):
-    return json.dumps(dict((k, v) for k, v in plan.items() if k != "order"), indent=2, sort_keys=True) + "\n"
+    return report_json(dict((k, v) for k, v in plan.items() if k != "order"))

@@ -142,7 +142,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, journal, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 
@@ -264,11 +264,19 @@ def main():
     # from_release: what the boot after the kexec checks KHO's "exec from" against (bootproof)
     target = dict(kernel=p["kernel"], initrd=p["initrd"], cmdline=cmdline, release=facts.image_release(p["kernel"]),
                   from_release=os.uname()[2])
-    if hostupdate.load_journal().get("phase") in hostupdate.IDLE_PHASES:
-        hostupdate.set_phase("preflight", kexec_target=target, msg="loaded %s" % p["kernel"])
-    else:  # an update in flight keeps its phase: only the loaded kernel is noted
-        hostupdate.update_journal(lambda j: j.update(kexec_target=target), msg="loaded %s" % p["kernel"])
+    hostupdate.update_journal(note_loaded(target), msg="loaded %s" % p["kernel"])
     module.exit_json(**result)
+
+
+def note_loaded(target):
+    """The journal change that notes the loaded kernel: phase preflight on an idle host; an update in
+    flight keeps its phase. Decided under the journal's lock (a save of another run may begin at any time)."""
+    def fn(j):
+        if j.get("phase") in hostupdate.IDLE_PHASES:
+            journal.phase_update("preflight", kexec_target=target)(j)
+        else:
+            j.update(kexec_target=target)
+    return fn
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import replace_file
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import differs_from_latest, publish, run_dir
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.report_runs import differs_from_latest, publish, report_text, run_dir
 
 
 def _same(path, data):
@@ -142,7 +142,8 @@ def main():
         mode = int(str(p["mode"]), 8)
     except ValueError:
         module.fail_json(msg="mode %r: give an octal mode such as 0644" % (p["mode"],))
-    names = [str(n) for n in p["files"]]
+    files = dict((str(n), report_text(c)) for n, c in p["files"].items())
+    names = list(files)
     bad = [n for n in names if not n or n in (".", "..") or "/" in n or "\0" in n]
     if bad:
         module.fail_json(msg="file names are plain names in path, not %s" % ", ".join(repr(n) for n in bad))
@@ -156,14 +157,14 @@ def main():
             module.fail_json(msg=str(exc))
     written, removed, linked = [], [], False
     # A run writes a directory of its own; it changes something when what the top-level names show does.
-    differs = (differs_from_latest(base, p["files"], p["subdir"], p["exclusive"]) if p["run"] else None)
+    differs = (differs_from_latest(base, files, p["subdir"], p["exclusive"]) if p["run"] else None)
     existing = os.listdir(path) if os.path.isdir(path) else []
     if p["exclusive"]:
         keep = set(names)
         removed = sorted(n for n in existing if fnmatch.fnmatchcase(n, p["exclusive"]) and n not in keep
                          and os.path.isfile(os.path.join(path, n)))
     for name in names:
-        data = to_bytes(p["files"][name] if p["files"][name] is not None else "")
+        data = to_bytes(files[name])
         target = os.path.join(path, name)
         if not _same(target, data):
             written.append(name)
@@ -172,7 +173,7 @@ def main():
             if not os.path.isdir(path):
                 os.makedirs(path)
             for name in written:
-                data = to_bytes(p["files"][name] if p["files"][name] is not None else "")
+                data = to_bytes(files[name])
                 replace_file(os.path.join(path, name), data, mode)
             for name in removed:
                 os.unlink(os.path.join(path, name))

@@ -204,8 +204,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import bootproof, hostinfo, hostupdate, journal, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
-FINAL = hostupdate.VM_FINAL
-
 
 def main():
     module = AnsibleModule(
@@ -325,7 +323,7 @@ def _run(module):
                     time.sleep(0.5)
                     continue
             vms = dict((n, v) for n, v in j.get("vms", {}).items() if names is None or n in names)
-            if vms and all(v.get("state") in FINAL for v in vms.values()):
+            if vms and all(journal.vm_done(v.get("state")) for v in vms.values()):
                 break
             if time.monotonic() > deadline:
                 module.fail_json(msg="after %ss, not every VM is restored: %s. See journalctl -u 'guestmemfs-vm@*'"

@@ -34,7 +34,8 @@ try:
     from ansible.vars import manager as _manager
 except ImportError:  # pragma: no cover
     _manager = None
-_CLEAN_FACTS = "_clean_and_deprecate_top_level_facts"
+# The variable manager's cleaning of a host's facts: its own function from 2.19 on, clean_facts before.
+_CLEAN_FACTS = next((n for n in ("_clean_and_deprecate_top_level_facts", "clean_facts") if hasattr(_manager, n)), None)
 
 
 def plain(value):
@@ -48,11 +49,17 @@ def plain(value):
     return value
 
 
-class _NoFacts(object):
-    """Stands in for Ansible's fact cache while a host's variables are read: no facts."""
+_MISSING = object()
 
-    def get(self, key):
-        raise KeyError(key)
+
+class _NoFacts(object):
+    """Stands in for Ansible's fact cache while a host's variables are read: no facts. ansible-core
+    2.19 on asks get(host) and catches KeyError; 2.17 and 2.18 ask get(host, default)."""
+
+    def get(self, key, default=_MISSING):
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
 
 
 def _clean_no_facts(clean):
@@ -65,6 +72,14 @@ def _clean_no_facts(clean):
 
 # Inventory and connection variables that start with ansible_ but are no facts.
 _NOT_FACTS = ("ansible_host", "ansible_port", "ansible_user", "ansible_connection", "ansible_ssh_host")
+
+
+def _host_vars_vars(data, loader, host):
+    """Ansible's templating view of one host's variables (2.19 on name the host; 2.17, 2.18 cannot)."""
+    try:
+        return HostVarsVars(data, loader=loader, host=host)
+    except TypeError:
+        return HostVarsVars(data, loader=loader)
 
 
 class FleetVars(object):
@@ -85,7 +100,7 @@ class FleetVars(object):
         self._vm = vm if self._fact_cache is not None and not any(
             v == "ansible_facts" or (v.startswith("ansible_") and v not in _NOT_FACTS) for v in self.wanted) else None
         self._fast = self._raw_get is not None and HostVarsVars is not None
-        self._clean = getattr(_manager, _CLEAN_FACTS, None) if self._vm is not None else None
+        self._clean = getattr(_manager, _CLEAN_FACTS) if self._vm is not None and _CLEAN_FACTS else None
         self._clean_none = _clean_no_facts(self._clean) if self._clean is not None else None
         self._templar = Templar(loader=self._loader) if self._fast else None
         self._shared = {}  # id(raw value) -> (raw value, its plain form or None when it holds a template)
@@ -141,7 +156,7 @@ class FleetVars(object):
                 out[v] = seen[1]
             else:
                 if templated is None:
-                    templated = HostVarsVars(data, loader=self._loader, host=name)
+                    templated = _host_vars_vars(data, self._loader, name)
                 out[v] = plain(templated[v])
         return out
 

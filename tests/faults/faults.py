@@ -69,7 +69,7 @@ class Host(object):
         return r.stdout.strip() if r.returncode == 0 else None
 
     def journal(self):
-        return json.loads(self.out("%s status" % AGENT))
+        return json.loads(self.out("%s status --json" % AGENT))
 
     def vms(self):
         return self.out("ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
@@ -128,17 +128,59 @@ class Host(object):
             q.connect()
             q.cmd("set_link", name="n0", up=up)
 
-    def playbook(self, *extra, background=False, timeout=2400):
+    def hard_reset(self):
+        """A hard reset of the host (its own QEMU's system_reset): no shutdown, no sync."""
+        with QMP(self.h["qmp"], timeout=10) as q:
+            q.connect()
+            q.cmd("system_reset")
+
+    def watch(self, unit, script, marker):
+        """Start ``script`` (python3, run as root) as a transient unit on the host, a stale one and
+        its ``marker`` file (what it writes when it acted) removed first."""
+        self.stop_watch(unit)
+        self.ssh("rm -f %s" % marker)
+        self.ssh("systemd-run -q --unit=%s python3 -c \"%s\"" % (unit, script))
+
+    def stop_watch(self, unit):
+        self.ssh("systemctl stop %s 2>/dev/null; systemctl reset-failed %s 2>/dev/null; true" % (unit, unit),
+                 check=False)
+
+    def wait_file(self, path, proc=None, timeout=1200):
+        """The content of ``path`` on the host once it exists (polled), or None when ``proc`` ended
+        or the time ran out first."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and (proc is None or proc.poll() is None):
+            out = self.try_out("cat %s" % path)
+            if out:
+                return out
+            time.sleep(0.5)
+        return self.try_out("cat %s" % path)
+
+    def playbook(self, *extra, background=False, timeout=2400, log=None):
+        """The live update of this host; ``background``: its Popen, its output on a pipe, or in the
+        file ``log`` (a pipe nobody reads for a while stops a long run)."""
         argv = ["ansible-playbook", "-i", self.state["inventory"], "guestmemfs.liveupdate.liveupdate",
                 "--limit", self.name + ",localhost"]
         for e in extra:
             argv += ["-e", e]
         env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(self.report, "runs"), ANSIBLE_NOCOLOR="1")
         if background:
-            return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    start_new_session=True)
+            out = open(log, "w") if log else subprocess.PIPE  # pylint: disable=consider-using-with
+            try:
+                return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
+            finally:
+                if log:
+                    out.close()  # the child has its own copy
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         return r.returncode, r.stdout + r.stderr
+
+
+def finished(proc, log, timeout=3600):
+    """Wait for a playbook started with a ``log`` file -> (rc, its output)."""
+    proc.wait(timeout=timeout)
+    with open(log) as fh:
+        return proc.returncode, fh.read()
 
 
 def failure_messages(output):
@@ -263,7 +305,7 @@ def fault_controller_killed(host, ctx):
     deadline = time.time() + 1200
     phase = None
     while time.time() < deadline and p.poll() is None:
-        out = host.try_out("%s status" % AGENT)
+        out = host.try_out("%s status --json" % AGENT)
         phase = json.loads(out).get("phase") if out else phase
         if phase in ("saved", "kexec"):
             break
@@ -339,16 +381,196 @@ def fault_unreachable_after_kexec(host, ctx):
     return "wait for the host to answer, then re-run the live update (it reports the host done)"
 
 
+# Watchers (python3 on the host, in a transient unit) share these lines: the journal (parsed again
+# only when it changed: a slow host's CPU belongs to the save), and the first VM state file that
+# starts being written after the watcher started (a stale one left by an earlier fault does not count).
+WATCH_JOURNAL = ("import glob,json,os,signal,time\n"
+                 "J='/var/lib/guestmemfs-liveupdate/journal.json'\n"
+                 "seen=[None,{}]\n"
+                 "def journal():\n"
+                 "    try:\n"
+                 "        m=os.stat(J).st_mtime_ns\n"
+                 "        if m!=seen[0]: seen[1]=json.load(open(J)); seen[0]=m\n"
+                 "    except Exception: return {}\n"
+                 "    return seen[1]\n"
+                 "t0=time.time()\n"
+                 "end=t0+1800\n")
+WATCH_FIRST_PARTIAL = ("def partial():\n"
+                       "    for f in glob.glob('/var/lib/guestmemfs-liveupdate/state/*.state.partial'):\n"
+                       "        try:\n"
+                       "            if os.stat(f).st_mtime>=t0: return f\n"
+                       "        except OSError: pass\n"
+                       "while not (partial() and journal().get('phase')=='saving') and time.time()<end: "
+                       "time.sleep(0.005)\n"
+                       "saver=journal().get('saver_pid') if time.time()<end else None\n")
+
+
+def fault_power_loss_during_save(host, ctx):
+    """The host is hard-reset (its QEMU's system_reset) while its save runs: a watcher on the host
+    freezes the update process (SIGSTOP) the moment the first VM's state file starts, so the reset
+    lands mid-save however long the harness takes to send it. The host cold-boots into its default
+    kernel; its boot-time verify finalises the save: a VM saved completely is verified and restored,
+    the others are down with their memory kept and their units boot them afresh."""
+    host.watch("fault-freezer", WATCH_JOURNAL + WATCH_FIRST_PARTIAL
+               + "if saver:\n"
+               "    os.kill(saver,signal.SIGSTOP)\n"
+               "    open('/run/fault-frozen','w').write('%s %s' % (saver, journal().get('phase')))", "/run/fault-frozen")
+    log = os.path.join(host.report, "power_loss_during_save.log")
+    p = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], background=True, log=log)
+    frozen = host.wait_file("/run/fault-frozen", proc=p)
+    if not frozen:
+        host.stop_watch("fault-freezer")
+        os.killpg(p.pid, signal.SIGKILL)
+        raise RuntimeError("the play ended (rc %s) before any VM's save started" % p.poll())
+    ctx["frozen"] = "update process %s frozen at phase %s" % tuple(frozen.split(" ", 1))
+    vms_at_reset = dict((n, v.get("state")) for n, v in (host.journal().get("vms") or {}).items())
+    host.hard_reset()
+    ctx["reset_at"] = vms_at_reset
+    rc, output = finished(p, log)  # it waits for the host to answer, then follows the update
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    host.wait_ssh()
+    host.wait_vms_active(600)
+    j = host.journal()
+    ctx["interrupted_save"] = j.get("interrupted_save")
+    ctx["phase_when_reachable_again"] = j.get("phase")
+    ctx["device_state_lost"] = sorted(n for n, v in (j.get("vms") or {}).items()
+                                      if str(v.get("state", "")).startswith("down"))
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = False
+    step = host.ssh("%s status >/dev/null && python3 -c \"import sys; sys.path.insert(0, '/usr/lib/guestmemfs-liveupdate')\n"
+                    "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import journal\n"
+                    "print(journal.next_step(journal.load_journal(), journal.boot_id())[0])\"" % AGENT,
+                    check=False).stdout.strip()
+    ctx["next_step_after_boot"] = step
+    if step != "start":
+        ctx.setdefault("problems", []).append("after the boot the host's next step is %r, not start (a re-run "
+                                              "could not update it)" % step)
+    return "none for the VMs (their units restored the saved ones, booted the others afresh on their kept memory " \
+           "at boot); re-run the live update"
+
+
+def fault_two_updates_at_once(host, ctx):
+    """Two live updates of the host started together, as two controllers would (each without the
+    controller-side run lock, which only guards one controller's runs): the host's own update lock
+    and idle-journal check let exactly one save; the other is refused (or follows that update)."""
+    t0 = time.time()
+    unlocked = '{"guestmemfs_lock": {"enabled": false}}'
+    logs = [os.path.join(host.report, "two_updates_at_once.%d.log" % i) for i in (1, 2)]
+    procs = [host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], unlocked, background=True, log=log)
+             for log in logs]
+    ends = [finished(p, log) for p, log in zip(procs, logs)]
+    ctx["runs"] = [{"rc": rc, "msgs": summarize(failure_messages(out))[:600]} for rc, out in ends]
+    ctx["rc"] = 0 if any(rc == 0 for rc, _o in ends) else ends[0][0]
+    ctx["msgs"] = ["run %d (rc %d): %s" % (i + 1, r["rc"], r["msgs"]) for i, r in enumerate(ctx["runs"])]
+    j = host.journal()
+    ctx["saves"] = saves_since(j, t0)
+    ctx["expect_same_boot"] = False
+    return "none: the refused run changed nothing; re-run it if it did not follow the other's update"
+
+
+def fault_journal_fs_full_during_save(host, ctx):
+    """The filesystem of the journal and manifest (/var/lib/guestmemfs-liveupdate) fills the moment
+    the save starts (journal phase saving, after the free-space check): a watcher on the host
+    fallocates all its free blocks, and frees them once the update process has ended."""
+    fill = "/var/lib/guestmemfs-liveupdate/fault-fill"
+    host.watch("fault-filler", WATCH_JOURNAL
+               + "while journal().get('phase')!='saving' and time.time()<end: time.sleep(0.01)\n"
+               "saver=journal().get('saver_pid')\n"
+               "n=0\n"
+               "for i in range(8):\n"
+               "    st=os.statvfs(J); free=st.f_bfree*st.f_frsize\n"
+               "    if free<65536: break\n"
+               "    fd=os.open('%s.%%d' %% i,os.O_WRONLY|os.O_CREAT,0o600)\n"
+               "    try: os.posix_fallocate(fd,0,free); n+=free\n"
+               "    except OSError:\n"
+               "        try: os.posix_fallocate(fd,0,free-free//16); n+=free-free//16\n"
+               "        except OSError: pass\n"
+               "    os.close(fd)\n"
+               "st=os.statvfs(J)\n"
+               "open('/run/fault-filled','w').write('%%d MiB filled, %%d KiB left, update process %%s' %% "
+               "(n>>20,st.f_bfree*st.f_frsize>>10,saver))\n"
+               "while saver and os.path.exists('/proc/%%d' %% saver) and journal().get('phase') not in "
+               "('saved','kexec') and time.time()<end: time.sleep(0.2)\n"
+               "for f in glob.glob('%s.*'): os.unlink(f)\n" % (fill, fill), "/run/fault-filled")
+    try:
+        rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    finally:
+        host.stop_watch("fault-filler")
+        host.ssh("rm -f %s.*" % fill, check=False)
+    ctx["filled"] = host.try_out("cat /run/fault-filled && rm -f /run/fault-filled")
+    if not ctx["filled"]:
+        raise RuntimeError("the filesystem was not filled: the watcher never saw the phase saving (play rc %s: %s)"
+                           % (rc, summarize(failure_messages(output))[:300]))
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = True
+    ctx["phase_after_run"] = host.journal().get("phase")
+    recovery = "free space where /var/lib/guestmemfs-liveupdate lives; re-run the live update"
+    if ctx["phase_after_run"] == "saving":  # the journal could not record the end: what a re-run does first
+        recovery += " (its first step resumes or restores each VM of the interrupted save on this kernel)"
+        _vm_cpr(host, "action=restore")
+    return recovery
+
+
+def fault_save_process_killed(host, ctx):
+    """The host-side update process (vm_cpr action=update, started detached by the controller) is
+    killed (SIGKILL) the moment the first VM's state file starts; the run's rescue resumes or
+    restores the VMs on this kernel; a re-run then updates the host."""
+    host.watch("fault-save-killer", WATCH_JOURNAL + WATCH_FIRST_PARTIAL
+               + "if saver:\n"
+               "    os.kill(saver,signal.SIGKILL)\n"
+               "    open('/run/fault-save-killed','w').write(str(saver))", "/run/fault-save-killed")
+    try:
+        rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    finally:
+        host.stop_watch("fault-save-killer")
+    ctx["killed"] = host.try_out("cat /run/fault-save-killed && rm -f /run/fault-save-killed")
+    if not ctx["killed"]:
+        raise RuntimeError("the update process was not killed: no VM's save started (play rc %s)" % rc)
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    j = host.journal()
+    ctx["phase_after_run"] = j.get("phase")
+    ctx["vms_after_run"] = dict((n, v.get("state")) for n, v in (j.get("vms") or {}).items())
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = False  # the re-run kexecs
+    rc2, output2 = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+    ctx["rerun_rc"], ctx["rerun_msgs"] = rc2, failure_messages(output2)
+    return "none for the VMs (the run's rescue resumed them on this kernel); re-run the live update"
+
+
+def fault_corrupt_journal(host, ctx):
+    """The journal (/var/lib/guestmemfs-liveupdate/journal.json) is cut to half its length while
+    no update runs: the run must fail with an error naming the file and the recovery, nothing
+    paused; the recovery puts the journal back from a copy taken first."""
+    path = "/var/lib/guestmemfs-liveupdate/journal.json"
+    host.ssh("cp -p %s /run/fault-journal.json && truncate -s $(( $(stat -c %%s %s) / 2 )) %s" % (path, path, path))
+    try:
+        rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"])
+        ctx["still_corrupt"] = host.ssh("%s status" % AGENT, check=False).returncode == 8
+    finally:
+        host.ssh("cp -p /run/fault-journal.json %s && rm -f /run/fault-journal.json" % path, check=False)
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = True
+    ctx["expect_in_msgs"] = [path, "Recover"]
+    if not ctx["still_corrupt"]:
+        ctx.setdefault("problems", []).append("the run changed the corrupt journal (agent status read it after)")
+    return "restore %s from a copy (or repair its JSON); agent status reads it again; re-run" % path
+
+
+def _vm_cpr(host, args):
+    r = subprocess.run(["ansible", "-i", host.state["inventory"], host.name, "-m", "guestmemfs.liveupdate.vm_cpr",
+                        "-a", args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError("vm_cpr %s failed: %s" % (args, r.stdout[-800:]))
+
+
 # ---------------------------------------------------------------- the luo backend's own faults
 # On a host whose VMs live in memfds held by guestmemfs-luo.service (scripts/demo with
 # GUESTMEMFS_BACKEND=luo; scripts/faults --name luo).
 
 def _save_by_hand(host):
-    save = subprocess.run(["ansible", "-i", host.state["inventory"], host.name, "-m",
-                           "guestmemfs.liveupdate.vm_cpr", "-a", "action=save"],
-                          capture_output=True, text=True, check=False)
-    if save.returncode != 0:
-        raise RuntimeError("save failed: %s" % save.stdout[-800:])
+    _vm_cpr(host, "action=save")
 
 
 def fault_luo_preserve_fails(host, ctx):
@@ -422,6 +644,11 @@ FAULTS = [
     ("controller_killed", fault_controller_killed),
     ("state_storage_full", fault_state_storage_full),
     ("unreachable_after_kexec", fault_unreachable_after_kexec),
+    ("power_loss_during_save", fault_power_loss_during_save),
+    ("two_updates_at_once", fault_two_updates_at_once),
+    ("journal_fs_full_during_save", fault_journal_fs_full_during_save),
+    ("save_process_killed", fault_save_process_killed),
+    ("corrupt_journal", fault_corrupt_journal),
     ("luo_preserve_fails", fault_luo_preserve_fails),
     ("luo_holder_killed", fault_luo_holder_killed),
     ("luo_retrieve_fails", fault_luo_retrieve_fails),
@@ -466,10 +693,16 @@ def run_fault(host, name, fn):
     }
     for k in ("killed_at", "same_update", "saves", "phase_when_reachable_again", "rerun_rc", "rerun_msgs",
               "link_cut_at_phase", "holder_killed", "luo_before_recovery",
-              "device_state_lost", "altered", "held_before_recovery"):
+              "device_state_lost", "altered", "held_before_recovery", "frozen", "reset_at", "interrupted_save",
+              "next_step_after_boot", "runs", "filled", "killed", "phase_after_run", "vms_after_run",
+              "still_corrupt"):
         if k in ctx:
             row[k] = ctx[k]
-    problems = []
+    problems = list(ctx.get("problems", []))  # the fault's own checks
+    said = summarize(ctx.get("msgs", []))
+    for text in ctx.get("expect_in_msgs", []):
+        if text not in said:
+            problems.append("the run's failure did not name %r" % text)
     if lost:
         problems.append("memory lost: %s" % lost)
     if unverified:

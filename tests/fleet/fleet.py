@@ -367,14 +367,18 @@ def parse_modules_dep(text):
     return mods
 
 
-def resolve_modules(dep_text, wanted):
+def resolve_modules(dep_text, wanted, builtin_text=""):
     """The module paths to insmod, every dependency before its user, each once. Ordered by a
-    depth-first walk rather than by modules.dep's own listing order, which only modprobe reads."""
+    depth-first walk rather than by modules.dep's own listing order, which only modprobe reads.
+    A module that modules.builtin (``builtin_text``) names is in the kernel: nothing to load."""
     mods = parse_modules_dep(dep_text)
+    builtin = set(module_name(line.strip()) for line in builtin_text.splitlines() if line.strip())
     order, state = [], {}
 
     def visit(name, chain):
         name = name.replace("-", "_")
+        if name not in mods and name in builtin:
+            return
         if name not in mods:
             raise FleetError(f"kernel module {name} (needed by {' <- '.join(chain) or 'the guest'}) "
                              "is not in modules.dep: is it built in, or renamed in this kernel?")
@@ -512,8 +516,12 @@ def build_guest(force=False, kernel=None):
         kver = kvers[0]
         moddir = os.path.join(tree, "lib/modules", kver)
         run(["depmod", "-b", tree, kver])
+        builtin = ""
+        if os.path.exists(os.path.join(moddir, "modules.builtin")):
+            with open(os.path.join(moddir, "modules.builtin")) as fh:
+                builtin = fh.read()
         with open(os.path.join(moddir, "modules.dep")) as fh:
-            load = [] if kernel else resolve_modules(fh.read(), GUEST_MODULES)
+            load = [] if kernel else resolve_modules(fh.read(), GUEST_MODULES, builtin)
         binaries = {}
         # init (PID 1), the workload, and qga: the guest agent the in-guest gate asks.
         for prog in ("init", "workload", "qga"):

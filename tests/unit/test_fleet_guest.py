@@ -53,6 +53,17 @@ def test_missing_module_and_cycle_are_clear_errors():
         fleet.resolve_modules("a.ko: b.ko\nb.ko: a.ko\n", ["a"])
 
 
+def test_a_module_built_into_the_kernel_is_not_loaded():
+    # Debian's 6.12 builds virtio_console in: modules.builtin names it, modules.dep does not (seen:
+    # every fleet without a guest kernel of its own failed to come up).
+    dep = DEP.replace("kernel/drivers/char/virtio_console.ko.xz:\n", "")
+    builtin = "kernel/drivers/char/virtio_console.ko\nkernel/drivers/virtio/virtio_pci.ko\n"
+    names = [fleet.module_name(p) for p in fleet.resolve_modules(dep, fleet.GUEST_MODULES, builtin)]
+    assert "virtio_console" not in names and "ext4" in names
+    with pytest.raises(fleet.FleetError, match="virtio_console.*not in modules.dep"):
+        fleet.resolve_modules(dep, fleet.GUEST_MODULES)
+
+
 def parse_newc(data):
     """A reader for the writer's output, independent of it: [(name, mode, rdev, body)]."""
     out, pos = [], 0

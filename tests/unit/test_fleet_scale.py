@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(conftest.ROOT, "tests", "bench"))
 import fleet_inventory  # noqa: E402
 
 from ansible_collections.guestmemfs.liveupdate.plugins.filter.carveout import _inputs  # noqa: E402
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing  # noqa: E402
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import sizing, waves  # noqa: E402
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import report_files  # noqa: E402
 
 GiB = 1 << 30
@@ -184,6 +184,18 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
     assert code == 1 and "plain names" in res["msg"]
 
 
+def test_report_files_writes_a_report_given_back_as_data_as_its_json(tmp_path, capsys):
+    """ansible-core 2.17 and 2.18 turn a template's result that looks like JSON (the plan's waves.json)
+    back into data: the file is still that JSON text, not Python's repr of the data."""
+    plan = {"waves": [{"wave": 1, "hosts": ["h1"], "limited_by": [], "ok": True, "share": 0.5}], "policy": None}
+    text = waves.render_json(plan)
+    code, res = conftest.run_main(capsys, report_files, {"path": str(tmp_path), "files": {"waves.json": json.loads(text)}})
+    assert code == 0 and res["written"] == ["waves.json"]
+    assert (tmp_path / "waves.json").read_text() == text
+    code, res = conftest.run_main(capsys, report_files, {"path": str(tmp_path), "files": {"waves.json": text}})
+    assert res["written"] == [] and not res["changed"]
+
+
 def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     inv = {"hypervisors": {"hosts": {"empty": {"guestmemfs_carveout": {"ok": True, "size_bytes": 0, "cmdline_args": []}},
                                      "unplanned": {}},
@@ -252,6 +264,17 @@ def test_a_hosts_variables_without_its_facts_list_no_plugins(tmp_path, monkeypat
                                      "rack": "r0000"}
     hostvars.raw_get(name)  # Ansible's own reading is as it was
     assert listed
+
+
+def test_the_no_facts_stand_in_answers_as_each_supported_ansible_cores_fact_cache():
+    """While FleetVars reads a host's variables, the fact cache it puts in place answers both ways
+    ansible-core reads it: get(host) raising KeyError (2.19 on) and get(host, default) (2.17, 2.18)."""
+    from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils.fleet import _NoFacts
+
+    with pytest.raises(KeyError):
+        _NoFacts().get("h1")
+    default = {}
+    assert _NoFacts().get("h1", default) is default
 
 
 def test_planning_from_the_fact_cache_leaves_it_as_it_was(tmp_path):

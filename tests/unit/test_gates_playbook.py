@@ -210,11 +210,11 @@ def test_a_wave_nobody_confirms_does_not_start(tmp_path):
 
 def test_the_fleet_check_script_on_stand_in_hosts(tmp_path):
     # tests/fleet/gates_check.py as the fleet runs it, here against the stand-in collection: each
-    # guest's agent answers the check run's ping, then fails the first real run's /bin/false
+    # guest's agent answers the check run's ping, then fails the first real run's `sh -c 'exit 3'`
     import gates_check  # tests/fleet (conftest puts it on sys.path)
     colls = collection(tmp_path)[0]
     failing = dict(DEFAULTS["guest_health"], passed=False, failed_vms=["vm1"], vms={"vm1": {
-        "ok": False, "detail": "/bin/false exited 1 in the guest: ", "seconds": 0.2, "exitcode": 1, "stdout": ""}})
+        "ok": False, "detail": "/bin/sh -c exit 3 exited 3 in the guest: ", "seconds": 0.2, "exitcode": 3, "stdout": ""}})
     inv = fleet(("h1", "h2"), **dict((h, {"standin": {"update_step": STEP, "vm_cpr.wait": WAIT,
                                                       "guest_health": [DEFAULTS["guest_health"], failing]}})
                                      for h in ("h1", "h2")))
@@ -236,7 +236,9 @@ def test_the_fleet_check_script_on_stand_in_hosts(tmp_path):
         "check run passes", "h1: every guest's agent answers", "h2: every guest's agent answers",
         "the first run holds the fleet lock", "a second run is refused naming the holder",
         "the first run stops (its gate failed)", "the canary failed on the in-guest gate", "no later wave ran",
-        "the lock is released"]
+        "the lock is released", "the webhook heard the stop in order", "a window that excludes now refuses to start",
+        "the refusal is the only event", "no lock is left", "a firing PromQL gate stops the first wave",
+        "the endpoint was asked"]
 
 
 def test_a_second_rollout_in_the_same_playbook_run_starts(tmp_path):

@@ -291,18 +291,26 @@ def test_the_restore_does_not_wait_for_a_verification_that_ended_without_a_verdi
 
 # 4. Power loss during the save.
 
-def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
-    # vm1 saved completely, vm2's QEMU was still saving when the power went.
-    def power_cut(execute):
+def _save_cut_short(host, monkeypatch, vm):
+    """The save process dies (a power cut, SIGKILL) as ``vm``'s migration starts (VMs saved in
+    order, vm1 first); the journal says saving."""
+    def cut(execute):
         if execute == "migrate":
             raise KeyboardInterrupt()
 
-    host.qemus["vm2"].on_cmd = power_cut
+    host.qemus[vm].on_cmd = cut
     monkeypatch.setattr(hostupdate.threading, "Thread", _Inline)
     with pytest.raises(KeyboardInterrupt):
         save(host, names=["vm1", "vm2"])
     j = journal.load_journal()
-    assert j["phase"] == "saving" and j["vms"]["vm2"]["state"] == "saving"
+    assert j["phase"] == "saving" and j["vms"][vm]["state"] == "saving"
+    return j
+
+
+def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
+    # vm1 saved completely, vm2's QEMU was still saving when the power went.
+    j = _save_cut_short(host, monkeypatch, "vm2")
+    assert j["vms"]["vm1"]["state"] == "saved"
     host.boot["id"] = BOOT_B
     for q in host.qemus.values():
         q.status = None
@@ -317,8 +325,57 @@ def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
     assert any("rebooted during the save" in e["msg"] for e in j["log"])
     host.qemus["vm1"].status = "inmigrate"
     assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    assert journal.load_journal()["phase"] == "rolled_back"  # vm1 back, but the update did not happen
     step, reason = next_step(journal.load_journal(), BOOT_B, "7.3.4", "7.3.5")
     assert step == "start", reason
+
+
+def _killed_before_any_vm_saved(host, monkeypatch):
+    """vm1 paused, vm2 not yet paused, neither saved."""
+    j = _save_cut_short(host, monkeypatch, "vm1")
+    assert all(v["state"] == "saving" for v in j["vms"].values())
+    return j
+
+
+def test_power_loss_before_any_vm_was_saved_ends_the_update_at_boot(host, monkeypatch):
+    update_id = _killed_before_any_vm_saved(host, monkeypatch)["update_id"]
+    host.boot["id"] = BOOT_B
+    for q in host.qemus.values():
+        q.status = None
+    hostupdate.verify_pending(content=False)  # guestmemfs-verify.service at boot
+    j = journal.load_journal()
+    assert all(v["state"].startswith("down") for v in j["vms"].values())
+    assert j["phase"] == "rolled_back"  # not restored: no kernel was updated, nothing counts as a success
+    # No VM is left to restore: the update is over (not "wait" for a restore that never comes), and
+    # a controller following it learns that now, not after its time limit.
+    step, reason = next_step(j, BOOT_B, "7.3.4", "7.3.5")
+    assert step == "start", reason
+    where, text = journal.update_progress(j, BOOT_B, update_id)
+    assert where == "done", text
+
+
+def test_a_save_process_killed_before_any_vm_was_saved_is_recovered_once(host, monkeypatch):
+    _killed_before_any_vm_saved(host, monkeypatch)
+
+    def dead(_pid):
+        return False
+    assert next_step(journal.load_journal(), BOOT_A, "7.3.4", "7.3.5", pid_alive=dead)[0] == "rollback"
+    out = hostupdate.recover_interrupted_save(conf_dir=host.conf)  # vm_cpr action=restore
+    assert out == {"vm1": "running", "vm2": "running"} and host.qemus["vm1"].status == "running"
+    # Every VM runs where it ran: the update is closed, a re-run starts afresh (not "rollback" again).
+    j = journal.load_journal()
+    assert j["phase"] == "rolled_back"
+    step, reason = next_step(j, BOOT_A, "7.3.4", "7.3.5", pid_alive=dead)
+    assert step == "start", reason
+
+
+def test_the_recovery_of_a_killed_save_cancels_its_migration_before_cont(host, monkeypatch):
+    # Killed as vm1's migration started: QEMU may still be migrating. A cont while the migration
+    # runs is paused again by its end: the VM would be journaled running while it is stopped.
+    _killed_before_any_vm_saved(host, monkeypatch)
+    hostupdate.recover_interrupted_save(conf_dir=host.conf)
+    cmds = host.qemus["vm1"].commands
+    assert "migrate_cancel" in cmds and cmds.index("migrate_cancel") < len(cmds) - 1 - cmds[::-1].index("cont")
 
 
 def test_a_vm_resuming_when_its_boot_ended_is_held_for_good(host):

@@ -200,6 +200,24 @@ def test_finish_after_kexec_is_restored_or_held(host):
     assert hostupdate.load_journal()["phase"] == "restored"
 
 
+def test_an_update_counts_one_ending_however_often_it_is_closed(host):
+    # The metrics' updates_total: a held update checked again (every VM unit's start, the verify
+    # service, each re-run) is still one held update; its recovery does not end it a second time.
+    saved_journal(host, vm1="saved", vm2="saved")
+    host["boot"]["id"] = BOOT_B
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="held"))
+    for _rerun in range(3):
+        hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["totals"]["updates"] == {"held": 1}
+    hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
+    hostupdate.finish_if_done()
+    hostupdate.finish_if_done()
+    j = hostupdate.load_journal()
+    assert j["phase"] == "restored" and j["totals"]["updates"] == {"held": 1}
+    assert "last_success_ts" not in j["totals"]  # it ended held: no success to report
+
+
 def test_image_release_reads_the_header_not_the_name(tmp_path):
     bzimage(tmp_path / "vmlinuz-misnamed", "7.3.4+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP")
     assert facts.image_release(str(tmp_path / "vmlinuz-misnamed")) == "7.3.4+deb13-amd64"

@@ -58,3 +58,21 @@ def test_a_load_the_kernel_does_not_show_is_refused(monkeypatch):
     monkeypatch.setattr(hostinfo, "kexec_loaded", lambda root="/": False)
     with pytest.raises(luo.LuoError, match="kexec_loaded"):
         luo.load_next_kernel("/boot/vmlinuz", "/boot/initrd", "root=/dev/vda1")
+
+
+def test_a_save_that_begins_as_the_kernel_loads_keeps_its_phase(host, capsys, monkeypatch):
+    # Two runs of one host at once: the other run's save began (journal saving) after this load read
+    # the journal idle. Noting the loaded kernel must not set the phase back to preflight.
+    journal.update_journal(journal.phase_update("saving", update_id="the-other-run"))
+    load_journal = kexec.hostupdate.load_journal
+    reads = []
+
+    def read_before_the_save_began():
+        reads.append(1)
+        return {} if len(reads) == 1 else load_journal()
+    monkeypatch.setattr(kexec.hostupdate, "load_journal", read_before_the_save_began)
+    rc, out = run_main(capsys, kexec, args(host))
+    assert rc == 0, out.get("msg")
+    j = journal.load_journal()
+    assert j["phase"] == "saving" and j["update_id"] == "the-other-run"
+    assert j["kexec_target"]["kernel"] == args(host)["kernel"]

@@ -289,3 +289,20 @@ def test_while_vms_save_only_the_phases_change_renders_the_textfile(tmp_path, mo
     fams = textfile()
     assert series(fams, "guestmemfs_liveupdate_vm_state") == {(("state", "saved"), ("vm", "vm1")): 1}
     assert series(fams, "guestmemfs_liveupdate_phase")[(("phase", "saved"),)] == 1
+
+
+def test_the_role_rotates_the_events_file_by_rename_and_the_next_event_starts_a_new_one(tmp_path, monkeypatch):
+    conf = open(os.path.join(os.path.dirname(__file__), "..", "..", "roles", "qemu_vm", "files",
+                             "logrotate-events")).read()
+    assert "/var/lib/guestmemfs-liveupdate/events.jsonl {" in conf  # events.EVENTS, unpatched
+    directives = [l.split()[0] for l in conf.splitlines() if l.startswith("    ")]
+    assert "copytruncate" not in directives and "nocreate" in directives  # a rename; the writer creates it
+    path = str(tmp_path / "events.jsonl")
+    monkeypatch.setattr(events, "EVENTS", path)
+    events.emit("record", update_id="u1")
+    os.rename(path, path + ".1")  # what logrotate does
+    events.emit("sync", update_id="u1")
+    with open(path + ".1") as old, open(path) as new:
+        assert [json.loads(l)["step"] for l in old] == ["record"]
+        assert [json.loads(l)["step"] for l in new] == ["sync"]
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"

@@ -2,6 +2,7 @@
 links and license, the action group, the modules' standard attributes."""
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -57,3 +58,26 @@ def test_the_built_collection_has_what_the_playbooks_need_and_no_development_too
                    "roles/qemu_vm/tasks/main.yml", "roles/kernel_build/files/liveupdate-fleet.config"):
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "guestmemfs-report" in n]
+
+
+def test_sanity_covers_every_python_the_hypervisors_may_run_the_modules_with():
+    """scripts/sanity runs the per-Python sanity tests (compile, import) on 3.9 to 3.13."""
+    text = load("scripts", "sanity")
+    default = re.search(r'GUESTMEMFS_SANITY_TARGET_PYTHONS:-([0-9. ]+)\}', text)
+    assert default, "scripts/sanity no longer names its target Pythons"
+    assert default.group(1).split() == ["3.9", "3.10", "3.11", "3.12", "3.13"]
+    assert 'targets+=(--target-python "$v")' in text and '"${targets[@]}"' in text
+
+
+def test_the_min_venv_runs_the_lowest_ansible_core_the_collection_claims():
+    """requirements/controller-min.txt pins the newest patch release of requires_ansible's lower bound."""
+    claimed = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", load("meta", "runtime.yml")["requires_ansible"].strip())
+    assert claimed, "requires_ansible should read >=X.Y.Z"
+    pins = dict(line.split("==", 1) for line in load("requirements", "controller-min.txt").splitlines()
+                if line.strip() and not line.startswith("#"))
+    pinned = pins["ansible-core"].strip().split(".")
+    assert pinned[:2] == list(claimed.groups()[:2]) and int(pinned[2]) >= int(claimed.group(3)), (pinned, claimed.groups())
+    for role in sorted(os.listdir(os.path.join(conftest.ROOT, "roles"))):
+        meta = load("roles", role, "meta", "main.yml")
+        assert meta["galaxy_info"]["min_ansible_version"] == "%s.%s" % claimed.groups()[:2], role
+    assert "controller-min" in load("scripts", "test")
