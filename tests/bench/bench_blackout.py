@@ -12,7 +12,9 @@ The floor is the least a host can do and keep its VMs: on the host, the other ke
 (outside the clock); then one process saves every VM in parallel over QMP (cpr-reboot,
 x-ignore-shared, stop, migrate to a file, fsync, quit), syncs and `kexec -e`; at boot a unit
 ordered right after the backend's mount starts each QEMU with -incoming defer, loads the state and
-`cont`s. No manifest, no verification, no journal, no SSH on its path. Afterwards its VMs go back
+`cont`s. Its QEMU runs as root, unconfined (the VM's definition built with paths where a confined
+QEMU is handed descriptors): what confinement costs counts against the collection. No manifest,
+no verification, no journal, no SSH on its path. Afterwards its VMs go back
 under their units with a cold start (these are test guests).
 
 With --wave, the collection's runs update every host of the wave as one wave at --forks, and each
@@ -113,6 +115,13 @@ ExecStart=/usr/bin/python3 /root/floor-restore.py
 WantedBy=sysinit.target
 """
 
+# The floor's QEMU runs as root, with paths instead of the descriptors a confined QEMU is handed (QMP,
+# guest agent, taps): the VM's own definition built unconfined. The same devices, so the same state.
+UNCONFINED_ARGV = (
+    "python3 -c 'import json, sys; sys.path.insert(0, \"/usr/lib/guestmemfs-liveupdate\"); "
+    "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, vmdef; "
+    "print(json.dumps(vmdef.build_argv(dict(cpr.VM.load(sys.argv[1]).conf, qemu_user=None), cpr.RUN_DIR)))' %s")
+
 OTHER_KERNEL = "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1"
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
@@ -160,8 +169,7 @@ def floor_run(state, host, vms):
     for v in vms:
         quota = ssh(state, host, "systemctl show -P CPUQuotaPerSecUSec guestmemfs-vm@%s" % v)
         props[v] = ["-p", "CPUQuota=%d%%" % (float(quota[:-1]) * 100)] if quota.endswith("s") else []
-    argvs = dict((v, json.loads(ssh(state, host, "cat /var/lib/guestmemfs-liveupdate/argv/%s.json" % v))["argv"])
-                 for v in vms)
+    argvs = dict((v, json.loads(ssh(state, host, UNCONFINED_ARGV % v))) for v in vms)
     ssh(state, host, "cat > /root/floor-vms.json", stdin=json.dumps(dict(
         (v, {"argv": argvs[v], "props": props[v]}) for v in vms)))
     ssh(state, host, "cat > /root/floor-save.py", stdin=FLOOR_SAVE)

@@ -68,6 +68,18 @@ def hosts_inventory(names=("h1", "h2", "h3"), group="hypervisors", **hostvars):
     return {group: {"hosts": hosts, "vars": group_vars}}
 
 
+def playbook_env(tmp_path, lock_dir=None):
+    """ansible-playbook's environment: the copy of the collection alone, the stand-in's call log."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_RETRY_FILES_ENABLED="false", STANDIN_CALLS=str(tmp_path / "calls.jsonl"),
+               ANSIBLE_ASYNC_DIR=str(tmp_path / "async"), GUESTMEMFS_LOCK_DIR=str(lock_dir or tmp_path / "locks"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("ANSIBLE_CONFIG", None)
+    env.pop("GUESTMEMFS_REPORT_DIR", None)
+    return env
+
+
 def play(tmp_path, inv, playbook, *args, report_env=True, lock_dir=None, background=False):
     """ansible-playbook PLAYBOOK (a name in the copy's playbooks/, or a path) from tmp_path ->
     (completed process, the stand-in's calls); ``background``: (the running process, None)."""
@@ -80,13 +92,7 @@ def play(tmp_path, inv, playbook, *args, report_env=True, lock_dir=None, backgro
     calls = tmp_path / "calls.jsonl"
     if calls.exists():
         calls.unlink()
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=colls, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_RETRY_FILES_ENABLED="false", STANDIN_CALLS=str(calls), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"),
-               GUESTMEMFS_LOCK_DIR=str(lock_dir or tmp_path / "locks"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    env.pop("ANSIBLE_CONFIG", None)
-    env.pop("GUESTMEMFS_REPORT_DIR", None)
+    env = playbook_env(tmp_path, lock_dir)
     if report_env:
         env["GUESTMEMFS_REPORT_DIR"] = str(tmp_path / "report")
     path = playbook if os.path.isabs(playbook) else os.path.join(playbooks, playbook)
@@ -357,3 +363,65 @@ def test_each_run_keeps_its_own_reports_and_the_top_level_names_the_last(tmp_pat
     assert not (report / "run-2" / "waves.json").exists()
     assert os.readlink(str(report / "waves.json")) == "run-1/waves.json"
     assert os.readlink(str(report / "waves")) == "run-1/waves" and (report / "waves" / "wave-001.limit").read_text()
+
+
+def quickstart_dry_runs():
+    """The commands of docs/quickstart.md's dry runs, as an operator copies them."""
+    with open(os.path.join(conftest.ROOT, "docs", "quickstart.md")) as fh:
+        doc = fh.read()
+    block = doc.split("## 3. Dry runs", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].split() for line in block.splitlines() if line.startswith("ansible-playbook ")]
+
+
+def test_the_quickstart_dry_runs_on_its_sample_inventory(tmp_path):
+    # docs/quickstart.md followed as written: its sample inventory copied to inventory/mycluster, the
+    # dry-run commands run from that directory, the hosts local stand-ins (only their connection and
+    # what their modules answer are added, in host_vars, which the sample leaves to the operator).
+    import shutil
+    from fleet_inventory import host_facts
+    commands = quickstart_dry_runs()
+    assert [c[3] for c in commands] == ["guestmemfs.liveupdate." + n for n in ("report", "sizing", "plan", "liveupdate")]
+    mycluster = tmp_path / "inventory" / "mycluster"
+    shutil.copytree(os.path.join(conftest.ROOT, "inventory", "sample"), str(mycluster))
+    (mycluster / "host_vars").mkdir(exist_ok=True)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "qemu-system-x86_64").write_text("#!/bin/sh\necho 'QEMU emulator version 10.0.2'\n")
+    (bindir / "qemu-system-x86_64").chmod(0o755)
+    facts = host_facts(__import__("random").Random(3), 1)["guestmemfs"]
+    facts.update(kernel_release="6.12.0", kexec_file=True, cmdline={"drift": []}, vms_at_stake=[],
+                 backend_mount={"mounted": True}, kernel_config=dict((o, "y") for o in OPTIONS))
+    for host in ("hv1", "hv2", "hv3"):
+        (mycluster / "host_vars" / ("%s.yml" % host)).write_text(yaml.safe_dump({
+            "ansible_connection": "local", "ansible_become": False, "ansible_python_interpreter": sys.executable,
+            "standin": {"guestmemfs_facts": {"ansible_facts": {"guestmemfs": facts}}}}))
+    collection(tmp_path)
+    os.environ["PATH"], old = str(bindir) + os.pathsep + os.environ["PATH"], os.environ["PATH"]
+    try:
+        outs = []
+        for argv in commands:
+            # the installed collection: the copy with stand-in host modules; reports where the command runs
+            out, calls = play_argv(tmp_path, argv)
+            assert out.returncode == 0, " ".join(argv) + "\n" + out.stdout + out.stderr
+            outs.append(out.stdout)
+    finally:
+        os.environ["PATH"] = old
+    report = tmp_path / "guestmemfs-report"
+    hosts = json.loads((report / "hosts.json").read_text())
+    assert [(r["host"], r["verdict"]) for r in hosts] == [("hv1", "ready"), ("hv2", "ready"), ("hv3", "ready")]
+    assert [r["host"] for r in json.loads((report / "sizing.json").read_text())["hosts"]] == ["hv1", "hv2", "hv3"]
+    waves = [w["hosts"] for w in json.loads((report / "waves.json").read_text())["waves"]]
+    assert waves[0] == ["hv1"] and sorted(h for w in waves for h in w) == ["hv1", "hv2", "hv3"]
+    assert [(r["host"], r["outcome"]) for r in json.loads((report / "liveupdate.json").read_text())] == [
+        ("hv1", "checked"), ("hv2", "checked"), ("hv3", "checked")]
+    assert "Check mode: nothing was changed and nothing waits." in outs[3]
+    assert "hv1: wave 1; 6.1.0-old -> 6.12.0-new; would start (nothing in flight)" in outs[3]
+
+
+def play_argv(tmp_path, argv):
+    """One command line of the docs run from tmp_path against the copy of the collection."""
+    calls = tmp_path / "calls.jsonl"
+    out = subprocess.run([ANSIBLE_PLAYBOOK] + argv[1:], cwd=str(tmp_path), env=playbook_env(tmp_path), capture_output=True, text=True,
+                         timeout=300, check=False)
+    made = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return out, made
