@@ -27,7 +27,7 @@ import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    cpr, events, hostupdate, journal, manifest, preservability, vmdef)
+    cpr, events, hostupdate, journal, manifest, preservability, virtio_queues, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kernel_build import file_sha256
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     IDLE_PHASES, load_journal, update_journal)
@@ -204,6 +204,33 @@ def keep_all(run_out, names=None, conf_dir=cpr.CONF_DIR, kept_dir=None):
     return out
 
 
+def ring_problems(binary, plan, facts):
+    """The VMs of ``plan`` whose virtqueue rings ``binary`` would refuse on load (virtio_queues),
+    asked before any pause. Rings that cannot be compared refuse the VM too: pausing it would be a
+    blackout the restore may throw away. A device the scratch instance cannot have is noted in ``facts``."""
+    problems, allocated = [], {}
+    for vm, argv in plan:
+        try:
+            running = virtio_queues.running_queues(vm.qmp_path)
+            if not running:
+                continue
+            key = (vm.conf["machine"], tuple(virtio_queues.scratch_args(argv)))
+            if key not in allocated:
+                allocated[key] = virtio_queues.allocated_queues(binary, vm.conf["machine"], argv)
+        except virtio_queues.QueueProbeError as exc:
+            problems.append("%s: cannot check that the new QEMU can load its virtio rings: %s" % (vm.name, exc))
+            continue
+        if virtio_queues.unprobed(running, allocated[key]):
+            facts.setdefault("rings_unprobed", {})[vm.name] = virtio_queues.unprobed(running, allocated[key])
+        rows = virtio_queues.too_large(running, allocated[key])
+        if rows:
+            problems.append("%s: the new QEMU would refuse its device state: %s (a ring the VM's QEMU holds is larger "
+                            "than the new QEMU allocates for that queue; a QEMU of 11.1 or newer refuses such a state "
+                            "on load). Leave %s on its QEMU (name the other VMs), or give it a cold boot on the new "
+                            "QEMU when it can have one" % (vm.name, virtio_queues.describe(rows), vm.name))
+    return problems
+
+
 def _check(binary, names, conf_dir, run_out, keep=True, kept_dir=None):
     j = load_journal()
     if j.get("phase") not in IDLE_PHASES:
@@ -239,6 +266,8 @@ def _check(binary, names, conf_dir, run_out, keep=True, kept_dir=None):
     problems += hostupdate.space_problems(running)
     plan = [(vm, hostupdate._started_argv(vm)[0]) for vm in running]
     problems += [p for p in (_rollback_source(vm, argv[0], kept_dir)[4] for vm, argv in plan) if p]
+    if not problems:
+        problems += ring_problems(binary, plan, facts)
     if problems:
         raise QemuUpdateError("%s. Nothing was paused; every VM runs on its QEMU as before" % "; ".join(problems))
     # Before any pause: the QEMU each VM runs now, kept for its rollback (or the refusal to begin).

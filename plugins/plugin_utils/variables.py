@@ -107,6 +107,8 @@ guestmemfs_qemu_update_package | str | (none: nothing installed) | qemu_update |
 guestmemfs_qemu_update_release | str | (the host's default) | qemu_update | The release the package comes from
     (apt's `default_release`, e.g. `trixie-backports`).
 guestmemfs_qemu_update_parallel | int | 1 | qemu_update | How many VMs of a host move at a time.
+guestmemfs_qemu_update_vms | list | (every running VM) | qemu_update | Only these VMs move; the others stay on
+    their QEMU (e.g. a VM the new QEMU would refuse, which the check names before any pause).
 guestmemfs_qemu_update_memory_check | str | sampled | qemu_update | Each VM's memory check before it resumes
     on the new QEMU: `sampled` (extents plus a sampled content check: the memory never moved), `full` or
     `extents`.

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, cpr, hostupdate, journal, manifest, procs, qemu_update, vmdef)
+    agent, cpr, hostupdate, journal, manifest, procs, qemu_update, virtio_queues, vmdef)
 
 from counter_guest import read_counter
 from test_host_update import MiB, counting, host  # noqa: F401  pylint: disable=unused-import
@@ -45,7 +45,7 @@ for a in args:
         skip = drop[a]
     else:
         keep.append(a)
-os.execv("%(real)s", ["%(real)s"] + keep)
+os.execv("%(real)s", ["%(real)s"] + keep + %(add)r)
 """
 
 
@@ -54,13 +54,14 @@ def run_out(argv):
     return p.returncode, p.stdout, p.stderr
 
 
-def stand_in(tmp_path, name="qemu-system-x86_64", hide=(), drop=None):
+def stand_in(tmp_path, name="qemu-system-x86_64", hide=(), drop=None, add=()):
     """The path of a new-QEMU stand-in: ``hide`` machine types from its list, ``drop`` arguments
-    (name -> how many values follow) from the VM's argv."""
+    (name -> how many values follow) from the VM's argv, ``add`` arguments to every start."""
     d = tmp_path / ("new-" + str(len(list(tmp_path.glob("new-*")))))
     d.mkdir()
     path = d / name
-    path.write_text(STAND_IN % {"python": sys.executable, "real": REAL, "hide": list(hide), "drop": drop or {}})
+    path.write_text(STAND_IN % {"python": sys.executable, "real": REAL, "hide": list(hide), "drop": drop or {},
+                                  "add": list(add)})
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
 
@@ -116,6 +117,80 @@ def test_a_new_qemu_without_the_machine_type_is_refused_before_any_pause(qhost, 
     for vm in qhost.vms:
         assert not os.path.exists(vm.state_path) and counting(vm, before[vm.name])
     assert not os.path.exists(qhost.kept)
+
+
+# A NIC whose first ring holds 512 entries (rx_queue_size takes 256 to 1024).
+NIC = {"nics": [{"type": "user"}], "extra_args": ["-global", "virtio-net-pci.rx_queue_size=512"]}
+
+
+@pytest.mark.parametrize("host", [NIC], indirect=True)
+def test_a_vm_whose_rings_the_new_qemu_would_refuse_is_refused_before_any_pause(qhost, tmp_path):
+    """As Debian's 10.0.13 and 11.1.3 (docs/qemu-update.md): the running QEMU's first virtio-net ring
+    holds 512 entries, the new QEMU allocates 256 (here: the stand-in drops the VM's -global)."""
+    new = stand_in(tmp_path, drop={"-global": 1})
+    before = dict((vm.name, read_counter(vm.mem_path)) for vm in qhost.vms)
+    with pytest.raises(qemu_update.QemuUpdateError) as err:
+        qemu_update.update_qemu(qhost.qrun, run_out, new, conf_dir=qhost.conf, kept_dir=qhost.kept)
+    assert ("vm2: the new QEMU would refuse its device state: net0-dev (virtio-net): 1 ring larger than the new "
+            "QEMU allocates (queue 0: 512 > 256)"
+            in str(err.value)), str(err.value)
+    assert "Nothing was paused" in str(err.value) and "vm1" not in str(err.value)
+    assert qhost.calls == [] and qhost.execs == []
+    assert journal.load_journal().get("phase") is None
+    for vm in qhost.vms:
+        assert not os.path.exists(vm.state_path) and counting(vm, before[vm.name])
+    # The same rings on both sides: nothing to refuse.
+    assert sorted(qemu_update.check(run_out, stand_in(tmp_path), conf_dir=qhost.conf)["vms"]) == ["vm1", "vm2"]
+
+
+@pytest.mark.parametrize("host", [NIC], indirect=True)
+def test_rings_that_cannot_be_compared_refuse_the_vm_before_any_pause(qhost, tmp_path):
+    """A new QEMU whose scratch instance does not start (here: an option it lacks) cannot show that
+    it takes vm2's rings: vm2 would pause for a restore that may fail, so nothing pauses."""
+    new = stand_in(tmp_path, add=["-no-such-option"])
+    with pytest.raises(qemu_update.QemuUpdateError) as err:
+        qemu_update.update_qemu(qhost.qrun, run_out, new, conf_dir=qhost.conf, kept_dir=qhost.kept)
+    assert "vm2: cannot check that the new QEMU can load its virtio rings: the scratch %s did not start" % new \
+        in str(err.value), str(err.value)
+    assert "-no-such-option" in str(err.value) and "Nothing was paused" in str(err.value)
+    assert qhost.calls == [] and qhost.execs == []
+
+
+@pytest.mark.parametrize("host", [NIC], indirect=True)
+def test_the_rings_of_a_running_vm_and_of_a_scratch_qemu(qhost):
+    vm2 = qhost.vms[1]
+    argv = hostupdate._started_argv(vm2)[0]
+    running = virtio_queues.running_queues(vm2.qmp_path)
+    assert running == {"net0-dev": ("virtio-net", [512, 256, 64])}
+    assert virtio_queues.allocated_queues(REAL, "q35", argv) == running
+    assert virtio_queues.scratch_args(argv) == ["-smp", "1", "-device", "virtio-net-pci,id=net0-dev", "-global",
+                                                "virtio-net-pci.rx_queue_size=512"]
+    assert virtio_queues.scratch_args(["-device", "virtio-blk-pci,drive=disk0,id=disk0-dev,serial=s1", "-global",
+                                       "virtio-blk-pci.queue-size=512", "-device", "e1000,netdev=n0"]) == [
+        "-blockdev", "driver=null-co,node-name=probe-drive0", "-device",
+        "virtio-blk-pci,drive=probe-drive0,id=disk0-dev,serial=s1", "-global", "virtio-blk-pci.queue-size=512"]
+    assert virtio_queues.allocated_queues(REAL, "q35", ["-device", "virtio-blk-pci,drive=d0,queue-size=512"]) == {
+        "virtio-blk#0": ("virtio-blk", [512])}
+    assert virtio_queues.too_large(running, {"net0-dev": ("virtio-net", [256, 256])}) == [
+        ("net0-dev", "virtio-net", 0, 512, 256), ("net0-dev", "virtio-net", 2, 64, 0)]
+    # As many queues as the VM's vCPUs (virtio-blk's num-queues default), as in the fleet's 2-vCPU VM.
+    assert virtio_queues.allocated_queues(REAL, "q35", ["-smp", "2", "-device", "virtio-blk-pci,drive=d0"]) == {
+        "virtio-blk#0": ("virtio-blk", [256, 256])}
+    assert virtio_queues.describe(virtio_queues.too_large(
+        {"d": ("virtio-blk", [1024, 1024]), "n": ("virtio-net", [256, 256, 64])},
+        {"d": ("virtio-blk", [256, 256]), "n": ("virtio-net", [256, 256, 64])})) == (
+        "d (virtio-blk): 2 rings larger than the new QEMU allocates (queue 0: 1024 > 256)")
+    with pytest.raises(virtio_queues.QueueProbeError, match="did not start"):
+        virtio_queues.allocated_queues(REAL, "no-such-machine", argv)
+    # vm1 has no virtio device (x-query-virtio answers an error there): nothing to compare.
+    assert virtio_queues.running_queues(qhost.vms[0].qmp_path) == {}
+    # A device that needs a backend the scratch instance cannot have is not probed, nor compared.
+    fs = ["-device", "virtio-9p-pci,fsdev=fs0,mount_tag=t,id=fs0-dev", "-device", "virtio-net-pci,id=net0-dev"]
+    assert virtio_queues.scratch_args(fs) == ["-device", "virtio-net-pci,id=net0-dev"]
+    alloc = virtio_queues.allocated_queues(REAL, "q35", fs)
+    both = dict(running, **{"fs0-dev": ("virtio-9p", [128])})
+    assert virtio_queues.unprobed(both, alloc) == ["fs0-dev"]
+    assert virtio_queues.too_large(both, alloc) == [("net0-dev", "virtio-net", 0, 512, 256)]
 
 
 def test_a_named_vm_that_is_not_configured_is_refused(qhost, tmp_path):
