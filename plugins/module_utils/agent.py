@@ -20,6 +20,7 @@ __metaclass__ = type
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import stat
@@ -30,7 +31,7 @@ import termios
 import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    cpr, hostupdate, journal, manifest, memfd_holder, metrics, vmdef)
+    cpr, hostupdate, journal, manifest, memfd_holder, metrics, qemu_update, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
@@ -104,6 +105,50 @@ def _update(a):
         return 5
     sys.stdout.write("update %s: every VM saved, the kexec started\n" % r["update_id"])
     return 0
+
+
+def capture(popen, argv, timeout=60):
+    """``argv``'s (rc, stdout, stderr), as a module's run_command gives them; ``popen`` is
+    subprocess.Popen (handed in, as every runner the agent gives the host-side steps)."""
+    p = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise OSError("%s did not answer within %ds" % (" ".join(argv), timeout))
+    return p.returncode, out, err
+
+
+def _qemu_update(a):
+    run_out = functools.partial(capture, subprocess.Popen)
+    try:
+        if a.keep_only:
+            for name, path in sorted(qemu_update.keep_all(run_out, a.names or None, cpr.CONF_DIR).items()):
+                sys.stdout.write("%s: its running QEMU is kept as %s\n" % (name, path))
+            return 0
+        if not a.binary:
+            sys.stderr.write("agent qemu-update: --binary is required (or --keep-only)\n")
+            return 2
+        r = qemu_update.update_qemu(subprocess.call, run_out, a.binary, a.names or None, parallel=a.parallel, mode=a.mode,
+                                    update_id=a.update_id, conf_dir=cpr.CONF_DIR)
+    except hostupdate.UpdateError as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 5
+    for _name, text in sorted(r["vms"].items()):
+        sys.stdout.write(text + "\n")
+    sys.stdout.write("QEMU update %s: every VM resumed on %s\n" % (r["update_id"], a.binary))
+    return 0
+
+
+def positive(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError("a whole number of at least 1, not %r" % text)
+    return n
 
 
 # What an operator does next, by the step the journal alone gives (journal.next_step).
@@ -223,6 +268,18 @@ def parser():
                    help="the manifest's content check (default full)")
     s.add_argument("--update-id", help="the update's id (default: a new one)")
     s.set_defaults(func=_update)
+    s = sub.add_parser("qemu-update", help="replace the QEMU under every running VM (or NAME...) by --binary, "
+                       "without a kexec: save, start the new QEMU on the saved state, verify the memory, resume; "
+                       "a new QEMU that does not restore a VM gives it back to its old one (exit 5)")
+    s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
+    s.add_argument("--binary", help="the new QEMU, an absolute path")
+    s.add_argument("--keep-only", action="store_true", help="only keep a copy of the QEMU each VM runs (its "
+                   "executable, modules and firmware), before a package replaces it in place; pauses nothing")
+    s.add_argument("--parallel", type=positive, default=1, help="VMs updated at a time (default 1)")
+    s.add_argument("--mode", choices=sorted(manifest.MODES), default="sampled",
+                   help="the memory check (default sampled: the memory never moved)")
+    s.add_argument("--update-id", help="the update's id (default: a new one)")
+    s.set_defaults(func=_qemu_update)
     sub.add_parser("luo-hold", help="run the memfd holder (guestmemfs-luo.service)").set_defaults(
         func=lambda a: memfd_holder.hold())
     s = sub.add_parser("luo", help="ask the memfd holder (luo backend)")

@@ -259,21 +259,7 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
         manifest.save(m)
         events.emit("record", update_id, detail="manifest %s of %d VMs (%s)" % (manifest.MANIFEST_PATH, len(running), mode),
                     mode=mode, vms=len(running), record_s=m.get("record_s"))
-        lock = threading.Lock()
-
-        def durable(vm, r):
-            # Before this VM's QEMU quits: its memory is final, so hash it, and make the digests and
-            # its journal entry durable; a failure here resumes the VM (cpr.save).
-            part = manifest.add_content({"files": {vm.name: dict(m["files"][vm.name])}})
-            with lock:
-                m["files"][vm.name] = part["files"][vm.name]
-                m["content_s"] = max(m.get("content_s") or 0, part["content_s"])
-                manifest.save(m)
-                update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
-            # QEMU's own times of the pause and of the end of its migration
-            events.emit("pause", update_id, vm.name, ts=r.get("stop_ts"))
-            events.emit("save", update_id, vm.name, ts=r.get("saved_ts"), detail=vm.state_path,
-                        state_bytes=r.get("state_bytes"), content_s=part.get("content_s"))
+        durable = durable_save(m, update_id)
 
         def one(vm):
             try:
@@ -295,6 +281,26 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
     except Exception as exc:  # a full disk, a lost journal: whatever it is, roll back
         errors["the save"] = "%s: %s" % (type(exc).__name__, exc)
     _roll_back_save(run, running, results, errors, conf_dir, update_id)
+
+
+def durable_save(m, update_id):
+    """cpr.save's ``before_quit`` for the VMs of manifest ``m`` (recorded without content): before a
+    VM's QEMU quits its memory is final, so hash it, and make the digests and its journal entry
+    (saved) durable; a failure here resumes the VM (cpr.save)."""
+    lock = threading.Lock()
+
+    def durable(vm, r):
+        part = manifest.add_content({"files": {vm.name: dict(m["files"][vm.name])}})
+        with lock:
+            m["files"][vm.name] = part["files"][vm.name]
+            m["content_s"] = max(m.get("content_s") or 0, part["content_s"])
+            manifest.save(m)
+            update_journal(journal.set_vm(vm.name, state="saved", state_path=vm.state_path, **r))
+        # QEMU's own times of the pause and of the end of its migration
+        events.emit("pause", update_id, vm.name, ts=r.get("stop_ts"))
+        events.emit("save", update_id, vm.name, ts=r.get("saved_ts"), detail=vm.state_path,
+                    state_bytes=r.get("state_bytes"), content_s=part.get("content_s"))
+    return durable
 
 
 def _roll_back_save(run, running, results, errors, conf_dir, update_id):
@@ -485,7 +491,7 @@ def verify_pending(names=None, content=True):
     j = load_journal()
     m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
     boot = journal.boot_id()
-    if j.get("phase") == "saving" and j.get("from_boot_id") not in (None, boot):
+    if j.get("phase") in ("saving", journal.QEMU_UPDATE_PHASE) and j.get("from_boot_id") not in (None, boot):
         j = _finalise_interrupted_save(j, m)
     j = _finalise_interrupted_resumes(j)
     after_kexec = j.get("phase") in SAVED_PHASES + ("interrupted",) and j.get("from_boot_id") not in (None, boot)
@@ -620,12 +626,18 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
         vms = j.get("vms") or {}
         if not vms or j.get("phase") in IDLE_PHASES:
             return
+        if j.get("unfinished") and j.get("from_boot_id") == journal.boot_id() and hostinfo.pid_alive(j.get("saver_pid")):
+            return  # a QEMU update's process still decides these VMs' outcome (a rollback may follow)
         if any(not journal.vm_done(v.get("state")) and v.get("state") != "running" for v in vms.values()):
             return
         # A save the end of its boot cut short: its VMs are back, but no kernel was updated.
         interrupted = (j.get("interrupted_save") or {}).get("update_id") == j.get("update_id")
         if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
             phase = "held"
+        elif any(v.get("rolled_back") for v in vms.values()):
+            phase = "rolled_back"  # a QEMU update left a VM on its old QEMU
+        elif j.get("phase") == journal.QEMU_UPDATE_PHASE:
+            phase = "restored"
         else:
             phase = "restored" if j.get("from_boot_id") != journal.boot_id() and not interrupted else "rolled_back"
         if j.get("phase") == phase:
@@ -770,6 +782,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
 
 
 RESTORE_WAIT_POLL_S = 0.2
+# How long vm_restore waits for the QEMU its unit started to answer on QMP (it may die instead).
+RESTORE_CONNECT_WAIT_S = 60
 
 
 def _main_alive(name):
@@ -815,7 +829,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
                        msg="%s resuming" % name)
     try:
-        r = cpr.restore(vm, before_cont=resuming)
+        r = cpr.restore(vm, connect_wait=RESTORE_CONNECT_WAIT_S, before_cont=resuming)
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))

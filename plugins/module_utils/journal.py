@@ -33,6 +33,8 @@ JOURNAL = os.path.join(BASE, "journal.json")
 SAVED_PHASES = ("saved", "handover", "kexec")
 # Phases after which a host has no update in flight.
 IDLE_PHASES = (None, "preflight", "restored", "rolled_back")
+# A QEMU update (module_utils/qemu_update) in flight: VMs saved and restored one by one on one boot.
+QEMU_UPDATE_PHASE = "qemu-update"
 # Phases whose journal writes (one per VM saved) do not render the metrics file: phase changes do.
 QUIET_METRICS_PHASES = ("saving",)
 # VM states that are final for one update.
@@ -95,7 +97,7 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
         # The host's own update process (hostupdate.update_host) saves and kexecs by itself.
         return "wait", "the host's update process (pid %s) runs update %s (phase %s): it kexecs by itself" % (
             j.get("saver_pid"), j.get("update_id"), phase)
-    if phase == "saving":
+    if phase in ("saving", QEMU_UPDATE_PHASE):
         if same_boot and pid_alive(j.get("saver_pid")):
             return "wait_save", "a save of update %s is still running (pid %s)" % (
                 j.get("update_id"), j.get("saver_pid"))

@@ -27,7 +27,7 @@ FILE = "guestmemfs_liveupdate.prom"
 PREFIX = "guestmemfs_liveupdate_"
 # Every phase the journal knows (module_utils/journal), "none" before the first update.
 PHASES = ("none", "preflight", "saving", "saved", "handover", "kexec", "booted", "verified", "restored", "held",
-          "rolled_back", "interrupted")
+          "rolled_back", "interrupted", "qemu-update")
 # How an update ended (journal "totals"); each a label value of updates_total.
 ENDINGS = ("restored", "rolled_back", "held")
 

@@ -410,6 +410,12 @@ def launch(conf):
     return {"user": conf["qemu_user"], "nics": nics}
 
 
+def with_binary(argv, binary):
+    """The argv a VM runs with, started by the QEMU ``binary`` instead (a QEMU update, or its
+    rollback to the old binary): only the program differs, so the new QEMU builds the same machine."""
+    return [binary] + list(argv[1:])
+
+
 def incoming_argv(argv):
     return list(argv) + ["-incoming", "defer"]
 

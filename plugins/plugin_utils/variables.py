@@ -98,8 +98,24 @@ kernel_build_host | str | localhost | kernel | The host that builds the kernel (
 kernel_build_become | bool | false | kernel | Become root on the build host.
 kernel_build_controller_dir | path | ~/.cache/guestmemfs-liveupdate/kernel-packages | kernel | Where a remote
     build host's packages are fetched to on the controller.
+guestmemfs_qemu_update_binary | path | /usr/bin/qemu-system-x86_64 | qemu_update | The new QEMU every VM moves
+    onto (`docs/qemu-update.md`): QEMU 9.0 or newer offering each VM's machine type, else the host is refused
+    before any VM pauses.
+guestmemfs_qemu_update_package | str | (none: nothing installed) | qemu_update | Opt-in: the package (apt) that
+    brings the new QEMU, installed on each host right before its VMs move, after the QEMU they run was kept
+    for their rollback.
+guestmemfs_qemu_update_release | str | (the host's default) | qemu_update | The release the package comes from
+    (apt's `default_release`, e.g. `trixie-backports`).
+guestmemfs_qemu_update_parallel | int | 1 | qemu_update | How many VMs of a host move at a time.
+guestmemfs_qemu_update_vms | list | (every running VM) | qemu_update | Only these VMs move; the others stay on
+    their QEMU (e.g. a VM the new QEMU would refuse, which the check names before any pause).
+guestmemfs_qemu_update_memory_check | str | sampled | qemu_update | Each VM's memory check before it resumes
+    on the new QEMU: `sampled` (extents plus a sampled content check: the memory never moved), `full` or
+    `extents`.
+guestmemfs_qemu_update_timeout | int | 3600 | qemu_update | Seconds a host's QEMU update may take (its async
+    limit).
 guestmemfs_report_dir | path | $GUESTMEMFS_REPORT_DIR, else guestmemfs-report in the current directory | plan,
-    sizing, liveupdate, report | Where the reports are written; give it as an extra var (`-e`) or in
+    sizing, liveupdate, qemu_update, report | Where the reports are written; give it as an extra var (`-e`) or in
     `GUESTMEMFS_REPORT_DIR` (a relative path is taken from the directory `ansible-playbook` runs in).
 guestmemfs_run_id | str | (the plan's start time, UTC) | plan, liveupdate, sizing, report | Names the run in
     the reports' rows (`liveupdate.json`, `blackout.json`) and its report directory (`REPORT_DIR/RUN_ID/`,
@@ -164,6 +180,11 @@ guestmemfs_lu_guest_after | liveupdate | the in-guest gate after the resume
 guestmemfs_lu_host_gate | liveupdate | the controller's gates after the host's resume
 guestmemfs_lu_closed | liveupdate | why the rollout ended, on localhost
 guestmemfs_report_qemu | report | each host's QEMU version
+guestmemfs_qu_binary | qemu_update | the new QEMU of this run
+guestmemfs_qu_job | qemu_update | this host's detached qemu_update job
+guestmemfs_qu_result | qemu_update | this host's qemu_update result (per VM: outcome and journal record)
+guestmemfs_qu_why | qemu_update | why this host's QEMU update stopped
+guestmemfs_qu_why_task | qemu_update | the task where it stopped
 """
 
 # Refused with a message saying what replaced them: name | its replacement | how.

@@ -71,9 +71,11 @@ class Exec(BaseException):
 
 
 @pytest.fixture
-def host(tmp_path, monkeypatch):
+def host(tmp_path, monkeypatch, request):
     """Two VMs running the counting guest in real QEMUs (TCG), on memory files under tmp_path; the
-    journal, manifest, state files, recorded argvs and the kernel's kexec_loaded in tmp_path too."""
+    journal, manifest, state files, recorded argvs and the kernel's kexec_loaded in tmp_path too.
+    Parametrised indirectly, its value is added to vm2's definition (e.g. a NIC)."""
+    vm2_extra = getattr(request, "param", None) or {}
     if qemu_major() < 9:
         monkeypatch.setattr(cpr, "QMP", Older)
     monkeypatch.setattr(journal, "JOURNAL", str(tmp_path / "journal.json"))
@@ -126,6 +128,7 @@ def host(tmp_path, monkeypatch):
         c = {"name": name, "memory_bytes": 64 * MiB, "mem_path": str(mem), "machine": "q35", "accel": "tcg",
              "kernel": str(kernel), "serial_log": str(tmp_path / (name + ".log")),
              "qmp": str(tmp_path / (name + ".qmp")), "state": str(tmp_path / "state" / (name + ".state"))}
+        c.update(vm2_extra if name == "vm2" else {})
         (conf / (name + ".json")).write_text(json.dumps(c))
         assert unit(name) == 0  # a cold start, as the unit does it
     vms = [cpr.VM.load(n, str(conf)) for n in names]

@@ -24,7 +24,7 @@ from standin_action import DEFAULTS  # noqa: E402
 from ansible_collections.guestmemfs.liveupdate.plugins.lookup.report_dir import report_dir  # noqa: E402
 
 STANDINS = ("update_step", "vm_preservability", "kexec", "kho_handover", "vm_cpr", "vm_memory", "guestmemfs_facts",
-            "guest_health")
+            "guest_health", "qemu_update")
 UNAME = os.uname().release
 # The kernel options the pmem backend needs (its required_kernel_options).
 OPTIONS = ("CONFIG_KEXEC_FILE", "CONFIG_X86_PMEM_LEGACY", "CONFIG_BLK_DEV_PMEM", "CONFIG_FS_DAX")
