@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -216,7 +217,7 @@ def ring_problems(binary, plan, facts):
                 continue
             key = (vm.conf["machine"], tuple(virtio_queues.scratch_args(argv)))
             if key not in allocated:
-                allocated[key] = virtio_queues.allocated_queues(binary, vm.conf["machine"], argv)
+                allocated[key] = virtio_queues.allocated_queues(subprocess.Popen, binary, vm.conf["machine"], argv)
         except virtio_queues.QueueProbeError as exc:
             problems.append("%s: cannot check that the new QEMU can load its virtio rings: %s" % (vm.name, exc))
             continue

@@ -133,9 +133,10 @@ def scratch_args(argv):
     return out
 
 
-def allocated_queues(binary, machine, argv, timeout=QUERY_TIMEOUT, popen=subprocess.Popen):
+def allocated_queues(popen, binary, machine, argv, timeout=QUERY_TIMEOUT):
     """What ``binary`` allocates (vring-num-default) for the virtio devices of ``argv`` on
-    ``machine``, from a paused scratch instance (TCG, no RAM of the VM, no disk, no network)."""
+    ``machine``, from a paused scratch instance (TCG, no RAM of the VM, no disk, no network);
+    ``popen`` is subprocess.Popen (handed in: the instance runs while its monitor is asked)."""
     devices = scratch_args(argv)
     if "-device" not in devices:
         return {}

@@ -61,7 +61,7 @@ def stand_in(tmp_path, name="qemu-system-x86_64", hide=(), drop=None, add=()):
     d.mkdir()
     path = d / name
     path.write_text(STAND_IN % {"python": sys.executable, "real": REAL, "hide": list(hide), "drop": drop or {},
-                                  "add": list(add)})
+                                "add": list(add)})
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
 
@@ -162,32 +162,32 @@ def test_the_rings_of_a_running_vm_and_of_a_scratch_qemu(qhost):
     argv = hostupdate._started_argv(vm2)[0]
     running = virtio_queues.running_queues(vm2.qmp_path)
     assert running == {"net0-dev": ("virtio-net", [512, 256, 64])}
-    assert virtio_queues.allocated_queues(REAL, "q35", argv) == running
+    assert virtio_queues.allocated_queues(subprocess.Popen, REAL, "q35", argv) == running
     assert virtio_queues.scratch_args(argv) == ["-smp", "1", "-device", "virtio-net-pci,id=net0-dev", "-global",
                                                 "virtio-net-pci.rx_queue_size=512"]
     assert virtio_queues.scratch_args(["-device", "virtio-blk-pci,drive=disk0,id=disk0-dev,serial=s1", "-global",
                                        "virtio-blk-pci.queue-size=512", "-device", "e1000,netdev=n0"]) == [
         "-blockdev", "driver=null-co,node-name=probe-drive0", "-device",
         "virtio-blk-pci,drive=probe-drive0,id=disk0-dev,serial=s1", "-global", "virtio-blk-pci.queue-size=512"]
-    assert virtio_queues.allocated_queues(REAL, "q35", ["-device", "virtio-blk-pci,drive=d0,queue-size=512"]) == {
+    assert virtio_queues.allocated_queues(subprocess.Popen, REAL, "q35", ["-device", "virtio-blk-pci,drive=d0,queue-size=512"]) == {
         "virtio-blk#0": ("virtio-blk", [512])}
     assert virtio_queues.too_large(running, {"net0-dev": ("virtio-net", [256, 256])}) == [
         ("net0-dev", "virtio-net", 0, 512, 256), ("net0-dev", "virtio-net", 2, 64, 0)]
     # As many queues as the VM's vCPUs (virtio-blk's num-queues default), as in the fleet's 2-vCPU VM.
-    assert virtio_queues.allocated_queues(REAL, "q35", ["-smp", "2", "-device", "virtio-blk-pci,drive=d0"]) == {
+    assert virtio_queues.allocated_queues(subprocess.Popen, REAL, "q35", ["-smp", "2", "-device", "virtio-blk-pci,drive=d0"]) == {
         "virtio-blk#0": ("virtio-blk", [256, 256])}
     assert virtio_queues.describe(virtio_queues.too_large(
         {"d": ("virtio-blk", [1024, 1024]), "n": ("virtio-net", [256, 256, 64])},
         {"d": ("virtio-blk", [256, 256]), "n": ("virtio-net", [256, 256, 64])})) == (
         "d (virtio-blk): 2 rings larger than the new QEMU allocates (queue 0: 1024 > 256)")
     with pytest.raises(virtio_queues.QueueProbeError, match="did not start"):
-        virtio_queues.allocated_queues(REAL, "no-such-machine", argv)
+        virtio_queues.allocated_queues(subprocess.Popen, REAL, "no-such-machine", argv)
     # vm1 has no virtio device (x-query-virtio answers an error there): nothing to compare.
     assert virtio_queues.running_queues(qhost.vms[0].qmp_path) == {}
     # A device that needs a backend the scratch instance cannot have is not probed, nor compared.
     fs = ["-device", "virtio-9p-pci,fsdev=fs0,mount_tag=t,id=fs0-dev", "-device", "virtio-net-pci,id=net0-dev"]
     assert virtio_queues.scratch_args(fs) == ["-device", "virtio-net-pci,id=net0-dev"]
-    alloc = virtio_queues.allocated_queues(REAL, "q35", fs)
+    alloc = virtio_queues.allocated_queues(subprocess.Popen, REAL, "q35", fs)
     both = dict(running, **{"fs0-dev": ("virtio-9p", [128])})
     assert virtio_queues.unprobed(both, alloc) == ["fs0-dev"]
     assert virtio_queues.too_large(both, alloc) == [("net0-dev", "virtio-net", 0, 512, 256)]
