@@ -24,7 +24,7 @@ MEM_DIR = "/mnt/vmmem"
 RAM_4G_6G = [(0x100000000, 0x17FFFFFFF)]
 SPEC_KEYS = {"name", "has_filesystem", "carves_out", "fstype", "requires_mount", "units", "vm_unit_wants",
              "verify_unit_wants", "memory_from_service", "prepares_handover", "handover_region_arg",
-             "build_extra_options", "required_kernel_options"}
+             "build_extra_options", "required_kernel_options", "vm_mem_path"}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -62,6 +62,9 @@ def test_registered_under_its_name_with_its_data(backend):
     spec = backend.spec()
     assert set(spec) == SPEC_KEYS and spec["name"] == backend.name
     assert spec["requires_mount"] == backend.has_filesystem
+    # The template, filled in, is where the backend puts a VM's RAM.
+    filled = spec["vm_mem_path"].replace("{mem_dir}", "/srv/mem").replace("{name}", "vm7")
+    assert filled == backend.vm_mem_path("vm7", "/srv/mem")
     for unit in spec["units"] + spec["vm_unit_wants"] + spec["verify_unit_wants"]:
         assert os.path.exists(os.path.join(ROOT, "roles", "qemu_vm", "templates", unit + ".j2")), unit
     assert set(spec["vm_unit_wants"]) | set(spec["verify_unit_wants"]) <= set(spec["units"])

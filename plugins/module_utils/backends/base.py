@@ -109,6 +109,8 @@ class Backend(abc.ABC):
                 "vm_unit_wants": list(self.vm_unit_wants), "verify_unit_wants": list(self.verify_unit_wants),
                 "memory_from_service": self.memory_from_service, "prepares_handover": self.prepares_handover,
                 "handover_region_arg": self.handover_region_arg,
+                # Each VM's RAM, with {name} and {mem_dir} to fill in (tests and playbooks that read it).
+                "vm_mem_path": self.vm_mem_path("{name}", "{mem_dir}"),
                 "build_extra_options": list(self.build_extra_options),
                 "required_kernel_options": [list(alts) for alts in self.required_kernel_options]}
 
