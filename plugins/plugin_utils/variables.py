@@ -96,6 +96,8 @@ guestmemfs_shutdown_timeout | int | 300 | liveupdate | Seconds to wait for a VM 
 kernel_build_host | str | localhost | kernel | The host that builds the kernel (the role kernel_build runs
     there).
 kernel_build_become | bool | false | kernel | Become root on the build host.
+kernel_build_only | bool | false | kernel | Build the kernel and install it nowhere: no inventory of
+    hypervisors is needed (`scripts/kernel-build` without `-i`).
 kernel_build_controller_dir | path | ~/.cache/guestmemfs-liveupdate/kernel-packages | kernel | Where a remote
     build host's packages are fetched to on the controller.
 guestmemfs_qemu_update_binary | path | /usr/bin/qemu-system-x86_64 | qemu_update | The new QEMU every VM moves

@@ -425,3 +425,16 @@ def play_argv(tmp_path, argv):
                          timeout=300, check=False)
     made = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     return out, made
+
+
+@pytest.mark.parametrize("group", ["hypervisors", "kvm_hosts"])
+def test_a_build_only_kernel_run_needs_no_hypervisors_and_installs_nowhere(tmp_path, group):
+    # scripts/kernel-build (and so scripts/guest-kernel and scripts/demo on a fresh machine) builds
+    # on the controller without an inventory of hypervisors.
+    missing = tmp_path / "no-such-source.tar.xz"
+    out, calls = play(tmp_path, hosts_inventory(group=group), "kernel.yml", "-e", "kernel_build_only=true",
+                      "-e", "kernel_build_tarball=%s" % missing, "-e", "kernel_build_dir=%s" % (tmp_path / "kb"))
+    assert "No host of the inventory" not in out.stdout
+    # It went on to the build itself, which names its missing source; no hypervisor was touched.
+    assert str(missing) in out.stdout, out.stdout + out.stderr
+    assert not calls
