@@ -29,6 +29,8 @@ import socket
 import stat
 import struct
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qemuopts import split_opts
+
 # The user a confined QEMU runs as when the role names none; ROOT turns confinement off (unsafe).
 DEFAULT_USER = "guestmemfs-qemu"
 ROOT = "root"
@@ -113,27 +115,21 @@ def unreachable(path, uid, gid):
     return None
 
 
-def _split(value):
-    # local: preservability imports the backends, which import cpr, which imports this module
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.preservability import split_opts
-    return split_opts(value)
-
-
 def qemu_paths(argv):
     """What QEMU opens by path itself, from its argv: [(path, kind)], kind one of memory, disk,
     disk-ro, log, read."""
     out = []
     for opt, value in zip(argv, argv[1:]):
         if opt == "-object":
-            kind, opts = _split(value)
+            kind, opts = split_opts(value)
             if kind == "memory-backend-file" and opts.get("mem-path") and opts["mem-path"] != MEM_FD_PATH:
                 out.append((opts["mem-path"], "memory"))
         elif opt == "-drive":
-            _k, opts = _split(value)
+            _k, opts = split_opts(value)
             if (opts.get("file") or "").startswith("/"):  # not nbd:, json: and the like
                 out.append((opts["file"], "disk-ro" if opts.get("readonly") == "on" else "disk"))
         elif opt == "-chardev":
-            kind, opts = _split(value)
+            kind, opts = split_opts(value)
             if kind == "file" and (opts.get("path") or "").startswith("/"):
                 out.append((opts["path"], "log"))
         elif opt in ("-kernel", "-initrd", "-bios"):

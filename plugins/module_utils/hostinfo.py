@@ -198,3 +198,14 @@ def _argv_value(argv, option):
         if a == option:
             return argv[i + 1]
     return None
+
+
+def parse_meminfo(text):
+    """/proc/meminfo or a node's meminfo -> {key: bytes}."""
+    out = {}
+    for line in (text or "").splitlines():
+        m = re.match(r"^(?:Node \d+ )?([A-Za-z0-9_()]+):\s+(\d+)(?:\s+kB)?$", line.strip())
+        if m:
+            val = int(m.group(2))
+            out[m.group(1)] = val * 1024 if line.rstrip().endswith("kB") else val
+    return out

@@ -160,7 +160,7 @@ def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120
         saved = _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=True)
         try:
             # Each QEMU was told to quit after its save: the guard refuses while one still maps memory.
-            _wait_unmapped([cpr.VM.load(n, conf_dir) for n in sorted(saved["vms"])], QUIT_WAIT_S)
+            wait_unmapped([cpr.VM.load(n, conf_dir) for n in sorted(saved["vms"])], QUIT_WAIT_S)
             err = _kexec_now(run, conf_dir)
         except Exception as exc:  # the kexec did not happen, whatever stopped it
             err = "%s: %s" % (type(exc).__name__, exc)
@@ -187,7 +187,7 @@ def libvirt_refusals():
     return [p["detail"] for p in pres.libvirt_problems(hostinfo.libvirt_domains(ROOT))]
 
 
-def _wait_unmapped(vms, timeout, poll=0.05):
+def wait_unmapped(vms, timeout, poll=0.05):
     deadline = time.monotonic() + timeout
     while any(users(vm.mem_path, mapped_only=True) for vm in vms) and time.monotonic() < deadline:
         time.sleep(poll)
@@ -228,10 +228,10 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
                           "re-run" % "; ".join(short))
     # Each VM restores with exactly the argv it runs with now (recorded when it started), never one
     # rebuilt from a definition changed since.
-    argvs = dict((vm.name, _started_argv(vm)) for vm in running)
+    argvs = dict((vm.name, started_argv(vm)) for vm in running)
     for vm in running:
-        vm.launch = _started_launch(vm)
-    unreachable = [problem for problem in (_state_problem(vm) for vm in running) if problem]
+        vm.launch = started_launch(vm)
+    unreachable = [problem for problem in (state_problem(vm) for vm in running) if problem]
     if unreachable:
         raise UpdateError("%s. Nothing was paused" % "; ".join(unreachable))
     tokens = {}
@@ -370,7 +370,7 @@ def shutdown_for_update(names, run, conf_dir=cpr.CONF_DIR, timeout=300, poll=1.0
     return out
 
 
-def _started_argv(vm):
+def started_argv(vm):
     """(argv, source): the argv ``vm`` was started with as recorded at its start, or, for a VM started
     before argvs were recorded, the one its configuration gives now."""
     argv = vmdef.load_argv(vm.name, ARGV_DIR)
@@ -380,7 +380,7 @@ def _started_argv(vm):
     return vmdef.build_argv(dict(vm.conf, qemu_user=None), cpr.RUN_DIR), "configuration (no argv recorded at start)"
 
 
-def _started_launch(vm):
+def started_launch(vm):
     """How ``vm``'s QEMU was launched (vmdef.launch), as recorded at its start; None: as root (an
     argv recorded before confinement, or the opt-out)."""
     try:
@@ -390,7 +390,7 @@ def _started_launch(vm):
     return (rec or {}).get("launch")
 
 
-def _state_problem(vm):
+def state_problem(vm):
     """Why a confined QEMU could not write its state file (before anything pauses), or None."""
     if not confine.confined(vm.launch):
         return None
@@ -767,7 +767,7 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         if rec.get("argv"):
             base, launch = rec["argv"], rec.get("launch")
         else:
-            base, launch = _started_argv(vm)[0], _started_launch(vm)
+            base, launch = started_argv(vm)[0], started_launch(vm)
         record_argv(name, base, launch)
         return _exec(vm, vmdef.incoming_argv(base), launch)
     if rec.get("state") == "held":

@@ -24,7 +24,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, metrics
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, hostinfo, metrics
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import locked, read_json, write_json
 
 BASE = "/var/lib/guestmemfs-liveupdate"
@@ -229,7 +229,6 @@ def at_stake(j=None, state_dir=None):
     the manifest) would destroy on this host: an update in flight, each VM the journal has not
     finished with (saving, saved, restoring, held, restore_failed), each saved state file. [] when
     nothing is at stake. Those steps refuse otherwise: recover or discard each VM first."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr  # cpr stays journal-free
     j = load_journal() if j is None else j
     out = []
     if j.get("phase") not in IDLE_PHASES + ("held",):

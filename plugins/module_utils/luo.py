@@ -18,6 +18,8 @@ import os
 import struct
 import time
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
+
 DEVICE = "/dev/liveupdate"
 IOCTL_TYPE = 0xBA
 SESSION_NAME_LENGTH = 64  # including the terminating NUL
@@ -276,7 +278,6 @@ def load_next_kernel(kernel, initrd, cmdline, root="/"):
     the new kernel inside a pmem region and always loses a KHO handover), then proof from the kernel
     that an image is loaded. Returns the seconds the load took; LuoError says why it failed (nothing
     is paused: the load comes before any VM pauses)."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo  # luo stays import-light
     t0 = time.monotonic()
     kexec_file_load(kernel, initrd, cmdline)
     took = time.monotonic() - t0

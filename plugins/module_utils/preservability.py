@@ -22,8 +22,10 @@ __metaclass__ = type
 import os
 import posixpath
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, hostinfo, procs
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import preserves_through_luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import parse_meminfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qemuopts import split_opts  # noqa: F401 (public here too)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
 # What the save sets before it migrates (cpr.CAPABILITIES / cpr._prepare_migration). QEMU keeps one
@@ -65,34 +67,6 @@ def _dedup(problems):
 
 
 # -- argv -----------------------------------------------------------------------------------------
-
-def split_opts(text):
-    """QEMU's ``a,b=c,d=e`` option string -> (first bare word or None, {key: value}). A doubled
-    comma is a literal comma (QEMU's escaping)."""
-    parts, cur, i = [], "", 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                cur += ","
-                i += 2
-                continue
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += text[i]
-        i += 1
-    parts.append(cur)
-    first, opts = None, {}
-    for n, part in enumerate(parts):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            opts[k] = v
-        elif n == 0:
-            first = part
-        elif part:
-            opts[part] = "on"
-    return first, opts
-
 
 def _on(value):
     return str(value).lower() in ("on", "yes", "true", "1", "y")
@@ -648,8 +622,6 @@ def libvirt_problems(domains):
 def host_facts(backend, proc="/proc", device="/dev/liveupdate", users=None, root="/"):
     """What ``host_problems`` decides on, read from ``proc``, ``device`` and (libvirt's domains)
     ``root``."""
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.facts import parse_meminfo
-    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, procs
     users = users or procs.users
     facts = {"backend": backend, "meminfo": parse_meminfo(_read_text(os.path.join(proc, "meminfo"))),
              "libvirt": hostinfo.libvirt_domains(root)}

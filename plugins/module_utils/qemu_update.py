@@ -201,7 +201,7 @@ def keep_all(run_out, names=None, conf_dir=cpr.CONF_DIR, kept_dir=None):
     for name in names or cpr.vm_names(conf_dir):
         vm = cpr.VM.load(name, conf_dir)
         if cpr.status(vm) == "running":
-            out[name] = keep_qemu(vm, hostupdate._started_argv(vm)[0][0], run_out, kept_dir)
+            out[name] = keep_qemu(vm, hostupdate.started_argv(vm)[0][0], run_out, kept_dir)
     return out
 
 
@@ -262,10 +262,10 @@ def _check(binary, names, conf_dir, run_out, keep=True, kept_dir=None):
         if os.path.exists(vm.state_path):
             problems.append("%s: a state file already exists (%s): an earlier save was not restored" % (
                 vm.name, vm.state_path))
-        vm.launch = hostupdate._started_launch(vm)
-        problems += [p for p in (hostupdate._state_problem(vm),) if p]
+        vm.launch = hostupdate.started_launch(vm)
+        problems += [p for p in (hostupdate.state_problem(vm),) if p]
     problems += hostupdate.space_problems(running)
-    plan = [(vm, hostupdate._started_argv(vm)[0]) for vm in running]
+    plan = [(vm, hostupdate.started_argv(vm)[0]) for vm in running]
     problems += [p for p in (_rollback_source(vm, argv[0], kept_dir)[4] for vm, argv in plan) if p]
     if not problems:
         problems += ring_problems(binary, plan, facts)
@@ -339,7 +339,7 @@ def _update(run, binary, plan, parallel, mode, conf_dir, timeout, update_id, kep
 def _start(run, vm):
     """The VM's unit, started again on its state (vm_run verifies and starts the journaled argv with
     -incoming defer, vm_restore loads the state and resumes) -> the VM's journal record after it."""
-    hostupdate._wait_unmapped([vm], hostupdate.QUIT_WAIT_S)
+    hostupdate.wait_unmapped([vm], hostupdate.QUIT_WAIT_S)
     run(["systemctl", "stop", UNIT % vm.name])  # the old QEMU's unit, inactive once its QEMU quit
     rc = run(["systemctl", "start", UNIT % vm.name])
     rec = load_journal().get("vms", {}).get(vm.name, {})

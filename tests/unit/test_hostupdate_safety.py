@@ -107,7 +107,7 @@ def host(tmp_path, monkeypatch):
     boot = {"id": BOOT_A}
     monkeypatch.setattr(journal, "boot_id", lambda: boot["id"])
     monkeypatch.setattr(manifest.hostinfo, "boot_id", lambda: boot["id"])
-    monkeypatch.setattr(hostupdate, "_started_argv", lambda vm: (["qemu-system-x86_64", "-name", vm.name], "recorded"))
+    monkeypatch.setattr(hostupdate, "started_argv", lambda vm: (["qemu-system-x86_64", "-name", vm.name], "recorded"))
     monkeypatch.setattr(hostupdate, "ARGV_DIR", str(tmp_path / "argv"))
     monkeypatch.setattr(cpr, "QMP", FakeQMP)
     # No libvirt domain here, and this machine's /proc and /run unread (test_preservability_libvirt.py).

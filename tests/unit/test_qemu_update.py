@@ -85,7 +85,7 @@ def qhost(host, monkeypatch):
             host.calls.append(argv)
             for pid, _c, _f in procs.users(vm.mem_path, mapped_only=True):
                 os.kill(pid, signal.SIGKILL)
-            hostupdate._wait_unmapped([vm], 10)
+            hostupdate.wait_unmapped([vm], 10)
             return 0
         return host.run(argv)
     host.qrun, host.execs, host.kept = run, execs, str(host.dir / "kept")
@@ -159,7 +159,7 @@ def test_rings_that_cannot_be_compared_refuse_the_vm_before_any_pause(qhost, tmp
 @pytest.mark.parametrize("host", [NIC], indirect=True)
 def test_the_rings_of_a_running_vm_and_of_a_scratch_qemu(qhost):
     vm2 = qhost.vms[1]
-    argv = hostupdate._started_argv(vm2)[0]
+    argv = hostupdate.started_argv(vm2)[0]
     running = virtio_queues.running_queues(vm2.qmp_path)
     assert running == {"net0-dev": ("virtio-net", [512, 256, 64])}
     assert virtio_queues.allocated_queues(subprocess.Popen, REAL, "q35", argv) == running

@@ -190,7 +190,7 @@ def test_cold_start_records_its_argv_and_restore_uses_it_not_a_changed_definitio
     (host["dir"] / "conf" / "web1.json").write_text(json.dumps(changed))
     # ... the save journals the argv the VM runs with ...
     vm = hostupdate.cpr.VM.load("web1", host["conf"])
-    assert hostupdate._started_argv(vm) == (started, "recorded")
+    assert hostupdate.started_argv(vm) == (started, "recorded")
     open(host["c"]["state"], "w").close()
     rec = {"state": "restoring", "argv": started, "verified_boot_id": "boot-a"}  # verified on this boot
     hostupdate.update_journal(lambda j: j.update({"vms": {"web1": rec}}))

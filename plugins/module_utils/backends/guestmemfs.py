@@ -17,7 +17,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostinfo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, kho
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import Backend, BackendError
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.units import GiB, MiB, format_size, parse_size
 
@@ -76,7 +76,7 @@ class GuestmemfsBackend(Backend):
     build_extra_options = ()  # the RFC kernel has none of the LUO extras
 
     def mount_refusal(self, root="/"):
-        return facts.guestmemfs_region_refusal(root)
+        return kho.guestmemfs_region_refusal(root)
 
     def unmount_refusal(self, mount):
         if mount.get("fstype") != self.fstype:
@@ -92,7 +92,7 @@ class GuestmemfsBackend(Backend):
             # directory the next kernel inherits.
             return ("the KHO handover is active (/sys/kernel/kho/active is 1): no guestmemfs file may be created or "
                     "resized until it ends (the kexec, or kho_handover state=inactive after unloading the kernel)")
-        return facts.guestmemfs_region_refusal(root) if mounted else None
+        return kho.guestmemfs_region_refusal(root) if mounted else None
 
     def load_problems(self, host_facts):
         if host_facts["kho"]["interface"] != "rfc":
@@ -133,7 +133,7 @@ class GuestmemfsBackend(Backend):
     def start_refusal(self, vm, root="/"):
         if not self.on_mount([vm], root):
             return None
-        refusal = facts.guestmemfs_region_refusal(root)
+        refusal = kho.guestmemfs_region_refusal(root)
         if refusal:
             return 6, "%s NOT started: %s. Its memory file %s and any saved state are kept." % (
                 vm.name, refusal, vm.mem_path)
