@@ -21,8 +21,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cmdline impo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import (
     CMDLINE, MOUNTS, find_mount, parse_meminfo, parse_mounts, read_file)
 # What KHO and the guestmemfs region are on this boot (also read by the guestmemfs backend)
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kho import (  # noqa: F401 (public through facts too)
-    guestmemfs_region, guestmemfs_region_refusal, handover_summary, iomem_ram_bytes, kernel_log, kho_state)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.kho import guestmemfs_region, kho_state
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import qemu_processes
 
 # Kernel options that decide which backends and handovers a kernel can do. KEXEC_KHO is the name

@@ -25,7 +25,7 @@ import posixpath
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, hostinfo, procs
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import preserves_through_luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.hostinfo import parse_meminfo
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qemuopts import split_opts  # noqa: F401 (public here too)
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qemuopts import split_opts
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMPError
 
 # What the save sets before it migrates (cpr.CAPABILITIES / cpr._prepare_migration). QEMU keeps one

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, fdt
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, fdt, kho
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec, kho_handover
 from conftest import FIXTURES, run_main
@@ -185,8 +185,8 @@ def test_recorded_cold_boot_has_its_region_reserved():
     # MemTotal 3385660 kB against 4095.6 MiB of System RAM in /proc/iomem: the 640 MiB are missing.
     f = facts.gather(FLEET, mount_point="/mnt/vmmem")
     assert f["guestmemfs_region"]["state"] == "reserved" and f["guestmemfs_region"]["bytes"] == 640 * 2**20
-    assert facts.iomem_ram_bytes(FLEET) == 0x9EC00 + 0x7FEDC000 + 0x80000000
-    assert facts.guestmemfs_region_refusal(FLEET) is None
+    assert kho.iomem_ram_bytes(FLEET) == 0x9EC00 + 0x7FEDC000 + 0x80000000
+    assert kho.guestmemfs_region_refusal(FLEET) is None
 
 
 def test_region_missing_when_memtotal_still_counts_it(tmp_path):
@@ -194,7 +194,7 @@ def test_region_missing_when_memtotal_still_counts_it(tmp_path):
     root = fleet_tree(tmp_path, memtotal_kb=3900000)
     region = facts.gather(str(root))["guestmemfs_region"]
     assert region["state"] == "missing" and "was not reserved" in region["evidence"]
-    assert "from address 0" in facts.guestmemfs_region_refusal(str(root))
+    assert "from address 0" in kho.guestmemfs_region_refusal(str(root))
 
 
 def test_region_missing_when_the_kernel_log_says_so(tmp_path):
@@ -210,13 +210,13 @@ def test_region_handed_over_after_a_kho_kexec(tmp_path):
     region = facts.gather(str(root))["guestmemfs_region"]
     assert region == {"state": "handed_over", "bytes": REGION["bytes"],
                       "evidence": "the KHO handover (/sys/firmware/kho/dt) carries the region"}
-    assert facts.guestmemfs_region_refusal(str(root)) is None
+    assert kho.guestmemfs_region_refusal(str(root)) is None
 
 
 def test_no_region_without_guestmemfs_or_handover(tmp_path):
     root = fleet_tree(tmp_path, cmdline="console=ttyS0,115200 root=/dev/vda1")
     assert facts.gather(str(root))["guestmemfs_region"]["state"] == "none"
-    assert facts.guestmemfs_region_refusal(str(root)).startswith("guestmemfs has no region of its own on this boot (none")
+    assert kho.guestmemfs_region_refusal(str(root)).startswith("guestmemfs has no region of its own on this boot (none")
 
 
 def test_memory_backend_refuses_to_mount_without_a_region(tmp_path, capsys):
@@ -236,14 +236,14 @@ def test_recorded_host_after_its_live_update():
     f = facts.gather(root, mount_point="/mnt/vmmem")
     assert f["kernel_release"] == "6.12.117-gmfs2"
     assert not [a for a in f["cmdline"]["args"] if a.startswith(("guestmemfs=", "kho_scratch="))]
-    kho = f["kho"]
-    assert kho["interface"] == "rfc" and kho["active"] is False and kho["incoming"] is True
-    assert kho["scratch_len"] == "0x10000000"  # inherited: the next update can activate again
-    assert kho["incoming_handover"]["bytes"] == 442 and kho["incoming_handover"]["guestmemfs"] == {
+    handover = f["kho"]
+    assert handover["interface"] == "rfc" and handover["active"] is False and handover["incoming"] is True
+    assert handover["scratch_len"] == "0x10000000"  # inherited: the next update can activate again
+    assert handover["incoming_handover"]["bytes"] == 442 and handover["incoming_handover"]["guestmemfs"] == {
         "regions": [{"base": 0x153600000, "bytes": 640 * 2**20, "flags": 1}], "num_inodes": 2}
     assert f["guestmemfs_region"]["state"] == "handed_over" and f["guestmemfs_region"]["bytes"] == 640 * 2**20
-    assert facts.guestmemfs_region_refusal(root) is None
-    log = facts.kernel_log(root)
+    assert kho.guestmemfs_region_refusal(root) is None
+    log = kho.kernel_log(root)
     assert "Reclaimed [153600000 + 28000000] via KHO" in log and "Restored super block from KHO" in log
     assert f["backend_mount"]["mounted"] and f["backend_mount"]["fstype"] == "guestmemfs"
 
