@@ -16,9 +16,6 @@ import errno
 import fcntl
 import os
 import struct
-import time
-
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo
 
 DEVICE = "/dev/liveupdate"
 IOCTL_TYPE = 0xBA
@@ -270,20 +267,6 @@ def kexec_file_load(kernel, initrd=None, cmdline=""):
         os.close(kfd)
         if ifd >= 0:
             os.close(ifd)
-
-
-def load_next_kernel(kernel, initrd, cmdline, root="/"):
-    """The one load of the next kernel for every backend: kexec_file_load(2) from this process, never
-    a ``kexec`` binary (a kexec-tools that falls back to the legacy kexec_load, or a wrapper, can put
-    the new kernel inside a pmem region and always loses a KHO handover), then proof from the kernel
-    that an image is loaded. Returns the seconds the load took; LuoError says why it failed (nothing
-    is paused: the load comes before any VM pauses)."""
-    t0 = time.monotonic()
-    kexec_file_load(kernel, initrd, cmdline)
-    took = time.monotonic() - t0
-    if hostinfo.kexec_loaded(root) is not True:
-        raise LuoError("kexec_file_load", errno.EIO, "it returned 0 but %s does not read 1" % hostinfo.KEXEC_LOADED)
-    return took
 
 
 def kexec_unload():

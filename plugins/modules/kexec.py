@@ -142,7 +142,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, journal, luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import facts, hostupdate, journal, kexec_load, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
 
 
@@ -156,7 +156,7 @@ def next_cmdline(backend, running_args, append):
 def load_command(kexec, kernel, initrd, cmdline):
     """The load as kexec-tools spells it (kexec_file_load, ``-s``: the only load that is safe for a
     carve-out and the only one that carries a KHO handover), for the preflight and the messages; the
-    module itself loads with ``luo.load_next_kernel``, never through a binary."""
+    module itself loads with ``kexec_load.load_next_kernel``, never through a binary."""
     return [kexec, "-s", "-l", kernel, "--initrd=%s" % initrd, "--command-line=%s" % cmdline]
 
 
@@ -255,7 +255,7 @@ def main():
     if module.check_mode:
         module.exit_json(**result)
     try:
-        result["load_s"] = round(luo.load_next_kernel(p["kernel"], p["initrd"], cmdline), 2)
+        result["load_s"] = round(kexec_load.load_next_kernel(p["kernel"], p["initrd"], cmdline), 2)
     except luo.LuoError as exc:
         module.fail_json(msg="loading %s failed, nothing is paused: %s. Fix that and run again; the kernel it "
                              "replaced, if any, is no longer loaded" % (p["kernel"], exc), rc=exc.errno,

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal, luo
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostinfo, journal, kexec_load, luo
 from ansible_collections.guestmemfs.liveupdate.plugins.modules import kexec
 
 from conftest import run_main
@@ -57,7 +57,7 @@ def test_a_load_the_kernel_does_not_show_is_refused(monkeypatch):
     monkeypatch.setattr(luo, "kexec_file_load", lambda kernel, initrd=None, cmdline="": None)
     monkeypatch.setattr(hostinfo, "kexec_loaded", lambda root="/": False)
     with pytest.raises(luo.LuoError, match="kexec_loaded"):
-        luo.load_next_kernel("/boot/vmlinuz", "/boot/initrd", "root=/dev/vda1")
+        kexec_load.load_next_kernel("/boot/vmlinuz", "/boot/initrd", "root=/dev/vda1")
 
 
 def test_a_save_that_begins_as_the_kernel_loads_keeps_its_phase(host, capsys, monkeypatch):

@@ -135,3 +135,9 @@ def test_no_file_outside_the_backends_compares_a_backends_name(top):
                             rel == r and s in line for r, s in EXCEPTIONS):
                         found.append("%s:%d: %s" % (rel, n, line.strip()))
     assert found == []
+
+
+def test_luo_py_stands_alone():
+    # The LUO round-trip VM (tests/integration/test_luo_roundtrip.py) runs luo.py on its own.
+    tree = modules()["plugins.module_utils.luo"]
+    assert [t for _n, t, _a in collection_imports(tree, modules())] == []
