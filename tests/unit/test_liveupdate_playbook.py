@@ -438,3 +438,10 @@ def test_a_build_only_kernel_run_needs_no_hypervisors_and_installs_nowhere(tmp_p
     # It went on to the build itself, which names its missing source; no hypervisor was touched.
     assert str(missing) in out.stdout, out.stdout + out.stderr
     assert not calls
+
+
+def test_build_only_lifts_the_inventory_check_for_kernel_yml_alone(tmp_path):
+    out, calls = play(tmp_path, hosts_inventory(group="kvm_hosts"), "liveupdate.yml", "-e", "kernel_build_only=true")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "No host of the inventory is in 'hypervisors'" in out.stdout
+    assert not calls
