@@ -2,7 +2,7 @@
 interleaved, per host first QMP STOP -> last RESUME (the host's blackout).
 
     python3 tests/bench/bench_blackout.py [--name fleet] [--host host1] [--runs 3]
-                                          [--wave host1,host2 --forks 1] [--out DIR]
+                                          [--vms 1,8] [--wave host1,host2 --forks 1] [--out DIR]
 
 Needs a fleet prepared by scripts/demo (VMs running on the pmem backend, two kernels installed).
 Each round runs the collection (ansible-playbook liveupdate.yml, --limit the host or the wave) and
@@ -17,10 +17,15 @@ QEMU is handed descriptors): what confinement costs counts against the collectio
 no verification, no journal, no SSH on its path. Afterwards its VMs go back
 under their units with a cold start (these are test guests).
 
-With --wave, the collection's runs update every host of the wave as one wave at --forks, and each
-host's blackout is reported; the floor runs on --host only. Prints a table and writes
-bench-blackout.json (every run, min and median per case, the ratios, the load before each run) to
---out, also when a run fails.
+With --vms, each round runs the floor and the collection once per VM count: the first N of the
+host's VMs run (vm1, the real guest, first), the others are stopped and disabled (outside the clock).
+Counts above the fleet's VMs add counting guests (128 MiB, 5% CPU each) to a copy of the fleet's
+inventory, which prepare.yml applies once (its carve-out grows: a cold reboot of the fleet hosts).
+With --wave, the collection also updates every host of the wave as one wave at --forks (at the
+smallest VM count), and each host's blackout is reported; the floor runs on --host only. Every
+collection run uses --forks, so the 1-host and the wave runs differ only in the wave.
+Prints a table and writes bench-blackout.json (every run, min and median per case, the ratios with
+the issue's targets, the load before each run) to --out, also when a run fails.
 """
 
 import argparse
@@ -30,6 +35,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -143,14 +150,14 @@ def host_blackout(stops, resumes):
     return round(max(resumes) - min(stops), 3)
 
 
-def collection_run(state, hosts, forks, out):
+def collection_run(state, inventory, hosts, forks, out):
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
     other = ssh(state, hosts[0], OTHER_KERNEL)
     names = [h["name"] for h in hosts]
     # one wave of all the hosts given: the canary wave holds them all
     rollout = json.dumps({"guestmemfs_rollout": {"canary": len(hosts)}})
     log = open(os.path.join(out, "collection-%d.log" % int(time.time())), "w")
-    subprocess.run(["ansible-playbook", "-i", state["inventory"], "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
+    subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
                     "--limit", ",".join(names) + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other, "-e", rollout],
                    env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
     result = {}
@@ -162,6 +169,55 @@ def collection_run(state, hosts, forks, out):
             raise RuntimeError("%s: not every VM restored: %s" % (h["name"], states))
         result[h["name"]] = host_blackout([v["stop_ts"] for v in vms], [v["resume_ts"] for v in vms])
     return result
+
+
+COUNTING_VM = {"memory": "128M", "vcpus": 1, "cpu_quota": "5%", "kernel": "/var/lib/guestmemfs-guest/counter-guest.mb"}
+
+
+def inventory_with_vms(state, count, out):
+    """The fleet's inventory, or a copy of it whose hosts have ``count`` VMs: its own, then counting
+    guests (vmN) up to ``count``. -> (path, the VM names in order)."""
+    with open(state["inventory"]) as fh:
+        inv = yaml.safe_load(fh)
+    hv_vars = inv["all"]["children"]["hypervisors"]["vars"]
+    vms = list(hv_vars["guestmemfs_vms"])
+    if count <= len(vms):
+        return state["inventory"], [v["name"] for v in vms]
+    taken = set(v["name"] for v in vms)
+    n = 1
+    while len(vms) < count:
+        if "vm%d" % n not in taken:
+            vms.append(dict(COUNTING_VM, name="vm%d" % n))
+        n += 1
+    hv_vars["guestmemfs_vms"] = vms
+    path = os.path.join(out, "inventory-%dvms.yml" % count)
+    with open(path, "w") as fh:
+        fh.write("# bench_blackout.py: the fleet's inventory (%s) with %d VMs per host\n" % (state["inventory"], count))
+        yaml.safe_dump(inv, fh, default_flow_style=False, sort_keys=False)
+    return path, [v["name"] for v in vms]
+
+
+def prepare_vms(inventory, hosts, out):
+    """prepare.yml with the bench's VMs: their definitions and units, the carve-out sized for them
+    (a cold reboot of a host whose carve-out grows: the fleet's VMs are test guests)."""
+    with open(os.path.join(out, "prepare.log"), "w") as log:
+        subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.prepare",
+                        "--limit", ",".join(h["name"] for h in hosts), "-e", "memory_backend_reboot_ok=true"],
+                       check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def use_vms(state, hosts, names, active):
+    """Only ``active`` of ``names`` run (and start at boot) on each host; outside the clock."""
+    units = lambda vms: " ".join("guestmemfs-vm@%s" % v for v in vms)  # noqa: E731
+    idle = [v for v in names if v not in active]
+    for h in hosts:
+        if idle:
+            ssh(state, h, "systemctl disable -q --now %s" % units(idle))
+        ssh(state, h, "systemctl enable -q %s && systemctl start %s" % (units(active), units(active)), timeout=900)
+        running = ssh(state, h, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//' | while read v; do "
+                      "systemctl is-active -q guestmemfs-vm@$v && echo $v; done").split()
+        if sorted(running) != sorted(active):
+            raise RuntimeError("%s: running %s, wanted %s" % (h["name"], running, active))
 
 
 def floor_run(state, host, vms):
@@ -213,42 +269,89 @@ def wait_new_boot(state, host, before, timeout=900):
     raise RuntimeError("%s did not come back within %ss" % (host["name"], timeout))
 
 
+# The issue's targets: the collection against the floor at the same VM count; 8 VMs against 1 VM;
+# a 2-host wave at forks=1 against 1 host.
+TARGET_FLOOR, TARGET_VMS, TARGET_WAVE = 1.10, 1.2, 1.05
+
+
+def case_label(kind, vms, hosts=1, forks=None):
+    if kind == "floor":
+        return "floor %dvm" % vms
+    return "collection %dhost%s f%d %dvm" % (hosts, "s" if hosts > 1 else "", forks, vms)
+
+
 def summary(runs):
-    out = {}
+    """min and median per case of every host's blackout; the ratios the issue asks for, each with
+    its target (min over min, median over median)."""
+    cases = {}
     for case in sorted(set(r["case"] for r in runs)):
         figures = [b for r in runs if r["case"] == case and r.get("blackout") for b in r["blackout"].values()]
         if figures:
-            out[case] = {"n": len(figures), "min": min(figures), "median": round(statistics.median(figures), 3)}
-    if "floor" in out:
-        for case, s in out.items():
-            s["ratio_min"] = round(s["min"] / out["floor"]["min"], 3)
-            s["ratio_median"] = round(s["median"] / out["floor"]["median"], 3)
-    return out
+            cases[case] = {"n": len(figures), "min": min(figures), "median": round(statistics.median(figures), 3)}
+    meta = dict((r["case"], r) for r in runs)
+
+    def ratio(name, num, den, target):
+        if num in cases and den in cases:
+            ratios.append({"ratio": name, "case": num, "against": den, "target": target,
+                           "min": round(cases[num]["min"] / cases[den]["min"], 3),
+                           "median": round(cases[num]["median"] / cases[den]["median"], 3)})
+    ratios = []
+    colls = [c for c in cases if c.startswith("collection")]
+    for c in colls:  # each collection case against the floor of its VM count, 1 host only
+        if meta[c]["hosts"] == 1:
+            ratio("collection / floor", c, case_label("floor", meta[c]["vms"]), TARGET_FLOOR)
+    singles = sorted((meta[c]["vms"], c) for c in colls if meta[c]["hosts"] == 1)
+    for vms, c in singles[1:]:
+        ratio("%d VMs / %d VM%s" % (vms, singles[0][0], "s" if singles[0][0] > 1 else ""), c, singles[0][1],
+              TARGET_VMS)
+    for c in colls:
+        if meta[c]["hosts"] > 1:
+            one = case_label("collection", meta[c]["vms"], 1, meta[c]["forks"])
+            ratio("%d-host wave / 1 host" % meta[c]["hosts"], c, one, TARGET_WAVE)
+    return {"cases": cases, "ratios": ratios}
 
 
 def write(out, args, runs):
     s = summary(runs)
     with open(os.path.join(out, "bench-blackout.json"), "w") as fh:
         json.dump({"args": vars(args), "runs": runs, "summary": s}, fh, indent=1)
-    lines = ["%-24s %3s %10s %10s %10s %10s" % ("case", "n", "min_s", "median_s", "x floor min", "x floor med")]
-    for case, v in s.items():
-        row = (case, v["n"], v["min"], v["median"], v.get("ratio_min", "-"), v.get("ratio_median", "-"))
-        lines.append("%-24s %3d %10.3f %10.3f %10s %10s" % row)
-    lines.append("per host first STOP -> last RESUME; load (1 min) before each run: %s" % ", ".join(
+    lines = ["%-32s %3s %10s %10s" % ("case", "n", "min_s", "median_s")]
+    for case, v in s["cases"].items():
+        lines.append("%-32s %3d %10.3f %10.3f" % (case, v["n"], v["min"], v["median"]))
+    lines += ["", "%-22s %-32s %-32s %7s %7s %7s" % ("ratio", "case", "against", "min", "median", "target")]
+    for r in s["ratios"]:
+        lines.append("%-22s %-32s %-32s %7.3f %7.3f %7s" % (r["ratio"], r["case"], r["against"], r["min"],
+                                                             r["median"], "<= %.2f" % r["target"]))
+    lines.append("per host first STOP -> last RESUME, seconds; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
+    failed = [r for r in runs if r.get("error")]
+    if failed:
+        lines.append("FAILED: " + "; ".join("%s round %d: %s" % (r["case"], r["round"], r["error"][:200]) for r in failed))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "bench-blackout.txt"), "w") as fh:
         fh.write(text)
     return text
 
 
+def plan(vm_counts, wave_hosts, forks):
+    """The cases of one round: per VM count the floor and the collection on one host; the wave at
+    the smallest count. -> [(label, kind, vms, hosts)]"""
+    cases = []
+    for n in vm_counts:
+        cases += [(case_label("floor", n), "floor", n, 1), (case_label("collection", n, 1, forks), "collection", n, 1)]
+        if wave_hosts > 1 and n == min(vm_counts):
+            cases.append((case_label("collection", n, wave_hosts, forks), "collection", n, wave_hosts))
+    return cases
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="fleet")
     ap.add_argument("--host", default="host1")
-    ap.add_argument("--wave", help="comma-separated hosts the collection updates as one wave (default: --host)")
+    ap.add_argument("--wave", help="comma-separated hosts the collection also updates as one wave")
+    ap.add_argument("--vms", help="comma-separated VM counts per host (default: the VMs the hosts have)")
     ap.add_argument("--forks", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=3, help="rounds, each a collection run and a floor run")
+    ap.add_argument("--runs", type=int, default=3, help="rounds, each every case once, in alternating order")
     ap.add_argument("--out", default=os.path.join(fleet.cache_dir(), "bench-blackout"))
     a = ap.parse_args()
     state = fleet.load_state(a.name)
@@ -258,20 +361,36 @@ def main():
     by_name = dict((h["name"], h) for h in state["hosts"])
     host = by_name[a.host]
     wave = [by_name[n] for n in (a.wave.split(",") if a.wave else [a.host])]
-    vms = ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
-    label = "collection %d host%s f%d" % (len(wave), "s" if len(wave) > 1 else "", a.forks)
+    if host not in wave:
+        raise SystemExit("--host %s is not in --wave %s" % (a.host, a.wave))
+    counts = sorted(set(int(n) for n in a.vms.split(","))) if a.vms else []
+    inventory, names = inventory_with_vms(state, max(counts or [0]), a.out)
+    if inventory != state["inventory"]:
+        print("[%s] prepare.yml with %d VMs per host (%s)" % (time.strftime("%H:%M:%S"), len(names), inventory), flush=True)
+        prepare_vms(inventory, wave, a.out)
+    if not counts:
+        counts = [len(ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms").split())]
+    cases = plan(counts, len(wave), a.forks)
     runs = []
     try:
         for i in range(a.runs):
-            for case in ((label, "floor") if i % 2 == 0 else ("floor", label)):
+            for label, kind, n, nhosts in (cases if i % 2 == 0 else cases[::-1]):
+                hosts = wave if nhosts > 1 else [host]
+                if a.vms:
+                    use_vms(state, wave, names, names[:n])
+                active = names[:n] if a.vms else ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
                 t0, ld = time.time(), load()
-                print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, case, ld), flush=True)
+                print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
+                row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
                 try:
-                    b = floor_run(state, host, vms) if case == "floor" else collection_run(state, wave, a.forks, a.out)
-                    runs.append({"case": case, "round": i + 1, "load": ld, "blackout": b, "wall_s": round(time.time() - t0)})
+                    b = floor_run(state, host, active) if kind == "floor" else collection_run(
+                        state, inventory, hosts, a.forks, a.out)
+                    row.update(blackout=b, wall_s=round(time.time() - t0))
+                    runs.append(row)
                     print("  blackout %s" % b, flush=True)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    runs.append({"case": case, "round": i + 1, "load": ld, "error": str(exc)})
+                    row.update(error=str(exc))
+                    runs.append(row)
                     print("  FAILED: %s" % exc, flush=True)
                     raise
                 finally:

@@ -158,11 +158,11 @@ class Host(object):
             time.sleep(0.5)
         return self.try_out("cat %s" % path)
 
-    def playbook(self, *extra, background=False, timeout=2400, log=None):
-        """The live update of this host; ``background``: its Popen, its output on a pipe, or in the
-        file ``log`` (a pipe nobody reads for a while stops a long run)."""
+    def playbook(self, *extra, background=False, timeout=2400, log=None, limit=None):
+        """The live update of this host (or of the hosts ``limit`` names); ``background``: its Popen,
+        its output on a pipe, or in the file ``log`` (a pipe nobody reads for a while stops a long run)."""
         argv = ["ansible-playbook", "-i", self.state["inventory"], "guestmemfs.liveupdate.liveupdate",
-                "--limit", self.name + ",localhost"]
+                "--limit", (limit or self.name) + ",localhost"]
         for e in extra:
             argv += ["-e", e]
         env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(self.report, "runs"), ANSIBLE_NOCOLOR="1")
@@ -298,6 +298,87 @@ def fault_memory_altered(host, ctx):
     recovery = "put the memory back, then %s verify %s && systemctl start guestmemfs-vm@%s" % (AGENT, vm, vm)
     host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s" % (flip, AGENT, vm, vm))
     return recovery
+
+
+# A quarter of a 256 MiB VM's RAM, far from the suite's pattern at 32 MiB.
+REGION_OFFSET_MIB, REGION_MIB = 128, 64
+
+
+def fault_large_region_altered_later_wave(host, ctx):
+    """64 MiB of a VM's RAM change after its save, on a host of a later wave: the canary wave (the
+    fleet's first host) proves the kernel pair with the full check, so this host's VMs get the
+    cheaper one (extents and a sampled content check), which must still hold the VM. A watcher on
+    the host freezes its update process once the VM's digests are recorded (journal: saved),
+    overwrites the region (the original kept on disk), and lets the update go on to its kexec."""
+    first = host.state["hosts"][0]["name"]
+    if first == host.name:
+        raise RuntimeError("the canary wave is the fleet's first host (%s): run this fault with --host on "
+                           "another host (e.g. --host host2)" % first)
+    canary = Host(host.state, first, host.report)
+    if not canary.wait_vms_active(600):
+        raise RuntimeError("%s: not every VM runs: fix the canary host first" % first)
+    releases = (canary.out("uname -r"), host.out("uname -r"))
+    if releases[0] != releases[1] or canary.other_kernel() != ctx["target"]:
+        raise RuntimeError("the canary (%s) and %s must run the same kernel and update to the same one: %s, %s"
+                           % (first, host.name, releases, (canary.other_kernel(), ctx["target"])))
+    end = (REGION_OFFSET_MIB + REGION_MIB) << 20
+    big = [v for v in host.vms() if int(host.out("stat -Lc %%s %s" % host.ram(v))) >= end]
+    if not big:
+        raise RuntimeError("%s: no VM has %d MiB of RAM for the region" % (host.name, end >> 20))
+    vm = big[-1]
+    ram = host.ram(vm)
+    marker, orig = "/var/tmp/fault-region-altered", "/var/tmp/fault-region.orig"
+    host.ssh("rm -f %s %s" % (marker, orig))
+    host.watch("fault-alterer", WATCH_JOURNAL
+               + "vm=%r\n" % vm
+               + "while not ((journal().get('vms') or {}).get(vm,{}).get('state')=='saved' and journal().get('saver_pid')) "
+                 "and time.time()<end: time.sleep(0.005)\n"
+               + "saver=journal().get('saver_pid') if time.time()<end else None\n"
+               + "if saver:\n"
+                 "    os.kill(saver,signal.SIGSTOP)\n"
+                 "    try:\n"
+               + "        f=open(%r,'r+b'); f.seek(%d); old=f.read(%d)\n" % (ram, REGION_OFFSET_MIB << 20, REGION_MIB << 20)
+               + "        o=open(%r,'wb'); o.write(old); o.flush(); os.fsync(o.fileno()); o.close()\n" % orig
+               + "        f.seek(%d); f.write(os.urandom(%d)); f.flush(); os.fsync(f.fileno()); f.close()\n"
+                 % (REGION_OFFSET_MIB << 20, REGION_MIB << 20)
+               + "        m=open(%r,'w'); m.write('%%s %%s' %% (saver, journal().get('phase'))); m.flush(); "
+                 "os.fsync(m.fileno()); m.close()\n" % marker
+               + "    finally:\n"
+                 "        os.kill(saver,signal.SIGCONT)\n", marker)
+    try:
+        rc, output = host.playbook("guestmemfs_kexec_kernel=" + ctx["target"], limit="%s,%s" % (first, host.name))
+    finally:
+        host.stop_watch("fault-alterer")
+    altered = host.try_out("cat %s" % marker)
+    if not altered:
+        raise RuntimeError("the region was not altered before the kexec (the watcher lost the race or the save "
+                           "never started; play rc %s): nothing to show, re-run the fault" % rc)
+    ctx["altered"] = {vm: "%d MiB at %d MiB (update process %s frozen at phase %s)" % (
+        (REGION_MIB, REGION_OFFSET_MIB) + tuple(altered.split(" ", 1)))}
+    ctx["rc"], ctx["msgs"] = rc, failure_messages(output)
+    ctx["expect_failure"] = True
+    ctx["expect_same_boot"] = False
+    j, jc = host.journal(), canary.journal()
+    modes = {}
+    for name, journal_ in ((first, jc), (host.name, j)):
+        modes[name] = dict((n, "%s %s: %s" % (v.get("state"), (v.get("verify") or {}).get("mode"),
+                                               (v.get("verify") or {}).get("status")))
+                           for n, v in (journal_.get("vms") or {}).items())
+    ctx["verify_modes"] = modes
+    ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
+                                       if v.get("state") == "held")
+    problems = ctx.setdefault("problems", [])
+    if any(((v.get("verify") or {}).get("mode")) != "full" for v in (jc.get("vms") or {}).values()):
+        problems.append("the canary's VMs were not all checked in full: %s" % modes[first])
+    if ((j.get("vms") or {}).get(vm, {}).get("verify") or {}).get("mode") != "sampled":
+        problems.append("%s's VMs were not checked by the later wave's sampled check: %s" % (host.name, modes[host.name]))
+    if vm not in ctx["held_before_recovery"]:
+        problems.append("%s was not held: %s" % (vm, modes[host.name]))
+    put_back = "dd if=%s of=%s bs=1M seek=%d conv=notrunc,fsync status=none" % (orig, ram, REGION_OFFSET_MIB)
+    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s && rm -f %s %s" % (
+        put_back, AGENT, vm, vm, orig, marker))
+    return "put the memory back (here: %s), then %s verify %s && systemctl start guestmemfs-vm@%s" % (
+        put_back, AGENT, vm, vm)
 
 
 def fault_controller_killed(host, ctx):
@@ -653,6 +734,7 @@ FAULTS = [
     ("kexec_load_fails", fault_kexec_load_fails),
     ("new_kernel_does_not_boot", fault_new_kernel_does_not_boot),
     ("memory_altered", fault_memory_altered),
+    ("large_region_altered_later_wave", fault_large_region_altered_later_wave),
     ("controller_killed", fault_controller_killed),
     ("state_storage_full", fault_state_storage_full),
     ("unreachable_after_kexec", fault_unreachable_after_kexec),
@@ -707,7 +789,7 @@ def run_fault(host, name, fn):
               "link_cut_at_phase", "holder_killed", "luo_before_recovery",
               "device_state_lost", "altered", "held_before_recovery", "frozen", "reset_at", "interrupted_save",
               "next_step_after_boot", "runs", "filled", "killed", "phase_after_run", "vms_after_run",
-              "still_corrupt"):
+              "still_corrupt", "verify_modes"):
         if k in ctx:
             row[k] = ctx[k]
     problems = list(ctx.get("problems", []))  # the fault's own checks

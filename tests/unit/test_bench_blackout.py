@@ -1,0 +1,56 @@
+"""The blackout benchmark's plan of a round and its ratios (the figures come from the fleet)."""
+
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "bench"))
+sys.path.insert(0, os.path.join(HERE, "..", "fleet"))
+bench = pytest.importorskip("bench_blackout")
+
+
+def test_a_round_runs_floor_and_collection_per_vm_count_and_the_wave_at_the_smallest():
+    assert bench.plan([1, 8], 2, 1) == [
+        ("floor 1vm", "floor", 1, 1), ("collection 1host f1 1vm", "collection", 1, 1),
+        ("collection 2hosts f1 1vm", "collection", 1, 2),
+        ("floor 8vm", "floor", 8, 1), ("collection 1host f1 8vm", "collection", 8, 1)]
+
+
+def run(case, kind, vms, hosts, blackouts):
+    label = bench.case_label(kind, vms, hosts, 1)
+    assert label == case
+    return {"case": label, "vms": vms, "hosts": hosts, "forks": 1, "load": 1.0,
+            "blackout": dict(("host%d" % (i + 1), b) for i, b in enumerate(blackouts))}
+
+
+def test_ratios_compare_like_with_like_and_carry_their_targets():
+    runs = [run("floor 1vm", "floor", 1, 1, [10.0]), run("floor 1vm", "floor", 1, 1, [12.0]),
+            run("collection 1host f1 1vm", "collection", 1, 1, [11.0]),
+            run("collection 1host f1 1vm", "collection", 1, 1, [13.0]),
+            run("collection 2hosts f1 1vm", "collection", 1, 2, [11.5, 12.5]),
+            run("floor 8vm", "floor", 8, 1, [20.0]),
+            run("collection 1host f1 8vm", "collection", 8, 1, [22.0])]
+    s = bench.summary(runs)
+    assert s["cases"]["collection 2hosts f1 1vm"] == {"n": 2, "min": 11.5, "median": 12.0}
+    ratios = dict((r["ratio"] + " " + r["case"], r) for r in s["ratios"])
+    assert ratios["collection / floor collection 1host f1 1vm"] == {
+        "ratio": "collection / floor", "case": "collection 1host f1 1vm", "against": "floor 1vm",
+        "target": 1.10, "min": 1.1, "median": 1.091}
+    assert ratios["collection / floor collection 1host f1 8vm"]["against"] == "floor 8vm"
+    assert ratios["8 VMs / 1 VM collection 1host f1 8vm"]["min"] == 2.0
+    assert ratios["8 VMs / 1 VM collection 1host f1 8vm"]["target"] == 1.2
+    wave = ratios["2-host wave / 1 host collection 2hosts f1 1vm"]
+    assert (wave["against"], wave["min"], wave["median"], wave["target"]) == ("collection 1host f1 1vm", 1.045, 1.0, 1.05)
+    # the wave is not compared with the floor (the floor runs on one host)
+    assert not [r for r in s["ratios"] if r["case"].startswith("collection 2hosts") and r["against"].startswith("floor")]
+
+
+def test_a_failed_run_leaves_the_others_figures(tmp_path):
+    runs = [run("floor 1vm", "floor", 1, 1, [10.0]),
+            {"case": "collection 1host f1 1vm", "round": 1, "vms": 1, "hosts": 1, "forks": 1, "load": 2.0,
+             "error": "host1: not every VM restored"}]
+    text = bench.write(str(tmp_path), type("A", (), {})(), runs)
+    assert "floor 1vm" in text and "FAILED: collection 1host f1 1vm round 1: host1: not every VM restored" in text
+    assert (tmp_path / "bench-blackout.json").exists()
