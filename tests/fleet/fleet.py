@@ -339,8 +339,9 @@ GUEST_DIR = os.path.join(HERE, "guest")
 GUEST_KERNEL_SERIES = "6.12"
 # What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
 # config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
-# modules.dep does not list.
-GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console"]
+# modules.dep does not list. e1000, ahci and sd_mod: the same image serves the guest without virtio
+# devices (--guest linux-novirtio); a module without its device only loads.
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console", "e1000", "ahci", "sd_mod"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
 GUEST_FILES = ["init.c", "workload.c", "qga.c"]
@@ -487,6 +488,11 @@ def decompress_module(path):
     raise FleetError(f"{path}: only .ko and .ko.xz modules are handled (busybox insmod reads plain ELF)")
 
 
+def guest_cc(source, out):
+    """The compiler command of one of the guest's programs (static: the initramfs has no libc)."""
+    return ["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", out, source]
+
+
 def build_guest(force=False, kernel=None):
     """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}.
     ``kernel``: another bzImage with everything the guest needs built in (e.g. a tiny build from
@@ -526,8 +532,7 @@ def build_guest(force=False, kernel=None):
         # init (PID 1), the workload, and qga: the guest agent the in-guest gate asks.
         for prog in ("init", "workload", "qga"):
             binaries[prog] = os.path.join(work, prog)
-            run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", binaries[prog],
-                 os.path.join(GUEST_DIR, prog + ".c")], stderr=subprocess.PIPE)
+            run(guest_cc(os.path.join(GUEST_DIR, prog + ".c"), binaries[prog]), stderr=subprocess.PIPE)
         cpio = Cpio()
         for d in ("bin", "dev", "proc", "sys", "data", "tmp", "run", "lib", "lib/modules"):
             cpio.dir(d)
