@@ -914,7 +914,16 @@ def inventory_vars(text, backend=None):
     return out
 
 
-GUESTS = ("counter", "linux")
+GUESTS = ("counter", "linux", "linux-novirtio")
+# linux-novirtio: vm1 as linux gives it, without any virtio device - the guest a QEMU update from
+# Debian's 10.0.13 to 11.1 can carry (docs/qemu-update.md). Per line of vm1's entry in
+# inventory-vars.yml that starts so, the line that goes after it.
+NOVIRTIO_VM1 = (
+    ("      console=ttyS0 ", "      gmfs.qga=/dev/ttyS1"),  # /init hands the agent its port
+    ("      - path: ", "        interface: sata"),
+    ("      - type: bridge", "        model: e1000"),
+    ("    guest_agent: true", "    guest_agent_port: isa-serial"),
+)
 # Backends whose hosts boot the collection's small kernels: no bridge there (CONFIG_BRIDGE,
 # CONFIG_TUN) for the real guest's NIC, so its VM would never start (seen 2026-12-05).
 NO_BRIDGE_BACKENDS = ("luo", "guestmemfs")
@@ -922,19 +931,37 @@ NO_BRIDGE_BACKENDS = ("luo", "guestmemfs")
 
 def guest_for(backend, guest):
     """The guest a fleet of ``backend`` hosts can run when ``guest`` is asked for."""
-    if guest == "linux" and backend in NO_BRIDGE_BACKENDS:
+    if guest != "counter" and backend in NO_BRIDGE_BACKENDS:
         log(f"backend {backend}: the real Linux guest is SKIPPED, two counting guests per host instead "
             "(its hosts' small kernel has no bridge for the guest's NIC yet)")
         return "counter"
     return guest
 
 
+def without_virtio(text):
+    """inventory-vars.yml with vm1 on an e1000 NIC, a sata disk and its agent on an ISA serial port
+    (NOVIRTIO_VM1)."""
+    lines = text.splitlines()
+    start = lines.index("  - name: vm1")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("  - name: ")), len(lines))
+    for anchor, line in NOVIRTIO_VM1:
+        at = [i for i in range(start, end) if lines[i].startswith(anchor)]
+        if len(at) != 1:
+            raise FleetError(f"inventory-vars.yml: vm1 has {len(at)} lines starting {anchor.strip()!r}, "
+                             "linux-novirtio needs one (NOVIRTIO_VM1 in fleet.py)")
+        lines.insert(at[0] + 1, line)
+        end += 1
+    return "\n".join(lines) + "\n"
+
+
 def with_guest(text, guest):
     """The inventory variables with ``guest``'s VMs: linux (the real guest, as inventory-vars.yml has
-    it) or counter (inventory-guest-counter.yml's blocks in place of guestmemfs_vm_defaults and
-    guestmemfs_vms)."""
+    it), linux-novirtio (the same without virtio devices) or counter (inventory-guest-counter.yml's
+    blocks in place of guestmemfs_vm_defaults and guestmemfs_vms)."""
     if guest == "linux":
         return text
+    if guest == "linux-novirtio":
+        return without_virtio(text)
     if guest not in GUESTS:
         raise FleetError(f"guest {guest!r}: the virtual fleet knows {', '.join(GUESTS)}")
     with open(os.path.join(HERE, "inventory-guest-counter.yml")) as fh:
@@ -1201,7 +1228,9 @@ def main(argv=None):
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     pu.add_argument("--guest", default=os.environ.get("GUESTMEMFS_FLEET_GUEST", "linux"), choices=list(GUESTS),
-                    help="the nested VMs: linux (vm1 the real guest with a disk and a NIC, vm2 the counting guest) "
+                    help="the nested VMs: linux (vm1 the real guest with a disk and a NIC, vm2 the counting guest), "
+                         "linux-novirtio (vm1 on an e1000 NIC, a sata disk and its agent on ttyS1: its kernel needs "
+                         "them, e.g. GUESTMEMFS_GUEST_KERNEL_VARIANT=novirtio scripts/guest-kernel) "
                          "or counter (two counting guests); default $GUESTMEMFS_FLEET_GUEST or linux")
     pu.add_argument("--guest-kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     sub.add_parser("down", help="stop the fleet")
