@@ -204,18 +204,18 @@ def test_a_guest_without_virtio_devices_has_no_rings_to_compare_and_is_not_refus
     disk, ram = tmp_path / "vm1.raw", tmp_path / "vm1.ram"
     disk.write_bytes(b"\0" * MiB)
     ram.write_bytes(b"\0" * 64 * MiB)
-    c = dict(vmdef.normalize({
-        "name": "vm1", "memory": "64M", "accel": "tcg", "cpu": "max",
-        "disks": [{"path": str(disk), "format": "raw", "interface": "sata"}],
-        "nics": [{"type": "user", "model": "e1000"}], "guest_agent": True, "guest_agent_port": "isa-serial",
-        "serial_log": str(tmp_path / "vm1.log")}),
-             mem_path=str(ram), machine="q35")  # this machine's QEMU may predate pc-q35-10.0
+    definition = {"name": "vm1", "memory": "64M", "accel": "tcg", "cpu": "max",
+                  "disks": [{"path": str(disk), "format": "raw", "interface": "sata"}],
+                  "nics": [{"type": "user", "model": "e1000"}], "guest_agent": True, "guest_agent_port": "isa-serial",
+                  "serial_log": str(tmp_path / "vm1.log")}
+    # machine: this machine's QEMU may predate pc-q35-10.0
+    c = dict(vmdef.normalize(definition), mem_path=str(ram), machine="q35")
     argv = [REAL] + vmdef.build_argv(c, run_dir)[1:] + ["-S"]
     assert virtio_queues.scratch_args(argv) == ["-smp", "1"]
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         vm = types.SimpleNamespace(name="vm1", conf=c, qmp_path=vmdef.qmp_path(c, run_dir))
-        for _ in range(200):
+        for _tick in range(200):
             if os.path.exists(vm.qmp_path) or p.poll() is not None:
                 break
             time.sleep(0.05)
