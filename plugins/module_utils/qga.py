@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: guestmemfs.liveupdate contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The in-guest health gate: each VM's qemu-guest-agent, asked over its virtio-serial channel
-(the VM definition's ``guest_agent``: a socket at <run_dir>/<vm>.qga, vmdef.qga_path).
+"""The in-guest health gate: each VM's qemu-guest-agent, asked over its channel (the VM
+definition's ``guest_agent``, a virtio-serial or ISA serial port: a socket at <run_dir>/<vm>.qga,
+vmdef.qga_path, either way).
 
 The agent's protocol is JSON lines. A client that connects may find half a command of an earlier
 client in the guest's parser, so it first sends 0xFF (the agent resets its parser) and

@@ -37,7 +37,14 @@ QUOTA_RE = re.compile(r"^\d{1,5}%\Z")
 
 ACCELS = ("kvm", "tcg")
 DISK_FORMATS = ("raw", "qcow2")
-DISK_INTERFACES = ("virtio", "scsi")
+DISK_INTERFACES = ("virtio", "scsi", "sata")
+# sata disks go on one ich9-ahci controller the argv adds, one disk per port. Not the q35 machine's
+# built-in controller (bus ide.N): on pc-i440fx the same bus names are PIIX IDE, which QEMU takes
+# silently, and the added controller works the same on every machine type (tried with QEMU 7.2).
+SATA_PORTS = 6
+# Where the guest agent's channel is: a virtio-serial port (org.qemu.guest_agent.0), or an ISA 16550
+# after the serial log's (/dev/ttyS1 in a Linux guest) for a guest without virtio devices.
+AGENT_PORTS = ("virtio-serial", "isa-serial")
 DISK_CACHES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 NIC_TYPES = ("bridge", "tap", "user")
 POLICIES = ("refuse", "skip", "shutdown")
@@ -57,6 +64,7 @@ DEFAULTS = {
     "nics": [],
     "serial_log": None,  # LOG_DIR/NAME.serial.log
     "guest_agent": False,
+    "guest_agent_port": "virtio-serial",
     "kernel": None,
     "initrd": None,
     "append": None,
@@ -173,6 +181,9 @@ def _disk(name, i, d):
            "interface": _choice(name, "disks[%d].interface" % i, d.get("interface", "virtio"), DISK_INTERFACES),
            "cache": _choice(name, "disks[%d].cache" % i, d.get("cache", "none"), DISK_CACHES),
            "readonly": _bool(name, "disks[%d].readonly" % i, d.get("readonly", False))}
+    if out["interface"] == "sata" and out["readonly"]:
+        # QEMU's ide-hd refuses a read-only drive ("Block node is read-only").
+        raise _err(name, "disks[%d] on sata cannot be read-only: use interface virtio or scsi" % i)
     if d.get("serial") is not None:
         serial = _text(name, "disks[%d].serial" % i, d["serial"])
         if not re.match(r"^[A-Za-z0-9_-]{1,20}$", serial):
@@ -250,6 +261,10 @@ def normalize(entry, defaults=None):
     if not isinstance(merged["disks"], list) or not isinstance(merged["nics"], list):
         raise _err(name, "disks and nics must be lists")
     out["disks"] = [_disk(name, i, d) for i, d in enumerate(merged["disks"])]
+    sata = [i for i, d in enumerate(out["disks"]) if d["interface"] == "sata"]
+    if len(sata) > SATA_PORTS:
+        raise _err(name, "disks[%d]: at most %d sata disks (the ports of its one AHCI controller)"
+                   % (sata[SATA_PORTS], SATA_PORTS))
     paths = [d["path"] for d in out["disks"]]
     if len(set(paths)) != len(paths):
         raise _err(name, "a disk path appears twice: %s" % ", ".join(sorted(p for p in set(paths) if paths.count(p) > 1)))
@@ -259,6 +274,7 @@ def normalize(entry, defaults=None):
         raise _err(name, "a MAC address appears twice")
     out["serial_log"] = _path(name, "serial_log", merged["serial_log"] or os.path.join(LOG_DIR, name + ".serial.log"))
     out["guest_agent"] = _bool(name, "guest_agent", merged["guest_agent"])
+    out["guest_agent_port"] = _choice(name, "guest_agent_port", merged["guest_agent_port"], AGENT_PORTS)
     for field in ("kernel", "initrd"):
         out[field] = _path(name, field, merged[field]) if merged[field] is not None else None
     out["append"] = _text(name, "append", merged["append"]) if merged["append"] is not None else None
@@ -343,7 +359,7 @@ def build_argv(conf, run_dir):
         argv += ["-qmp", "unix:%s,server=on,wait=off" % qmp_path(conf, run_dir)]
     if conf.get("serial_log"):
         argv += ["-chardev", "file,id=serial0,path=%s,append=on" % conf["serial_log"], "-serial", "chardev:serial0"]
-    scsi = False
+    scsi, sata = False, 0
     for i, d in enumerate(conf.get("disks") or []):
         opts = "file=%s,format=%s,if=none,id=disk%d,cache=%s" % (d["path"], d["format"], i, d.get("cache", "none"))
         if d.get("readonly"):
@@ -355,6 +371,11 @@ def build_argv(conf, run_dir):
                 argv += ["-device", "virtio-scsi-pci,id=scsi0"]
                 scsi = True
             argv += ["-device", "scsi-hd,drive=disk%d,bus=scsi0.0,id=disk%d-dev%s" % (i, i, serial)]
+        elif d.get("interface") == "sata":
+            if not sata:
+                argv += ["-device", "ich9-ahci,id=ahci0"]
+            argv += ["-device", "ide-hd,drive=disk%d,bus=ahci0.%d,id=disk%d-dev%s" % (i, sata, i, serial)]
+            sata += 1
         else:
             argv += ["-device", "virtio-blk-pci,drive=disk%d,id=disk%d-dev%s" % (i, i, serial)]
     for i, n in enumerate(conf.get("nics") or []):
@@ -371,9 +392,13 @@ def build_argv(conf, run_dir):
                                                                                    i, i, mac)]
     if conf.get("guest_agent"):
         where = "fd=%d" % confine.QGA_FD if confined else "path=%s" % qga_path(conf, run_dir)
-        argv += ["-chardev", "socket,id=qga0,%s,server=on,wait=off" % where,
-                 "-device", "virtio-serial-pci,id=vser0",
-                 "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
+        argv += ["-chardev", "socket,id=qga0,%s,server=on,wait=off" % where]
+        if conf.get("guest_agent_port") == "isa-serial":
+            # The next free ISA serial index: 1 after the serial log's -serial (COM2, ttyS1).
+            argv += ["-device", "isa-serial,chardev=qga0,id=qga0-dev"]
+        else:
+            argv += ["-device", "virtio-serial-pci,id=vser0",
+                     "-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"]
     if conf.get("kernel"):
         argv += ["-kernel", conf["kernel"]]
         if conf.get("initrd"):

@@ -14,7 +14,8 @@ short_description: Ask each VM's guest agent whether the guest is healthy (the i
 version_added: 0.3.0
 description:
   - For every VM of the host whose definition has C(guest_agent) (a virtio-serial channel
-    C(org.qemu.guest_agent.0), socket C(/run/guestmemfs-liveupdate/NAME.qga)), speaks the
+    C(org.qemu.guest_agent.0), or an ISA serial port with C(guest_agent_port=isa-serial); socket
+    C(/run/guestmemfs-liveupdate/NAME.qga) either way), speaks the
     qemu-guest-agent protocol - C(guest-sync-delimited), C(guest-ping) and, with I(command),
     C(guest-exec) and C(guest-exec-status) - and says per VM whether the guest answered (and the
     command exited 0) within I(timeout) seconds. The VMs are asked in parallel.

@@ -30,10 +30,11 @@ options:
   vms:
     description:
       - VM definitions, each with C(name) and C(memory), and optionally C(vcpus), C(machine), C(accel),
-        C(cpu), C(disks) (C(path), C(format) raw or qcow2, C(interface) virtio or scsi, C(cache),
-        C(readonly), C(serial)), C(nics) (C(type) bridge, tap or user; C(bridge) or C(ifname); C(mac);
-        C(model)), C(serial_log), C(guest_agent), C(kernel), C(initrd), C(append), C(extra_args),
-        C(cpu_quota), C(qemu) and C(unpreservable) (refuse, skip or shutdown).
+        C(cpu), C(disks) (C(path), C(format) raw or qcow2, C(interface) virtio, scsi or sata (AHCI, at most
+        6, not read-only), C(cache), C(readonly), C(serial)), C(nics) (C(type) bridge, tap or user;
+        C(bridge) or C(ifname); C(mac); C(model), e.g. e1000), C(serial_log), C(guest_agent),
+        C(guest_agent_port) (virtio-serial or isa-serial), C(kernel), C(initrd), C(append),
+        C(extra_args), C(cpu_quota), C(qemu) and C(unpreservable) (refuse, skip or shutdown).
       - See the role M(guestmemfs.liveupdate.qemu_vm) and C(docs/vms.md) for each key.
     type: list
     elements: dict

@@ -339,8 +339,9 @@ GUEST_DIR = os.path.join(HERE, "guest")
 GUEST_KERNEL_SERIES = "6.12"
 # What /init needs beyond the builtins (virtio-pci, 8250 console, devtmpfs are =y in Debian's
 # config): the disk, the NIC, ext4. crc32c_generic is ext4's softdep (metadata_csum), which
-# modules.dep does not list.
-GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console"]
+# modules.dep does not list. e1000, ahci and sd_mod: the same image serves the guest without virtio
+# devices (--guest linux-novirtio); a module without its device only loads.
+GUEST_MODULES = ["virtio_blk", "virtio_net", "crc32c_generic", "ext4", "virtio_console", "e1000", "ahci", "sd_mod"]
 GUEST_BUSYBOX = "/bin/busybox"  # Debian's busybox-static (requirements/debian.txt)
 GUEST_RECIPE_VERSION = 1
 GUEST_FILES = ["init.c", "workload.c", "qga.c"]
@@ -487,6 +488,11 @@ def decompress_module(path):
     raise FleetError(f"{path}: only .ko and .ko.xz modules are handled (busybox insmod reads plain ELF)")
 
 
+def guest_cc(source, out):
+    """The compiler command of one of the guest's programs (static: the initramfs has no libc)."""
+    return ["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", out, source]
+
+
 def build_guest(force=False, kernel=None):
     """Build (or reuse) the guest: images/guest-<hash>/{vmlinuz,initrd.img,manifest.json}.
     ``kernel``: another bzImage with everything the guest needs built in (e.g. a tiny build from
@@ -526,8 +532,7 @@ def build_guest(force=False, kernel=None):
         # init (PID 1), the workload, and qga: the guest agent the in-guest gate asks.
         for prog in ("init", "workload", "qga"):
             binaries[prog] = os.path.join(work, prog)
-            run(["gcc", "-static", "-O2", "-Wall", "-pthread", "-o", binaries[prog],
-                 os.path.join(GUEST_DIR, prog + ".c")], stderr=subprocess.PIPE)
+            run(guest_cc(os.path.join(GUEST_DIR, prog + ".c"), binaries[prog]), stderr=subprocess.PIPE)
         cpio = Cpio()
         for d in ("bin", "dev", "proc", "sys", "data", "tmp", "run", "lib", "lib/modules"):
             cpio.dir(d)
@@ -909,7 +914,16 @@ def inventory_vars(text, backend=None):
     return out
 
 
-GUESTS = ("counter", "linux")
+GUESTS = ("counter", "linux", "linux-novirtio")
+# linux-novirtio: vm1 as linux gives it, without any virtio device - the guest a QEMU update from
+# Debian's 10.0.13 to 11.1 can carry (docs/qemu-update.md). Per line of vm1's entry in
+# inventory-vars.yml that starts so, the line that goes after it.
+NOVIRTIO_VM1 = (
+    ("      console=ttyS0 ", "      gmfs.qga=/dev/ttyS1"),  # /init hands the agent its port
+    ("      - path: ", "        interface: sata"),
+    ("      - type: bridge", "        model: e1000"),
+    ("    guest_agent: true", "    guest_agent_port: isa-serial"),
+)
 # Backends whose hosts boot the collection's small kernels: no bridge there (CONFIG_BRIDGE,
 # CONFIG_TUN) for the real guest's NIC, so its VM would never start (seen 2026-12-05).
 NO_BRIDGE_BACKENDS = ("luo", "guestmemfs")
@@ -917,19 +931,37 @@ NO_BRIDGE_BACKENDS = ("luo", "guestmemfs")
 
 def guest_for(backend, guest):
     """The guest a fleet of ``backend`` hosts can run when ``guest`` is asked for."""
-    if guest == "linux" and backend in NO_BRIDGE_BACKENDS:
+    if guest != "counter" and backend in NO_BRIDGE_BACKENDS:
         log(f"backend {backend}: the real Linux guest is SKIPPED, two counting guests per host instead "
             "(its hosts' small kernel has no bridge for the guest's NIC yet)")
         return "counter"
     return guest
 
 
+def without_virtio(text):
+    """inventory-vars.yml with vm1 on an e1000 NIC, a sata disk and its agent on an ISA serial port
+    (NOVIRTIO_VM1)."""
+    lines = text.splitlines()
+    start = lines.index("  - name: vm1")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("  - name: ")), len(lines))
+    for anchor, line in NOVIRTIO_VM1:
+        at = [i for i in range(start, end) if lines[i].startswith(anchor)]
+        if len(at) != 1:
+            raise FleetError(f"inventory-vars.yml: vm1 has {len(at)} lines starting {anchor.strip()!r}, "
+                             "linux-novirtio needs one (NOVIRTIO_VM1 in fleet.py)")
+        lines.insert(at[0] + 1, line)
+        end += 1
+    return "\n".join(lines) + "\n"
+
+
 def with_guest(text, guest):
     """The inventory variables with ``guest``'s VMs: linux (the real guest, as inventory-vars.yml has
-    it) or counter (inventory-guest-counter.yml's blocks in place of guestmemfs_vm_defaults and
-    guestmemfs_vms)."""
+    it), linux-novirtio (the same without virtio devices) or counter (inventory-guest-counter.yml's
+    blocks in place of guestmemfs_vm_defaults and guestmemfs_vms)."""
     if guest == "linux":
         return text
+    if guest == "linux-novirtio":
+        return without_virtio(text)
     if guest not in GUESTS:
         raise FleetError(f"guest {guest!r}: the virtual fleet knows {', '.join(GUESTS)}")
     with open(os.path.join(HERE, "inventory-guest-counter.yml")) as fh:
@@ -1196,7 +1228,9 @@ def main(argv=None):
     pu.add_argument("--backend", default="pmem", choices=list(BACKENDS),
                     help="the memory backend the inventory gives the hosts (default pmem)")
     pu.add_argument("--guest", default=os.environ.get("GUESTMEMFS_FLEET_GUEST", "linux"), choices=list(GUESTS),
-                    help="the nested VMs: linux (vm1 the real guest with a disk and a NIC, vm2 the counting guest) "
+                    help="the nested VMs: linux (vm1 the real guest with a disk and a NIC, vm2 the counting guest), "
+                         "linux-novirtio (vm1 on an e1000 NIC, a sata disk and its agent on ttyS1: its kernel needs "
+                         "them, e.g. GUESTMEMFS_GUEST_KERNEL_VARIANT=novirtio scripts/guest-kernel) "
                          "or counter (two counting guests); default $GUESTMEMFS_FLEET_GUEST or linux")
     pu.add_argument("--guest-kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     sub.add_parser("down", help="stop the fleet")

@@ -2,10 +2,12 @@
 
 import socket
 
+import jinja2
 import pytest
 import yaml
 
 import fleet
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
 
 
 def test_mirror_from_deb822_skips_security(tmp_path, monkeypatch):
@@ -147,6 +149,36 @@ def test_inventory_vars_for_each_guest():
     assert luo["guestmemfs_backend"] == "luo" and luo["guestmemfs_vms"] == counter["guestmemfs_vms"]
     with pytest.raises(fleet.FleetError, match="knows counter, linux"):
         fleet.with_guest(text, "windows")
+
+
+def test_the_real_guest_without_virtio_devices():
+    """--guest linux-novirtio: vm1 as linux has it but on an e1000 NIC, a sata disk and its agent on
+    the second 16550, which /init hands the agent (gmfs.qga=); vm2 stays the counting guest. As the
+    inventory renders it on host 1, its argv has no virtio device."""
+    with open(fleet.os.path.join(fleet.HERE, "inventory-vars.yml")) as fh:
+        text = fh.read()
+    linux = yaml.safe_load(fleet.with_guest(text, "linux"))
+    novirtio = yaml.safe_load(fleet.with_guest(text, "linux-novirtio"))
+    real, counting = novirtio["guestmemfs_vms"]
+    assert counting == linux["guestmemfs_vms"][1]
+    assert real.pop("guest_agent_port") == "isa-serial"
+    assert real["disks"][0].pop("interface") == "sata" and real["nics"][0].pop("model") == "e1000"
+    words = linux["guestmemfs_vms"][0].pop("append").split()
+    assert sorted(real.pop("append").split()) == sorted(words + ["gmfs.qga=/dev/ttyS1"])
+    assert real == linux["guestmemfs_vms"][0]
+    for key in set(linux) - {"guestmemfs_vms"}:
+        assert novirtio[key] == linux[key]
+    vm1 = yaml.safe_load(jinja2.Template(fleet.with_guest(text, "linux-novirtio")).render(fleet_guest_prefix="10.77.1"))
+    conf = dict(vmdef.normalize(vm1["guestmemfs_vms"][0], vm1["guestmemfs_vm_defaults"]), mem_path="/m/vm1.ram")
+    argv = vmdef.build_argv(conf, "/run/g")
+    assert not [a for a in argv if "virtio" in a], argv
+    assert "ide-hd,drive=disk0,bus=ahci0.0,id=disk0-dev" in argv and "isa-serial,chardev=qga0,id=qga0-dev" in argv
+    assert "e1000,netdev=net0,id=net0-dev,mac=52:54:00:78:01:01" in argv
+    # Its anchors are checked: a vm1 entry of another shape is an error, not a guest with virtio.
+    with pytest.raises(fleet.FleetError, match="vm1 has 0 lines starting '- type: bridge'"):
+        fleet.with_guest(text.replace("      - type: bridge", "      - type: tap"), "linux-novirtio")
+    assert fleet.guest_for("luo", "linux-novirtio") == "counter" and fleet.guest_for("pmem", "linux-novirtio") == \
+        "linux-novirtio"
 
 
 def test_host_nics_have_fixed_macs_and_the_guest_net_tap(tmp_path):

@@ -19,6 +19,15 @@ kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
 kernel/net/core/failover.ko.xz:
 kernel/arch/x86/crypto/crc32c-intel.ko.xz:
 kernel/drivers/char/virtio_console.ko.xz:
+kernel/drivers/net/ethernet/intel/e1000/e1000.ko.xz:
+kernel/drivers/ata/ahci.ko.xz: kernel/drivers/ata/libahci.ko.xz kernel/drivers/ata/libata.ko.xz \
+kernel/drivers/scsi/scsi_mod.ko.xz kernel/drivers/scsi/scsi_common.ko.xz
+kernel/drivers/ata/libahci.ko.xz: kernel/drivers/ata/libata.ko.xz kernel/drivers/scsi/scsi_mod.ko.xz \
+kernel/drivers/scsi/scsi_common.ko.xz
+kernel/drivers/ata/libata.ko.xz: kernel/drivers/scsi/scsi_mod.ko.xz kernel/drivers/scsi/scsi_common.ko.xz
+kernel/drivers/scsi/sd_mod.ko.xz: kernel/drivers/scsi/scsi_mod.ko.xz kernel/drivers/scsi/scsi_common.ko.xz
+kernel/drivers/scsi/scsi_mod.ko.xz: kernel/drivers/scsi/scsi_common.ko.xz
+kernel/drivers/scsi/scsi_common.ko.xz:
 """
 
 
@@ -26,10 +35,13 @@ def test_modules_come_after_their_dependencies_once_each():
     order = fleet.resolve_modules(DEP, fleet.GUEST_MODULES)
     names = [fleet.module_name(p) for p in order]
     assert sorted(names) == sorted(["virtio_blk", "virtio_net", "net_failover", "failover", "crc32c_generic",
-                                    "ext4", "crc16", "mbcache", "jbd2", "virtio_console"])
+                                    "ext4", "crc16", "mbcache", "jbd2", "virtio_console",
+                                    # the guest without virtio devices (--guest linux-novirtio)
+                                    "e1000", "ahci", "libahci", "libata", "sd_mod", "scsi_mod", "scsi_common"])
     assert len(names) == len(set(names))
     for user, deps in [("ext4", ["crc16", "mbcache", "jbd2"]), ("virtio_net", ["net_failover", "failover"]),
-                       ("net_failover", ["failover"])]:
+                       ("net_failover", ["failover"]), ("ahci", ["libahci", "libata", "scsi_mod"]),
+                       ("sd_mod", ["scsi_mod", "scsi_common"])]:
         assert all(names.index(d) < names.index(user) for d in deps), (user, names)
 
 
@@ -111,3 +123,11 @@ def test_cpio_is_reproducible():
 def test_cpio_tool_reads_it():
     r = subprocess.run(["cpio", "-t", "--quiet"], input=build_sample(), capture_output=True, check=True)
     assert r.stdout.decode().split() == ["bin", "dev", "dev/console", "init", "bin/odd", "bin/sh"]
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="gcc builds the guest's programs")
+@pytest.mark.parametrize("prog", ["init", "workload", "qga"])
+def test_the_guest_programs_build_with_the_fleets_command_and_no_warning(tmp_path, prog):
+    cmd = fleet.guest_cc(fleet.os.path.join(fleet.GUEST_DIR, prog + ".c"), str(tmp_path / prog))
+    r = subprocess.run(cmd + ["-Werror"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr

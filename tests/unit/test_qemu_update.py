@@ -13,6 +13,9 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import time
+import types
 
 import pytest
 
@@ -191,6 +194,43 @@ def test_the_rings_of_a_running_vm_and_of_a_scratch_qemu(qhost):
     both = dict(running, **{"fs0-dev": ("virtio-9p", [128])})
     assert virtio_queues.unprobed(both, alloc) == ["fs0-dev"]
     assert virtio_queues.too_large(both, alloc) == [("net0-dev", "virtio-net", 0, 512, 256)]
+
+
+def test_a_guest_without_virtio_devices_has_no_rings_to_compare_and_is_not_refused(tmp_path):
+    """The guest that goes from Debian's 10.0.13 to 11.1.3 (docs/qemu-update.md): an e1000 NIC, disks
+    on AHCI, the agent on an ISA serial port. Its running QEMU shows no ring, no scratch QEMU is
+    started for it, and the ring check passes it."""
+    run_dir = tempfile.mkdtemp(prefix="gmfs-nv-")  # short: a socket path holds at most 108 bytes
+    disk, ram = tmp_path / "vm1.raw", tmp_path / "vm1.ram"
+    disk.write_bytes(b"\0" * MiB)
+    ram.write_bytes(b"\0" * 64 * MiB)
+    definition = {"name": "vm1", "memory": "64M", "accel": "tcg", "cpu": "max",
+                  "disks": [{"path": str(disk), "format": "raw", "interface": "sata"}],
+                  "nics": [{"type": "user", "model": "e1000"}], "guest_agent": True, "guest_agent_port": "isa-serial",
+                  "serial_log": str(tmp_path / "vm1.log")}
+    # machine: this machine's QEMU may predate pc-q35-10.0
+    c = dict(vmdef.normalize(definition), mem_path=str(ram), machine="q35")
+    argv = [REAL] + vmdef.build_argv(c, run_dir)[1:] + ["-S"]
+    assert virtio_queues.scratch_args(argv) == ["-smp", "1"]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        vm = types.SimpleNamespace(name="vm1", conf=c, qmp_path=vmdef.qmp_path(c, run_dir))
+        for _tick in range(200):
+            if os.path.exists(vm.qmp_path) or p.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert virtio_queues.running_queues(vm.qmp_path) == {}, p.stderr.read() if p.poll() is not None else ""
+
+        def no_scratch(*_a, **_k):
+            raise AssertionError("no scratch QEMU for a VM without virtio devices")
+        assert virtio_queues.allocated_queues(no_scratch, "/nonexistent/qemu", "q35", argv) == {}
+        facts = {}
+        assert qemu_update.ring_problems("/nonexistent/qemu", [(vm, argv)], facts) == [] and facts == {}
+    finally:
+        p.kill()
+        p.wait()
+        p.stderr.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_a_named_vm_that_is_not_configured_is_refused(qhost, tmp_path):

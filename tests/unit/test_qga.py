@@ -4,9 +4,11 @@ compiled here) behind a listening socket, and Debian's qemu-ga (its unix-listen 
 is installed. No VM: the agents run as local processes."""
 
 import os
+import select
 import shutil
 import socket
 import subprocess
+import termios
 import threading
 import time
 
@@ -79,6 +81,31 @@ def test_the_raw_protocol_of_the_fleet_responder(responder):
     assert lines[0] == b'\xff{"return": 12345}' and lines[1] == b'{"return": 9}'
     assert b'"version": "gmfs-qga 1"' in lines[2] and b'"guest-ping"' in lines[2]
     assert lines[3] == b'{"return": {}}' and b"CommandNotFound" in lines[4]
+
+
+def test_the_fleet_responder_on_a_serial_port_named_by_gmfs_qga(responder):
+    """A guest without virtio devices: /init hands the agent GMFS_QGA=/dev/ttyS1 (gmfs.qga= on the
+    kernel's cmdline). Here the port is a pty: the responder must make it raw (no echo, no line
+    buffering, no CR before LF, 0xFF passed) at 115200, or the host's client would read garbage."""
+    master, slave = os.openpty()
+    agent = subprocess.Popen([responder], env={"GMFS_QGA": os.ttyname(slave)}, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(slave)[3] & termios.ECHO:  # until the responder set raw mode
+            assert time.monotonic() < deadline and agent.poll() is None, "the responder did not set raw mode"
+            time.sleep(0.02)
+        attrs = termios.tcgetattr(slave)
+        assert (attrs[4], attrs[5]) == (termios.B115200, termios.B115200)
+        os.write(master, b'\xff{"execute": "guest-sync-delimited", "arguments": {"id": 77}}{"execute": "guest-ping"}')
+        out, want = b"", b'\xff{"return": 77}\n{"return": {}}\n'
+        while len(out) < len(want) and select.select([master], [], [], 10)[0]:
+            out += os.read(master, 4096)
+        assert out == want
+    finally:
+        agent.kill()
+        agent.wait()
+        os.close(master)
+        os.close(slave)
 
 
 def test_an_agent_that_never_answers_fails_within_its_timeout(tmp_path):

@@ -5,7 +5,9 @@
  * code path is translated twice, and a busybox script (install the applets, mount, cut, ip, sleep
  * loops) took 35-55 s from "Run /init" to the workload. This does the same with system calls only.
  *
- * Kernel cmdline: gmfs.ip=A.B.C.D/NN gives eth0 its address. Logs go to the console (ttyS0).
+ * Kernel cmdline: gmfs.ip=A.B.C.D/NN gives eth0 its address; gmfs.qga=DEVICE (e.g. /dev/ttyS1, for a
+ * VM whose agent channel is an ISA serial port) reaches the services as GMFS_QGA, and without it the
+ * agent finds its virtio-serial port. Logs go to the console (ttyS0).
  * PID 1 must never exit (the kernel panics): every failure is logged and the reaping loop runs on.
  * It starts /bin/workload (restarted if it dies: a new pid shows that from outside) and every other
  * executable named in /etc/gmfs-services (one path per line), e.g. a guest agent.
@@ -88,11 +90,11 @@ static void set_addr(int s, const char *dev, unsigned long req, in_addr_t addr, 
 	ifreq_ioctl(s, req, &ifr, what);
 }
 
-/* gmfs.ip=A.B.C.D/NN from the kernel's cmdline into ip ("" when absent). */
-static void cmdline_ip(char *ip, size_t len)
+/* The value of key (e.g. "gmfs.ip=") on the kernel's cmdline into out ("" when absent). */
+static void cmdline_value(const char *key, char *out, size_t len)
 {
 	char buf[4096];
-	ip[0] = '\0';
+	out[0] = '\0';
 	int fd = open("/proc/cmdline", O_RDONLY);
 	if (fd < 0)
 		return;
@@ -102,8 +104,8 @@ static void cmdline_ip(char *ip, size_t len)
 		return;
 	buf[n] = '\0';
 	for (char *tok = strtok(buf, " \n"); tok; tok = strtok(NULL, " \n"))
-		if (strncmp(tok, "gmfs.ip=", 8) == 0)
-			snprintf(ip, len, "%s", tok + 8);
+		if (strncmp(tok, key, strlen(key)) == 0)
+			snprintf(out, len, "%s", tok + strlen(key));
 }
 
 static void network(void)
@@ -115,7 +117,7 @@ static void network(void)
 		return;
 	}
 	link_up(s, "lo");
-	cmdline_ip(ip, sizeof ip);
+	cmdline_value("gmfs.ip=", ip, sizeof ip);
 	if (!ip[0]) {
 		say("no gmfs.ip= on the cmdline: eth0 stays down");
 		close(s);
@@ -136,15 +138,27 @@ static void network(void)
 
 static void data_disk(void)
 {
+	/* The disk: /dev/vda on virtio-blk, /dev/sda on AHCI (a guest without virtio devices). Both
+	 * probe asynchronously: wait for either up to 30 s. */
+	static const char *const disks[] = { "/dev/vda", "/dev/sda" };
+	const char *disk = disks[0];
 	struct stat st;
-	/* virtio-blk probes asynchronously: wait for /dev/vda up to 30 s. */
-	for (int i = 0; i < 300 && stat("/dev/vda", &st) != 0; i++)
+	for (int i = 0; i < 300; i++) {
+		int found = 0;
+		for (size_t d = 0; d < sizeof disks / sizeof disks[0] && !found; d++)
+			if (stat(disks[d], &st) == 0) {
+				disk = disks[d];
+				found = 1;
+			}
+		if (found)
+			break;
 		usleep(100000);
+	}
 	mkdir("/data", 0755);
-	if (mount("/dev/vda", "/data", "ext4", 0, NULL) == 0)
-		say("/data mounted");
+	if (mount(disk, "/data", "ext4", 0, NULL) == 0)
+		say("/data mounted (%s)", disk);
 	else
-		say("no /data (mount /dev/vda failed: %s): the workload runs without its log", strerror(errno));
+		say("no /data (mount %s failed: %s): the workload runs without its log", disk, strerror(errno));
 }
 
 /* Modules in dependency order (written by the build from the kernel's modules.dep); none when the
@@ -169,12 +183,15 @@ static void load_modules(void)
 	fclose(f);
 }
 
+/* What every service's environment holds besides PATH: GMFS_QGA=DEVICE from gmfs.qga=. */
+static char qga_env[128];
+
 static pid_t start(const char *path)
 {
 	pid_t pid = fork();
 	if (pid == 0) {
 		char *argv[] = { (char *)path, NULL };
-		char *envp[] = { "PATH=/bin", NULL };
+		char *envp[] = { "PATH=/bin", qga_env[0] ? qga_env : NULL, NULL };
 		execve(path, argv, envp);
 		_exit(127);
 	}
@@ -204,6 +221,12 @@ int main(void)
 	load_modules();
 	data_disk();
 	network();
+	char qga[96];
+	cmdline_value("gmfs.qga=", qga, sizeof qga);
+	if (qga[0]) {
+		snprintf(qga_env, sizeof qga_env, "GMFS_QGA=%s", qga);
+		say("guest agent on %s", qga);
+	}
 
 	snprintf(services[nservices++], sizeof services[0], "/bin/workload");
 	FILE *f = fopen("/etc/gmfs-services", "r");

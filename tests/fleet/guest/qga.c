@@ -2,7 +2,9 @@
  * JSON protocol for the collection's in-guest health gate - guest-sync, guest-sync-delimited,
  * guest-ping, guest-info, and guest-exec / guest-exec-status of a program without its output.
  * It finds the virtio-serial port named org.qemu.guest_agent.0 under /sys/class/virtio-ports, or
- * takes a device as its argument ("-": stdin and stdout, as the unit tests run it).
+ * takes a device as its argument or from GMFS_QGA (init.c sets it from gmfs.qga= on the kernel's
+ * cmdline, e.g. /dev/ttyS1: a VM whose channel is an ISA serial port); "-": stdin and stdout, as
+ * the unit tests run it. A serial port is put in raw mode at 115200.
  * Built static by tests/fleet/fleet.py build_guest; started by /init (init.c) from /etc/gmfs-services. */
 #include <dirent.h>
 #include <errno.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define PORT_NAME "org.qemu.guest_agent.0"
@@ -46,6 +49,21 @@ static int find_port(char *dev, size_t len) {
   }
   closedir(d);
   return -1;
+}
+
+/* A serial port carries the protocol's bytes as they are: no echo, no line editing, no CR/LF
+ * translation (0xFF and every byte of a command pass), 8N1 at 115200, modem lines ignored. */
+static int raw_tty(int fd) {
+  struct termios t;
+  if (tcgetattr(fd, &t)) return -1;
+  cfmakeraw(&t);
+  t.c_cflag |= CLOCAL | CREAD;
+  t.c_cflag &= ~(tcflag_t)(CRTSCTS | HUPCL);
+  t.c_cc[VMIN] = 1;
+  t.c_cc[VTIME] = 0;
+  cfsetispeed(&t, B115200);
+  cfsetospeed(&t, B115200);
+  return tcsetattr(fd, TCSANOW, &t);
 }
 
 /* The value of "key" in a flat JSON object: a string (copied into out) or a number (returned). */
@@ -169,9 +187,13 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "-")) {
     in_fd = 0; out_fd = 1;
   } else {
-    if (argc > 1) snprintf(dev, sizeof dev, "%s", argv[1]);
+    const char *named = argc > 1 ? argv[1] : getenv("GMFS_QGA");
+    if (named && named[0]) snprintf(dev, sizeof dev, "%s", named);
     else while (find_port(dev, sizeof dev)) sleep(1);  /* virtio_console may probe late */
-    while ((in_fd = open(dev, O_RDWR)) < 0) sleep(1);
+    /* O_NONBLOCK: a serial port's open must not wait for a carrier; reads block again below. */
+    while ((in_fd = open(dev, O_RDWR | O_NOCTTY | O_NONBLOCK)) < 0) sleep(1);
+    fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) & ~O_NONBLOCK);
+    if (isatty(in_fd) && raw_tty(in_fd)) { perror(dev); return 1; }
     out_fd = in_fd;
   }
   for (;;) {
