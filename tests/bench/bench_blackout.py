@@ -17,7 +17,7 @@ QEMU is handed descriptors): what confinement costs counts against the collectio
 no verification, no journal, no SSH on its path. Afterwards its VMs go back
 under their units with a cold start (these are test guests).
 
-With --vms, each round runs the floor and the collection once per VM count: the first N of the
+With --vms, each round runs the floor (at --floor-vms, default every count) and the collection once per VM count: the first N of the
 host's VMs run (vm1, the real guest, first), the others are stopped and disabled (outside the clock).
 Counts above the fleet's VMs add counting guests (128 MiB, 5% CPU each) to a copy of the fleet's
 inventory, which prepare.yml applies once (its carve-out grows: a cold reboot of the fleet hosts).
@@ -333,12 +333,14 @@ def write(out, args, runs):
     return text
 
 
-def plan(vm_counts, wave_hosts, forks):
-    """The cases of one round: per VM count the floor and the collection on one host; the wave at
-    the smallest count. -> [(label, kind, vms, hosts)]"""
+def plan(vm_counts, wave_hosts, forks, floor_counts=None):
+    """The cases of one round: per VM count the floor (at ``floor_counts``, default every count) and
+    the collection on one host; the wave at the smallest count. -> [(label, kind, vms, hosts)]"""
     cases = []
     for n in vm_counts:
-        cases += [(case_label("floor", n), "floor", n, 1), (case_label("collection", n, 1, forks), "collection", n, 1)]
+        if floor_counts is None or n in floor_counts:
+            cases.append((case_label("floor", n), "floor", n, 1))
+        cases.append((case_label("collection", n, 1, forks), "collection", n, 1))
         if wave_hosts > 1 and n == min(vm_counts):
             cases.append((case_label("collection", n, wave_hosts, forks), "collection", n, wave_hosts))
     return cases
@@ -350,6 +352,7 @@ def main():
     ap.add_argument("--host", default="host1")
     ap.add_argument("--wave", help="comma-separated hosts the collection also updates as one wave")
     ap.add_argument("--vms", help="comma-separated VM counts per host (default: the VMs the hosts have)")
+    ap.add_argument("--floor-vms", help="the VM counts the floor runs at (default: every --vms count)")
     ap.add_argument("--forks", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3, help="rounds, each every case once, in alternating order")
     ap.add_argument("--out", default=os.path.join(fleet.cache_dir(), "bench-blackout"))
@@ -370,7 +373,7 @@ def main():
         prepare_vms(inventory, wave, a.out)
     if not counts:
         counts = [len(ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms").split())]
-    cases = plan(counts, len(wave), a.forks)
+    cases = plan(counts, len(wave), a.forks, [int(n) for n in a.floor_vms.split(",")] if a.floor_vms else None)
     runs = []
     try:
         for i in range(a.runs):

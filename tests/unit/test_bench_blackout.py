@@ -16,6 +16,8 @@ def test_a_round_runs_floor_and_collection_per_vm_count_and_the_wave_at_the_smal
         ("floor 1vm", "floor", 1, 1), ("collection 1host f1 1vm", "collection", 1, 1),
         ("collection 2hosts f1 1vm", "collection", 1, 2),
         ("floor 8vm", "floor", 8, 1), ("collection 1host f1 8vm", "collection", 8, 1)]
+    assert [c[0] for c in bench.plan([1, 8], 2, 1, [1])] == [
+        "floor 1vm", "collection 1host f1 1vm", "collection 2hosts f1 1vm", "collection 1host f1 8vm"]
 
 
 def run(case, kind, vms, hosts, blackouts):
