@@ -197,9 +197,12 @@ def inventory_with_vms(state, count, out):
     return path, [v["name"] for v in vms]
 
 
-def prepare_vms(inventory, hosts, out):
-    """prepare.yml with the bench's VMs: their definitions and units, the carve-out sized for them
-    (a cold reboot of a host whose carve-out grows: the fleet's VMs are test guests)."""
+def prepare_vms(state, inventory, hosts, out):
+    """prepare.yml with the bench's VMs: their definitions and units, the carve-out sized for them.
+    A carve-out that grows needs a cold reboot, which prepare.yml refuses while QEMUs run: the
+    fleet's VMs are test guests, stopped first."""
+    for h in hosts:
+        ssh(state, h, "systemctl stop 'guestmemfs-vm@*'", timeout=900)
     with open(os.path.join(out, "prepare.log"), "w") as log:
         subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.prepare",
                         "--limit", ",".join(h["name"] for h in hosts), "-e", "memory_backend_reboot_ok=true"],
@@ -370,7 +373,7 @@ def main():
     inventory, names = inventory_with_vms(state, max(counts or [0]), a.out)
     if inventory != state["inventory"]:
         print("[%s] prepare.yml with %d VMs per host (%s)" % (time.strftime("%H:%M:%S"), len(names), inventory), flush=True)
-        prepare_vms(inventory, wave, a.out)
+        prepare_vms(state, inventory, wave, a.out)
     if not counts:
         counts = [len(ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms").split())]
     cases = plan(counts, len(wave), a.forks, [int(n) for n in a.floor_vms.split(",")] if a.floor_vms else None)
