@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fleet"))
 import fleet  # noqa: E402
 
 QMP_LIB = r'''
-import json, os, socket, subprocess, sys, threading, time
+import json, os, socket, struct, subprocess, sys, threading, time
+STATE = "/var/lib/guestmemfs-liveupdate/state/floor-%s.state"
 def qmp(path):
     s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rw")
     f.readline()
@@ -65,26 +66,45 @@ def qmp(path):
     cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True},
                                                  {"capability": "x-ignore-shared", "state": True}])
     cmd("migrate-set-parameters", mode="cpr-reboot")
+    cmd.sock = s
     return cmd, wait
 def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
 done = lambda e: e["data"]["status"] in ("completed", "failed")
 VMS = json.load(open("/root/floor-vms.json"))
 '''
 
-# The critical path, one process on the host: every VM saved in parallel, sync, kexec -e.
+# The critical path, one process on the host: every VM saved in parallel, sync, kexec -e. The state
+# goes where the collection's confined QEMU may write (its state directory), into a file made for
+# the QEMU's user (its QMP peer's credentials), as the collection hands it one. A failed save resumes
+# every VM and kexecs nothing.
 FLOOR_SAVE = QMP_LIB + r'''
-stops = {}
+stops, errors, conns = {}, {}, {}
 def save(name):
     cmd, wait = qmp("/run/guestmemfs-liveupdate/%s.qmp" % name)
+    conns[name] = cmd
+    _pid, uid, gid = struct.unpack("3i", cmd.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    fd = os.open(STATE % name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.fchown(fd, uid, gid); os.close(fd)
     cmd("stop"); stops[name] = ts(wait("STOP"))
-    cmd("migrate", uri="file:/root/floor-%s.state" % name); wait("MIGRATION", done)
-    fd = os.open("/root/floor-%s.state" % name, os.O_RDONLY); os.fsync(fd); os.close(fd)
-    try: cmd("quit")
-    except Exception: pass
-threads = [threading.Thread(target=save, args=(n,)) for n in VMS]
+    cmd("migrate", uri="file:" + STATE % name)
+    status = wait("MIGRATION", done)["data"]["status"]
+    if status != "completed": raise SystemExit("migration of %s %s" % (name, status))
+    fd = os.open(STATE % name, os.O_RDONLY); os.fsync(fd); os.close(fd)
+def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
+    try: save(name)
+    except BaseException as e: errors[name] = repr(e)
+threads = [threading.Thread(target=guarded, args=(n,)) for n in VMS]
 for t in threads: t.start()
 for t in threads: t.join()
-json.dump(stops, open("/root/floor-stop.json", "w"))
+json.dump({"stops": stops, "errors": errors}, open("/root/floor-stop.json", "w"))
+if errors:
+    for cmd in conns.values():
+        try: cmd("cont")
+        except BaseException: pass
+    sys.exit(1)
+for cmd in conns.values():
+    try: cmd("quit")
+    except BaseException: pass
+time.sleep(0.2)  # the QEMUs let go of their memory
 open("/root/floor-armed", "w").close()
 os.sync()
 os.execvp("kexec", ["kexec", "-e"])
@@ -100,13 +120,17 @@ def restore(name):
     subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["props"] + v["argv"] + ["-incoming", "defer"])
     while not os.path.exists(qmp_path): time.sleep(0.01)
     cmd, wait = qmp(qmp_path)
-    cmd("migrate-incoming", uri="file:/root/floor-%s.state" % name); wait("MIGRATION", done)
+    cmd("migrate-incoming", uri="file:" + STATE % name); wait("MIGRATION", done)
     cmd("cont"); resumed[name] = ts(wait("RESUME"))
-threads = [threading.Thread(target=restore, args=(n,)) for n in VMS]
+errors = {}
+def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
+    try: restore(name)
+    except BaseException as e: errors[name] = repr(e)
+threads = [threading.Thread(target=guarded, args=(n,)) for n in VMS]
 for t in threads: t.start()
 for t in threads: t.join()
 os.unlink("/root/floor-armed")
-json.dump(resumed, open("/root/floor-resume.json", "w"))
+json.dump({"resumed": resumed, "errors": errors}, open("/root/floor-resume.json", "w"))
 '''
 
 FLOOR_UNIT = """[Unit]
@@ -211,14 +235,15 @@ def prepare_vms(state, inventory, hosts, out):
 
 def use_vms(state, hosts, names, active):
     """Only ``active`` of ``names`` run (and start at boot) on each host; outside the clock."""
-    units = lambda vms: " ".join("guestmemfs-vm@%s" % v for v in vms)  # noqa: E731
+    def units(vms):
+        return " ".join("guestmemfs-vm@%s" % v for v in vms)
     idle = [v for v in names if v not in active]
     for h in hosts:
         if idle:
             ssh(state, h, "systemctl disable -q --now %s" % units(idle))
         ssh(state, h, "systemctl enable -q %s && systemctl start %s" % (units(active), units(active)), timeout=900)
         running = ssh(state, h, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//' | while read v; do "
-                      "systemctl is-active -q guestmemfs-vm@$v && echo $v; done").split()
+                      "systemctl is-active -q guestmemfs-vm@$v && echo $v; done; true").split()
         if sorted(running) != sorted(active):
             raise RuntimeError("%s: running %s, wanted %s" % (h["name"], running, active))
 
@@ -236,40 +261,48 @@ def floor_run(state, host, vms):
     ssh(state, host, "cat > /etc/systemd/system/floor-restore.service", stdin=FLOOR_UNIT)
     # Outside the clock: the collection's units stay off this boot, the kernel is loaded.
     units = " ".join("guestmemfs-vm@%s" % v for v in vms)
-    ssh(state, host, "rm -f /root/floor-*.state /root/floor-resume.json; systemctl daemon-reload; "
+    ssh(state, host, "rm -f /var/lib/guestmemfs-liveupdate/state/floor-*.state /root/floor-resume.json /root/floor-stop.json; "
+        "systemctl daemon-reload; "
         "systemctl enable -q floor-restore.service; systemctl disable -q guestmemfs-verify.service %s" % units)
     other = ssh(state, host, OTHER_KERNEL)
     ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, other.replace("vmlinuz-", "initrd.img-")))
     before = ssh(state, host, BOOT_ID)
-    ssh(state, host, "systemd-run -q --unit floor-save python3 /root/floor-save.py")
-    wait_new_boot(state, host, before)
+    ssh(state, host, "systemctl reset-failed floor-save 2>/dev/null; systemd-run -q --unit floor-save python3 /root/floor-save.py")
     deadline = time.time() + 900
     while time.time() < deadline:
         try:
-            resumed = json.loads(ssh(state, host, "cat /root/floor-resume.json", timeout=20))
+            if ssh(state, host, BOOT_ID, timeout=20) != before:
+                break
+            saved = json.loads(ssh(state, host, "cat /root/floor-stop.json 2>/dev/null || echo '{}'", timeout=20))
+            if saved.get("errors"):
+                raise RuntimeError("%s: the floor's save failed, every VM resumed, no kexec: %s" % (host["name"], saved["errors"]))
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+        except RuntimeError as exc:
+            if "floor's save failed" in str(exc):
+                raise
+        time.sleep(1)
+    else:
+        raise RuntimeError("%s did not come back within 900s" % host["name"])
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        try:
+            restored = json.loads(ssh(state, host, "cat /root/floor-resume.json", timeout=20))
             break
         except (RuntimeError, subprocess.TimeoutExpired, ValueError):
             time.sleep(1)
     else:
         raise RuntimeError("%s: the floor's restore did not finish" % host["name"])
-    stopped = json.loads(ssh(state, host, "cat /root/floor-stop.json"))
+    stopped = json.loads(ssh(state, host, "cat /root/floor-stop.json"))["stops"]
+    resumed = restored["resumed"]
+    if restored["errors"] or not resumed:
+        raise RuntimeError("%s: the floor's restore failed: %s" % (host["name"], restored["errors"] or "no VM resumed"))
     # Back under the collection's units (a cold start of the test guests).
-    ssh(state, host, "systemctl stop %s; rm -f /root/floor-*.state; systemctl disable -q floor-restore.service; "
+    ssh(state, host, "systemctl stop %s; rm -f /var/lib/guestmemfs-liveupdate/state/floor-*.state; "
+        "systemctl disable -q floor-restore.service; "
         "systemctl enable -q guestmemfs-verify.service %s; systemctl start %s" % (
             " ".join("floor-%s" % v for v in vms), units, units))
     return {host["name"]: host_blackout(list(stopped.values()), list(resumed.values()))}
-
-
-def wait_new_boot(state, host, before, timeout=900):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if ssh(state, host, BOOT_ID, timeout=20) != before:
-                return
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
-        time.sleep(1)
-    raise RuntimeError("%s did not come back within %ss" % (host["name"], timeout))
 
 
 # The issue's targets: the collection against the floor at the same VM count; 8 VMs against 1 VM;
@@ -323,8 +356,8 @@ def write(out, args, runs):
         lines.append("%-32s %3d %10.3f %10.3f" % (case, v["n"], v["min"], v["median"]))
     lines += ["", "%-22s %-32s %-32s %7s %7s %7s" % ("ratio", "case", "against", "min", "median", "target")]
     for r in s["ratios"]:
-        lines.append("%-22s %-32s %-32s %7.3f %7.3f %7s" % (r["ratio"], r["case"], r["against"], r["min"],
-                                                             r["median"], "<= %.2f" % r["target"]))
+        row = (r["ratio"], r["case"], r["against"], r["min"], r["median"], "<= %.2f" % r["target"])
+        lines.append("%-22s %-32s %-32s %7.3f %7.3f %7s" % row)
     lines.append("per host first STOP -> last RESUME, seconds; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
     failed = [r for r in runs if r.get("error")]
@@ -371,7 +404,10 @@ def main():
         raise SystemExit("--host %s is not in --wave %s" % (a.host, a.wave))
     counts = sorted(set(int(n) for n in a.vms.split(","))) if a.vms else []
     inventory, names = inventory_with_vms(state, max(counts or [0]), a.out)
-    if inventory != state["inventory"]:
+
+    def defined(h):
+        return set(ssh(state, h, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split())
+    if inventory != state["inventory"] and any(not set(names) <= defined(h) for h in wave):
         print("[%s] prepare.yml with %d VMs per host (%s)" % (time.strftime("%H:%M:%S"), len(names), inventory), flush=True)
         prepare_vms(state, inventory, wave, a.out)
     if not counts:

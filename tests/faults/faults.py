@@ -362,7 +362,7 @@ def fault_large_region_altered_later_wave(host, ctx):
     modes = {}
     for name, journal_ in ((first, jc), (host.name, j)):
         modes[name] = dict((n, "%s %s: %s" % (v.get("state"), (v.get("verify") or {}).get("mode"),
-                                               (v.get("verify") or {}).get("status")))
+                                              (v.get("verify") or {}).get("status")))
                            for n, v in (journal_.get("vms") or {}).items())
     ctx["verify_modes"] = modes
     ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
