@@ -183,7 +183,7 @@ def collection_run(state, inventory, hosts, forks, out):
     log = open(os.path.join(out, "collection-%d.log" % int(time.time())), "w")
     subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
                     "--limit", ",".join(names) + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other, "-e", rollout],
-                   env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+                   env=env, check=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     result = {}
     for h in hosts:
         j = json.loads(ssh(state, h, "python3 /usr/lib/guestmemfs-liveupdate/agent status --json"))
@@ -230,7 +230,7 @@ def prepare_vms(state, inventory, hosts, out):
     with open(os.path.join(out, "prepare.log"), "w") as log:
         subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.prepare",
                         "--limit", ",".join(h["name"] for h in hosts), "-e", "memory_backend_reboot_ok=true"],
-                       check=True, stdout=log, stderr=subprocess.STDOUT)
+                       check=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
 def use_vms(state, hosts, names, active):
@@ -239,6 +239,10 @@ def use_vms(state, hosts, names, active):
         return " ".join("guestmemfs-vm@%s" % v for v in vms)
     idle = [v for v in names if v not in active]
     for h in hosts:
+        # A floor run cut short leaves its QEMUs on the VMs' memory and its unit armed for the next boot.
+        ssh(state, h, "systemctl stop 'floor-vm*' floor-save 2>/dev/null; systemctl reset-failed 'floor-*' 2>/dev/null; "
+            "systemctl disable -q floor-restore.service 2>/dev/null; rm -f /root/floor-armed; "
+            "systemctl enable -q guestmemfs-verify.service; true")
         if idle:
             ssh(state, h, "systemctl disable -q --now %s" % units(idle))
         ssh(state, h, "systemctl enable -q %s && systemctl start %s" % (units(active), units(active)), timeout=900)
