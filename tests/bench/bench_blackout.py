@@ -177,6 +177,12 @@ def host_blackout(stops, resumes):
 def collection_run(state, inventory, hosts, forks, out):
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
     other = ssh(state, hosts[0], OTHER_KERNEL)
+    # One target for the wave: every host must run the same kernel (a host already on the target is
+    # "done" and measures an earlier update's journal).
+    releases = dict((h["name"], ssh(state, h, "uname -r")) for h in hosts)
+    if len(set(releases.values())) > 1:
+        raise RuntimeError("the wave's hosts run different kernels: %s (align them first)" % releases)
+    boots = dict((h["name"], ssh(state, h, BOOT_ID)) for h in hosts)
     names = [h["name"] for h in hosts]
     # one wave of all the hosts given: the canary wave holds them all
     rollout = json.dumps({"guestmemfs_rollout": {"canary": len(hosts)}})
@@ -186,6 +192,8 @@ def collection_run(state, inventory, hosts, forks, out):
                    env=env, check=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     result = {}
     for h in hosts:
+        if ssh(state, h, BOOT_ID) == boots[h["name"]]:
+            raise RuntimeError("%s was not updated (same boot): no blackout to measure" % h["name"])
         j = json.loads(ssh(state, h, "python3 /usr/lib/guestmemfs-liveupdate/agent status --json"))
         vms = j["vms"].values()
         if any(v.get("state") != "restored" for v in vms):
@@ -309,6 +317,16 @@ def floor_run(state, host, vms):
     return {host["name"]: host_blackout(list(stopped.values()), list(resumed.values()))}
 
 
+def align_kernels(state, inventory, host, hosts, forks, out):
+    """Outside the clock: every host of the wave onto ``host``'s running kernel (the floor and the
+    1-host runs flip ``host`` alone), by the collection's own update of each lagging host."""
+    release = ssh(state, host, "uname -r")
+    for h in hosts:
+        if ssh(state, h, "uname -r") != release:
+            print("[%s]   %s onto %s first (not measured)" % (time.strftime("%H:%M:%S"), h["name"], release), flush=True)
+            collection_run(state, inventory, [h], forks, out)
+
+
 # The issue's targets: the collection against the floor at the same VM count; 8 VMs against 1 VM;
 # a 2-host wave at forks=1 against 1 host.
 TARGET_FLOOR, TARGET_VMS, TARGET_WAVE = 1.10, 1.2, 1.05
@@ -424,6 +442,8 @@ def main():
                 hosts = wave if nhosts > 1 else [host]
                 if a.vms:
                     use_vms(state, wave, names, names[:n])
+                if nhosts > 1:
+                    align_kernels(state, inventory, host, wave, a.forks, a.out)
                 active = names[:n] if a.vms else ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
                 t0, ld = time.time(), load()
                 print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
