@@ -157,12 +157,55 @@ OTHER_KERNEL = "ls /boot/vmlinuz-* | grep -v \"$(uname -r)\" | tail -1"
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
+PROGRESS_S = 30  # the longest silence of a long step
+
+
+def progress(what, started, log_path=None):
+    """One line saying what still runs, for how long, and the last line of its log."""
+    last = ""
+    if log_path and os.path.exists(log_path):
+        with open(log_path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(log_path) - 4096))
+            lines = [ln.strip() for ln in fh.read().decode(errors="replace").splitlines() if ln.strip()]
+            last = lines[-1][:120] if lines else ""
+    print("[%s]     %s: %ds%s" % (time.strftime("%H:%M:%S"), what, time.time() - started,
+                                  ("; log: " + last) if last else ""), flush=True)
+
+
+def finish(proc, what, timeout=None, stdin=None, log_path=None, every=PROGRESS_S):
+    """Wait for ``proc`` (its output, when piped), saying every ``every`` s that it still runs.
+    -> (stdout, stderr); the process is killed past ``timeout``."""
+    started = time.time()
+    while True:
+        try:
+            out, err = proc.communicate(stdin, timeout=every)
+            return out, err
+        except subprocess.TimeoutExpired:
+            stdin = None  # handed over by the first call
+            if timeout is not None and time.time() - started >= timeout:
+                proc.kill()
+                proc.communicate()
+                raise
+            progress(what, started, log_path)
+
+
 def ssh(state, host, command, stdin=None, timeout=600):
-    r = subprocess.run(fleet.ssh_base(state, host) + [command], input=stdin, capture_output=True, text=True,
-                       timeout=timeout, check=False)
-    if r.returncode != 0:
-        raise RuntimeError("%s: %s failed (rc %d): %s" % (host["name"], command[:80], r.returncode, r.stderr.strip()))
-    return r.stdout.strip()
+    proc = subprocess.Popen(fleet.ssh_base(state, host) + [command], stdin=subprocess.PIPE if stdin is not None
+                            else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = finish(proc, "%s: %s" % (host["name"], command[:60]), timeout=timeout, stdin=stdin,
+                      every=min(PROGRESS_S, timeout))
+    if proc.returncode != 0:
+        raise RuntimeError("%s: %s failed (rc %d): %s" % (host["name"], command[:80], proc.returncode, err.strip()))
+    return out.strip()
+
+
+def playbook(argv, log_path, what, env=None):
+    """ansible-playbook into ``log_path``, a line of progress every 30 s; raises on failure."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        finish(proc, what, log_path=log_path)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, argv)
 
 
 def load():
@@ -186,10 +229,9 @@ def collection_run(state, inventory, hosts, forks, out):
     names = [h["name"] for h in hosts]
     # one wave of all the hosts given: the canary wave holds them all
     rollout = json.dumps({"guestmemfs_rollout": {"canary": len(hosts)}})
-    log = open(os.path.join(out, "collection-%d.log" % int(time.time())), "w")
-    subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
-                    "--limit", ",".join(names) + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other, "-e", rollout],
-                   env=env, check=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    playbook(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.liveupdate", "-f", str(forks),
+              "--limit", ",".join(names) + ",localhost", "-e", "guestmemfs_kexec_kernel=" + other, "-e", rollout],
+             os.path.join(out, "collection-%d.log" % int(time.time())), "liveupdate.yml on " + ",".join(names), env=env)
     result = {}
     for h in hosts:
         if ssh(state, h, BOOT_ID) == boots[h["name"]]:
@@ -235,10 +277,9 @@ def prepare_vms(state, inventory, hosts, out):
     fleet's VMs are test guests, stopped first."""
     for h in hosts:
         ssh(state, h, "systemctl stop 'guestmemfs-vm@*'", timeout=900)
-    with open(os.path.join(out, "prepare.log"), "w") as log:
-        subprocess.run(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.prepare",
-                        "--limit", ",".join(h["name"] for h in hosts), "-e", "memory_backend_reboot_ok=true"],
-                       check=True, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    playbook(["ansible-playbook", "-i", inventory, "guestmemfs.liveupdate.prepare",
+              "--limit", ",".join(h["name"] for h in hosts), "-e", "memory_backend_reboot_ok=true"],
+             os.path.join(out, "prepare.log"), "prepare.yml")
 
 
 def use_vms(state, hosts, names, active):
@@ -280,8 +321,12 @@ def floor_run(state, host, vms):
     ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, other.replace("vmlinuz-", "initrd.img-")))
     before = ssh(state, host, BOOT_ID)
     ssh(state, host, "systemctl reset-failed floor-save 2>/dev/null; systemd-run -q --unit floor-save python3 /root/floor-save.py")
-    deadline = time.time() + 900
+    started = shown = time.time()
+    deadline = started + 900
     while time.time() < deadline:
+        if time.time() - shown >= PROGRESS_S:
+            progress("%s: the floor's save, kexec and boot" % host["name"], started)
+            shown = time.time()
         try:
             if ssh(state, host, BOOT_ID, timeout=20) != before:
                 break
@@ -296,8 +341,12 @@ def floor_run(state, host, vms):
         time.sleep(1)
     else:
         raise RuntimeError("%s did not come back within 900s" % host["name"])
-    deadline = time.time() + 900
+    started = shown = time.time()
+    deadline = started + 900
     while time.time() < deadline:
+        if time.time() - shown >= PROGRESS_S:
+            progress("%s: the floor's restore" % host["name"], started)
+            shown = time.time()
         try:
             restored = json.loads(ssh(state, host, "cat /root/floor-resume.json", timeout=20))
             break

@@ -56,3 +56,27 @@ def test_a_failed_run_leaves_the_others_figures(tmp_path):
     text = bench.write(str(tmp_path), type("A", (), {})(), runs)
     assert "floor 1vm" in text and "FAILED: collection 1host f1 1vm round 1: host1: not every VM restored" in text
     assert (tmp_path / "bench-blackout.json").exists()
+
+
+def test_a_long_step_says_every_interval_that_it_still_runs(tmp_path, capsys):
+    log = tmp_path / "step.log"
+    log.write_text("TASK [first]\nTASK [Wait for the host]\n")
+    proc = bench.subprocess.Popen(["sleep", "0.35"])
+    bench.finish(proc, "a step", log_path=str(log), every=0.1)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) >= 2 and proc.returncode == 0, lines
+    assert all(" a step: " in ln and ln.endswith("; log: TASK [Wait for the host]") for ln in lines), lines
+
+
+def test_a_step_past_its_timeout_is_killed_and_raises():
+    proc = bench.subprocess.Popen(["sleep", "30"])
+    with pytest.raises(bench.subprocess.TimeoutExpired):
+        bench.finish(proc, "a step", timeout=0.2, every=0.1)
+    assert proc.returncode is not None and proc.returncode < 0
+
+
+def test_a_failed_playbook_raises_with_its_log_kept(tmp_path):
+    log = tmp_path / "pb.log"
+    with pytest.raises(bench.subprocess.CalledProcessError):
+        bench.playbook(["sh", "-c", "echo no such play; exit 4"], str(log), "a play")
+    assert log.read_text() == "no such play\n"
