@@ -348,6 +348,33 @@ def test_memory_that_does_not_verify_is_held_never_resumed_by_either_qemu(qhost,
     assert journal.next_step(j, "boot-a")[0] == "blocked"
 
 
+def test_a_new_qemu_that_crashes_after_the_resume_is_never_restored_again(qhost, tmp_path):
+    """docs/qemu-update.md's row "the new QEMU crashes after the resume": the guest ran past its
+    saved state, so its unit's next start boots it afresh; the state is never loaded again, the
+    update's journal keeps what happened."""
+    new = stand_in(tmp_path)
+    vm2 = qhost.vms[1]
+    r = qemu_update.update_qemu(qhost.qrun, run_out, new, names=["vm2"], conf_dir=qhost.conf, kept_dir=qhost.kept,
+                                update_id="q5")
+    assert r["outcomes"] == {"vm2": "updated"}
+    assert counting(vm2, read_counter(vm2.mem_path))
+    for pid, _comm, _path in procs.users(vm2.mem_path, mapped_only=True):
+        os.kill(pid, signal.SIGSEGV)  # the new QEMU crashes
+    hostupdate.wait_unmapped([vm2], 10)
+    assert cpr.status(vm2) is None and not os.path.exists(vm2.state_path)
+    # The recovery the row gives: start its unit.
+    del qhost.execs[:]
+    assert qhost.run(["systemctl", "start", "guestmemfs-vm@vm2.service"]) == 0
+    assert len(qhost.execs) == 1 and "-incoming" not in qhost.execs[0], qhost.execs  # a cold start
+    deadline = time.monotonic() + 60
+    while cpr.status(vm2) != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cpr.status(vm2) == "running"
+    j = journal.load_journal()
+    assert (j["update_id"], j["phase"], j["vms"]["vm2"]["state"]) == ("q5", "restored", "restored")
+    assert journal.next_step(j, "boot-a")[0] == "start"  # nothing left to restore: the next update may begin
+
+
 def test_a_qemu_update_in_flight_keeps_its_vms_open_and_a_dead_one_rolls_back():
     j = {"update_id": "q1", "phase": journal.QEMU_UPDATE_PHASE, "from_boot_id": "boot-a", "saver_pid": 42,
          "vms": {"vm1": {"state": "saved"}, "vm2": {"state": "running"}}}
