@@ -119,6 +119,8 @@ def main():
         raise SystemExit("the old and the new QEMU are one build (%s): give --install-new" % meta["new"])
     with open(os.path.join(HERE, "qemu_update_modes_host.py")) as fh:
         ssh(state, host, "cat > " + HOST_SCRIPT, stdin=fh.read())
+    with open(os.path.join(ROOT, "plugins", "module_utils", "qmp.py")) as fh:  # the host script's QMP client
+        ssh(state, host, "cat > " + os.path.join(os.path.dirname(HOST_SCRIPT), "qmp.py"), stdin=fh.read())
     command = "python3 %s --old %s/bin/qemu-system-x86_64 --new %s --kernel %s --counter-addr %#x --runs %d" % (
         HOST_SCRIPT, OLD_DIR, NEW, COUNTER_GUEST, COUNTER_ADDR, a.runs)
     argv = fleet.ssh_base(state, host) + [command]

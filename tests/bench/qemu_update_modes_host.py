@@ -23,58 +23,22 @@ import json
 import mmap
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 
+# The collection's QMP client, uploaded beside this script (stdlib only; no installation needed).
+from qmp import QMP, event_time as event_ts  # pylint: disable=import-error
 
-class QMP:
-    """A minimal client: this runs beside, not on, the collection's installation."""
-
-    def __init__(self, path, wait=60.0):
-        deadline = time.time() + wait
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.sock.makefile("rw")
-        self.events = []
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps(dict({"execute": name}, **({"arguments": args} if args else {}))) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "event" in r:
-                self.events.append(r)
-            elif "error" in r:
-                raise RuntimeError("%s: %s" % (name, r["error"].get("desc", r["error"])))
-            else:
-                return r["return"]
-
-    def wait(self, event, match=None, timeout=300):
-        self.sock.settimeout(timeout)
-        while True:
-            for e in self.events:
-                if e["event"] == event and (match is None or match(e)):
-                    self.events.remove(e)
-                    return e
-            self.events.append(json.loads(self.f.readline()))
+WAIT_S = 300
 
 
-def event_ts(e):
-    return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+def connect(path, wait=60.0):
+    q = QMP(path, timeout=WAIT_S)
+    q.connect(wait=wait)
+    return q
 
 
 def migration_over(e):
@@ -126,7 +90,7 @@ class Run:
 
     def old(self, caps):
         self.start(self.a.old, "old")
-        q = QMP(self.path("old.qmp"))
+        q = connect(self.path("old.qmp"))
         time.sleep(self.a.settle)  # the guest counts
         q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}] + caps)
         return q
@@ -137,10 +101,10 @@ class Run:
         q = self.old(shared)
         q.cmd("migrate-set-parameters", mode="cpr-reboot")
         q.cmd("stop")
-        stop = event_ts(q.wait("STOP"))
+        stop = event_ts(q.wait_event("STOP", WAIT_S))
         paused_at = self.counter()
         q.cmd("migrate", uri="file:" + state)
-        status = q.wait("MIGRATION", migration_over)["data"]["status"]
+        status = q.wait_event("MIGRATION", WAIT_S, migration_over)["data"]["status"]
         if status != "completed":
             raise RuntimeError("the save %s" % status)
         fd = os.open(state, os.O_RDONLY)
@@ -149,15 +113,15 @@ class Run:
         q.cmd("quit")
         self.procs[-1].wait()
         self.start(self.a.new, "new", ["-incoming", "defer"])
-        nq = QMP(self.path("new.qmp"))
+        nq = connect(self.path("new.qmp"))
         nq.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}] + shared)
         nq.cmd("migrate-set-parameters", mode="cpr-reboot")
         nq.cmd("migrate-incoming", uri="file:" + state)
-        status = nq.wait("MIGRATION", migration_over)["data"]["status"]
+        status = nq.wait_event("MIGRATION", WAIT_S, migration_over)["data"]["status"]
         if status != "completed":
             raise RuntimeError("the load %s: %s" % (status, self.output("new")))
         nq.cmd("cont")
-        resume = event_ts(nq.wait("RESUME"))
+        resume = event_ts(nq.wait_event("RESUME", WAIT_S))
         return {"blackout_s": round(resume - stop, 3), "paused_at": paused_at, "state_bytes": os.path.getsize(state)}
 
     def cpr_transfer(self):
@@ -174,12 +138,12 @@ class Run:
         q.cmd("migrate", channels=[
             {"channel-type": "main", "addr": {"transport": "socket", "type": "unix", "path": main}},
             {"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": cpr}}])
-        nq = QMP(self.path("new.qmp"), wait=120)
-        status = q.wait("MIGRATION", migration_over)["data"]["status"]
+        nq = connect(self.path("new.qmp"), wait=120)
+        status = q.wait_event("MIGRATION", WAIT_S, migration_over)["data"]["status"]
         if status != "completed":
             raise RuntimeError("the transfer %s: %s" % (status, self.output("new")))
-        stop = event_ts(q.wait("STOP"))
-        resume = event_ts(nq.wait("RESUME"))
+        stop = event_ts(q.wait_event("STOP", WAIT_S))
+        resume = event_ts(nq.wait_event("RESUME", WAIT_S))
         q.cmd("quit")
         return {"blackout_s": round(resume - stop, 3)}
 
