@@ -45,30 +45,18 @@ import fleet  # noqa: E402
 
 QMP_LIB = r'''
 import json, os, socket, struct, subprocess, sys, threading, time
+# The collection's QMP client as installed on the host (stdlib only); the floor uses nothing else of it.
+sys.path.insert(0, "/usr/lib/guestmemfs-liveupdate")
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, event_time as ts
 STATE = "/var/lib/guestmemfs-liveupdate/state/floor-%s.state"
-def qmp(path):
-    s = socket.socket(socket.AF_UNIX); s.connect(path); f = s.makefile("rw")
-    f.readline()
-    events = []
-    def cmd(c, **a):
-        f.write(json.dumps({"execute": c, **({"arguments": a} if a else {})}) + "\n"); f.flush()
-        while True:
-            r = json.loads(f.readline())
-            if "event" in r: events.append(r); continue
-            if "error" in r: raise SystemExit("%s: %s" % (c, r["error"]))
-            return r.get("return")
-    def wait(name, pred=lambda e: True):
-        while True:
-            for e in list(events):
-                if e["event"] == name and pred(e): events.remove(e); return e
-            events.append(json.loads(f.readline()))
-    cmd("qmp_capabilities")
-    cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True},
-                                                 {"capability": "x-ignore-shared", "state": True}])
-    cmd("migrate-set-parameters", mode="cpr-reboot")
-    cmd.sock = s
-    return cmd, wait
-def ts(e): return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+WAIT_S = 600  # a TCG fleet host under load answers slowly; a hung QEMU still ends the wait
+def qmp(path, wait=0.0):
+    q = QMP(path, timeout=WAIT_S)
+    q.connect(wait)
+    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True},
+                                                   {"capability": "x-ignore-shared", "state": True}])
+    q.cmd("migrate-set-parameters", mode="cpr-reboot")
+    return q
 done = lambda e: e["data"]["status"] in ("completed", "failed")
 VMS = json.load(open("/root/floor-vms.json"))
 '''
@@ -80,13 +68,12 @@ VMS = json.load(open("/root/floor-vms.json"))
 FLOOR_SAVE = QMP_LIB + r'''
 stops, errors, conns = {}, {}, {}
 def save(name):
-    cmd, wait = qmp("/run/guestmemfs-liveupdate/%s.qmp" % name)
-    conns[name] = cmd
-    _pid, uid, gid = struct.unpack("3i", cmd.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    q = conns[name] = qmp("/run/guestmemfs-liveupdate/%s.qmp" % name)
+    _pid, uid, gid = struct.unpack("3i", q.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fd = os.open(STATE % name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.fchown(fd, uid, gid); os.close(fd)
-    cmd("stop"); stops[name] = ts(wait("STOP"))
-    cmd("migrate", uri="file:" + STATE % name)
-    status = wait("MIGRATION", done)["data"]["status"]
+    q.cmd("stop"); stops[name] = ts(q.wait_event("STOP", WAIT_S))
+    q.cmd("migrate", uri="file:" + STATE % name)
+    status = q.wait_event("MIGRATION", WAIT_S, done)["data"]["status"]
     if status != "completed": raise SystemExit("migration of %s %s" % (name, status))
     fd = os.open(STATE % name, os.O_RDONLY); os.fsync(fd); os.close(fd)
 def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
@@ -97,12 +84,12 @@ for t in threads: t.start()
 for t in threads: t.join()
 json.dump({"stops": stops, "errors": errors}, open("/root/floor-stop.json", "w"))
 if errors:
-    for cmd in conns.values():
-        try: cmd("cont")
+    for q in conns.values():
+        try: q.cmd("cont")
         except BaseException: pass
     sys.exit(1)
-for cmd in conns.values():
-    try: cmd("quit")
+for q in conns.values():
+    try: q.cmd("quit")
     except BaseException: pass
 time.sleep(0.2)  # the QEMUs let go of their memory
 open("/root/floor-armed", "w").close()
@@ -118,10 +105,9 @@ def restore(name):
     v = VMS[name]
     qmp_path = "/run/guestmemfs-liveupdate/%s.qmp" % name
     subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["props"] + v["argv"] + ["-incoming", "defer"])
-    while not os.path.exists(qmp_path): time.sleep(0.01)
-    cmd, wait = qmp(qmp_path)
-    cmd("migrate-incoming", uri="file:" + STATE % name); wait("MIGRATION", done)
-    cmd("cont"); resumed[name] = ts(wait("RESUME"))
+    q = qmp(qmp_path, wait=WAIT_S)
+    q.cmd("migrate-incoming", uri="file:" + STATE % name); q.wait_event("MIGRATION", WAIT_S, done)
+    q.cmd("cont"); resumed[name] = ts(q.wait_event("RESUME", WAIT_S))
 errors = {}
 def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
     try: restore(name)
