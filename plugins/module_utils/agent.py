@@ -31,7 +31,7 @@ import termios
 import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    cpr, hostupdate, journal, manifest, memfd_holder, metrics, qemu_update, vmdef)
+    cpr, cpu_quota, hostupdate, journal, manifest, memfd_holder, metrics, qemu_update, vmdef)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile
 
 
@@ -86,6 +86,16 @@ def _discard(a):
     rc, text = hostupdate.discard_state(a.name)
     (sys.stdout if rc == 0 else sys.stderr).write(text + "\n")
     return rc
+
+
+def _cpu_quota(a):
+    names = a.names or cpr.vm_names(cpr.CONF_DIR)
+    vms = [cpr.VM.load(n, cpr.CONF_DIR) for n in names]
+    running = set(vm.name for vm in vms if cpr.status(vm) == "running")
+    out = cpu_quota.keep(subprocess.call, functools.partial(capture, subprocess.Popen), [vm.conf for vm in vms], running)
+    for _name, (_changed, text) in sorted(out.items()):
+        sys.stdout.write(text + "\n")
+    return 1 if any(" NOT set " in text for _c, text in out.values()) else 0
 
 
 def _kexec(a):
@@ -248,7 +258,7 @@ def parser():
     s.set_defaults(func=lambda a: hostupdate.vm_run(a.name))
     s = sub.add_parser("vm-restore", help="the VM unit's ExecStartPost: finish a restore and resume")
     s.add_argument("name", metavar="NAME", type=vm_name)
-    s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name))
+    s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name, subprocess.call))
     s = sub.add_parser("discard-state", help="discard VM NAME's saved state on purpose (journaled; kept aside): "
                        "its unit then boots it afresh")
     s.add_argument("name", metavar="NAME", type=vm_name)
@@ -260,6 +270,11 @@ def parser():
     sub.add_parser("metrics", help="write the node_exporter textfile from the journal now (every journal change "
                    "writes it too; docs/metrics.md)").set_defaults(func=_metrics)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)
+    s = sub.add_parser("cpu-quota", help="give each running VM (or NAME...) the CPU quota its definition sets, "
+                       "where its cgroup does not enforce it (the agent sets quotas at run time; exit 1 when one "
+                       "could not be set)")
+    s.add_argument("names", nargs="*", metavar="NAME", type=vm_name)
+    s.set_defaults(func=_cpu_quota)
     s = sub.add_parser("update", help="the whole update of this host in one process: save every VM (or NAME...), "
                        "record the manifest, sync, kexec into the loaded kernel; a kexec that does not happen "
                        "restores the VMs on this kernel (exit 5)")

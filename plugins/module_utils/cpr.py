@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpu_quota, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError, event_time
 
 CONF_DIR = "/etc/guestmemfs-liveupdate/vms"
@@ -81,14 +81,15 @@ def _fsync_path(path):
         os.close(fd)
 
 
-def save(vm, timeout=120, before_quit=None):
+def save(vm, timeout=120, before_quit=None, run=None):
     """Pause the VM, write its device state with cpr-reboot, make it durable, quit QEMU.
 
     ``before_quit(vm, timings)`` runs once the state file is complete and durable, before QEMU quits
     (the caller makes the VM's digests and journal durable there): if it raises, the VM resumes.
     Returns timings (QMP timestamps, host CLOCK_REALTIME). On failure the VM is resumed when it
     still runs (a failed migration is cancelled first) and the exception says what happened; a
-    state file is removed unless QEMU quit after it (a resumed VM's state is stale)."""
+    state file is removed unless QEMU quit after it (a resumed VM's state is stale). With ``run``
+    (systemctl), the VM's CPU quota is lifted once it is paused and given back if it resumes here."""
     tmp = vm.state_path + ".partial"
     # VMs save in parallel; 0711: a confined QEMU reaches only the file it is given (confine)
     os.makedirs(os.path.dirname(vm.state_path), 0o711, exist_ok=True)
@@ -103,6 +104,7 @@ def save(vm, timeout=120, before_quit=None):
         q.cmd("stop")
         stopped = True
         stop = q.wait_event("STOP", 30)
+        quota_error = cpu_quota.lift(run, vm.conf) if run else None
         migrating = True
         q.cmd("migrate", uri="file:" + tmp)
         done = q.wait_event("MIGRATION", timeout,
@@ -122,6 +124,8 @@ def save(vm, timeout=120, before_quit=None):
         size = os.path.getsize(vm.state_path)
         out = {"stop_ts": event_time(stop), "saved_ts": event_time(done), "state_bytes": size,
                "save_s": round(event_time(done) - event_time(stop), 3)}
+        if quota_error:
+            out["cpu_quota_error"] = quota_error
         if before_quit:
             before_quit(vm, out)
         try:
@@ -141,6 +145,8 @@ def save(vm, timeout=120, before_quit=None):
         if stopped:
             try:
                 q.cmd("cont")
+                if run:
+                    cpu_quota.apply(run, vm.conf)
             except QMPError:
                 pass
         raise
@@ -179,9 +185,10 @@ def restore(vm, timeout=120, connect_wait=60, before_cont=None):
         q.close()
 
 
-def resume(vm):
+def resume(vm, run=None):
     """Resume a VM paused by a save that did not finish (its RAM never left this kernel). A
-    migration its dead saver left running is cancelled first: its end would pause the VM again."""
+    migration its dead saver left running is cancelled first: its end would pause the VM again.
+    With ``run`` (systemctl), the VM gets its CPU quota back (its save lifted it)."""
     with QMP(vm.qmp_path, timeout=10) as q:
         q.connect()
         try:
@@ -189,6 +196,8 @@ def resume(vm):
         except QMPError:
             pass
         q.cmd("cont")
+    if run:
+        cpu_quota.apply(run, vm.conf)
 
 
 def powerdown(vm):

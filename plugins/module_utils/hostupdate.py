@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, manifest, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, cpu_quota, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
@@ -263,7 +263,7 @@ def _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=False):
 
         def one(vm):
             try:
-                results[vm.name] = cpr.save(vm, timeout=timeout, before_quit=durable)
+                results[vm.name] = cpr.save(vm, timeout=timeout, before_quit=durable, run=run)
             except Exception as exc:  # any failure of one VM must not stop the others' rollback
                 errors[vm.name] = str(exc)
         threads = [threading.Thread(target=one, args=(vm,)) for vm in running]
@@ -317,7 +317,7 @@ def _roll_back_save(run, running, results, errors, conf_dir, update_id):
         now = cpr.status(vm)
         if now in ("paused", "postmigrate", "finish-migrate"):
             try:
-                cpr.resume(vm)
+                cpr.resume(vm, run)
                 now = "running"
             except Exception as exc:
                 left.append("%s could not be resumed (%s): `agent status`, then resume it over QMP %s" % (
@@ -443,10 +443,11 @@ def rollback(run, names, conf_dir=cpr.CONF_DIR):
     return ", ".join(out)
 
 
-def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
+def recover_interrupted_save(run, conf_dir=cpr.CONF_DIR):
     """After a save whose process died half-way: a VM still paused in QEMU is resumed (its memory
-    never left this kernel), a VM whose QEMU quit after a complete save counts as saved (restored
-    next, on verified memory), a VM with neither is reported down with its memory file kept."""
+    never left this kernel) with its CPU quota, a VM whose QEMU quit after a complete save counts as
+    saved (restored next, on verified memory), a VM with neither is reported down with its memory
+    file kept. ``run(argv) -> rc`` runs systemctl."""
     out = {}
     for name, v in sorted((load_journal().get("vms") or {}).items()):
         if v.get("state") != "saving":
@@ -456,7 +457,9 @@ def recover_interrupted_save(conf_dir=cpr.CONF_DIR):
         if now in ("paused", "postmigrate", "finish-migrate", "running"):
             try:
                 if now != "running":
-                    cpr.resume(vm)
+                    cpr.resume(vm, run)
+                else:  # the saver may have died between the pause, which lifted its quota, and the resume
+                    cpu_quota.apply(run, vm.conf)
                 state = "running"
             except Exception as exc:
                 state = "down (resume failed: %s)" % exc
@@ -798,8 +801,10 @@ def _verdict_pending(rec):
         rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id())
 
 
-def vm_restore(name, conf_dir=cpr.CONF_DIR):
-    """The VM unit's ExecStartPost: finish an incoming restore and resume the VM."""
+def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
+    """The VM unit's ExecStartPost: finish an incoming restore and resume the VM; then, and on a cold
+    start at once, give it its CPU quota (module_utils/cpu_quota: not before, the restore would run at
+    the guest's share of a CPU). ``run(argv) -> rc`` runs systemctl."""
     j = load_journal()
     rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
     # The unit is Type=simple: systemd runs this as soon as vm_run is forked, while vm_run may still
@@ -815,6 +820,7 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
                              name, vm.state_path, vm.mem_path, name, UNIT % name))
         return 3
     if rec.get("state") != "restoring":
+        _give_quota(run, cpr.VM.load(name, conf_dir))
         return 0
     vm = cpr.VM.load(name, conf_dir)
     if rec.get("verified_boot_id") != journal.boot_id():
@@ -846,5 +852,12 @@ def vm_restore(name, conf_dir=cpr.CONF_DIR):
     # QEMU's own times: its state loaded, then cont
     events.emit("restore", update_id, name, ts=r.get("loaded_ts"), detail="state %s loaded" % vm.state_path)
     events.emit("resume", update_id, name, ts=r.get("resume_ts"), detail="blackout %ss" % blackout, blackout_s=blackout)
+    _give_quota(run, vm)
     finish_if_done()
     return 0
+
+
+def _give_quota(run, vm):
+    err = cpu_quota.apply(run, vm.conf)
+    if err:  # never a reason to stop a running VM: its unit would kill QEMU
+        sys.stderr.write("%s runs without its CPU quota %s: %s\n" % (vm.name, vm.conf.get("cpu_quota"), err))

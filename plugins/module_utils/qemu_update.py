@@ -352,7 +352,7 @@ def _one(run, vm, durable, timeout):
     name = vm.name
     update_journal(journal.set_vm(name, state="saving"), msg="%s saving for the QEMU update" % name)
     try:
-        cpr.save(vm, timeout=timeout, before_quit=durable)
+        cpr.save(vm, timeout=timeout, before_quit=durable, run=run)
     except Exception as exc:  # cpr.save resumed it on its QEMU
         now = cpr.status(vm)
         update_journal(journal.set_vm(name, state="running" if now == "running" else "down (%s)" % now,

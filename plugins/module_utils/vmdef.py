@@ -474,8 +474,8 @@ def load_argv(name, argv_dir=ARGV_DIR):
 
 
 def units_dropin(conf, mem_dir_requires=None):
-    """The per-VM systemd drop-in: what its disks, logs and bridges need before the unit starts, and
-    its CPU quota. Values were checked by normalize(): no newline reaches the unit."""
+    """The per-VM systemd drop-in: what its disks, logs and bridges need before the unit starts.
+    Values were checked by normalize(): no newline reaches the unit."""
     lines = ["# Written by guestmemfs.liveupdate from the VM's definition.", "[Unit]"]
     dirs = sorted(set([os.path.dirname(d["path"]) for d in conf.get("disks") or []]
                       + [os.path.dirname(conf["serial_log"])] * bool(conf.get("serial_log"))
@@ -489,8 +489,7 @@ def units_dropin(conf, mem_dir_requires=None):
             lines += ["Wants=sys-subsystem-net-devices-%s.device" % dev,
                       "After=sys-subsystem-net-devices-%s.device" % dev]
     lines += ["", "[Service]"]
-    if conf.get("cpu_quota"):
-        lines.append("CPUQuota=%s" % conf["cpu_quota"])
+    # No CPUQuota= here even with a cpu_quota: the agent sets it once the guest runs (cpu_quota.py).
     # The unit's file system is read-only but for the agent's directories (ProtectSystem=strict):
     # QEMU writes its disks and its serial log, the agent gives them to QEMU's user. A disk that is
     # a device node gets past DevicePolicy=closed; one under /home or /tmp past their protection.

@@ -268,7 +268,7 @@ def _run(module):
                              j.get("update_id"), j.get("phase"), p["update_id"]))
     if action == "restore" and not module.check_mode and j.get("phase") == "saving" \
             and not hostinfo.pid_alive(j.get("saver_pid")):
-        hostupdate.recover_interrupted_save()
+        hostupdate.recover_interrupted_save(run)
         j = hostupdate.load_journal()
     if action == "restore":
         saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed", "held")

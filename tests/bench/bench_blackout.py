@@ -12,7 +12,8 @@ The floor is the least a host can do and keep its VMs: on the host, the other ke
 (outside the clock); then one process saves every VM in parallel over QMP (cpr-reboot,
 x-ignore-shared, stop, migrate to a file, fsync, quit), syncs and `kexec -e`; at boot a unit
 ordered right after the backend's mount starts each QEMU with -incoming defer, loads the state and
-`cont`s. Its QEMU runs as root, unconfined (the VM's definition built with paths where a confined
+`cont`s. A VM's CPU quota is lifted once it is paused and set again once it runs, as the
+collection does. Its QEMU runs as root, unconfined (the VM's definition built with paths where a confined
 QEMU is handed descriptors): what confinement costs counts against the collection. No manifest,
 no verification, no journal, no SSH on its path. Afterwards its VMs go back
 under their units with a cold start (these are test guests).
@@ -72,6 +73,8 @@ def save(name):
     _pid, uid, gid = struct.unpack("3i", q.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fd = os.open(STATE % name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.fchown(fd, uid, gid); os.close(fd)
     q.cmd("stop"); stops[name] = ts(q.wait_event("STOP", WAIT_S))
+    if VMS[name]["quota"]:  # paused: its QEMU saves at full speed, as the collection's does
+        subprocess.call(["systemctl", "set-property", "--runtime", "guestmemfs-vm@%s.service" % name, "CPUQuota="])
     q.cmd("migrate", uri="file:" + STATE % name)
     status = q.wait_event("MIGRATION", WAIT_S, done)["data"]["status"]
     if status != "completed": raise SystemExit("migration of %s %s" % (name, status))
@@ -104,10 +107,12 @@ resumed = {}
 def restore(name):
     v = VMS[name]
     qmp_path = "/run/guestmemfs-liveupdate/%s.qmp" % name
-    subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["props"] + v["argv"] + ["-incoming", "defer"])
+    subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["argv"] + ["-incoming", "defer"])
     q = qmp(qmp_path, wait=WAIT_S)
     q.cmd("migrate-incoming", uri="file:" + STATE % name); q.wait_event("MIGRATION", WAIT_S, done)
     q.cmd("cont"); resumed[name] = ts(q.wait_event("RESUME", WAIT_S))
+    if v["quota"]:  # the guest's quota once it runs, as the collection gives it
+        subprocess.call(["systemctl", "set-property", "--runtime", "floor-%s.service" % name, "CPUQuota=" + v["quota"]])
 errors = {}
 def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
     try: restore(name)
@@ -288,13 +293,11 @@ def use_vms(state, hosts, names, active):
 
 
 def floor_run(state, host, vms):
-    props = {}
-    for v in vms:
-        quota = ssh(state, host, "systemctl show -P CPUQuotaPerSecUSec guestmemfs-vm@%s" % v)
-        props[v] = ["-p", "CPUQuota=%d%%" % (float(quota[:-1]) * 100)] if quota.endswith("s") else []
+    quotas = dict((v, json.loads(ssh(state, host, "cat /etc/guestmemfs-liveupdate/vms/%s.json" % v)).get("cpu_quota"))
+                  for v in vms)
     argvs = dict((v, json.loads(ssh(state, host, UNCONFINED_ARGV % v))) for v in vms)
     ssh(state, host, "cat > /root/floor-vms.json", stdin=json.dumps(dict(
-        (v, {"argv": argvs[v], "props": props[v]}) for v in vms)))
+        (v, {"argv": argvs[v], "quota": quotas[v]}) for v in vms)))
     ssh(state, host, "cat > /root/floor-save.py", stdin=FLOOR_SAVE)
     ssh(state, host, "cat > /root/floor-restore.py", stdin=FLOOR_RESTORE)
     ssh(state, host, "cat > /etc/systemd/system/floor-restore.service", stdin=FLOOR_UNIT)

@@ -2,6 +2,7 @@
 arguments checked before anything acts."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -13,7 +14,7 @@ def test_help_lists_every_subcommand(capsys):
         agent.main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
-    for cmd in ("verify", "vm-run", "vm-restore", "discard-state", "status", "kexec", "luo-hold", "luo"):
+    for cmd in ("verify", "vm-run", "vm-restore", "discard-state", "status", "kexec", "cpu-quota", "luo-hold", "luo"):
         assert cmd in out
 
 
@@ -31,7 +32,7 @@ def test_bad_arguments_are_refused_before_anything_acts(argv, capsys, monkeypatc
 def test_subcommands_reach_their_steps(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(hostupdate, "vm_run", lambda name: calls.append(("run", name)) or 0)
-    monkeypatch.setattr(hostupdate, "vm_restore", lambda name: calls.append(("restore", name)) or 0)
+    monkeypatch.setattr(hostupdate, "vm_restore", lambda name, run: calls.append(("restore", name, run)) or 0)
     monkeypatch.setattr(hostupdate, "kexec_now", lambda run: "not kexecing: test")
     monkeypatch.setattr(memfd_holder, "request", lambda op, **kw: calls.append((op, kw)) or {"ok": 1})
     assert agent.main(["vm-run", "web1"]) == 0 and agent.main(["vm-restore", "web1"]) == 0
@@ -40,7 +41,7 @@ def test_subcommands_reach_their_steps(monkeypatch, capsys):
     assert agent.main(["luo", "retrieve", "vm1", "3"]) == 0
     assert agent.main(["luo", "finish", "--force"]) == 0
     assert agent.main(["luo", "preserve", "a", "b"]) == 0
-    assert calls == [("run", "web1"), ("restore", "web1"), ("ensure", {"name": "vm1", "size": 4096}),
+    assert calls == [("run", "web1"), ("restore", "web1", subprocess.call), ("ensure", {"name": "vm1", "size": 4096}),
                      ("retrieve", {"name": "vm1", "token": 3}), ("finish", {"force": True}),
                      ("preserve", {"names": ["a", "b"]})]
 

@@ -61,7 +61,7 @@ def test_a_failed_run_leaves_the_others_figures(tmp_path):
 def test_a_long_step_says_every_interval_that_it_still_runs(tmp_path, capsys):
     log = tmp_path / "step.log"
     log.write_text("TASK [first]\nTASK [Wait for the host]\n")
-    proc = bench.subprocess.Popen(["sleep", "0.35"])
+    proc = bench.subprocess.Popen(["sleep", "1.5"])
     bench.finish(proc, "a step", log_path=str(log), every=0.1)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) >= 2 and proc.returncode == 0, lines

@@ -134,7 +134,7 @@ def host(monkeypatch):
             rc = hostupdate.vm_run(name, conf_dir=conf_dir)
         except Exec:
             rc = 0
-        return rc or hostupdate.vm_restore(name, conf_dir=conf_dir)
+        return rc or hostupdate.vm_restore(name, run, conf_dir=conf_dir)
 
     def run(argv):
         assert argv[:2] == ["systemctl", "start"], argv

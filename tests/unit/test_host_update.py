@@ -20,7 +20,7 @@ import time
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, cpr, events, hostupdate, journal, luo, manifest, qmp)
+    agent, cpr, events, hostupdate, journal, luo, manifest, qmp, vmdef)
 
 from counter_guest import counter_guest, read_counter
 
@@ -101,22 +101,46 @@ def host(tmp_path, monkeypatch, request):
     conf.mkdir()
     procs = []
 
+    def reap():  # also when the setup below fails half-way: no QEMU outlives its test
+        for p in procs:
+            p.kill()
+            p.wait()
+    request.addfinalizer(reap)
+
     def spawn(prog, argv):
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         raise Exec()
     monkeypatch.setattr(hostupdate.os, "execvp", spawn)
 
+    # CPU quotas as systemd keeps them: the unit file's (its drop-in's CPUQuota=), overridden until
+    # the next boot by set-property --runtime (quota[name]); start_quota: each start's, as it began.
+    quota, start_quota = {}, {}
+
+    def effective_quota(name):
+        if name in quota:
+            return quota[name]
+        dropin = vmdef.units_dropin(json.loads((conf / (name + ".json")).read_text()))
+        found = re.search(r"^CPUQuota=(.*)$", dropin, re.M)
+        return found.group(1) if found else None
+
     def unit(name):
         """systemctl start guestmemfs-vm@NAME: ExecStart (vm-run), then ExecStartPost (vm-restore)."""
+        start_quota.setdefault(name, []).append(effective_quota(name))
         try:
             rc = hostupdate.vm_run(name, conf_dir=str(conf))
         except Exec:
             rc = 0
-        return rc or hostupdate.vm_restore(name, conf_dir=str(conf))
+        return rc or hostupdate.vm_restore(name, run, conf_dir=str(conf))
     calls = []
 
     def run(argv):
         calls.append(argv)
+        if argv[:3] == ["systemctl", "set-property", "--runtime"]:
+            name = argv[3][len("guestmemfs-vm@"):-len(".service")]
+            assert argv[3] == "guestmemfs-vm@%s.service" % name and argv[4].startswith("CPUQuota="), argv
+            quota[name] = argv[4][len("CPUQuota="):] or None
+            calls[-1] = argv + [time.time()]
+            return 0
         assert argv[:2] == ["systemctl", "start"] and argv[2].startswith("guestmemfs-vm@"), argv
         return unit(argv[2][len("guestmemfs-vm@"):-len(".service")])
     names = ("vm1", "vm2")
@@ -139,10 +163,8 @@ def host(tmp_path, monkeypatch, request):
         assert read_counter(vm.mem_path) > 0, "%s never counted" % vm.name
     h = type("Host", (), {})()
     h.dir, h.conf, h.boot, h.vms, h.run, h.calls, h.kexecs, h.root = tmp_path, str(conf), boot, vms, run, calls, kexecs, root
-    yield h
-    for p in procs:
-        p.kill()
-        p.wait()
+    h.quota, h.start_quota = quota, start_quota
+    return h
 
 
 def counting(vm, after):
@@ -195,6 +217,54 @@ def test_one_process_saves_records_syncs_and_kexecs_then_the_new_boot_restores(h
     assert [(v["verify"]["status"], v["verify"]["mode"], v["verify"]["algo"]) for v in j["vms"].values()] == [
         ("ok", "sampled", "crc32")] * 2
     assert journal.update_progress(j, "boot-b", "u1")[0] == "done"
+
+
+QUOTA = {"cpu_quota": "20%"}
+
+
+@pytest.mark.parametrize("host", [QUOTA], indirect=True)
+def test_a_vm_with_a_cpu_quota_is_saved_and_restored_without_it_and_runs_with_it(host):
+    # Its cold start: the quota from the start's own end on (vm1 has none: nothing is set for it).
+    assert host.quota == {"vm2": "20%"} and host.start_quota == {"vm1": [None], "vm2": [None]}
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u5")
+    # Lifted once paused, not before: a paused guest takes no CPU; its QEMU saves at full speed.
+    lifts = [c for c in host.calls if c[:2] == ["systemctl", "set-property"] and c[4] == "CPUQuota="]
+    assert [c[3] for c in lifts] == ["guestmemfs-vm@vm2.service"] and host.quota == {"vm2": None}
+    assert lifts[0][5] >= journal.load_journal()["vms"]["vm2"]["stop_ts"]
+    saved = read_counter(host.vms[1].mem_path)
+    host.boot["id"] = "boot-b"
+    host.quota.clear()  # --runtime properties live in /run: gone with the kexec
+    assert agent.main(["verify", "--boot"]) == 0
+    for vm in host.vms:
+        assert host.run(["systemctl", "start", "guestmemfs-vm@%s.service" % vm.name]) == 0
+    # The restore ran without the quota (the agent's verification, the new QEMU's load), and the
+    # guest has it back once it runs.
+    assert host.start_quota == {"vm1": [None, None], "vm2": [None, None]}
+    assert host.quota == {"vm2": "20%"} and counting(host.vms[1], saved)
+    assert journal.load_journal()["vms"]["vm2"]["state"] == "restored"
+
+
+@pytest.mark.parametrize("host", [QUOTA], indirect=True)
+def test_a_vm_whose_save_fails_after_its_pause_runs_on_with_its_cpu_quota(host, monkeypatch):
+    def broken(m):
+        raise OSError("no space left for the digests")
+    monkeypatch.setattr(manifest, "add_content", broken)
+    with pytest.raises(hostupdate.UpdateError, match="saving failed"):
+        hostupdate.update_host(host.run, conf_dir=host.conf, update_id="u6")
+    quotas = [c[4] for c in host.calls if c[:2] == ["systemctl", "set-property"]]
+    assert quotas == ["CPUQuota=20%", "CPUQuota=", "CPUQuota=20%"]  # cold start, pause, resume
+    assert host.quota == {"vm2": "20%"} and host.kexecs == []
+    assert cpr.status(host.vms[1]) == "running"
+
+
+@pytest.mark.parametrize("host", [QUOTA], indirect=True)
+def test_a_vm_restored_on_this_kernel_after_a_refused_kexec_gets_its_cpu_quota_back(host):
+    (host.root / "sys" / "kernel" / "kexec_loaded").write_text("0\n")
+    with pytest.raises(hostupdate.UpdateError, match="vm1 restored, vm2 restored"):
+        hostupdate.update_host(host.run, conf_dir=host.conf, update_id="u7")
+    assert host.start_quota["vm2"] == [None, None]  # its restore, on this kernel, without the quota
+    assert host.quota == {"vm2": "20%"}
 
 
 def test_a_kexec_that_is_refused_restores_every_vm_on_this_kernel(host):

@@ -251,7 +251,7 @@ def test_resuming_is_journaled_before_cont(host):
     q.status = "inmigrate"
     seen = []
     q.on_cmd = lambda execute: seen.append(journal.load_journal()["vms"]["vm1"]["state"]) if execute == "cont" else None
-    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 0
     assert seen == ["resuming"] and journal.load_journal()["vms"]["vm1"]["state"] == "restored"
 
 
@@ -273,7 +273,7 @@ def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
     t = threading.Thread(target=verify_later)
     t.start()
     try:
-        assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+        assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 0
     finally:
         t.join()
     assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
@@ -284,10 +284,10 @@ def test_the_restore_does_not_wait_for_a_verification_that_ended_without_a_verdi
     monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.01)
     main_alive = hostupdate._main_alive
     monkeypatch.setattr(hostupdate, "_main_alive", lambda name: False)  # vm_run exited (refused)
-    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 3
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 3
     monkeypatch.setattr(hostupdate, "_main_alive", main_alive)
     monkeypatch.delenv("MAINPID", raising=False)  # run by hand: nothing is verifying, no wait
-    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 3
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 3
     assert journal.load_journal()["vms"]["vm1"]["state"] == "saved"  # nothing changed
 
 
@@ -326,7 +326,7 @@ def test_power_loss_during_the_save_is_finalised_at_boot(host, monkeypatch):
     assert j["vms"]["vm2"]["state"].startswith("down") and "systemctl start" in j["vms"]["vm2"]["state"]
     assert any("rebooted during the save" in e["msg"] for e in j["log"])
     host.qemus["vm1"].status = "inmigrate"
-    assert hostupdate.vm_restore("vm1", conf_dir=host.conf) == 0
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 0
     assert journal.load_journal()["phase"] == "rolled_back"  # vm1 back, but the update did not happen
     step, reason = next_step(journal.load_journal(), BOOT_B, "7.3.4", "7.3.5")
     assert step == "start", reason
@@ -362,7 +362,7 @@ def test_a_save_process_killed_before_any_vm_was_saved_is_recovered_once(host, m
     def dead(_pid):
         return False
     assert next_step(journal.load_journal(), BOOT_A, "7.3.4", "7.3.5", pid_alive=dead)[0] == "rollback"
-    out = hostupdate.recover_interrupted_save(conf_dir=host.conf)  # vm_cpr action=restore
+    out = hostupdate.recover_interrupted_save(host.run, conf_dir=host.conf)  # vm_cpr action=restore
     assert out == {"vm1": "running", "vm2": "running"} and host.qemus["vm1"].status == "running"
     # Every VM runs where it ran: the update is closed, a re-run starts afresh (not "rollback" again).
     j = journal.load_journal()
@@ -375,7 +375,7 @@ def test_the_recovery_of_a_killed_save_cancels_its_migration_before_cont(host, m
     # Killed as vm1's migration started: QEMU may still be migrating. A cont while the migration
     # runs is paused again by its end: the VM would be journaled running while it is stopped.
     _killed_before_any_vm_saved(host, monkeypatch)
-    hostupdate.recover_interrupted_save(conf_dir=host.conf)
+    hostupdate.recover_interrupted_save(host.run, conf_dir=host.conf)
     cmds = host.qemus["vm1"].commands
     assert "migrate_cancel" in cmds and cmds.index("migrate_cancel") < len(cmds) - 1 - cmds[::-1].index("cont")
 

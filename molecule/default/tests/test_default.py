@@ -200,6 +200,21 @@ def test_every_vm_resumed_where_it_stopped(host):
         assert running == vm["argv"] + ["-incoming", "defer"]
 
 
+def test_each_vm_runs_with_its_cpu_quota_set_at_run_time_not_by_its_unit_file(host):
+    """A quota in the unit file would hold the restore inside the blackout (module_utils/cpu_quota.py);
+    after every update and restart of this scenario, each guest runs with its own, enforced."""
+    for name in ("vm1", "vm2"):
+        conf = json.loads(host.check_output(f"cat /etc/guestmemfs-liveupdate/vms/{name}.json"))
+        dropin = host.check_output(f"cat /etc/systemd/system/guestmemfs-vm@{name}.service.d/10-definition.conf")
+        assert "CPUQuota" not in dropin, dropin
+        cgroup = host.check_output(f"systemctl show --value --property=ControlGroup guestmemfs-vm@{name}")
+        quota, period = host.check_output(f"cat '/sys/fs/cgroup{cgroup}/cpu.max'").split()
+        if conf.get("cpu_quota"):
+            assert int(quota) * 100.0 / int(period) == float(conf["cpu_quota"].rstrip("%")), (name, quota, period)
+        else:
+            assert quota == "max", (name, quota)
+
+
 # ---- the real guest, seen from outside its host (the probe) and from inside (its workload)
 
 FLEET = os.environ.get("GUESTMEMFS_MOLECULE_FLEET", "molecule")
