@@ -114,7 +114,8 @@ RETURN = r"""
 vms:
   description:
     - Per VM - C(preservable), C(problems) (each C(vm), C(check), C(detail)), C(policy), C(running) (false
-      when no QMP socket exists - nothing to carry), C(machine) and C(qemu) (the restoring binary).
+      when no QMP socket exists, or only its file with nobody listening and nothing mapping the VM's memory -
+      nothing to carry), C(machine) and C(qemu) (the restoring binary).
   returned: always
   type: dict
   sample:
@@ -147,15 +148,18 @@ shutdown_vms:
   elements: str
 """
 
+import errno
 import glob
 import json
 import os
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import RUN_DIR
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.procs import users
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, QMPError
 
 POLICIES = ["refuse", "skip", "shutdown"]
@@ -185,6 +189,18 @@ def ask(path, timeout):
         return {"error": str(exc)}
     finally:
         q.close()
+
+
+def nobody_listens(path):
+    """Whether UNIX socket ``path`` is a file left behind with nobody listening (ECONNREFUSED)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return False
+    except (IOError, OSError) as exc:
+        return exc.errno == errno.ECONNREFUSED
+    finally:
+        s.close()
 
 
 def main():
@@ -250,6 +266,12 @@ def main():
                 machines[binary] = (None, str(exc))
         targets, why = machines[binary]
         answers = ask(qmp_path, p["timeout"])
+        if "error" in answers and conf.get("mem_path") and nobody_listens(qmp_path) \
+                and not users(conf["mem_path"], proc=PROC, mapped_only=True):
+            # Its QEMU is gone (a stopped unit leaves the socket file) and nothing maps its memory:
+            # as not running as without the file; a kexec loses nothing of it.
+            vms[name] = {"preservable": True, "running": False, "problems": [], "policy": policy, "qemu": binary}
+            continue
         env = pres.reopen_env(conf, sys_net=SYS_NET, bridge_conf=BRIDGE_CONF)
         problems = pres.vm_problems(dict(conf, _target_qemu=binary), answers, targets, conf.get("backend"), env=env)
         if why:

@@ -3,6 +3,7 @@
 
 import json
 import os
+import socket
 
 import pytest
 from conftest import FIXTURES, run_main
@@ -433,7 +434,7 @@ def node(tmp_path, host, monkeypatch):
             open(sock, "w").close()
             sockets[sock] = lambda: Replay(r["transcript"])
         return conf
-    add.confs, add.qemu, add.tmp = str(confs), str(qemu), tmp_path
+    add.confs, add.qemu, add.tmp, add.sockets = str(confs), str(qemu), tmp_path, sockets
     return add
 
 
@@ -447,6 +448,37 @@ def test_module_all_preservable(node, capsys):
                                  "qemu": node.qemu, "machine": "pc-q35-10.0"}
     assert out["vms"]["off"]["running"] is False and out["vms"]["off"]["preservable"] is True
     assert out["skip"] is False and out["shutdown_vms"] == [] and out["host"] == {"problems": [], "warnings": []}
+
+
+def test_a_stopped_vm_whose_qmp_socket_was_left_behind_is_not_running(node, capsys, tmp_path):
+    """Seen on the fleet: a VM unit stopped on purpose leaves its QMP socket file (the agent bound it
+    for its confined QEMU); nothing listens (ECONNREFUSED) and nothing maps its memory. The whole
+    host was refused ("QEMU did not answer over QMP") for a VM that has nothing to lose."""
+    node("vm1", "clean")
+    stopped = node("vm2", "clean", running=False, mem_path=str(tmp_path / "vm2.ram"))
+    (tmp_path / "vm2.ram").write_bytes(b"\0" * 4096)
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(stopped["qmp"])
+    left.close()  # the file stays, nobody listens
+    node.sockets[stopped["qmp"]] = lambda: vm_preservability.QMP(stopped["qmp"], timeout=5).connect()
+    rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs})
+    assert rc == 0 and out["preservable"] is True, out.get("msg")
+    assert out["vms"]["vm2"] == {"preservable": True, "running": False, "problems": [], "policy": "refuse",
+                                 "qemu": node.qemu}
+
+
+def test_a_vm_whose_qemu_refuses_qmp_but_maps_its_memory_is_refused(node, capsys, tmp_path, monkeypatch):
+    """The other side: something still maps the memory (a QEMU that closed its QMP listener): a kexec
+    would lose it, so the host is refused, naming the VM."""
+    node("vm1", "clean")
+    hung = node("vm2", "clean", running=False, mem_path=str(tmp_path / "vm2.ram"))
+    left = socket.socket(socket.AF_UNIX)
+    left.bind(hung["qmp"])
+    left.close()
+    node.sockets[hung["qmp"]] = lambda: vm_preservability.QMP(hung["qmp"], timeout=5).connect()
+    monkeypatch.setattr(vm_preservability, "users", lambda path, proc, mapped_only: [(4242, "qemu-system-x86", path)])
+    rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs})
+    assert rc == 1 and "vm2: QEMU did not answer over QMP" in out["msg"] and "Connection refused" in out["msg"]
 
 
 def test_module_refuses_naming_each_vm(node, capsys):
@@ -518,6 +550,8 @@ def test_module_qemu_not_answering(node, capsys, monkeypatch):
     def refuse(path, timeout):
         raise QMPError("cannot connect to QMP %s: [Errno 111] Connection refused" % path)
     monkeypatch.setattr(vm_preservability, "connect_qmp", refuse)
+    # its QEMU still maps its memory: alive, not answering (gone and unmapped is "not running", above)
+    monkeypatch.setattr(vm_preservability, "users", lambda path, proc, mapped_only: [(4242, "qemu-system-x86", path)])
     rc, out = run_main(capsys, vm_preservability, {"conf_dir": node.confs, "default_policy": "skip"})
     assert rc == 0 and out["skip"] is True
     assert "QEMU did not answer over QMP (cannot connect to QMP" in out["vms"]["vm1"]["problems"][0]["detail"]
