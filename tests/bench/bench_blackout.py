@@ -486,10 +486,12 @@ def main():
                 t0, ld = time.time(), load()
                 print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
                 row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
+                before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
                 try:
                     b = floor_run(state, host, active) if kind == "floor" else collection_run(
                         state, inventory, hosts, a.forks, a.out)
-                    row.update(blackout=b, wall_s=round(time.time() - t0))
+                    row.update(blackout=b, wall_s=round(time.time() - t0),
+                               kernel="%s -> %s" % (before, ssh(state, host, "uname -r")))
                     runs.append(row)
                     print("  blackout %s" % b, flush=True)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
