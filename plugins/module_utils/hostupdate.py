@@ -38,7 +38,7 @@ ARGV_DIR = vmdef.ARGV_DIR
 # The root under which the agent reads the live host's kernel files (kexec_loaded, mounts, KHO):
 # tests point it at a tree (tests/unit/conftest.py points it at an empty one for every test).
 ROOT = "/"
-UNIT = "guestmemfs-vm@%s.service"
+UNIT = cpu_quota.UNIT  # the VM unit's name, defined once
 
 
 class UpdateError(Exception):
