@@ -6,6 +6,7 @@ boots through GRUB, can kexec, and runs QEMU >= 10.0 for nested guests.
     fleet.py status                show the hosts and whether each answers
     fleet.py ssh HOST [CMD...]     run a command on a host
     fleet.py down                  stop every VM this fleet started (by PID) and remove overlays
+    fleet.py watchdog              reset hosts whose boot stalls at GRUB (`up` starts it, `down` stops it)
 
 Everything lives under the cache directory ($GUESTMEMFS_CACHE, default ~/.cache/guestmemfs-liveupdate):
 images/ holds base images named by a hash of their recipe, fleets/<name>/ one fleet's state.
@@ -685,6 +686,139 @@ def restart_if_panicked(state, host, base):
     return True
 
 
+# ---------------------------------------------------------------- the fleet's watchdog
+# A real host that hangs while it boots is reset by its BMC's watchdog; the fleet's hosts have
+# none. Seen in a fresh-clone CI run (2026-12-06): host1's cold reboot into the carve-out stood at
+# GRUB's last line for the reboot task's whole 900 s while host2 booted in 16 s (multi-threaded TCG,
+# like the boot panic above). The watchdog resets only a host whose console has stood still at
+# GRUB's last line: a kexec never passes GRUB, so a kernel a live update kexecs into is never reset.
+
+GRUB_LAST_LINE = "Loading initial ramdisk ..."
+BOOT_STALL_S = 360  # a cold boot here prints its next line within ~20 s; a loaded machine, 3-5x that
+WATCH_EVERY_S = 10
+MAX_RESETS = 3  # a host that hangs more often than this is a real problem: left hung, for a person
+ESCAPES = re.compile(r"\x1b(\[[0-9;?!]*[A-Za-z]|[()][A-Za-z0-9])")
+
+
+def console_last_line(path, size=4096):
+    """The last non-blank line of a console log, its terminal escapes removed."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - size))
+            text = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    lines = [ln.strip() for ln in ESCAPES.sub("", text).splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
+class BootWatch:
+    """Tells which hosts' consoles have stood still at GRUB's last line for ``stall_s``."""
+
+    def __init__(self, stall_s=BOOT_STALL_S, clock=time.monotonic):
+        self.stall_s, self.clock, self.seen, self.resets = stall_s, clock, {}, {}
+
+    def stalled(self, host):
+        """Why ``host`` should be reset, or None."""
+        try:
+            size = os.path.getsize(host["console"])
+        except FileNotFoundError:
+            return None
+        now = self.clock()
+        last = self.seen.get(host["name"])
+        if last is None or last[0] != size:
+            self.seen[host["name"]] = (size, now)
+            return None
+        if now - last[1] < self.stall_s or console_last_line(host["console"]) != GRUB_LAST_LINE:
+            return None
+        self.seen[host["name"]] = (size, now)  # the reset's boot gets its own stall_s
+        return f"its console has stood at GRUB's '{GRUB_LAST_LINE}' for {int(now - last[1])} s"
+
+
+def module_utils_qmp():
+    """The collection's own QMP client, from this checkout."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    path = os.path.join(HERE, "..", "..", "plugins", "module_utils", "qmp.py")
+    spec = importlib.util.spec_from_file_location("guestmemfs_fleet_qmp", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reset_host(host):
+    """A hard reset of ``host`` through its QEMU's monitor, as a BMC would."""
+    qmp = module_utils_qmp()
+    with qmp.QMP(host["qmp"], timeout=10) as mon:
+        mon.connect()
+        mon.cmd("system_reset")
+
+
+def watch_once(state, bw, log_to):
+    """One look at every host of ``state``; resets those stalled in their boot. Returns their names."""
+    reset = []
+    for host in state["hosts"]:
+        if not pid_alive(host.get("pid", 0), host["name"]):
+            continue
+        why = bw.stalled(host)
+        if not why:
+            continue
+        n = bw.resets.get(host["name"], 0)
+        if n >= MAX_RESETS:
+            log_to(f"{host['name']}: {why}; it was reset {n} times already: left as it is")
+            continue
+        try:
+            reset_host(host)
+        except Exception as exc:  # pylint: disable=broad-except
+            log_to(f"{host['name']}: {why}; the reset through {host['qmp']} failed: {exc}")
+            continue
+        bw.resets[host["name"]] = n + 1
+        reset.append(host["name"])
+        log_to(f"{host['name']}: {why}: reset it (reset {n + 1} of at most {MAX_RESETS})")
+    return reset
+
+
+def watchdog_log(name):
+    return os.path.join(fleet_dir(name), "watchdog.log")
+
+
+def watch(name, every=WATCH_EVERY_S):
+    """The watchdog's loop, until the fleet is down."""
+    bw = BootWatch()
+    state = load_state(name)
+    while state:
+        watch_once(state, bw, log)
+        time.sleep(every)
+        try:
+            state = load_state(name)
+        except FileNotFoundError:  # `down` removed it between the look and the read
+            state = None
+
+
+def start_watchdog(name, state):
+    """Start the fleet's watchdog unless it runs: a process of its own session, its log in the
+    fleet's directory (`down` prints it)."""
+    if pid_alive(state.get("watchdog_pid", 0), "watchdog"):
+        return
+    with open(watchdog_log(name), "a") as out:
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--name", name, "watchdog"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    state["watchdog_pid"] = proc.pid
+
+
+def stop_watchdog(name, state):
+    """Stop the watchdog first (it must not reset hosts being stopped) and say what it did."""
+    pid = state.get("watchdog_pid", 0)
+    if pid and pid_alive(pid, "watchdog"):
+        os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(FileNotFoundError):
+        with open(watchdog_log(name)) as fh:
+            text = fh.read().strip()
+        if text:
+            log(f"the fleet's watchdog reset stalled boots:\n{text}")
+        os.replace(watchdog_log(name), watchdog_log(name).replace(".log", ".last.log"))
+
+
 def start_host(state, host, base):
     fd = open_tap(state["netns"], tap_name(host))
     try:
@@ -823,6 +957,7 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
         if len(state["hosts"]) == hosts and healthy:
             log(f"fleet '{name}' is already up with {hosts} hosts: reusing it")
             state["backend"], state["guest"] = backend, guest
+            start_watchdog(name, state)
             write_inventory(name, state, inventory_copy)
             return state
         raise FleetStillRunning(f"fleet '{name}' is running but not as asked (or not answering): "
@@ -853,12 +988,17 @@ def up(name, hosts, memory_mb, cpus, base_port, timeout, accel, inventory_copy=N
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", host["disk"]])
         state["hosts"].append(host)
     guest = build_guest(kernel=guest_kernel)  # before any VM boots: a missing tool fails fast
+    for old in (watchdog_log(name), watchdog_log(name).replace(".log", ".last.log")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(old)
     state["netns"] = guest_net_up(name)
     t0 = time.monotonic()
     for host in state["hosts"]:
         start_host(state, host, base)
         save_state(name, state)
         log(f"{host['name']}: QEMU pid {host['pid']}, ssh port {host['port']}")
+    start_watchdog(name, state)
+    save_state(name, state)
     pending = {h["name"] for h in state["hosts"]}
     while pending:
         if time.monotonic() - t0 > timeout:
@@ -1015,6 +1155,7 @@ def down(name):
         guest_net_down(name)
         log(f"fleet '{name}' has no state: nothing to stop")
         return
+    stop_watchdog(name, state)
     for host in state["hosts"]:
         pid = host.get("pid")
         if pid and pid_alive(pid, host["name"]):
@@ -1237,6 +1378,7 @@ def main(argv=None):
     pp = sub.add_parser("provision", help="copy the nested test guest and its disks to every host (idempotent)")
     pp.add_argument("--kernel", default=os.environ.get("GUESTMEMFS_FLEET_GUEST_KERNEL") or None, help=kernel_help)
     sub.add_parser("status", help="show the fleet")
+    sub.add_parser("watchdog", help="reset hosts whose boot stalls at GRUB's last line (`up` starts it)")
     sub.add_parser("inventory", help="print the inventory path")
     pk = sub.add_parser("kexec", help="kexec a host into its running kernel and time it to SSH")
     pk.add_argument("host")
@@ -1267,6 +1409,8 @@ def main(argv=None):
             print(f"fleet '{a.name}' up: {len(state['hosts'])} hosts; inventory {state['inventory']}")
         elif a.cmd == "down":
             down(a.name)
+        elif a.cmd == "watchdog":
+            watch(a.name)
         elif a.cmd == "provision":
             state = load_state(a.name)
             if not state:

@@ -1,5 +1,7 @@
 """The virtual fleet's pure parts and its refusals (the VMs themselves run under molecule)."""
 
+import contextlib
+import os
 import socket
 
 import jinja2
@@ -251,3 +253,142 @@ def test_a_host_whose_kernel_panicked_at_boot_is_started_once_more(tmp_path, mon
     with pytest.raises(fleet.FleetError, match="panicked again.*Fatal exception in interrupt.*panic-2"):
         fleet.restart_if_panicked({}, host, "/base.raw")
     assert started == ["host1"]
+
+
+GRUB_THEN_NOTHING = ("\x1b[H\x1b[J\x1b[1;1H  Booting `Debian GNU/Linux'\n\n\nLoading Linux 7.3.4+deb13-amd64 ...\n\n"
+                     "Loading initial ramdisk ...\n\n")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_watchdog_names_only_a_boot_stalled_at_grubs_last_line(tmp_path):
+    # Fresh-clone CI, 2026-12-06: host1's cold reboot stood at GRUB's last line for 900 s.
+    console = tmp_path / "host1.console.log"
+    console.write_text("[  170.737080] reboot: machine restart\n" + GRUB_THEN_NOTHING)
+    assert fleet.console_last_line(str(console)) == "Loading initial ramdisk ..."
+    clock = Clock()
+    bw = fleet.BootWatch(stall_s=360, clock=clock)
+    host = {"name": "host1", "console": str(console)}
+    assert bw.stalled(host) is None  # first look
+    clock.now += 359
+    assert bw.stalled(host) is None
+    clock.now += 2
+    assert bw.stalled(host) == "its console has stood at GRUB's 'Loading initial ramdisk ...' for 361 s"
+    clock.now += 100
+    assert bw.stalled(host) is None  # the reset's boot gets its own 360 s
+    with console.open("a") as fh:  # the kernel speaks: its console grew, the clock starts again
+        fh.write("[   16.4] systemd-ssh-generator[212]: Failed to query local AF_VSOCK CID\n")
+    clock.now += 1000
+    assert bw.stalled(host) is None
+    clock.now += 1000
+    assert bw.stalled(host) is None  # still, but not at GRUB
+
+
+def test_the_watchdog_never_names_a_host_still_elsewhere(tmp_path):
+    clock = Clock()
+    bw = fleet.BootWatch(stall_s=10, clock=clock)
+    for name, text in [("login", GRUB_THEN_NOTHING + "\nDebian GNU/Linux 13 host2 ttyS0\n\nhost2 login: "),
+                       # a kexec never passes GRUB: a live update's new kernel, hung or not, is left alone
+                       ("kexec", "[  90.1] kexec_core: Starting new kernel\n"),
+                       ("empty", "")]:
+        console = tmp_path / f"{name}.console.log"
+        console.write_text(text)
+        host = {"name": name, "console": str(console)}
+        bw.stalled(host)
+        clock.now += 100
+        assert bw.stalled(host) is None, name
+    assert bw.stalled({"name": "gone", "console": str(tmp_path / "missing.log")}) is None
+
+
+@pytest.fixture
+def paused_qemu(tmp_path):
+    """A real QEMU, paused before its first instruction, with two monitors: the watchdog's and the test's."""
+    import subprocess
+    import time
+    mon, probe = str(tmp_path / "host1.qmp"), str(tmp_path / "probe.qmp")
+    proc = subprocess.Popen(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-S", "-display", "none",
+                             "-nodefaults", "-m", "64", "-name", "host1",
+                             "-qmp", f"unix:{mon},server=on,wait=off", "-qmp", f"unix:{probe},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if os.path.exists(mon) and os.path.exists(probe):
+                break
+            time.sleep(0.1)
+        yield proc, mon, probe
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_watchdog_resets_a_stalled_host_through_its_qemu_and_gives_up_after_three(tmp_path, paused_qemu):
+    proc, mon, probe = paused_qemu
+    qmp = fleet.module_utils_qmp()
+    console = tmp_path / "host1.console.log"
+    console.write_text(GRUB_THEN_NOTHING)
+    state = {"hosts": [{"name": "host1", "console": str(console), "qmp": mon, "pid": proc.pid},
+                       {"name": "host2", "console": str(tmp_path / "host2.console.log"), "qmp": mon, "pid": 0}]}
+    clock, said = Clock(), []
+    bw = fleet.BootWatch(stall_s=360, clock=clock)
+    with qmp.QMP(probe, timeout=10) as watcher:
+        watcher.connect()
+        assert fleet.watch_once(state, bw, said.append) == []
+        for n in (1, 2, 3):
+            clock.now += 400
+            assert fleet.watch_once(state, bw, said.append) == ["host1"]
+            watcher.wait_event("RESET", timeout=10)  # QEMU itself says it was reset
+            assert said[-1].endswith(f"reset it (reset {n} of at most 3)")
+        clock.now += 400
+        assert fleet.watch_once(state, bw, said.append) == []
+        assert said[-1] == ("host1: its console has stood at GRUB's 'Loading initial ramdisk ...' for 400 s; "
+                            "it was reset 3 times already: left as it is")
+        assert len(said) == 4  # host2 (no QEMU) never looked at
+
+
+def test_a_failed_reset_is_said_and_not_counted(tmp_path, monkeypatch):
+    console = tmp_path / "host1.console.log"
+    console.write_text(GRUB_THEN_NOTHING)
+    monkeypatch.setattr(fleet, "pid_alive", lambda pid, hint: True)
+    state = {"hosts": [{"name": "host1", "console": str(console), "qmp": str(tmp_path / "no.qmp"), "pid": 1}]}
+    clock, said = Clock(), []
+    bw = fleet.BootWatch(stall_s=1, clock=clock)
+    fleet.watch_once(state, bw, said.append)
+    clock.now += 5
+    assert fleet.watch_once(state, bw, said.append) == []
+    assert said[-1].startswith("host1: its console has stood at GRUB's 'Loading initial ramdisk ...' for 5 s; "
+                               f"the reset through {tmp_path}/no.qmp failed: cannot connect to QMP")
+    assert bw.resets == {}
+
+
+def test_up_starts_the_watchdog_in_its_own_session_and_down_stops_it_and_says_what_it_did(
+        tmp_path, monkeypatch, capsys):
+    import time
+    monkeypatch.setenv("GUESTMEMFS_CACHE", str(tmp_path))
+    os.makedirs(fleet.fleet_dir("wd"), exist_ok=True)
+    state = {"name": "wd", "hosts": []}
+    fleet.save_state("wd", state)
+    fleet.start_watchdog("wd", state)
+    pid = state["watchdog_pid"]
+    try:
+        assert fleet.pid_alive(pid, "watchdog") and os.getsid(pid) == pid
+        fleet.start_watchdog("wd", state)
+        assert state["watchdog_pid"] == pid  # one watchdog per fleet
+        with open(fleet.watchdog_log("wd"), "a") as fh:
+            fh.write("[fleet 12:00:00] host1: ...: reset it (reset 1 of at most 3)\n")
+        fleet.stop_watchdog("wd", state)
+        for _ in range(50):
+            if not fleet.pid_alive(pid, "watchdog"):
+                break
+            time.sleep(0.1)
+        assert not fleet.pid_alive(pid, "watchdog")
+        assert "the fleet's watchdog reset stalled boots:\n[fleet 12:00:00] host1" in capsys.readouterr().out
+        assert os.path.exists(os.path.join(fleet.fleet_dir("wd"), "watchdog.last.log"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
