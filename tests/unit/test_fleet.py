@@ -376,6 +376,10 @@ def test_up_starts_the_watchdog_in_its_own_session_and_down_stops_it_and_says_wh
     fleet.start_watchdog("wd", state)
     pid = state["watchdog_pid"]
     try:
+        for _ in range(50):  # Popen returns (vfork) while the child's exec may still be setting up its argv
+            if fleet.pid_alive(pid, "watchdog"):
+                break
+            time.sleep(0.1)
         assert fleet.pid_alive(pid, "watchdog") and os.getsid(pid) == pid
         fleet.start_watchdog("wd", state)
         assert state["watchdog_pid"] == pid  # one watchdog per fleet
