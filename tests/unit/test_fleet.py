@@ -317,7 +317,7 @@ def paused_qemu(tmp_path):
                              "-qmp", f"unix:{mon},server=on,wait=off", "-qmp", f"unix:{probe},server=on,wait=off"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(100):
+        for _attempt in range(100):
             if os.path.exists(mon) and os.path.exists(probe):
                 break
             time.sleep(0.1)
@@ -376,7 +376,7 @@ def test_up_starts_the_watchdog_in_its_own_session_and_down_stops_it_and_says_wh
     fleet.start_watchdog("wd", state)
     pid = state["watchdog_pid"]
     try:
-        for _ in range(50):  # Popen returns (vfork) while the child's exec may still be setting up its argv
+        for _attempt in range(50):  # Popen returns (vfork) while the child's exec may still be setting up its argv
             if fleet.pid_alive(pid, "watchdog"):
                 break
             time.sleep(0.1)
@@ -386,7 +386,7 @@ def test_up_starts_the_watchdog_in_its_own_session_and_down_stops_it_and_says_wh
         with open(fleet.watchdog_log("wd"), "a") as fh:
             fh.write("[fleet 12:00:00] host1: ...: reset it (reset 1 of at most 3)\n")
         fleet.stop_watchdog("wd", state)
-        for _ in range(50):
+        for _attempt in range(50):
             if not fleet.pid_alive(pid, "watchdog"):
                 break
             time.sleep(0.1)
