@@ -194,6 +194,38 @@ def status_summary(j, boot):
     return "\n".join(lines) + "\n", 4 if step == "blocked" else 0
 
 
+def _proofs(a):
+    """The kernel pairs this host's updates proved or found failing; --forget PAIR drops one (after a
+    failure was understood: the pair's checks are full on the whole fleet until then)."""
+    if a.forget:
+        found = {}
+
+        def drop(j):
+            found.update({a.forget: (j.get("proofs") or {}).pop(a.forget, None)})
+            if found[a.forget]:
+                journal.note(j, "kernel pair %s: its %s record forgotten (agent proofs --forget)" % (
+                    a.forget, found[a.forget].get("result")))
+        journal.update_journal(drop)
+        if not found[a.forget]:
+            sys.stderr.write("no record of kernel pair %r here; the pairs recorded: %s\n" % (
+                a.forget, ", ".join(sorted(journal.load_journal().get("proofs") or {})) or "none"))
+            return 1
+        sys.stdout.write("kernel pair %s: its %s record (update %s) forgotten\n" % (
+            a.forget, found[a.forget].get("result"), found[a.forget].get("update_id")))
+        return 0
+    recs = journal.load_journal().get("proofs") or {}
+    if a.json:
+        sys.stdout.write(json.dumps(recs, indent=1, sort_keys=True) + "\n")
+        return 0
+    for key, rec in sorted(recs.items()):
+        sys.stdout.write("%-60s %-7s %s update %s: %s\n" % (
+            key, rec.get("result"), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(rec.get("ts") or 0)),
+            rec.get("update_id"), rec.get("detail")))
+    if not recs:
+        sys.stdout.write("no kernel pair proven or failed on this host yet\n")
+    return 0
+
+
 def _status(a):
     j = journal.load_journal()
     if a.json:
@@ -267,6 +299,12 @@ def parser():
                        "(exit 4 when an operator must act)")
     s.add_argument("--json", action="store_true", help="print the whole journal as JSON instead")
     s.set_defaults(func=_status)
+    s = sub.add_parser("proofs", help="the kernel pairs this host's updates proved by a full memory check, or "
+                       "found changing a VM's memory (kept across updates; liveupdate.yml reads every host's)")
+    s.add_argument("--json", action="store_true", help="print them as JSON")
+    s.add_argument("--forget", metavar="PAIR", help="drop this host's record of PAIR ('RUNNING -> TARGET'), e.g. "
+                   "a failure understood and fixed: its checks are full on the whole fleet until then")
+    s.set_defaults(func=_proofs)
     sub.add_parser("metrics", help="write the node_exporter textfile from the journal now (every journal change "
                    "writes it too; docs/metrics.md)").set_defaults(func=_metrics)
     sub.add_parser("kexec", help="kexec, only when every VM is saved on this boot").set_defaults(func=_kexec)

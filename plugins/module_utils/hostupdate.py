@@ -22,7 +22,7 @@ import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, cpu_quota, manifest, vmdef
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal, proofs
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
@@ -647,9 +647,14 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
             return
         # One ending per update for the metrics: the first (a held update's recovery is not another).
         first_ending = j.get("phase") != "held"
+        kernel_update = j.get("phase") != journal.QEMU_UPDATE_PHASE and not interrupted \
+            and j.get("from_boot_id") != journal.boot_id()
         journal.phase_update(phase, finished_ts=time.time())(j)
         if first_ending:
             journal.count(j, "updates", phase, ts_name="last_success_ts" if phase == "restored" else None)
+            found = proofs.remember(j) if kernel_update else None
+            if found:
+                journal.note(j, "kernel pair %s: %s (%s)" % (found[0], found[1]["result"], found[1]["detail"]))
         journal.note(j, "phase %s" % phase)
     j = update_journal(fn)
     for backend, _vms in by_backend(_configured(conf_dir)):

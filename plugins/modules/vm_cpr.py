@@ -151,6 +151,17 @@ phase:
   description: The journal's phase (see M(guestmemfs.liveupdate.update_step)).
   returned: action is wait or status
   type: str
+proofs:
+  description:
+    - What this host's kernel updates proved of their kernel pair (C(running -> target) release), kept across
+      updates - per pair its last check's C(result) (C(proven) by a full check passed on every VM the host
+      carried, or C(failed) when a check found a VM's memory moved or changed), C(update_id), C(ts), C(vms),
+      C(modes) and C(detail). The playbook reads every host's at the start of a run (docs/liveupdate.md,
+      Verification).
+  returned: action is status
+  type: dict
+  sample: {"6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64": {"result": "proven", "update_id": "6f1c...", "ts": 1765000000.0,
+           "vms": 2, "modes": ["full"], "detail": "full check passed on 2 VMs"}}
 progress:
   description: Where the update I(update_id) stands (C(wait) with I(update_id)) - C(starting), C(saving),
     C(kexec), C(restoring) or C(done).
@@ -341,7 +352,8 @@ def _run(module):
         module.exit_json(changed=False, done=True, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
                          **dict(_progress(j, vms), booted_release=j.get("booted_release"),
                                 booted_as_loaded=j.get("booted_as_loaded"), kexec_proof=_kexec_proof(module, j)))
-    module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"))
+    module.exit_json(changed=False, vms=j.get("vms", {}), update_id=j.get("update_id"), phase=j.get("phase"),
+                     proofs=j.get("proofs") or {})
 
 
 def _kexec_proof(module, j):

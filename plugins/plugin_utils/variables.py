@@ -88,9 +88,13 @@ guestmemfs_allow_boot_drift | bool | false | liveupdate | Update a host whose bo
 guestmemfs_restore_timeout | int | 600 | liveupdate | Seconds to wait for the host's own restore of every VM
     after the kexec.
 guestmemfs_verify | str | prove_once | liveupdate | The memory check of each host's manifest: `prove_once`
-    checks every chunk until a full check of the same kernel pair (running -> target) passed in an earlier
-    wave of the run (the canary), then extents plus a sampled content check; `full` checks every chunk on
-    every host.
+    checks every chunk until the kernel pair (running -> target) is proven - a full check passed on every VM
+    of a host, in an earlier wave or an earlier run, as the hosts' journals keep it - then extents plus a
+    sampled content check, until a check of the pair fails anywhere; `full` checks every chunk on every host.
+guestmemfs_kernel_proofs | dict | {} | liveupdate | The kernel pairs an earlier run proved or saw fail, as it
+    left them: an AWX workflow passes them from one wave's job to the next (the run's `set_stats`), the command
+    line with `-e @REPORT_DIR/kernel_proofs.json`. Merged with what the run's hosts' journals keep; a failure
+    from either wins.
 guestmemfs_shutdown_timeout | int | 300 | liveupdate | Seconds to wait for a VM shut down by the `shutdown`
     policy.
 kernel_build_host | str | localhost | kernel | The host that builds the kernel (the role kernel_build runs
@@ -149,6 +153,7 @@ guestmemfs_lu_stopped | liveupdate | the hosts of this wave that did not pass th
 guestmemfs_lu_job | liveupdate | the poll of the host's detached update (async_status)
 guestmemfs_lu_memory_check | liveupdate | the memory check this host's update uses (full to prove a kernel pair, else the policy's)
 guestmemfs_lu_proven | liveupdate | the kernel pairs already proven by a full check, from the run's reports
+guestmemfs_lu_fleet_proofs | liveupdate | the kernel pairs proven or failed as the hosts' journals and guestmemfs_kernel_proofs keep them, on localhost
 guestmemfs_lu_updating | liveupdate | the host's detached update (its async job)
 guestmemfs_lu_verify_mode | liveupdate | the memory check handed to the host's update
 guestmemfs_lu_wait_since | liveupdate | when the wait for the host's restore started

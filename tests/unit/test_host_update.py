@@ -293,10 +293,59 @@ def test_the_agent_runs_the_same_update(host, monkeypatch):
     assert (j["phase"], j["update_id"], j["manifest_mode"]) == ("kexec", "u3", "extents")
 
 
-def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host):
+def loaded(host, monkeypatch, old="6.12.117+deb13-amd64", new="7.3.4+deb13-amd64"):
+    """The kernel ``new`` loaded on ``old`` as the kexec module notes it; returns the "kexec": the
+    boot after it runs ``new`` with the loaded cmdline."""
+    (host.root / "proc").mkdir(exist_ok=True)
+    (host.root / "proc" / "cmdline").write_text("root=/dev/vda1 memmap=1G!4G\n")
+    release = {"now": old}
+    monkeypatch.setattr(hostupdate, "_release", lambda: release["now"])
+    journal.update_journal(lambda j: j.update(kexec_target={"release": new, "from_release": old,
+                                                            "cmdline": "root=/dev/vda1 memmap=1G!4G"}))
+
+    def kexec(boot="boot-b"):
+        host.boot["id"], release["now"] = boot, new
+    return kexec
+
+
+def test_a_full_check_passed_on_every_vm_proves_the_kernel_pair_in_the_hosts_journal(host, monkeypatch):
+    kexec = loaded(host, monkeypatch)
+    journal.update_journal(lambda j: j.update(proofs={"6.1.0 -> 6.12.117+deb13-amd64": {"result": "proven"}}))
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="full", update_id="u5")
+    kexec()
+    assert agent.main(["verify", "--boot"]) == 0
+    for vm in host.vms:
+        assert host.run(["systemctl", "start", "guestmemfs-vm@%s.service" % vm.name]) == 0
+    j = journal.load_journal()
+    assert j["phase"] == "restored"
+    proof = j["proofs"]["6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64"]
+    assert (proof["result"], proof["update_id"], proof["vms"], proof["modes"]) == ("proven", "u5", 2, ["full"])
+    assert "6.1.0 -> 6.12.117+deb13-amd64" in j["proofs"]  # another pair's proof is kept
+    assert "kernel pair 6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64: proven (full check passed on 2 VMs)" in [
+        n["msg"] for n in j["log"]]
+
+
+def test_a_sampled_check_that_passed_proves_nothing_new_and_a_cold_boot_proves_nothing(host, monkeypatch):
+    kexec = loaded(host, monkeypatch)
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u6")
+    kexec()
+    (host.root / "proc" / "cmdline").write_text("root=/dev/vda1\n")  # GRUB's default, not the loaded one
+    assert agent.main(["verify", "--boot"]) == 0
+    for vm in host.vms:
+        assert host.run(["systemctl", "start", "guestmemfs-vm@%s.service" % vm.name]) == 0
+    j = journal.load_journal()
+    assert (j["phase"], j["booted_as_loaded"], j.get("proofs")) == ("restored", False, None)
+
+
+def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host, monkeypatch):
+    kexec = loaded(host, monkeypatch)
+    journal.update_journal(lambda j: j.update(proofs={"6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64": {
+        "result": "proven", "update_id": "u0"}}))
     with pytest.raises(Kexec):
         hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u4")
-    host.boot["id"] = "boot-b"
+    kexec()
     vm1 = host.vms[0]
     with open(vm1.mem_path, "r+b") as fh:  # a quarter of vm1's memory changed across the "kexec"
         fh.seek(32 * MiB)
@@ -307,6 +356,10 @@ def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host)
     assert (vms["vm1"]["state"], vms["vm1"]["verify"]["status"], vms["vm2"]["state"]) == (
         "held", "content_changed", "restored")
     assert cpr.status(vm1) is None and os.path.exists(vm1.state_path)
+    # The pair's proof is taken back on this host: every later wave and run checks it in full.
+    proof = journal.load_journal()["proofs"]["6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64"]
+    assert (proof["result"], proof["update_id"], proof["modes"]) == ("failed", "u4", ["sampled"])
+    assert proof["detail"].startswith("vm1 content_changed: ")
 
 
 @pytest.mark.parametrize("phase, boot, alive, want", [

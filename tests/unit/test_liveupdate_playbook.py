@@ -230,6 +230,57 @@ def test_later_waves_check_a_sample_once_the_canary_proved_the_pair(tmp_path):
     assert set(c["args"]["manifest_mode"] for c in calls if c["key"] == "vm_cpr.update") == {"full"}
 
 
+def test_a_pair_a_host_proved_in_an_earlier_run_is_sampled_from_the_canary_on(tmp_path):
+    # A rollout run one job per wave (AWX): the canary's job proved the pair and its host keeps the
+    # proof in its journal; the next job reads it from every host and samples from its first wave.
+    pair = "6.1.0-old -> " + UNAME
+    vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "sampled"}}}
+    step = dict(DEFAULTS["update_step"], target_release=UNAME)
+    wait = {"done": True, "vms": vms, "restored": 1, "total": 1, "last_step": "vm1 resumed", "booted_as_loaded": True}
+    proof = {"result": "proven", "update_id": "u-canary", "ts": 1765000000.0, "vms": 2, "modes": ["full"]}
+    standins = dict((h, {"standin": {"update_step": step, "vm_cpr.wait": wait}}) for h in ("h1", "h2", "h3"))
+    standins["h0"] = {"standin": {"update_step": dict(step, step="done"),
+                                  "vm_cpr.status": {"vms": {}, "phase": "restored", "proofs": {pair: proof}}}}
+    inv = hosts_inventory(("h0", "h1", "h2", "h3"), **standins)
+    out, calls = play(tmp_path, inv, "liveupdate.yml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    modes = dict((c["host"], c["args"]["manifest_mode"]) for c in calls if c["key"] == "vm_cpr.update")
+    assert modes == {"h1": "sampled", "h2": "sampled", "h3": "sampled"}, modes
+    text = (tmp_path / "report" / "blackout.txt").read_text()
+    assert ("proven before this run, as the hosts' journals keep it (this run checks extents and a sample): %s "
+            "(by h0, update u-canary, 2025-12-06 05:46 UTC)" % pair) in text
+    assert "proven by a full memory check in this run" not in text
+    assert [r["memory_check"] for r in run_rows(tmp_path) if r["host"] != "h0"] == ["sampled"] * 3
+    handed = json.loads((tmp_path / "report" / "kernel_proofs.json").read_text())
+    assert handed["guestmemfs_kernel_proofs"][pair]["proven_by"] == ["h0"]
+    assert handed["guestmemfs_kernel_proofs"][pair]["proven"] is True
+
+    # The next wave's job sees only its own hosts, none of which proved the pair: the proofs the last
+    # run handed on (AWX: its set_stats artifact; here -e @kernel_proofs.json) carry it.
+    (tmp_path / "handed.json").write_text(json.dumps(handed))
+    del standins["h0"]
+    wave2 = hosts_inventory(("h1", "h2", "h3"), **standins)
+    out, calls = play(tmp_path, wave2, "liveupdate.yml")
+    assert set(c["args"]["manifest_mode"] for c in calls if c["key"] == "vm_cpr.update") == {"full"}
+    out, calls = play(tmp_path, wave2, "liveupdate.yml", "-e", "@" + str(tmp_path / "handed.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(c["args"]["manifest_mode"] for c in calls if c["key"] == "vm_cpr.update") == {"sampled"}
+
+    # A check of the pair that failed on any host (h3's journal) takes the proof back: full everywhere,
+    # the canary's full pass in this run included, and the report says how to clear it.
+    failed = {"result": "failed", "update_id": "u-bad", "ts": 1765000100.0, "detail": "vm1 content_changed: chunk 9"}
+    standins["h3"]["standin"]["vm_cpr.status"] = {"vms": {}, "phase": "restored", "proofs": {pair: failed}}
+    wave2 = hosts_inventory(("h1", "h2", "h3"), **standins)
+    vms["vm1"]["verify"]["mode"] = "full"
+    out, calls = play(tmp_path, wave2, "liveupdate.yml", "-e", "@" + str(tmp_path / "handed.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    modes = dict((c["host"], c["args"]["manifest_mode"]) for c in calls if c["key"] == "vm_cpr.update")
+    assert modes == {"h1": "full", "h2": "full", "h3": "full"}, modes
+    assert ("NOT proven, a memory check of it failed (checked in full on every host until cleared with "
+            "`agent proofs --forget '%s'` on h3): %s (h3: vm1 content_changed: chunk 9)" % (pair, pair)) in (
+                tmp_path / "report" / "blackout.txt").read_text()
+
+
 def test_an_update_that_stopped_before_its_kexec_is_reported_and_its_vms_restored(tmp_path):
     # The host's process could not kexec (refused, or the kexec did not start): it restored the VMs
     # itself; the wait fails at once from the journal and the rescue unloads the kernel.
