@@ -208,7 +208,9 @@ def host_blackout(stops, resumes):
     return round(max(resumes) - min(stops), 3)
 
 
-def collection_run(state, inventory, hosts, forks, out):
+def collection_run(state, inventory, hosts, forks, out, checks=None):
+    """liveupdate.yml over ``hosts`` as one wave -> {host: blackout_s}; ``checks`` gets each host's
+    memory check (full while its kernel pair is unproven, then sampled)."""
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
     other = ssh(state, hosts[0], OTHER_KERNEL)
     # One target for the wave: every host must run the same kernel (a host already on the target is
@@ -233,6 +235,8 @@ def collection_run(state, inventory, hosts, forks, out):
             states = dict((n, v.get("state")) for n, v in j["vms"].items())
             raise RuntimeError("%s: not every VM restored: %s" % (h["name"], states))
         result[h["name"]] = host_blackout([v["stop_ts"] for v in vms], [v["resume_ts"] for v in vms])
+        if checks is not None:
+            checks[h["name"]] = j.get("manifest_mode")
     return result
 
 
@@ -392,7 +396,8 @@ def summary(runs):
                            "min": round(cases[num]["min"] / cases[den]["min"], 3),
                            "median": round(cases[num]["median"] / cases[den]["median"], 3)})
     ratios = []
-    colls = [c for c in cases if c.startswith("collection")]
+    # the runs that proved their kernel pair (full check) are listed, not taken into the ratios
+    colls = [c for c in cases if c.startswith("collection") and not c.endswith("full-check")]
     for c in colls:  # each collection case against the floor of its VM count, 1 host only
         if meta[c]["hosts"] == 1:
             ratio("collection / floor", c, case_label("floor", meta[c]["vms"]), TARGET_FLOOR)
@@ -487,13 +492,19 @@ def main():
                 print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
                 row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
                 before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
+                checks = {}
                 try:
                     b = floor_run(state, host, active) if kind == "floor" else collection_run(
-                        state, inventory, hosts, a.forks, a.out)
+                        state, inventory, hosts, a.forks, a.out, checks)
                     row.update(blackout=b, wall_s=round(time.time() - t0),
                                kernel="%s -> %s" % (before, ssh(state, host, "uname -r")))
+                    if checks:
+                        row["memory_check"] = checks
+                    if "full" in checks.values():
+                        # the run that proved its kernel pair (a canary): its own case, not the steady state's
+                        row["case"] = label + " full-check"
                     runs.append(row)
-                    print("  blackout %s" % b, flush=True)
+                    print("  blackout %s%s" % (b, " memory check %s" % checks if checks else ""), flush=True)
                 except (RuntimeError, subprocess.CalledProcessError) as exc:
                     row.update(error=str(exc))
                     runs.append(row)

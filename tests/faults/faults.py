@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import shlex
 import subprocess
 import sys
 import time
@@ -275,6 +276,7 @@ def fault_memory_altered(host, ctx):
     before the kexec); the update is then driven by a re-run, which must not save again."""
     vm = host.vms()[-1]
     t0 = time.time()
+    before = host.out("uname -r")
     save = subprocess.run(["ansible", "-i", host.state["inventory"], host.name, "-m",
                            "guestmemfs.liveupdate.vm_cpr", "-a", "action=save"],
                           capture_output=True, text=True, check=False)
@@ -295,8 +297,16 @@ def fault_memory_altered(host, ctx):
     ctx["saves"] = saves_since(j, t0)
     ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
                                        if v.get("state") == "held")
-    recovery = "put the memory back, then %s verify %s && systemctl start guestmemfs-vm@%s" % (AGENT, vm, vm)
-    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s" % (flip, AGENT, vm, vm))
+    # The pair's failure, kept on the host: every later run checks the pair in full until it is forgotten.
+    pair = "%s -> %s" % (before, host.out("uname -r"))
+    kept = (j.get("proofs") or {}).get(pair) or {}
+    ctx["proof_after"] = {host.name: "%s %s" % (pair, kept.get("result"))}
+    if kept.get("result") != "failed":
+        ctx.setdefault("problems", []).append("the journal does not keep the pair %s as failed: %s" % (pair, kept))
+    forget = "%s proofs --forget %s" % (AGENT, shlex.quote(pair))
+    recovery = ("put the memory back, then %s verify %s && systemctl start guestmemfs-vm@%s; once the failure is "
+                "understood, %s" % (AGENT, vm, vm, forget))
+    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s && %s" % (flip, AGENT, vm, vm, forget))
     return recovery
 
 
@@ -321,6 +331,10 @@ def fault_large_region_altered_later_wave(host, ctx):
     if releases[0] != releases[1] or canary.other_kernel() != ctx["target"]:
         raise RuntimeError("the canary (%s) and %s must run the same kernel and update to the same one: %s, %s"
                            % (first, host.name, releases, (canary.other_kernel(), ctx["target"])))
+    # A pair the fleet proved in an earlier run stays proven (the hosts' journals keep it): the canary
+    # then checks a sample too.
+    proven_before = dict((k, v.get("result")) for k, v in (canary.journal().get("proofs") or {}).items()
+                         if k.startswith(releases[0] + " -> "))
     end = (REGION_OFFSET_MIB + REGION_MIB) << 20
     big = [v for v in host.vms() if int(host.out("stat -Lc %%s %s" % host.ram(v))) >= end]
     if not big:
@@ -368,17 +382,27 @@ def fault_large_region_altered_later_wave(host, ctx):
     ctx["held_before_recovery"] = dict((n, (v.get("verify") or {}).get("detail")) for n, v in j.get("vms", {}).items()
                                        if v.get("state") == "held")
     problems = ctx.setdefault("problems", [])
-    if any(((v.get("verify") or {}).get("mode")) != "full" for v in (jc.get("vms") or {}).values()):
-        problems.append("the canary's VMs were not all checked in full: %s" % modes[first])
+    pair = "%s -> %s" % (releases[0], host.out("uname -r"))
+    canary_mode = "sampled" if proven_before.get(pair) == "proven" else "full"
+    if any(((v.get("verify") or {}).get("mode")) != canary_mode for v in (jc.get("vms") or {}).values()):
+        problems.append("the canary's VMs were not all checked %s (the pair's proof before the run: %s): %s"
+                        % (canary_mode, proven_before.get(pair), modes[first]))
+    kept = (j.get("proofs") or {}).get(pair) or {}
+    ctx["proof_after"] = {host.name: "%s %s" % (pair, kept.get("result"))}
+    if kept.get("result") != "failed":
+        problems.append("%s's journal does not keep the pair %s as failed: %s" % (host.name, pair, kept))
     if ((j.get("vms") or {}).get(vm, {}).get("verify") or {}).get("mode") != "sampled":
         problems.append("%s's VMs were not checked by the later wave's sampled check: %s" % (host.name, modes[host.name]))
     if vm not in ctx["held_before_recovery"]:
         problems.append("%s was not held: %s" % (vm, modes[host.name]))
     put_back = "dd if=%s of=%s bs=1M seek=%d conv=notrunc,fsync status=none" % (orig, ram, REGION_OFFSET_MIB)
-    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s && rm -f %s %s" % (
-        put_back, AGENT, vm, vm, orig, marker))
-    return "put the memory back (here: %s), then %s verify %s && systemctl start guestmemfs-vm@%s" % (
-        put_back, AGENT, vm, vm)
+    # The failure is this fault's own doing, understood: the host forgets it, or the pair would be
+    # checked in full on every host from now on.
+    forget = "%s proofs --forget %s" % (AGENT, shlex.quote(pair))
+    host.ssh("%s && %s verify %s && systemctl start guestmemfs-vm@%s && %s && rm -f %s %s" % (
+        put_back, AGENT, vm, vm, forget, orig, marker))
+    return ("put the memory back (here: %s), then %s verify %s && systemctl start guestmemfs-vm@%s; once the "
+            "failure is understood, %s" % (put_back, AGENT, vm, vm, forget))
 
 
 def fault_controller_killed(host, ctx):
@@ -789,7 +813,7 @@ def run_fault(host, name, fn):
               "link_cut_at_phase", "holder_killed", "luo_before_recovery",
               "device_state_lost", "altered", "held_before_recovery", "frozen", "reset_at", "interrupted_save",
               "next_step_after_boot", "runs", "filled", "killed", "phase_after_run", "vms_after_run",
-              "still_corrupt", "verify_modes"):
+              "still_corrupt", "verify_modes", "proof_after"):
         if k in ctx:
             row[k] = ctx[k]
     problems = list(ctx.get("problems", []))  # the fault's own checks

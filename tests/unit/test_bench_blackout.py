@@ -49,6 +49,15 @@ def test_ratios_compare_like_with_like_and_carry_their_targets():
     assert not [r for r in s["ratios"] if r["case"].startswith("collection 2hosts") and r["against"].startswith("floor")]
 
 
+def test_a_run_that_proved_its_kernel_pair_is_listed_apart_and_left_out_of_the_ratios():
+    canary = dict(run("collection 1host f1 1vm", "collection", 1, 1, [90.0]),
+                  case="collection 1host f1 1vm full-check", memory_check={"host1": "full"})
+    runs = [run("floor 1vm", "floor", 1, 1, [10.0]), canary, run("collection 1host f1 1vm", "collection", 1, 1, [11.0])]
+    s = bench.summary(runs)
+    assert s["cases"]["collection 1host f1 1vm full-check"] == {"n": 1, "min": 90.0, "median": 90.0}
+    assert [(r["case"], r["min"]) for r in s["ratios"]] == [("collection 1host f1 1vm", 1.1)]
+
+
 def test_a_failed_run_leaves_the_others_figures(tmp_path):
     runs = [run("floor 1vm", "floor", 1, 1, [10.0]),
             {"case": "collection 1host f1 1vm", "round": 1, "vms": 1, "hosts": 1, "forks": 1, "load": 2.0,
