@@ -46,9 +46,10 @@ import fleet  # noqa: E402
 
 QMP_LIB = r'''
 import json, os, socket, struct, subprocess, sys, threading, time
-# The collection's QMP client as installed on the host (stdlib only); the floor uses nothing else of it.
+# The collection's QMP client and CPU quota calls as installed on the host (stdlib only); nothing else of it.
 sys.path.insert(0, "/usr/lib/guestmemfs-liveupdate")
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qmp import QMP, event_time as ts
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpu_quota
 STATE = "/var/lib/guestmemfs-liveupdate/state/floor-%s.state"
 WAIT_S = 600  # a TCG fleet host under load answers slowly; a hung QEMU still ends the wait
 def qmp(path, wait=0.0):
@@ -73,8 +74,8 @@ def save(name):
     _pid, uid, gid = struct.unpack("3i", q.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     fd = os.open(STATE % name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600); os.fchown(fd, uid, gid); os.close(fd)
     q.cmd("stop"); stops[name] = ts(q.wait_event("STOP", WAIT_S))
-    if VMS[name]["quota"]:  # paused: its QEMU saves at full speed, as the collection's does
-        subprocess.call(["systemctl", "set-property", "--runtime", "guestmemfs-vm@%s.service" % name, "CPUQuota="])
+    # paused: its QEMU saves at full speed, as the collection's does
+    cpu_quota.lift(subprocess.call, {"name": name, "cpu_quota": VMS[name]["quota"]})
     q.cmd("migrate", uri="file:" + STATE % name)
     status = q.wait_event("MIGRATION", WAIT_S, done)["data"]["status"]
     if status != "completed": raise SystemExit("migration of %s %s" % (name, status))
@@ -111,7 +112,7 @@ def restore(name):
     q = qmp(qmp_path, wait=WAIT_S)
     q.cmd("migrate-incoming", uri="file:" + STATE % name); q.wait_event("MIGRATION", WAIT_S, done)
     q.cmd("cont"); resumed[name] = ts(q.wait_event("RESUME", WAIT_S))
-    if v["quota"]:  # the guest's quota once it runs, as the collection gives it
+    if v["quota"]:  # the guest's quota once it runs, as the collection gives it (on the floor's own unit)
         subprocess.call(["systemctl", "set-property", "--runtime", "floor-%s.service" % name, "CPUQuota=" + v["quota"]])
 errors = {}
 def guarded(name):  # a thread's SystemExit vanishes silently: keep what went wrong
