@@ -102,20 +102,11 @@ def merge(*views):
 def fleet(proofs_by_host):
     """{host: {pair: record}} -> {pair: {"proven": bool, "proven_by": [...], "failed_on": [...], ...}}.
     A pair is proven when a host proved it and no host's last check of it failed."""
-    out = {}
-    for host, proofs in sorted((proofs_by_host or {}).items()):
-        for key, rec in sorted((proofs or {}).items()):
-            if not isinstance(rec, dict):
-                continue
-            p = out.setdefault(key, {"proven_by": [], "failed_on": [], "last_proof": None, "last_failure": None})
-            if rec.get("result") == PROVEN:
-                p["proven_by"].append(host)
-                if not p["last_proof"] or rec.get("ts", 0) > p["last_proof"].get("ts", 0):
-                    p["last_proof"] = dict(rec, host=host)
-            elif rec.get("result") == FAILED:
-                p["failed_on"].append(host)
-                if not p["last_failure"] or rec.get("ts", 0) > p["last_failure"].get("ts", 0):
-                    p["last_failure"] = dict(rec, host=host)
-    for p in out.values():
-        p["proven"] = bool(p["proven_by"]) and not p["failed_on"]
-    return out
+    views = []
+    for host, recs in sorted((proofs_by_host or {}).items()):
+        for key, rec in sorted((recs or {}).items()):
+            if isinstance(rec, dict) and rec.get("result") in (PROVEN, FAILED):
+                proven = rec["result"] == PROVEN
+                views.append({key: {"proven_by": [host] if proven else [], "failed_on": [] if proven else [host],
+                                    "last_proof" if proven else "last_failure": dict(rec, host=host)}})
+    return merge(*views)
