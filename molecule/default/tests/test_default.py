@@ -5,6 +5,7 @@ set it); a test for another backend is skipped, saying so."""
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -38,6 +39,34 @@ def test_qemu_is_new_enough_for_cpr_reboot(host):
 def test_packages_installed(host):
     for name in ("kexec-tools", "qemu-system-x86") + (("ndctl",) if BACKEND == "pmem" else ()):
         assert host.package(name).is_installed
+
+
+AGENT_BYTECODE_CHECK = r"""
+import importlib.util, os, struct
+stale = []
+for d, _, files in os.walk("/usr/lib/guestmemfs-liveupdate/ansible_collections"):
+    for f in sorted(files):
+        if f.endswith(".py"):
+            src = os.path.join(d, f)
+            st = os.stat(src)
+            try:
+                with open(importlib.util.cache_from_source(src), "rb") as fh:
+                    head = fh.read(16)
+            except OSError:
+                stale.append(src + ": no bytecode")
+                continue
+            if head[:4] != importlib.util.MAGIC_NUMBER or struct.unpack("<III", head[4:]) != (
+                    0, int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF):
+                stale.append(src + ": bytecode of another source or Python")
+print("\n".join(stale) or "all current")
+"""
+
+
+def test_the_agents_code_is_compiled_for_the_units_python(host):
+    # The units' /usr is read-only: Python would compile every module again at each agent start
+    # inside the blackout. Bytecode that Python takes must match its source's mtime and size.
+    out = host.check_output("/usr/bin/python3 -c %s" % shlex.quote(AGENT_BYTECODE_CHECK))
+    assert out == "all current"
 
 
 def test_came_back_from_kexec_into_another_kernel(host):
