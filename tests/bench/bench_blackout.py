@@ -26,7 +26,11 @@ With --wave, the collection also updates every host of the wave as one wave at -
 smallest VM count), and each host's blackout is reported; the floor runs on --host only. Every
 collection run uses --forks, so the 1-host and the wave runs differ only in the wave.
 Prints a table and writes bench-blackout.json (every run, min and median per case, the ratios with
-the issue's targets, the load before each run) to --out, also when a run fails.
+the issue's targets, the load before each run) to --out after every run.
+A failed run is recorded as one and left out of the figures; the rounds go on once its hosts answer
+and their agents say no operator must act (else they stop, saying why). A host whose kernel panics
+during a run (the fleet's TCG boot Oops) is reset through its QEMU's monitor, as a BMC would: that
+run is a failed one.
 """
 
 import argparse
@@ -35,6 +39,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -370,6 +375,96 @@ def align_kernels(state, inventory, host, hosts, forks, out):
             collection_run(state, inventory, [h], forks, out)
 
 
+class PanicReset:
+    """During a run, a host whose console shows a new kernel panic is reset through its QEMU's
+    monitor, once, as a BMC's watchdog would (a fleet sets panic=N or has one). The fleet's
+    multi-threaded TCG hosts sometimes take an int3 Oops while a kexeced kernel boots
+    (tests/fleet/fleet.py, restart_if_panicked): unreset, the host sits panicked until the play's
+    900-s wait ends it and the benchmark with it. The reset host cold-boots, the collection
+    restores its VMs by itself and the play fails saying so: a failed run, recorded as one."""
+
+    def __init__(self, hosts, reset=None, every=5.0):
+        self.hosts, self.every, self.reset = hosts, every, reset or fleet.reset_host
+        self.resets, self.offsets, self.stop = {}, {}, threading.Event()
+        for h in hosts:  # what the console held before the run is an earlier boot's
+            self.offsets[h["name"]] = os.path.getsize(h["console"]) if os.path.exists(h["console"]) else 0
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def look(self):
+        for h in self.hosts:
+            if h["name"] in self.resets or not os.path.exists(h["console"]):
+                continue
+            with open(h["console"], "rb") as fh:
+                fh.seek(self.offsets[h["name"]])
+                text = fh.read().decode(errors="replace")
+            if fleet.PANIC_MARK in text:
+                line = text[text.index(fleet.PANIC_MARK):].splitlines()[0].strip()
+                try:
+                    self.reset(h)
+                    self.resets[h["name"]] = line
+                except Exception as exc:  # pylint: disable=broad-except  # said, not fatal: the run fails anyway
+                    self.resets[h["name"]] = "%s; its reset failed: %s" % (line, exc)
+                print("[%s]     %s: %s; reset through its QEMU's monitor" % (time.strftime("%H:%M:%S"), h["name"], line),
+                      flush=True)
+
+    def watch(self):
+        while not self.stop.wait(self.every):
+            self.look()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.look()
+
+
+class RoundsStopped(RuntimeError):
+    pass
+
+
+def run_rounds(cases, rounds, run_case, recovered, on_row=lambda runs: None):
+    """Each round runs every case once, in alternating order. ``run_case(i, case) -> row`` (a row
+    with "error" for a failed run). A failed run is recorded and the rounds go on once
+    ``recovered(case)`` finds its hosts back (None), else they stop (RoundsStopped, saying why).
+    ``on_row(runs)`` after every run: the figures so far are written whatever comes next."""
+    runs = []
+    for i in range(rounds):
+        for c in (cases if i % 2 == 0 else cases[::-1]):
+            row = run_case(i, c)
+            runs.append(row)
+            problem = recovered(c) if row.get("error") else None
+            if problem:
+                row["stopped"] = problem
+            on_row(runs)
+            if problem:
+                raise RoundsStopped("%s round %d failed and its hosts did not recover: %s" % (c[0], i + 1, problem))
+    return runs
+
+
+def recovered(state, hosts, wait_s=900):
+    """After a failed run: None once every host answers and its agent says no operator must act,
+    else what is wrong (the next case's use_vms then starts the VMs it needs, or stops)."""
+    for h in hosts:
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                proc = subprocess.run(fleet.ssh_base(state, h) + ["python3 /usr/lib/guestmemfs-liveupdate/agent status"],
+                                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                if proc.returncode == 0:
+                    break
+                if proc.returncode == 4:
+                    return "%s: its agent says an operator must act: %s" % (h["name"], proc.stdout.strip()[-400:])
+            except subprocess.TimeoutExpired:
+                pass
+            if time.time() >= deadline:
+                return "%s: no answer from its agent within %d s" % (h["name"], wait_s)
+            time.sleep(10)
+    return None
+
+
 # The issue's targets: the collection against the floor at the same VM count; 8 VMs against 1 VM;
 # a 2-host wave at forks=1 against 1 host.
 TARGET_FLOOR, TARGET_VMS, TARGET_WAVE = 1.10, 1.2, 1.05
@@ -480,39 +575,52 @@ def main():
         counts = [len(ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms").split())]
     cases = plan(counts, len(wave), a.forks, [int(n) for n in a.floor_vms.split(",")] if a.floor_vms else None)
     runs = []
+
+    def run_case(i, c):
+        label, kind, n, nhosts = c
+        hosts = wave if nhosts > 1 else [host]
+        if a.vms:
+            use_vms(state, wave, names, names[:n])
+        if nhosts > 1:
+            align_kernels(state, inventory, host, wave, a.forks, a.out)
+        active = names[:n] if a.vms else ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
+        t0, ld = time.time(), load()
+        print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
+        row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
+        before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
+        checks, panics = {}, PanicReset(hosts)
+        try:
+            with panics:
+                b = floor_run(state, host, active) if kind == "floor" else collection_run(
+                    state, inventory, hosts, a.forks, a.out, checks)
+            if panics.resets:  # a blackout with a reset in it measures the reset
+                raise RuntimeError("reset after a kernel panic at boot: %s" % panics.resets)
+            row.update(blackout=b, wall_s=round(time.time() - t0),
+                       kernel="%s -> %s" % (before, ssh(state, host, "uname -r")))
+            if checks:
+                row["memory_check"] = checks
+            if "full" in checks.values():
+                # the run that proved its kernel pair (a canary): its own case, not the steady state's
+                row["case"] = label + " full-check"
+            print("  blackout %s%s" % (b, " memory check %s" % checks if checks else ""), flush=True)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            row.update(error=str(exc), wall_s=round(time.time() - t0))
+            if panics.resets:
+                row["reset"] = panics.resets
+            print("  FAILED: %s" % exc, flush=True)
+        return row
+
+    def back(c):
+        problem = recovered(state, wave if c[3] > 1 else [host])
+        print("  %s" % ("hosts back, going on" if problem is None else "stopping: " + problem), flush=True)
+        return problem
+
+    def keep(rows):
+        runs[:] = rows
+        write(a.out, a, runs)
+
     try:
-        for i in range(a.runs):
-            for label, kind, n, nhosts in (cases if i % 2 == 0 else cases[::-1]):
-                hosts = wave if nhosts > 1 else [host]
-                if a.vms:
-                    use_vms(state, wave, names, names[:n])
-                if nhosts > 1:
-                    align_kernels(state, inventory, host, wave, a.forks, a.out)
-                active = names[:n] if a.vms else ssh(state, host, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
-                t0, ld = time.time(), load()
-                print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
-                row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
-                before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
-                checks = {}
-                try:
-                    b = floor_run(state, host, active) if kind == "floor" else collection_run(
-                        state, inventory, hosts, a.forks, a.out, checks)
-                    row.update(blackout=b, wall_s=round(time.time() - t0),
-                               kernel="%s -> %s" % (before, ssh(state, host, "uname -r")))
-                    if checks:
-                        row["memory_check"] = checks
-                    if "full" in checks.values():
-                        # the run that proved its kernel pair (a canary): its own case, not the steady state's
-                        row["case"] = label + " full-check"
-                    runs.append(row)
-                    print("  blackout %s%s" % (b, " memory check %s" % checks if checks else ""), flush=True)
-                except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    row.update(error=str(exc))
-                    runs.append(row)
-                    print("  FAILED: %s" % exc, flush=True)
-                    raise
-                finally:
-                    write(a.out, a, runs)
+        run_rounds(cases, a.runs, run_case, back, on_row=keep)
     finally:
         sys.stdout.write(write(a.out, a, runs))
 

@@ -89,3 +89,54 @@ def test_a_failed_playbook_raises_with_its_log_kept(tmp_path):
     with pytest.raises(bench.subprocess.CalledProcessError):
         bench.playbook(["sh", "-c", "echo no such play; exit 4"], str(log), "a play")
     assert log.read_text() == "no such play\n"
+
+
+def test_a_kernel_panic_during_a_run_resets_that_host_once_as_a_bmc_would(tmp_path):
+    hosts = [{"name": "host1", "console": str(tmp_path / "host1.console.log")},
+             {"name": "host2", "console": str(tmp_path / "host2.console.log")}]
+    # host1's console holds an earlier boot's panic (the fleet keeps the log): not this run's
+    (tmp_path / "host1.console.log").write_text("[ 21.1] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    (tmp_path / "host2.console.log").write_text("[ 0.0] Linux version 7.3.4\n")
+    reset = []
+    with bench.PanicReset(hosts, reset=lambda h: reset.append(h["name"]), every=0.02) as watch:
+        with open(hosts[1]["console"], "a") as fh:
+            fh.write("[ 21.4] int3: 0000 [#1] SMP NOPTI\n[ 21.5] Kernel panic - not syncing: Fatal exception\n")
+        for _ in range(200):
+            if reset:
+                break
+            bench.time.sleep(0.02)
+        bench.time.sleep(0.1)
+    assert reset == ["host2"]
+    assert watch.resets == {"host2": "Kernel panic - not syncing: Fatal exception"}
+
+
+def case(label, kind="collection", vms=1, hosts=1):
+    return (label, kind, vms, hosts)
+
+
+def test_a_failed_run_is_recorded_and_the_rounds_go_on_once_its_hosts_recovered():
+    cases = [case("floor 1vm", "floor"), case("collection 1host f1 1vm")]
+    seen, rows = [], []
+
+    def run_case(i, c):
+        seen.append((i, c[0]))
+        if len(seen) == 2:
+            return {"case": c[0], "round": i + 1, "error": "host1 came back by a cold boot"}
+        return {"case": c[0], "round": i + 1, "blackout": {"host1": 10.0}}
+    runs = bench.run_rounds(cases, 2, run_case, recovered=lambda c: None, on_row=lambda r: rows.append(len(r)))
+    assert seen == [(0, "floor 1vm"), (0, "collection 1host f1 1vm"), (1, "collection 1host f1 1vm"), (1, "floor 1vm")]
+    assert [r.get("error") for r in runs] == [None, "host1 came back by a cold boot", None, None]
+    assert rows == [1, 2, 3, 4]  # the file is written after every run
+
+
+def test_the_rounds_stop_when_a_failed_runs_host_did_not_recover_saying_why():
+    cases = [case("floor 1vm", "floor"), case("collection 1host f1 1vm")]
+    rows = []
+
+    def run_case(i, c):
+        return {"case": c[0], "round": i + 1, "error": "host1 did not come back within 900s"}
+    with pytest.raises(bench.RoundsStopped) as exc:
+        bench.run_rounds(cases, 3, run_case, recovered=lambda c: "host1: no SSH for 900 s",
+                         on_row=lambda r: rows.append(list(r)))
+    assert "host1: no SSH for 900 s" in str(exc.value)
+    assert len(rows) == 1 and rows[0][0]["stopped"] == "host1: no SSH for 900 s"
