@@ -421,6 +421,16 @@ class PanicReset:
         self.look()
 
 
+def boot_analysis(state, host, unit):
+    """What the new boot spent before ``unit`` (the floor's restore unit, or vm1's): systemd's own
+    account, kept with the run to compare the two boots. Never fails a run."""
+    try:
+        return {"unit": unit, "time": ssh(state, host, "systemd-analyze time --no-pager", timeout=120),
+                "chain": ssh(state, host, "systemd-analyze critical-chain --no-pager %s" % unit, timeout=120)}
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        return {"unit": unit, "error": str(exc)}
+
+
 class RoundsStopped(RuntimeError):
     pass
 
@@ -596,7 +606,9 @@ def main():
             if panics.resets:  # a blackout with a reset in it measures the reset
                 raise RuntimeError("reset after a kernel panic at boot: %s" % panics.resets)
             row.update(blackout=b, wall_s=round(time.time() - t0),
-                       kernel="%s -> %s" % (before, ssh(state, host, "uname -r")))
+                       kernel="%s -> %s" % (before, ssh(state, host, "uname -r")),
+                       boot=boot_analysis(state, host, "floor-restore.service" if kind == "floor"
+                                          else "guestmemfs-vm@%s.service" % active[0]))
             if checks:
                 row["memory_check"] = checks
             if "full" in checks.values():
