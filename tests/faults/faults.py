@@ -71,8 +71,21 @@ class Host(object):
             return None
         return r.stdout.strip() if r.returncode == 0 else None
 
-    def journal(self):
-        return json.loads(self.out("%s status --json" % AGENT))
+    def journal(self, timeout=900):
+        """The host's journal; through a moment the host does not answer (ssh's own rc 255: it may
+        be kexecing between two reads), up to ``timeout``."""
+        deadline = time.time() + timeout
+        while True:
+            r = self.ssh("%s status --json" % AGENT, check=False)
+            if r.returncode != 255:
+                break
+            if time.time() >= deadline:
+                raise RuntimeError("%s: no answer over SSH for %ss: %s" % (self.name, timeout, r.stderr.strip()[-300:]))
+            time.sleep(5)
+        if r.returncode != 0:
+            raise RuntimeError("%s: `%s status --json` failed (rc %d): %s" % (
+                self.name, AGENT, r.returncode, r.stderr.strip()[-500:]))
+        return json.loads(r.stdout)
 
     def vms(self):
         return self.out("ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split()
