@@ -462,7 +462,7 @@ def recovered(state, hosts, wait_s=900):
         while True:
             try:
                 proc = subprocess.run(fleet.ssh_base(state, h) + ["python3 /usr/lib/guestmemfs-liveupdate/agent status"],
-                                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                                      stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
                 if proc.returncode == 0:
                     break
                 if proc.returncode == 4:

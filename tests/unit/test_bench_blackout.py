@@ -101,7 +101,7 @@ def test_a_kernel_panic_during_a_run_resets_that_host_once_as_a_bmc_would(tmp_pa
     with bench.PanicReset(hosts, reset=lambda h: reset.append(h["name"]), every=0.02) as watch:
         with open(hosts[1]["console"], "a") as fh:
             fh.write("[ 21.4] int3: 0000 [#1] SMP NOPTI\n[ 21.5] Kernel panic - not syncing: Fatal exception\n")
-        for _ in range(200):
+        for _attempt in range(200):
             if reset:
                 break
             bench.time.sleep(0.02)
