@@ -484,13 +484,28 @@ def recover_interrupted_save(run, conf_dir=cpr.CONF_DIR):
 RESUMED_PAST_STATE = "resumed_past_state"
 
 
-def verify_pending(names=None, content=True):
-    """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
-    ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
-    else -> held, never resumed. First, once per boot, it finalises a save or a resume that the end
-    of an earlier boot cut short and records the boot: guestmemfs-verify.service does only that
-    (``content=False``), before any VM unit starts; each VM's unit then verifies its own memory
-    (vm_run), so a VM restores as soon as its own check passed, not after every VM's."""
+@contextlib.contextmanager
+def _boot_lock():
+    """One of the boot's agent processes at a time records the boot (flock beside the journal)."""
+    fd = os.open(journal.JOURNAL + ".boot.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def record_boot():
+    """Once per boot, before this boot starts or restores any VM: finalise a save or a resume that
+    the end of an earlier boot cut short, and record the boot. Whichever of the boot's agent
+    processes comes first does it (guestmemfs-verify.service, or a VM unit's vm_run: the VM units
+    start right after the backend's mount, not after that service); the others, one at a time,
+    find it done. -> the journal."""
+    with _boot_lock():
+        return _record_boot()
+
+
+def _record_boot():
     j = load_journal()
     m = manifest.load() or {}  # before any change: a manifest that does not read changes nothing
     boot = journal.boot_id()
@@ -516,8 +531,20 @@ def verify_pending(names=None, content=True):
         # A save cut short before any VM was saved leaves nothing to restore: close the update now,
         # or it would wait ("booted") for restores that never come.
         j = finish_if_done()
+    return j
+
+
+def verify_pending(names=None, content=True):
+    """Verify the memory of every saved VM (or of ``names``) against the manifest, in parallel.
+    ``ok`` -> state restoring, for this boot only (its unit may restore it on this boot); anything
+    else -> held, never resumed. First the boot is recorded (record_boot): guestmemfs-verify.service
+    does only that (``content=False``); each VM's unit verifies its own memory (vm_run), so a VM
+    restores as soon as its own check passed, not after every VM's."""
+    j = record_boot()
     if not content:
         return {}
+    m = manifest.load() or {}
+    boot = journal.boot_id()
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
         v.get("state") in ("saved", "restore_failed")
         or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
@@ -759,6 +786,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     if refusal:
         sys.stderr.write(refusal[1] + "\n")
         return refusal[0]
+    # Before any VM starts on this boot, cold or restored: what the last boot cut short is settled.
+    record_boot()
     if not os.path.exists(vm.state_path):
         argv, launch = vm.argv(), vm.cold_launch()
         record_argv(name, argv, launch)

@@ -499,3 +499,50 @@ def test_a_guestmemfs_vm_of_odd_size_can_start_on_its_rounded_file(tmp_path):
         fh.truncate(gm.file_size(17 * MiB))  # what vm_memory creates for 17 MiB
     vm = cpr.VM({"name": "vm1", "memory_bytes": 17 * MiB, "mem_path": str(mem), "backend": "guestmemfs"})
     assert guestmemfs.file_refusal(vm) is None
+
+
+# The VM units no longer wait for guestmemfs-verify.service: whichever of the boot's agent
+# processes comes first records the boot, one at a time.
+
+def test_two_agent_processes_at_boot_record_it_once(host, monkeypatch):
+    save(host, names=["vm1", "vm2"])
+    assert journal.load_journal()["phase"] == "saved"
+    host.boot["id"] = BOOT_B
+    real_release = hostupdate._release
+
+    def slow_release():  # between reading the journal and recording the boot: the race's window
+        time.sleep(0.5)
+        return real_release()
+    monkeypatch.setattr(hostupdate, "_release", slow_release)
+    children = []
+    for _i in range(2):
+        pid = os.fork()
+        if pid == 0:  # the verify service and a VM unit's vm_run, at the same moment
+            code = 1
+            try:
+                hostupdate.verify_pending(content=False)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    assert all(os.waitpid(pid, 0)[1] == 0 for pid in children)
+    j = journal.load_journal()
+    assert [e["msg"] for e in j["log"] if e["msg"].startswith("booted")] == [
+        "booted %s (NOT the loaded kernel) after phase saved" % real_release()]
+    assert j["phase"] == "booted" and j["to_boot_id"] == BOOT_B
+
+
+def test_a_vm_unit_that_starts_first_finalises_a_cut_short_save_before_it_starts_its_vm(host, monkeypatch):
+    _save_cut_short(host, monkeypatch, "vm2")  # vm1 saved, vm2 had no complete state
+    host.boot["id"] = BOOT_B
+    started = []
+    monkeypatch.setattr(hostupdate, "_exec", lambda vm, argv, launch: started.append(
+        (vm.name, journal.load_journal()["vms"][vm.name]["state"])) or 0)
+    monkeypatch.setattr(hostupdate, "record_argv", lambda name, argv, launch: None)
+    monkeypatch.setattr(cpr.VM, "argv", lambda vm: ["qemu-system-x86_64", "-name", vm.name])
+    monkeypatch.setattr(cpr.VM, "cold_launch", lambda vm: None)
+    assert hostupdate.vm_run("vm2", conf_dir=host.conf) == 0  # before guestmemfs-verify.service ran
+    # its cold start came after the journal said why it has no state to restore, not on "saving"
+    assert len(started) == 1 and started[0][0] == "vm2" and started[0][1].startswith("down")
+    j = journal.load_journal()
+    assert j["phase"] == "booted" and j["to_boot_id"] == BOOT_B and j["interrupted_save"]["found_on_boot_id"] == BOOT_B
