@@ -392,13 +392,8 @@ class PanicReset:
 
     def look(self):
         for h in self.hosts:
-            if h["name"] in self.resets or not os.path.exists(h["console"]):
-                continue
-            with open(h["console"], "rb") as fh:
-                fh.seek(self.offsets[h["name"]])
-                text = fh.read().decode(errors="replace")
-            if fleet.PANIC_MARK in text:
-                line = text[text.index(fleet.PANIC_MARK):].splitlines()[0].strip()
+            line = None if h["name"] in self.resets else fleet.console_panic(h["console"], self.offsets[h["name"]])
+            if line:
                 try:
                     self.reset(h)
                     self.resets[h["name"]] = line

@@ -643,10 +643,11 @@ def host_index(host):
 PANIC_MARK = "Kernel panic - not syncing"
 
 
-def console_panic(path):
-    """The panic line of a host's console log, if its kernel panicked."""
+def console_panic(path, offset=0):
+    """The panic line of a host's console log (from byte ``offset`` on), if its kernel panicked."""
     try:
         with open(path, errors="replace") as fh:
+            fh.seek(offset)
             for line in fh:
                 if PANIC_MARK in line:
                     return line[line.index(PANIC_MARK):].strip()
