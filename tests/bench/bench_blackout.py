@@ -23,7 +23,9 @@ host's VMs run (vm1, the real guest, first), the others are stopped and disabled
 Counts above the fleet's VMs add counting guests (128 MiB, 5% CPU each) to a copy of the fleet's
 inventory, which prepare.yml applies once (its carve-out grows: a cold reboot of the fleet hosts).
 With --wave, the collection also updates every host of the wave as one wave at --forks (at the
-smallest VM count), and each host's blackout is reported; the floor runs on --host only. Every
+smallest VM count), and each host's blackout is reported; the floor runs on the wave's hosts at
+once too (every host armed, then their saves started together), which bounds what two hosts
+sharing this machine's cores add to any wave, and on --host alone for the other cases. Every
 collection run uses --forks, so the 1-host and the wave runs differ only in the wave.
 Prints a table and writes bench-blackout.json (every run, min and median per case, the ratios with
 the issue's targets, the load before each run) to --out after every run.
@@ -302,7 +304,9 @@ def use_vms(state, hosts, names, active):
             raise RuntimeError("%s: running %s, wanted %s" % (h["name"], running, active))
 
 
-def floor_run(state, host, vms):
+def floor_run(state, host, vms, before_save=lambda: None):
+    """The floor on one host -> {host: blackout_s}. ``before_save()`` runs once the host is armed
+    (its kernel loaded), right before its save: a wave's hosts wait there for each other."""
     quotas = dict((v, json.loads(ssh(state, host, "cat /etc/guestmemfs-liveupdate/vms/%s.json" % v)).get("cpu_quota"))
                   for v in vms)
     argvs = dict((v, json.loads(ssh(state, host, UNCONFINED_ARGV % v))) for v in vms)
@@ -319,6 +323,7 @@ def floor_run(state, host, vms):
     other = ssh(state, host, OTHER_KERNEL)
     ssh(state, host, "kexec -s -l %s --initrd=%s --reuse-cmdline" % (other, other.replace("vmlinuz-", "initrd.img-")))
     before = ssh(state, host, BOOT_ID)
+    before_save()
     ssh(state, host, "systemctl reset-failed floor-save 2>/dev/null; systemd-run -q --unit floor-save python3 /root/floor-save.py")
     started = shown = time.time()
     deadline = started + 900
@@ -363,6 +368,30 @@ def floor_run(state, host, vms):
         "systemctl enable -q guestmemfs-verify.service %s; systemctl start %s" % (
             " ".join("floor-%s" % v for v in vms), units, units))
     return {host["name"]: host_blackout(list(stopped.values()), list(resumed.values()))}
+
+
+def floor_wave(state, hosts, vms, run=None, timeout=900):
+    """The floor on every host of a wave at once: each host armed, then every save started together
+    (a barrier), so the hosts kexec and boot side by side as the collection's wave does. A host
+    that fails before the barrier breaks it: the others never save. -> {host: blackout_s}"""
+    run = run or floor_run
+    barrier = threading.Barrier(len(hosts), timeout=timeout)
+    results, errors = {}, {}
+
+    def one(h):
+        try:
+            results.update(run(state, h, vms, before_save=barrier.wait))
+        except Exception as exc:  # pylint: disable=broad-except  # gathered, raised below for the whole wave
+            barrier.abort()
+            errors[h["name"]] = str(exc) or repr(exc)
+    threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("the floor's wave: %s" % "; ".join("%s: %s" % e for e in sorted(errors.items())))
+    return results
 
 
 def align_kernels(state, inventory, host, hosts, forks, out):
@@ -477,7 +506,7 @@ TARGET_FLOOR, TARGET_VMS, TARGET_WAVE = 1.10, 1.2, 1.05
 
 def case_label(kind, vms, hosts=1, forks=None):
     if kind == "floor":
-        return "floor %dvm" % vms
+        return "floor %dvm" % vms if hosts == 1 else "floor %dhosts %dvm" % (hosts, vms)
     return "collection %dhost%s f%d %dvm" % (hosts, "s" if hosts > 1 else "", forks, vms)
 
 
@@ -499,9 +528,8 @@ def summary(runs):
     ratios = []
     # the runs that proved their kernel pair (full check) are listed, not taken into the ratios
     colls = [c for c in cases if c.startswith("collection") and not c.endswith("full-check")]
-    for c in colls:  # each collection case against the floor of its VM count, 1 host only
-        if meta[c]["hosts"] == 1:
-            ratio("collection / floor", c, case_label("floor", meta[c]["vms"]), TARGET_FLOOR)
+    for c in colls:  # each collection case against the floor of its VM count and hosts
+        ratio("collection / floor", c, case_label("floor", meta[c]["vms"], meta[c]["hosts"]), TARGET_FLOOR)
     singles = sorted((meta[c]["vms"], c) for c in colls if meta[c]["hosts"] == 1)
     for vms, c in singles[1:]:
         ratio("%d VMs / %d VM%s" % (vms, singles[0][0], "s" if singles[0][0] > 1 else ""), c, singles[0][1],
@@ -510,6 +538,9 @@ def summary(runs):
         if meta[c]["hosts"] > 1:
             one = case_label("collection", meta[c]["vms"], 1, meta[c]["forks"])
             ratio("%d-host wave / 1 host" % meta[c]["hosts"], c, one, TARGET_WAVE)
+    # What the machine itself adds to a wave (its hosts share its cores): the floor's own wave, no target.
+    for c in [c for c in cases if c.startswith("floor") and meta[c]["hosts"] > 1]:
+        ratio("%d-host wave / 1 host" % meta[c]["hosts"], c, case_label("floor", meta[c]["vms"]), None)
     return {"cases": cases, "ratios": ratios}
 
 
@@ -522,7 +553,8 @@ def write(out, args, runs):
         lines.append("%-32s %3d %10.3f %10.3f" % (case, v["n"], v["min"], v["median"]))
     lines += ["", "%-22s %-32s %-32s %7s %7s %7s" % ("ratio", "case", "against", "min", "median", "target")]
     for r in s["ratios"]:
-        row = (r["ratio"], r["case"], r["against"], r["min"], r["median"], "<= %.2f" % r["target"])
+        row = (r["ratio"], r["case"], r["against"], r["min"], r["median"],
+               "<= %.2f" % r["target"] if r["target"] is not None else "-")
         lines.append("%-22s %-32s %-32s %7.3f %7.3f %7s" % row)
     lines.append("per host first STOP -> last RESUME, seconds; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
@@ -537,13 +569,17 @@ def write(out, args, runs):
 
 def plan(vm_counts, wave_hosts, forks, floor_counts=None):
     """The cases of one round: per VM count the floor (at ``floor_counts``, default every count) and
-    the collection on one host; the wave at the smallest count. -> [(label, kind, vms, hosts)]"""
+    the collection on one host; the wave (the floor's, then the collection's) at the smallest count.
+    -> [(label, kind, vms, hosts)]"""
     cases = []
     for n in vm_counts:
-        if floor_counts is None or n in floor_counts:
+        floor = floor_counts is None or n in floor_counts
+        if floor:
             cases.append((case_label("floor", n), "floor", n, 1))
         cases.append((case_label("collection", n, 1, forks), "collection", n, 1))
         if wave_hosts > 1 and n == min(vm_counts):
+            if floor:  # the floor's wave bounds what the machine adds to any wave
+                cases.append((case_label("floor", n, wave_hosts), "floor", n, wave_hosts))
             cases.append((case_label("collection", n, wave_hosts, forks), "collection", n, wave_hosts))
     return cases
 
@@ -596,8 +632,10 @@ def main():
         checks, panics = {}, PanicReset(hosts)
         try:
             with panics:
-                b = floor_run(state, host, active) if kind == "floor" else collection_run(
-                    state, inventory, hosts, a.forks, a.out, checks)
+                if kind == "floor":
+                    b = floor_run(state, host, active) if nhosts == 1 else floor_wave(state, hosts, active)
+                else:
+                    b = collection_run(state, inventory, hosts, a.forks, a.out, checks)
             if panics.resets:  # a blackout with a reset in it measures the reset
                 raise RuntimeError("reset after a kernel panic at boot: %s" % panics.resets)
             row.update(blackout=b, wall_s=round(time.time() - t0),

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -14,10 +15,14 @@ bench = pytest.importorskip("bench_blackout")
 def test_a_round_runs_floor_and_collection_per_vm_count_and_the_wave_at_the_smallest():
     assert bench.plan([1, 8], 2, 1) == [
         ("floor 1vm", "floor", 1, 1), ("collection 1host f1 1vm", "collection", 1, 1),
-        ("collection 2hosts f1 1vm", "collection", 1, 2),
+        ("floor 2hosts 1vm", "floor", 1, 2), ("collection 2hosts f1 1vm", "collection", 1, 2),
         ("floor 8vm", "floor", 8, 1), ("collection 1host f1 8vm", "collection", 8, 1)]
     assert [c[0] for c in bench.plan([1, 8], 2, 1, [1])] == [
-        "floor 1vm", "collection 1host f1 1vm", "collection 2hosts f1 1vm", "collection 1host f1 8vm"]
+        "floor 1vm", "collection 1host f1 1vm", "floor 2hosts 1vm", "collection 2hosts f1 1vm",
+        "collection 1host f1 8vm"]
+    # no floor at the wave's count: no floor wave either
+    assert [c[0] for c in bench.plan([1, 8], 2, 1, [8])] == [
+        "collection 1host f1 1vm", "collection 2hosts f1 1vm", "floor 8vm", "collection 1host f1 8vm"]
 
 
 def run(case, kind, vms, hosts, blackouts):
@@ -47,6 +52,47 @@ def test_ratios_compare_like_with_like_and_carry_their_targets():
     assert (wave["against"], wave["min"], wave["median"], wave["target"]) == ("collection 1host f1 1vm", 1.045, 1.0, 1.05)
     # the wave is not compared with the floor (the floor runs on one host)
     assert not [r for r in s["ratios"] if r["case"].startswith("collection 2hosts") and r["against"].startswith("floor")]
+
+
+def test_a_wave_is_compared_with_the_floors_own_wave_which_is_compared_with_one_host_without_a_target(tmp_path):
+    runs = [run("floor 1vm", "floor", 1, 1, [10.0]),
+            run("floor 2hosts 1vm", "floor", 1, 2, [14.0, 16.0]),
+            run("collection 1host f1 1vm", "collection", 1, 1, [11.0]),
+            run("collection 2hosts f1 1vm", "collection", 1, 2, [15.4, 17.0])]
+    s = bench.summary(runs)
+    ratios = dict((r["ratio"] + " " + r["case"], r) for r in s["ratios"])
+    coll = ratios["collection / floor collection 2hosts f1 1vm"]
+    assert (coll["against"], coll["min"], coll["median"], coll["target"]) == ("floor 2hosts 1vm", 1.1, 1.08, 1.10)
+    machine = ratios["2-host wave / 1 host floor 2hosts 1vm"]
+    assert (machine["against"], machine["min"], machine["median"], machine["target"]) == ("floor 1vm", 1.4, 1.5, None)
+    text = bench.write(str(tmp_path), type("A", (), {})(), runs)
+    assert [line.split()[-1] for line in text.splitlines() if line.startswith("2-host wave / 1 host") and "floor 2hosts" in line] == ["-"]
+
+
+def test_the_floors_wave_starts_every_hosts_save_together_and_none_once_a_host_failed_before():
+    hosts = [{"name": "host1"}, {"name": "host2"}]
+    saves = []
+
+    def run(state, h, vms, before_save):
+        before_save()
+        saves.append((h["name"], time.time()))
+        return {h["name"]: 10.0}
+    assert bench.floor_wave({}, hosts, ["vm1"], run=run) == {"host1": 10.0, "host2": 10.0}
+    assert sorted(n for n, _t in saves) == ["host1", "host2"]
+
+    saves[:] = []
+
+    def failing(state, h, vms, before_save):
+        if h["name"] == "host1":
+            raise RuntimeError("kexec -l failed")
+        time.sleep(0.2)  # host1 fails first; host2 would otherwise save alone
+        before_save()
+        saves.append(h["name"])
+        return {h["name"]: 10.0}
+    with pytest.raises(RuntimeError) as err:
+        bench.floor_wave({}, hosts, ["vm1"], run=failing, timeout=30)
+    assert saves == []
+    assert "host1: kexec -l failed" in str(err.value) and "host2" in str(err.value)
 
 
 def test_a_run_that_proved_its_kernel_pair_is_listed_apart_and_left_out_of_the_ratios():
