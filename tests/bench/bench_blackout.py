@@ -445,12 +445,24 @@ class PanicReset:
         self.look()
 
 
+# When the backend's device came, step by step (monotonic, seconds since the kernel's start): the
+# kernel registering it, the module loader done, udev done with it, its unit active, the mount.
+BACKEND_DEVICE = r"""
+journalctl -b -k -o short-monotonic --no-pager | grep -m 4 -E 'pmem|nd_pmem|namespace[0-9]' || true
+for u in systemd-modules-load.service systemd-udev-trigger.service dev-pmem0.device mnt-vmmem.mount; do
+  printf '%s active at %s\n' $u "$(systemctl show -P ActiveEnterTimestampMonotonic $u | awk '{printf "%.3f", $1/1e6}')"
+done
+printf 'udev initialised pmem0 at %s\n' "$(udevadm info -q property -n /dev/pmem0 | sed -n 's/^USEC_INITIALIZED=//p' | awk '{printf "%.3f", $1/1e6}')"
+"""
+
+
 def boot_analysis(state, host, unit):
     """What the new boot spent before ``unit`` (the floor's restore unit, or vm1's): systemd's own
     account, kept with the run to compare the two boots. Never fails a run."""
     try:
         return {"unit": unit, "time": ssh(state, host, "systemd-analyze time --no-pager", timeout=120),
-                "chain": ssh(state, host, "systemd-analyze critical-chain --no-pager %s" % unit, timeout=120)}
+                "chain": ssh(state, host, "systemd-analyze critical-chain --no-pager %s" % unit, timeout=120),
+                "device": ssh(state, host, BACKEND_DEVICE, timeout=120)}
     except (RuntimeError, subprocess.SubprocessError) as exc:
         return {"unit": unit, "error": str(exc)}
 
