@@ -38,6 +38,7 @@ run is a failed one.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -467,6 +468,40 @@ def boot_analysis(state, host, unit):
         return {"unit": unit, "error": str(exc)}
 
 
+def _seconds(text):
+    """systemd's '1min 2.5s', '11.600s', '120ms' -> seconds."""
+    total = 0.0
+    for num, unit in re.findall(r"([0-9.]+)(min|ms|us|s)\b", text):
+        total += float(num) * {"min": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[unit]
+    return round(total, 3)
+
+
+def boot_figures(boot):
+    """A run's new boot in seconds since its kernel started (from boot_analysis): the kernel and
+    initramfs, then when the backend's device came (the module loader done, udev done with it, its
+    unit), its mount, and the unit that restores (its start and how long it took). Missing -> None."""
+    out = dict.fromkeys(("kernel", "initrd", "modules", "udev", "device", "mount", "unit_start", "unit_took"))
+    text = (boot or {}).get("time") or ""
+    for part in ("kernel", "initrd"):
+        m = re.search(r"([0-9.a-z ]+?) \(%s\)" % part, text)
+        out[part] = _seconds(m.group(1)) if m else None
+    userspace_at = (out["kernel"] or 0.0) + (out["initrd"] or 0.0)
+    device = (boot or {}).get("device") or ""
+    for key, pattern in (("modules", r"systemd-modules-load.service active at ([0-9.]+)"),
+                         ("device", r"dev-pmem0.device active at ([0-9.]+)"),
+                         ("mount", r"mnt-vmmem.mount active at ([0-9.]+)"),
+                         ("udev", r"udev initialised pmem0 at ([0-9.]+)")):
+        m = re.search(pattern, device)
+        out[key] = float(m.group(1)) if m and float(m.group(1)) > 0 else None
+    chain = [line for line in ((boot or {}).get("chain") or "").splitlines() if line.startswith((boot or {}).get("unit") or "-")]
+    if chain and out["kernel"] is not None:
+        m = re.search(r"\s@(\S+)", chain[0])
+        out["unit_start"] = round(userspace_at + _seconds(m.group(1)), 3) if m else None
+        m = re.search(r"\s\+(\S+)", chain[0])
+        out["unit_took"] = _seconds(m.group(1)) if m else None
+    return out
+
+
 class RoundsStopped(RuntimeError):
     pass
 
@@ -570,6 +605,20 @@ def write(out, args, runs):
         lines.append("%-22s %-32s %-32s %7.3f %7.3f %7s" % row)
     lines.append("per host first STOP -> last RESUME, seconds; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
+    lines += ["", "each run's new boot on --host, seconds since its kernel started (systemd's account):",
+              "%-32s %5s %-28s %8s %6s %6s %7s %6s %6s %6s %6s %6s" % (
+                  "case", "round", "kernel", "blackout", "kernel", "initrd", "modules", "udev", "device", "mount",
+                  "unit@", "unit+")]
+    for r in runs:
+        if r.get("error"):
+            continue
+        f = boot_figures(r.get("boot"))
+        cell = dict((k, "-" if v is None else "%.1f" % v) for k, v in f.items())
+        lines.append("%-32s %5s %-28s %8.1f %6s %6s %7s %6s %6s %6s %6s %6s" % (
+            r["case"], r.get("round", "-"), (r.get("kernel") or "-").replace("+deb13-amd64", ""),
+            (r.get("blackout") or {}).get(getattr(args, "host", None), max((r.get("blackout") or {"-": 0.0}).values())),
+            cell["kernel"], cell["initrd"], cell["modules"],
+            cell["udev"], cell["device"], cell["mount"], cell["unit_start"], cell["unit_took"]))
     failed = [r for r in runs if r.get("error")]
     if failed:
         lines.append("FAILED: " + "; ".join("%s round %d: %s" % (r["case"], r["round"], r["error"][:200]) for r in failed))

@@ -186,3 +186,40 @@ def test_the_rounds_stop_when_a_failed_runs_host_did_not_recover_saying_why():
                          on_row=lambda r: rows.append(list(r)))
     assert "host1: no SSH for 900 s" in str(exc.value)
     assert len(rows) == 1 and rows[0][0]["stopped"] == "host1: no SSH for 900 s"
+
+
+BOOT = {
+    "unit": "guestmemfs-vm@vm1.service",
+    "time": "Startup finished in 11.612s (kernel) + 2.100s (initrd) + 1min 2.5s (userspace) = 1min 16.212s\n"
+            "multi-user.target reached after 1min 2.4s in userspace.",
+    "chain": "The time when unit became active or started is printed after the \"@\" character.\n"
+             "The time the unit took to start is printed after the \"+\" character.\n\n"
+             "guestmemfs-vm@vm1.service @24.100s +11.100s\n"
+             "\u2514\u2500mnt-vmmem.mount @23.900s +180ms\n"
+             "  \u2514\u2500dev-disk-by\\x2duuid-1234.device @20.6s",
+    "device": "[    0.000000] kernel: user-defined physical RAM map:\n"
+              "[   25.417001] kernel: pmem0: detected capacity change from 0 to 1342177280\n"
+              "systemd-modules-load.service active at 25.600\n"
+              "systemd-udev-trigger.service active at 22.100\n"
+              "dev-pmem0.device active at 33.412\n"
+              "mnt-vmmem.mount active at 37.600\n"
+              "udev initialised pmem0 at 33.301\n"}
+
+
+def test_a_runs_boot_is_read_as_seconds_since_its_kernel_started():
+    assert bench.boot_figures(BOOT) == {"kernel": 11.612, "initrd": 2.1, "modules": 25.6, "udev": 33.301,
+                                        "device": 33.412, "mount": 37.6, "unit_start": 37.812, "unit_took": 11.1}
+    # what systemd could not say is left out, never guessed
+    unknown = dict(BOOT, time="Bootup is not yet finished.", device="dev-pmem0.device active at 0.000\n")
+    assert bench.boot_figures(unknown) == dict.fromkeys(
+        ("kernel", "initrd", "modules", "udev", "device", "mount", "unit_start", "unit_took"))
+    assert bench.boot_figures({"unit": "x", "error": "host1: ssh failed"})["kernel"] is None
+
+
+def test_the_table_shows_each_runs_boot_beside_its_blackout(tmp_path):
+    row = dict(run("collection 1host f1 1vm", "collection", 1, 1, [89.0]), round=1, boot=BOOT,
+               kernel="6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64")
+    text = bench.write(str(tmp_path), type("A", (), {"host": "host1"})(), [row])
+    line = [ln for ln in text.splitlines() if ln.startswith("collection 1host f1 1vm") and "->" in ln]
+    assert line and line[0].split()[5:] == ["6.12.117", "->", "7.3.4", "89.0", "11.6", "2.1", "25.6", "33.3",
+                                            "33.4", "37.6", "37.8", "11.1"]
