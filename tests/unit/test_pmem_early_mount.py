@@ -21,8 +21,9 @@ def exec_start(text, tries=None):
     return argv
 
 
-def stubs(tmp_path, mounts_after):
-    """mount fails (no device yet) until its ``mounts_after``-th call; mountpoint says what mount did."""
+def stubs(tmp_path, mounts_after, in_fstab=True):
+    """mount fails (no device yet) until its ``mounts_after``-th call; mountpoint says what mount did;
+    findmnt finds the mount point in fstab or not."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "mount").write_text('#!/bin/sh\necho "$@" >> %s/calls\nn=$(wc -l < %s/calls)\n'
@@ -31,6 +32,8 @@ def stubs(tmp_path, mounts_after):
                                    % (tmp_path, tmp_path, mounts_after, tmp_path))
     (bin_dir / "mountpoint").write_text('#!/bin/sh\n[ -e %s/mounted ]\n' % tmp_path)
     (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "findmnt").write_text('#!/bin/sh\n[ "$*" = "--fstab --mountpoint /mnt/vmmem" ] && exit %d; exit 2\n'
+                                     % (0 if in_fstab else 1))
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return dict(os.environ, PATH="%s:%s" % (bin_dir, os.environ["PATH"]))
@@ -72,3 +75,11 @@ def test_it_gives_up_saying_so_and_leaves_the_mount_to_fstab(tmp_path):
                           timeout=60, check=False)
     assert proc.returncode == 1 and len(calls(tmp_path)) == 5
     assert proc.stdout == "/mnt/vmmem: not mounted after 15 min, left to fstab\n"
+
+
+def test_without_an_fstab_entry_it_ends_at_once(tmp_path):
+    env = stubs(tmp_path, mounts_after=1, in_fstab=False)
+    proc = subprocess.run(exec_start(render(UNIT, "pmem")), env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0 and calls(tmp_path) == []
+    assert proc.stdout == "/mnt/vmmem: not in /etc/fstab, nothing to mount\n"
