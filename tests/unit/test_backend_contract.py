@@ -24,7 +24,7 @@ MEM_DIR = "/mnt/vmmem"
 RAM_4G_6G = [(0x100000000, 0x17FFFFFFF)]
 SPEC_KEYS = {"name", "has_filesystem", "carves_out", "fstype", "requires_mount", "units", "vm_unit_wants",
              "verify_unit_wants", "memory_from_service", "prepares_handover", "handover_region_arg",
-             "build_extra_options", "required_kernel_options", "vm_mem_path"}
+             "build_extra_options", "required_kernel_options", "vm_mem_path", "boot_units"}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -65,9 +65,11 @@ def test_registered_under_its_name_with_its_data(backend):
     # The template, filled in, is where the backend puts a VM's RAM.
     filled = spec["vm_mem_path"].replace("{mem_dir}", "/srv/mem").replace("{name}", "vm7")
     assert filled == backend.vm_mem_path("vm7", "/srv/mem")
-    for unit in spec["units"] + spec["vm_unit_wants"] + spec["verify_unit_wants"]:
+    for unit in spec["units"] + spec["vm_unit_wants"] + spec["verify_unit_wants"] + spec["boot_units"]:
         assert os.path.exists(os.path.join(ROOT, "roles", "qemu_vm", "templates", unit + ".j2")), unit
     assert set(spec["vm_unit_wants"]) | set(spec["verify_unit_wants"]) <= set(spec["units"])
+    # a boot-only unit is never started by the role, so nothing may wait for it
+    assert not set(spec["boot_units"]) & (set(spec["units"]) | set(spec["vm_unit_wants"]) | set(spec["verify_unit_wants"]))
     # What facts reads covers what the backend asks of a kernel.
     assert all(set(alts) <= set(facts.KERNEL_OPTIONS) for alts in backend.required_kernel_options)
     # A backend whose memory its service makes implements that; one with a handover has a filesystem to hand over.

@@ -94,7 +94,8 @@ def test_without_a_mount_no_mount_is_writable_and_root_is_named_unsafe():
 @pytest.mark.parametrize("backend", ["pmem", "guestmemfs", "luo"])
 def test_systemd_accepts_every_directive_of_the_rendered_units(tmp_path, backend):
     from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
-    names = ["guestmemfs-vm@.service", "guestmemfs-verify.service"] + list(get_backend(backend).units)
+    names = (["guestmemfs-vm@.service", "guestmemfs-verify.service"] + list(get_backend(backend).units)
+             + list(get_backend(backend).boot_units))
     for name in names:
         (tmp_path / name).write_text(render(name, backend))
     os.link(tmp_path / "guestmemfs-vm@.service", tmp_path / "guestmemfs-vm@vm1.service")

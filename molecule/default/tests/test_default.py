@@ -125,6 +125,17 @@ def test_pmem_mounted_with_dax_from_fstab(host):
     assert "nd_pmem" in host.file("/etc/modules-load.d/guestmemfs-liveupdate-pmem.conf").content_string
 
 
+@pmem_only
+def test_this_boot_ran_the_early_mount_before_anything_waited_for_udev(host):
+    # After the kexec: pmem's boot-time unit ran on this boot (the mount was not there yet) and
+    # succeeded; the role enabled it but never started it.
+    out = host.check_output("systemctl show -p ConditionResult -p Result -p ExecMainStatus -p UnitFileState "
+                            "guestmemfs-pmem-mount.service")
+    props = dict(line.split("=", 1) for line in out.splitlines())
+    assert props == {"ConditionResult": "yes", "Result": "success", "ExecMainStatus": "0", "UnitFileState": "enabled"}
+    assert host.check_output("systemctl show -P ActiveState mnt-vmmem.mount") == "active"
+
+
 @files_only
 def test_vm_memory_files(host):
     for name in ("vm1", "vm2"):

@@ -89,6 +89,9 @@ class Backend(abc.ABC):
     # such a unit must not stop the VMs).
     vm_unit_wants = ()
     verify_unit_wants = ()
+    # Units of the qemu_vm role that only act at boot: installed and enabled, never started by the
+    # role (pmem's early mount, which would otherwise mount what an operator unmounted on purpose).
+    boot_units = ()
     # Whether each VM's memory is made by the backend's own service once its units run (qemu_vm
     # role) rather than as files on the mount (memory_backend role).
     memory_from_service = False
@@ -107,6 +110,7 @@ class Backend(abc.ABC):
         return {"name": self.name, "has_filesystem": self.has_filesystem, "carves_out": self.carves_out,
                 "fstype": self.fstype, "requires_mount": self.has_filesystem, "units": list(self.units),
                 "vm_unit_wants": list(self.vm_unit_wants), "verify_unit_wants": list(self.verify_unit_wants),
+                "boot_units": list(self.boot_units),
                 "memory_from_service": self.memory_from_service, "prepares_handover": self.prepares_handover,
                 "handover_region_arg": self.handover_region_arg,
                 # Each VM's RAM, with {name} and {mem_dir} to fill in (tests and playbooks that read it).

@@ -37,6 +37,9 @@ class PmemBackend(Backend):
     mkfs = ("mkfs.ext4", "-q", "-F", "-L", "vmmem", "-m", "0")
     modules_load = ("guestmemfs-liveupdate-pmem.conf",
                     "# guestmemfs.liveupdate: legacy pmem early, so /dev/pmem* exists before its mount\nnd_e820\nnd_pmem\n")
+    # At boot the mount is made as soon as the kernel has the device, not once udev's coldplug got to
+    # it (the unit's own comment says how); fstab's entry stays the fallback.
+    boot_units = ("guestmemfs-pmem-mount.service",)
     # The restore after a kexec waits for this mount. Seen on a loaded host: /dev/pmem0's by-uuid link
     # came 68 s into the boot, after a 60 s device timeout had failed the mount and with it every VM
     # unit. Wait long; nofail keeps the boot itself from waiting.
