@@ -713,11 +713,43 @@ def console_last_line(path, size=4096):
     return lines[-1] if lines else None
 
 
+PRINTK_TS = re.compile(r"\[\s*(\d+\.\d+)\]")  # searched: an OSC sequence may stand before it
+
+
+def cold_boot_panic(path, offset=0):
+    """The panic line of a kernel that GRUB booted (a cold boot) and that panicked, in a host's
+    console from byte ``offset`` on; None for any other console, a kexeced kernel's panic included
+    (its printk clock starts again from 0 after GRUB's line: that is a live update's new kernel,
+    whose failure the update must see, never a reset)."""
+    try:
+        with open(path, errors="replace") as fh:
+            fh.seek(offset)
+            text = fh.read()
+    except FileNotFoundError:
+        return None
+    at = text.rfind(GRUB_LAST_LINE)
+    if at < 0:
+        return None
+    last = -1.0
+    for line in ESCAPES.sub("", text[at:]).splitlines():
+        m = PRINTK_TS.search(line)
+        if m:
+            if float(m.group(1)) < last:
+                return None
+            last = float(m.group(1))
+        if PANIC_MARK in line:
+            return line[line.index(PANIC_MARK):].strip()
+    return None
+
+
 class BootWatch:
-    """Tells which hosts' consoles have stood still at GRUB's last line for ``stall_s``."""
+    """Tells which hosts' consoles have stood still at GRUB's last line for ``stall_s``, or show
+    a kernel that GRUB booted panicking (the multi-threaded TCG int3 Oops above, seen in a cold
+    reboot into the carve-out, 2026-12-06: the reboot task would have waited its 900 s)."""
 
     def __init__(self, stall_s=BOOT_STALL_S, clock=time.monotonic):
         self.stall_s, self.clock, self.seen, self.resets = stall_s, clock, {}, {}
+        self.panics_from = {}  # a panic already reset is not reset again
 
     def stalled(self, host):
         """Why ``host`` should be reset, or None."""
@@ -725,6 +757,10 @@ class BootWatch:
             size = os.path.getsize(host["console"])
         except FileNotFoundError:
             return None
+        panic = cold_boot_panic(host["console"], self.panics_from.get(host["name"], 0))
+        if panic:
+            self.panics_from[host["name"]] = size
+            return f"its kernel panicked in a cold boot ({panic})"
         now = self.clock()
         last = self.seen.get(host["name"])
         if last is None or last[0] != size:

@@ -290,6 +290,39 @@ def test_the_watchdog_names_only_a_boot_stalled_at_grubs_last_line(tmp_path):
     assert bw.stalled(host) is None  # still, but not at GRUB
 
 
+OOPS = ("[    2.070842] Oops: int3: 0000 [#1] SMP NOPTI\n[    2.076152] RIP: 0010:sched_clock_cpu+0x9/0x1f0\n"
+        "[    2.119397] Kernel panic - not syncing: Fatal exception in interrupt\n"
+        "[    6.259095] ---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---\n")
+
+
+def test_the_watchdog_resets_a_kernel_that_grub_booted_and_that_panicked_once(tmp_path):
+    # 2026-12-06, the demo's cold reboot into the carve-out: the int3 Oops 2 s into the kernel
+    console = tmp_path / "host1.console.log"
+    console.write_text("[  254.260193] reboot: machine restart\n" + GRUB_THEN_NOTHING + OOPS)
+    clock = Clock()
+    bw = fleet.BootWatch(stall_s=360, clock=clock)
+    host = {"name": "host1", "console": str(console)}
+    assert bw.stalled(host) == "its kernel panicked in a cold boot (Kernel panic - not syncing: Fatal exception in interrupt)"
+    clock.now += 10
+    assert bw.stalled(host) is None  # that panic was reset: not again, while the BIOS starts over
+    with console.open("a") as fh:
+        fh.write(GRUB_THEN_NOTHING + "[    3.1] systemd[1]: Detected virtualization kvm.\n")
+    assert bw.stalled(host) is None
+    with console.open("a") as fh:  # it panics again in the next cold boot: named again
+        fh.write(GRUB_THEN_NOTHING + OOPS)
+    assert bw.stalled(host).startswith("its kernel panicked in a cold boot")
+
+
+def test_a_kexeced_kernels_panic_is_never_reset(tmp_path):
+    # a live update's new kernel that panics is the update's failure to see (new_kernel_does_not_boot)
+    console = tmp_path / "host1.console.log"
+    console.write_text(GRUB_THEN_NOTHING + "\x1b[!p\x1b]104\x07\x1b[?7h[   70.872122] systemd-ssh-generator[210]: Failed\n"
+                       "Debian GNU/Linux 13 host1 ttyS0\n" + OOPS)
+    bw = fleet.BootWatch(stall_s=1, clock=Clock())
+    assert fleet.cold_boot_panic(str(console)) is None
+    assert bw.stalled({"name": "host1", "console": str(console)}) is None
+
+
 def test_the_watchdog_never_names_a_host_still_elsewhere(tmp_path):
     clock = Clock()
     bw = fleet.BootWatch(stall_s=10, clock=clock)
