@@ -28,6 +28,7 @@ import pwd
 import socket
 import stat
 import struct
+import time
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.qemuopts import split_opts
 
@@ -222,6 +223,51 @@ def attach_to_bridge(name, bridge):
     _if_ioctl(SIOCBRADDIF, struct.pack("16si20x", bridge.encode(), index))
     flags = struct.unpack("16sH22x", _if_ioctl(SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0)))[1]
     _if_ioctl(SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+
+
+# How long a VM's start waits for its NICs' bridges and taps to exist. The VM unit is not ordered
+# after their udev devices: on a booting fleet host udev made br0's device unit active 11.2 s after
+# networkd had created the bridge, and the VM waited for that (docs/performance.md). The kernel's
+# interface is what the tap needs; without it by then the VM does not start, saying which.
+NIC_WAIT_S = 180
+NIC_POLL_S = 0.1
+
+
+def nic_interfaces(launch, conf=None):
+    """The interfaces a VM's NICs need before its QEMU starts: each bridge (a bridged NIC's new tap
+    joins it) and each operator's tap. From the launch it starts with, else (a QEMU started before
+    confinement, its bridge helper) from its definition."""
+    if launch and launch.get("nics"):
+        nics = [n.get("bridge") or n.get("tap") for _num, n in sorted(launch["nics"].items())]
+    else:
+        nics = [n.get("bridge") if n.get("type") == "bridge" else n.get("ifname") if n.get("type") == "tap" else None
+                for n in (conf or {}).get("nics") or []]
+    return [n for n in nics if n]
+
+
+def wait_for_interfaces(names, timeout=None, clock=None, sleep=None, exists=None):
+    """Return once every interface in ``names`` exists in the kernel; ConfineError after ``timeout``
+    seconds (NIC_WAIT_S) naming those still missing."""
+    clock, sleep = clock or time.monotonic, sleep or time.sleep
+    exists = exists or _interface_exists
+    deadline = clock() + (NIC_WAIT_S if timeout is None else timeout)
+    while True:
+        missing = [n for n in names if not exists(n)]
+        if not missing:
+            return
+        if clock() >= deadline:
+            raise ConfineError("interface%s %s do%s not exist after %d s (a bridge or tap its NICs use)" % (
+                "s" if len(missing) > 1 else "", ", ".join(missing), "" if len(missing) > 1 else "es",
+                NIC_WAIT_S if timeout is None else timeout))
+        sleep(NIC_POLL_S)
+
+
+def _interface_exists(name):
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def nic_fds(launch):

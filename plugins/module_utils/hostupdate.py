@@ -411,6 +411,17 @@ def record_argv(name, argv, launch=None):
                {"argv": argv, "launch": launch, "boot_id": journal.boot_id(), "ts": time.time()})
 
 
+def _wait_for_nics(vm, launch):
+    """None once the interfaces the VM's NICs need exist; else the exit code of a VM not started."""
+    try:
+        confine.wait_for_interfaces(confine.nic_interfaces(launch, vm.conf))
+    except confine.ConfineError as exc:
+        sys.stderr.write("%s NOT started: %s. Its memory %s and any saved state are kept; once the interface "
+                         "exists, start its unit again\n" % (vm.name, exc, vm.mem_path))
+        return 9
+    return None
+
+
 def _exec(vm, argv, launch):
     """Become the VM's QEMU (confine.exec_qemu); returns an exit code only when it refused."""
     try:
@@ -791,8 +802,13 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     if not os.path.exists(vm.state_path):
         argv, launch = vm.argv(), vm.cold_launch()
         record_argv(name, argv, launch)
-        return _exec(vm, argv, launch)
+        return _wait_for_nics(vm, launch) or _exec(vm, argv, launch)
     rec = load_journal().get("vms", {}).get(name, {})
+    # Its NICs' bridges and taps before its verdict: the unit's restore (vm_restore) waits for a
+    # verdict as long as this process lives, but for QEMU's QMP socket only a minute.
+    refused = _wait_for_nics(vm, rec.get("launch") if rec.get("argv") else started_launch(vm))
+    if refused:
+        return refused
     if rec.get("state") == "saved" or (
             rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
         # its own memory, now (a verdict belongs to the boot it was given on)

@@ -482,12 +482,8 @@ def units_dropin(conf, mem_dir_requires=None):
                       + [os.path.dirname(p) for p in (conf.get("kernel"), conf.get("initrd")) if p]))
     if dirs:
         lines.append("RequiresMountsFor=%s" % " ".join(dirs))
-    for n in conf.get("nics") or []:
-        dev = n.get("bridge") if n["type"] == "bridge" else n.get("ifname") if n["type"] == "tap" else None
-        if dev:
-            # Wants, not BindsTo: a bridge that flaps must never stop a VM.
-            lines += ["Wants=sys-subsystem-net-devices-%s.device" % dev,
-                      "After=sys-subsystem-net-devices-%s.device" % dev]
+    # Not after its bridges' and taps' udev devices: the agent waits for the kernel's interfaces
+    # itself (confine.wait_for_interfaces), seconds before udev gets to them on a busy boot.
     lines += ["", "[Service]"]
     # No CPUQuota= here even with a cpu_quota: the agent sets it once the guest runs (cpu_quota.py).
     # The unit's file system is read-only but for the agent's directories (ProtectSystem=strict):

@@ -151,3 +151,29 @@ def test_a_bridged_nic_gets_a_new_tap_on_its_bridge_and_a_tap_nic_its_tap(tmp_pa
     assert out.returncode == 0, out.stderr
     # gmq0 on the bridge and up; it goes away with the last descriptor (QEMU's); the operator's tap stays.
     assert json.loads(out.stdout) == {"fds": [6, 7], "master": "br-t", "up": True, "gone": True, "op_kept": True}
+
+
+def test_a_vms_nics_need_their_bridges_and_taps_from_its_launch_else_its_definition():
+    launch = {"user": "x", "nics": {"7": {"tap": "tap-op"}, "6": {"bridge": "br0"}}}
+    assert confine.nic_interfaces(launch) == ["br0", "tap-op"]
+    conf = {"nics": [{"type": "bridge", "bridge": "br1"}, {"type": "user"}, {"type": "tap", "ifname": "t0"}]}
+    assert confine.nic_interfaces(None, conf) == ["br1", "t0"]  # a QEMU started before confinement
+    assert confine.nic_interfaces({"user": "x"}, {}) == []
+
+
+def test_the_wait_for_interfaces_ends_once_they_exist_or_names_those_missing():
+    clock = [0.0]
+    seen = {"br0": 3, "tap-op": 0}  # br0 appears at the third look
+
+    def exists(name):
+        seen[name] -= 1
+        return seen[name] < 0 if name == "br0" else True
+
+    def sleep(s):
+        clock[0] += s
+    confine.wait_for_interfaces(["br0", "tap-op"], timeout=5, clock=lambda: clock[0], sleep=sleep, exists=exists)
+    assert round(clock[0], 1) == 0.3
+    with pytest.raises(confine.ConfineError, match=r"^interfaces br9, t9 do not exist after 2 s"):
+        confine.wait_for_interfaces(["br9", "t9"], timeout=2, clock=lambda: clock[0], sleep=sleep,
+                                    exists=lambda n: False)
+    confine.wait_for_interfaces([], timeout=0, exists=lambda n: False)  # no NIC: nothing to wait for

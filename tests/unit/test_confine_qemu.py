@@ -299,6 +299,36 @@ def bridge_ports(bridge):
     return sorted((link["ifname"], "UP" in link["flags"]) for link in json.loads(out.stdout or "[]"))
 
 
+def bridged(host, bridge):
+    vm = host.configure(USER)
+    with open(os.path.join(host.conf, "vm1.json"), "w") as fh:
+        json.dump(dict(vm.conf, nics=[{"type": "bridge", "bridge": bridge, "mac": "52:54:00:00:00:01",
+                                       "model": "virtio-net-pci"}]), fh)
+    return cpr.VM.load("vm1", host.conf)
+
+
+def test_a_vm_whose_bridge_comes_after_its_unit_started_waits_for_it_and_joins_it(host, private_net):
+    # The VM unit is no longer ordered after the bridge's udev device (issue 20): the agent waits
+    # for the kernel's interface. Before, a VM started before its bridge existed failed at once (exit 9).
+    vm = bridged(host, "br-late")
+    later = subprocess.Popen(["sh", "-c", "sleep 1; ip link add br-late type bridge && ip link set br-late up"])
+    try:
+        assert host.unit("vm1") == 0
+    finally:
+        assert later.wait(timeout=60) == 0
+    assert wait_counting(vm)
+    assert bridge_ports("br-late") == [("gmq0", True)]
+
+
+def test_a_vm_whose_bridge_never_comes_is_not_started_saying_which(host, private_net, monkeypatch, capsys):
+    monkeypatch.setattr(confine, "NIC_WAIT_S", 1)
+    bridged(host, "br-none")
+    assert host.unit("vm1") == 9
+    assert live(host.procs) == []
+    assert ("vm1 NOT started: interface br-none does not exist after 1 s (a bridge or tap its NICs use)"
+            in capsys.readouterr().err)
+
+
 def test_a_confined_vm_with_a_bridged_nic_gets_its_tap_on_the_bridge_again_after_a_restore(host, private_net):
     vm = host.configure(USER)
     conf = dict(vm.conf, nics=[{"type": "bridge", "bridge": "br-t", "mac": "52:54:00:00:00:01",
