@@ -113,9 +113,17 @@ os.execvp("kexec", ["kexec", "-e"])
 FLOOR_RESTORE = QMP_LIB + r'''
 os.makedirs("/run/guestmemfs-liveupdate", exist_ok=True)
 resumed = {}
+def bridges(argv):  # -netdev bridge,id=net0,br=br0
+    return [o[3:] for a in argv if a.startswith("bridge,") for o in a.split(",") if o.startswith("br=")]
 def restore(name):
     v = VMS[name]
     qmp_path = "/run/guestmemfs-liveupdate/%s.qmp" % name
+    # A bridged NIC's helper needs its bridge: wait for the kernel's interface, as the collection's agent does
+    # (without it the floor's QEMU died at once in a 2-host wave, its bridge not there yet).
+    deadline = time.time() + 180
+    while [b for b in bridges(v["argv"]) if not os.path.exists("/sys/class/net/" + b)]:
+        if time.time() > deadline: raise RuntimeError("bridges %s never came" % bridges(v["argv"]))
+        time.sleep(0.1)
     subprocess.check_call(["systemd-run", "-q", "--unit", "floor-" + name] + v["argv"] + ["-incoming", "defer"])
     q = qmp(qmp_path, wait=WAIT_S)
     q.cmd("migrate-incoming", uri="file:" + STATE % name); q.wait_event("MIGRATION", WAIT_S, done)
