@@ -223,3 +223,13 @@ def test_the_table_shows_each_runs_boot_beside_its_blackout(tmp_path):
     line = [ln for ln in text.splitlines() if ln.startswith("collection 1host f1 1vm") and "->" in ln]
     assert line and line[0].split()[5:] == ["6.12.117", "->", "7.3.4", "89.0", "11.6", "2.1", "25.6", "33.3",
                                             "33.4", "37.6", "37.8", "11.1"]
+
+
+def test_the_floors_restore_waits_for_the_bridges_its_vms_argv_names():
+    code = bench.FLOOR_RESTORE
+    ns = {}
+    exec(code[code.index("def bridges"):code.index("def restore")], ns)  # pylint: disable=exec-used
+    argv = ["qemu-system-x86_64", "-netdev", "bridge,id=net0,br=br0", "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", "user,id=net1", "-netdev", "bridge,id=net2,br=br-storage"]
+    assert ns["bridges"](argv) == ["br0", "br-storage"]
+    assert "/sys/class/net/" in code[code.index("def restore"):]
