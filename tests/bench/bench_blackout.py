@@ -471,7 +471,10 @@ def boot_analysis(state, host, unit):
     try:
         return {"unit": unit, "time": ssh(state, host, "systemd-analyze time --no-pager", timeout=120),
                 "chain": ssh(state, host, "systemd-analyze critical-chain --no-pager %s" % unit, timeout=120),
-                "device": ssh(state, host, BACKEND_DEVICE, timeout=120)}
+                "device": ssh(state, host, BACKEND_DEVICE, timeout=120),
+                # its own start and end (the chain's first line has no "@" for the unit asked)
+                "unit_times": ssh(state, host, "systemctl show -p InactiveExitTimestampMonotonic "
+                                  "-p ActiveEnterTimestampMonotonic %s" % unit, timeout=120)}
     except (RuntimeError, subprocess.SubprocessError) as exc:
         return {"unit": unit, "error": str(exc)}
 
@@ -501,6 +504,13 @@ def boot_figures(boot):
                          ("udev", r"udev initialised pmem0 at ([0-9.]+)")):
         m = re.search(pattern, device)
         out[key] = float(m.group(1)) if m and float(m.group(1)) > 0 else None
+    times = dict(line.split("=", 1) for line in ((boot or {}).get("unit_times") or "").splitlines() if "=" in line)
+    keys = ("InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic")
+    start, active = (int(times.get(k) or 0) / 1e6 for k in keys)
+    if start:
+        out["unit_start"] = round(start, 3)
+        out["unit_took"] = round(active - start, 3) if active >= start else None
+        return out
     chain = [line for line in ((boot or {}).get("chain") or "").splitlines() if line.startswith((boot or {}).get("unit") or "-")]
     if chain and out["kernel"] is not None:
         m = re.search(r"\s@(\S+)", chain[0])

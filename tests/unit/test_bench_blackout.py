@@ -216,6 +216,14 @@ def test_a_runs_boot_is_read_as_seconds_since_its_kernel_started():
     assert bench.boot_figures({"unit": "x", "error": "host1: ssh failed"})["kernel"] is None
 
 
+def test_the_restoring_units_own_start_and_end_come_from_systemd_when_kept():
+    boot = dict(BOOT, unit_times="InactiveExitTimestampMonotonic=45912345\nActiveEnterTimestampMonotonic=59812345\n")
+    f = bench.boot_figures(boot)
+    assert (f["unit_start"], f["unit_took"]) == (45.912, 13.9)
+    # a run from before they were kept: the critical chain's first line, when it has them
+    assert bench.boot_figures(BOOT)["unit_start"] == 37.812
+
+
 def test_the_table_shows_each_runs_boot_beside_its_blackout(tmp_path):
     row = dict(run("collection 1host f1 1vm", "collection", 1, 1, [89.0]), round=1, boot=BOOT,
                kernel="6.12.117+deb13-amd64 -> 7.3.4+deb13-amd64")
