@@ -235,6 +235,8 @@ def images_in_use():
 
 def configure_root(root, debs, mirror):
     write(os.path.join(root, "usr/sbin/policy-rc.d"), "#!/bin/sh\nexit 101\n", 0o755)
+    # Before any kernel is installed: each one's initramfs carries it.
+    install_modprobe_conf(root)
     write(os.path.join(root, "tmp/preseed"), PRESEED_BUILD)
     archives = os.path.join(root, "var/cache/apt/archives")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C.UTF-8")
@@ -271,6 +273,12 @@ def configure_root(root, debs, mirror):
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(root, "var/lib/dbus/machine-id"))
     write(os.path.join(root, "etc/hostname"), "fleet\n")
+
+
+def install_modprobe_conf(root):
+    """The drivers the fleet's hosts never use, kept out of their boots (image/fleet-modprobe.conf)."""
+    with open(os.path.join(IMAGE_FILES, "fleet-modprobe.conf")) as fh:
+        write(os.path.join(root, "etc/modprobe.d/fleet.conf"), fh.read())
 
 
 def install_files(root):

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import socket
+import subprocess
 
 import jinja2
 import pytest
@@ -42,6 +43,26 @@ def test_recipe_key_follows_image_files(tmp_path, monkeypatch):
     assert fleet.recipe_key() == k1
     (tmp_path / "a").write_text("two")
     assert fleet.recipe_key() != k1
+
+
+# What the hosts need: the pmem backend's drivers, the VMs' bridge and taps, the disk and NIC.
+FLEET_NEEDS = ("libnvdimm", "nd_e820", "nd_pmem", "nd_btt", "dax_pmem", "tun", "bridge", "stp", "llc", "ext4",
+               "virtio_blk", "virtio_net", "qemu_fw_cfg", "kvm", "configfs", "autofs4")
+
+
+def test_the_hosts_keep_unused_drivers_out_and_every_one_they_need_in(tmp_path):
+    fleet.install_modprobe_conf(str(tmp_path))
+    conf = tmp_path / "etc" / "modprobe.d" / "fleet.conf"
+    out = subprocess.run(["modprobe", "--showconfig", "-C", str(conf)], capture_output=True, text=True, check=True)
+    kept_out = {}
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if words[:1] in (["blacklist"], ["install"]):
+            kept_out[words[1]] = words[2:]
+    assert kept_out["cfg80211"] == []  # systemd-networkd's nl80211 request loaded it in every boot
+    assert kept_out["drm"] == kept_out["efi_pstore"] == ["/bin/false"]  # loaded by name by systemd
+    assert len(kept_out) == len([ln for ln in conf.read_text().splitlines() if ln and not ln.startswith("#")])
+    assert not set(kept_out) & set(FLEET_NEEDS)
 
 
 def test_inventory_lists_every_host(tmp_path, monkeypatch):
