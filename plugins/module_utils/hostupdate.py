@@ -804,11 +804,6 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         record_argv(name, argv, launch)
         return _wait_for_nics(vm, launch) or _exec(vm, argv, launch)
     rec = load_journal().get("vms", {}).get(name, {})
-    # Its NICs' bridges and taps before its verdict: the unit's restore (vm_restore) waits for a
-    # verdict as long as this process lives, but for QEMU's QMP socket only a minute.
-    refused = _wait_for_nics(vm, rec.get("launch") if rec.get("argv") else started_launch(vm))
-    if refused:
-        return refused
     if rec.get("state") == "saved" or (
             rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
         # its own memory, now (a verdict belongs to the boot it was given on)
@@ -821,6 +816,12 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
             base, launch = rec["argv"], rec.get("launch")
         else:
             base, launch = started_argv(vm)[0], started_launch(vm)
+        # Its NICs' bridges and taps after its verdict (a held VM waits for nothing) and while the
+        # bridge comes its memory is already verified; the unit's restore (vm_restore) waits as long as
+        # this process is the agent.
+        refused = _wait_for_nics(vm, launch)
+        if refused:
+            return refused
         record_argv(name, base, launch)
         return _exec(vm, vmdef.incoming_argv(base), launch)
     if rec.get("state") == "held":
@@ -846,6 +847,16 @@ def _main_alive(name):
     return pid.isdigit() and os.path.exists("/proc/%s" % pid)
 
 
+def _main_is_agent(name):
+    """Whether the VM unit's main process is still this agent (vm_run verifying or waiting for the
+    VM's NICs), not yet the QEMU it becomes by exec; False run by hand (no $MAINPID)."""
+    pid = os.environ.get("MAINPID", "")
+    try:
+        return pid.isdigit() and os.readlink("/proc/%s/exe" % pid) == os.readlink("/proc/self/exe")
+    except OSError:  # gone, or a zombie
+        return False
+
+
 def _verdict_pending(rec):
     return rec.get("state") == "saved" or (
         rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id())
@@ -859,7 +870,9 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
     rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
     # The unit is Type=simple: systemd runs this as soon as vm_run is forked, while vm_run may still
     # be verifying the memory. Wait for its verdict rather than take "not restoring" for "nothing to do".
-    while _verdict_pending(rec) and _main_alive(name):
+    # ... and, the verdict given, as long as vm_run has not become QEMU (it waits for the VM's NICs):
+    # only then does QMP's minute (RESTORE_CONNECT_WAIT_S) start.
+    while _main_alive(name) and (_verdict_pending(rec) or (rec.get("state") == "restoring" and _main_is_agent(name))):
         time.sleep(RESTORE_WAIT_POLL_S)
         j = load_journal()
         rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")

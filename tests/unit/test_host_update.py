@@ -362,6 +362,26 @@ def test_a_corrupted_region_is_caught_by_the_sampled_check_and_the_vm_held(host,
     assert proof["detail"].startswith("vm1 content_changed: ")
 
 
+def test_a_held_vm_is_not_kept_waiting_for_its_bridge(host, monkeypatch, capsys):
+    # Its verdict first, its NICs then: a VM that will not be resumed waits for no interface (before,
+    # a held VM whose bridge was also missing waited NIC_WAIT_S, then said "NOT started" with exit 9).
+    kexec = loaded(host, monkeypatch)
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u7")
+    kexec()
+    vm1 = host.vms[0]
+    with open(vm1.mem_path, "r+b") as fh:
+        fh.seek(32 * MiB)
+        fh.write(b"\xa5" * (16 * MiB))
+    journal.update_journal(journal.set_vm("vm1", launch={"nics": {"6": {"bridge": "br-gone"}}}))
+    monkeypatch.setattr(hostupdate.confine, "_interface_exists", lambda name: False)
+    monkeypatch.setattr(hostupdate.confine, "NIC_WAIT_S", 1)
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 4
+    err = capsys.readouterr().err
+    assert "vm1 NOT resumed: " in err and "br-gone" not in err
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "held" and os.path.exists(vm1.state_path)
+
+
 @pytest.mark.parametrize("phase, boot, alive, want", [
     ("saving", "boot-a", True, "saving"),
     ("saved", "boot-a", True, "kexec"),

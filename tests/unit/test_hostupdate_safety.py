@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -255,7 +257,18 @@ def test_resuming_is_journaled_before_cont(host):
     assert seen == ["resuming"] and journal.load_journal()["vms"]["vm1"]["state"] == "restored"
 
 
-def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
+def unit_main(tmp_path, agent_s):
+    """The VM unit's main process as systemd runs it: the agent (this Python) for ``agent_s``
+    seconds - verifying, waiting for NICs - then exec'd into another program, as vm_run becomes QEMU.
+    It leaves a file just before the exec."""
+    marker = tmp_path / "became-qemu"
+    proc = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(float(sys.argv[1])); "
+                             "open(sys.argv[2], 'w').close(); os.execvp('sleep', ['sleep', '60'])",
+                             str(agent_s), str(marker)])
+    return proc, marker
+
+
+def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch, tmp_path):
     # Molecule on the fleet, 2026-12-05: the VM unit is Type=simple, so systemd runs ExecStartPost
     # (vm_restore) as soon as ExecStart (vm_run) is forked; vm_run was still verifying the memory
     # (state "saved"), vm_restore saw no "restoring" and returned 0, and both VMs stayed in
@@ -264,11 +277,13 @@ def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
     q = host.qemus["vm1"]
     q.status = "inmigrate"
     monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.05)
-    monkeypatch.setenv("MAINPID", str(os.getpid()))  # as systemd gives ExecStartPost: the unit's main process
+    main, _marker = unit_main(tmp_path, 60)  # the agent, verifying, for longer than this test
+    monkeypatch.setenv("MAINPID", str(main.pid))  # as systemd gives ExecStartPost
 
     def verify_later():
         time.sleep(0.5)
         hostupdate.verify_pending(["vm1"])
+        main.kill()  # here the agent execs QEMU; that the restore waits for the exec is the next test's
 
     t = threading.Thread(target=verify_later)
     t.start()
@@ -276,6 +291,31 @@ def test_the_restore_waits_for_the_units_own_verification(host, monkeypatch):
         assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 0
     finally:
         t.join()
+        main.kill()
+        main.wait()
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
+
+
+def test_the_restore_waits_while_the_unit_is_still_the_agent_after_its_verdict(host, monkeypatch, tmp_path):
+    # vm_run gives its verdict, then waits for the VM's bridge (up to NIC_WAIT_S) before it becomes
+    # QEMU: the restore's minute for QEMU's QMP socket starts when the agent has become QEMU, not
+    # when the verdict came (a bridge networkd made 77 s into a boot, seen in molecule).
+    save(host)
+    hostupdate.verify_pending(["vm1"])
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restoring"
+    q = host.qemus["vm1"]
+    q.status = "inmigrate"
+    monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.05)
+    main, marker = unit_main(tmp_path, 1)
+    monkeypatch.setenv("MAINPID", str(main.pid))
+    first = []
+    q.on_cmd = lambda execute: first.append(marker.exists()) if not first else None
+    try:
+        assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 0
+    finally:
+        main.kill()
+        main.wait()
+    assert first == [True]  # QMP was first spoken to after the agent had become "QEMU"
     assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
 
 
