@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import threading
@@ -416,9 +417,8 @@ def _wait_for_nics(vm, launch):
     try:
         confine.wait_for_interfaces(confine.nic_interfaces(launch, vm.conf))
     except confine.ConfineError as exc:
-        sys.stderr.write("%s NOT started: %s. Its memory %s and any saved state are kept; once the interface "
-                         "exists, start its unit again\n" % (vm.name, exc, vm.mem_path))
-        return 9
+        return _not_started(vm, "%s. Its memory %s and any saved state are kept; once the interface exists, start "
+                            "its unit again" % (exc, vm.mem_path))
     return None
 
 
@@ -427,10 +427,36 @@ def _exec(vm, argv, launch):
     try:
         confine.exec_qemu(vm, argv, launch)
     except (confine.ConfineError, OSError) as exc:
-        sys.stderr.write("%s NOT started: %s. Its memory %s and any saved state are kept; fix that, then start "
-                         "its unit again\n" % (vm.name, exc, vm.mem_path))
-        return 9
+        return _not_started(vm, "%s. Its memory %s and any saved state are kept; fix that, then start its unit "
+                            "again" % (exc, vm.mem_path))
     return 0
+
+
+def _not_started_path(name):
+    return os.path.join(os.path.dirname(UPDATE_LOCK), "not-started", vmdef.check_name(name) + ".json")
+
+
+def _not_started(vm, why):
+    """vm_run refuses to become QEMU: said, and noted for the unit's restore step (which runs beside
+    it and would otherwise wait for a QEMU that never comes): this process, this boot, why."""
+    sys.stderr.write("%s NOT started: %s\n" % (vm.name, why))
+    try:
+        write_json(_not_started_path(vm.name), {"pid": os.getpid(), "boot_id": journal.boot_id(), "why": why})
+    except OSError as exc:  # the restore then takes the conservative path: restore_failed, verified again
+        sys.stderr.write("%s: could not note the refusal for its restore step: %s\n" % (vm.name, exc))
+    return 9
+
+
+def _refused_by(name, pid):
+    """Why the agent ``pid`` (the unit's main process, this boot) refused to start ``name``, or None."""
+    try:
+        with open(_not_started_path(name)) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if str(rec.get("pid")) == pid and rec.get("boot_id") == journal.boot_id():
+        return rec.get("why") or "refused"
+    return None
 
 
 def rollback(run, names, conf_dir=cpr.CONF_DIR):
@@ -841,10 +867,22 @@ RESTORE_CONNECT_WAIT_S = 60
 
 
 def _main_alive(name):
-    """Whether the VM unit's main process (vm_run: verifying, then QEMU) still runs. systemd gives
-    its control processes $MAINPID; run by hand (no $MAINPID) nothing is verifying: no wait."""
+    """Whether the VM unit's main process (vm_run: verifying, then QEMU) still runs (an exited one
+    systemd has not reaped yet does not). systemd gives its control processes $MAINPID; run by hand
+    (no $MAINPID) nothing is verifying: no wait."""
     pid = os.environ.get("MAINPID", "")
-    return pid.isdigit() and os.path.exists("/proc/%s" % pid)
+    if not pid.isdigit():
+        return False
+    try:
+        with open("/proc/%s/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _main_exited(name):
+    """Whether systemd gave this step a main process ($MAINPID) that has exited."""
+    return os.environ.get("MAINPID", "").isdigit() and not _main_alive(name)
 
 
 def _main_is_agent(name):
@@ -893,12 +931,26 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
         return 3
 
     vm.launch = rec.get("launch")
+    connect_wait = RESTORE_CONNECT_WAIT_S
+    if _main_exited(name):
+        why = _refused_by(name, os.environ["MAINPID"])
+        if why:  # the agent never became QEMU: nothing ran on the memory verified for this boot
+            sys.stderr.write("%s NOT started: %s. Not resumed; its verdict for this boot stands (journal: restoring): "
+                             "systemctl start %s restores it\n" % (name, why, UNIT % name))
+            return 9
+        connect_wait = 0  # QEMU came and went: nothing will answer on its QMP socket
 
     def resuming(vm):  # from cont on, the VM's memory runs past its saved state
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
                        msg="%s resuming" % name)
     try:
-        r = cpr.restore(vm, connect_wait=RESTORE_CONNECT_WAIT_S, before_cont=resuming)
+        try:
+            r = cpr.restore(vm, connect_wait=connect_wait, before_cont=resuming)
+        except Exception as exc:
+            if connect_wait:
+                raise
+            raise RuntimeError("its QEMU (the unit's main process %s) exited before its restore: %s"
+                               % (os.environ["MAINPID"], exc))
     except Exception as exc:
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))

@@ -15,12 +15,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, cpr, events, hostupdate, journal, luo, manifest, qmp, vmdef)
+    agent, cpr, durable, events, hostupdate, journal, luo, manifest, qmp, vmdef)
 
 from counter_guest import counter_guest, read_counter
 
@@ -380,6 +382,77 @@ def test_a_held_vm_is_not_kept_waiting_for_its_bridge(host, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "vm1 NOT resumed: " in err and "br-gone" not in err
     assert journal.load_journal()["vms"]["vm1"]["state"] == "held" and os.path.exists(vm1.state_path)
+
+
+def test_a_vm_its_agent_did_not_start_stays_verified_and_starts_with_its_unit(host, monkeypatch, capsys):
+    # systemd runs the unit's restore (ExecStartPost) beside vm_run. When vm_run ends without becoming
+    # QEMU (its bridge never came: exit 9), the restore tried QMP for its minute and then called the VM
+    # restore_failed, though nothing ever ran on its memory, verified on this boot: the recovery had to
+    # verify it again. Now the restore knows the agent refused (by the agent's own record), changes
+    # nothing and says so; the unit's next start restores the VM.
+    kexec = loaded(host, monkeypatch)
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u8")
+    kexec()
+    saved = read_counter(host.vms[0].mem_path)
+    journal.update_journal(journal.set_vm("vm1", launch={"nics": {"6": {"bridge": "br-late"}}}))
+    monkeypatch.setattr(hostupdate.confine, "_interface_exists", lambda name: False)
+    monkeypatch.setattr(hostupdate.confine, "NIC_WAIT_S", 1)
+    monkeypatch.setattr(hostupdate, "RESTORE_WAIT_POLL_S", 0.05)
+    pid = os.fork()
+    if pid == 0:  # the unit's main process: vm_run
+        try:
+            rc = hostupdate.vm_run("vm1", conf_dir=host.conf)
+        except BaseException:
+            rc = 99
+        os._exit(rc)
+    monkeypatch.setenv("MAINPID", str(pid))  # as systemd gives ExecStartPost
+    status = []
+    reaper = threading.Thread(target=lambda: status.append(os.waitpid(pid, 0)[1]))  # systemd reaps its main
+    reaper.start()
+    qmp_tried = []
+    real_restore = hostupdate.cpr.restore
+    monkeypatch.setattr(hostupdate.cpr, "restore", lambda *a, **kw: qmp_tried.append(1) or real_restore(*a, **kw))
+    try:
+        rc = hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf)
+    finally:
+        reaper.join()
+    assert os.WEXITSTATUS(status[0]) == 9  # the agent's own refusal
+    assert rc == 9 and qmp_tried == []
+    err = capsys.readouterr().err
+    assert "vm1 NOT started: " in err and "br-late" in err and "systemctl start guestmemfs-vm@vm1.service" in err
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "restoring" and rec["verified_boot_id"] == "boot-b"  # its verdict stands
+    assert os.path.exists(host.vms[0].state_path)
+    # the bridge came: the unit's start is the whole recovery
+    monkeypatch.setattr(hostupdate.confine, "_interface_exists", lambda name: True)
+    monkeypatch.delenv("MAINPID")
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 0
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
+    assert counting(host.vms[0], saved)
+
+
+def test_a_unit_whose_qemu_came_and_went_is_restore_failed_not_left_verified(host, monkeypatch):
+    # The other side of the agent's own refusal (above): a main process that exited without the
+    # agent's record for it - QEMU started and died - may have run on the memory, so the VM is
+    # restore_failed (verified again before any start), even beside a stale refusal of an earlier
+    # start of the unit; and nothing waits QEMU's minute for a socket no process serves.
+    kexec = loaded(host, monkeypatch)
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id="u9")
+    kexec()
+    hostupdate.verify_pending(["vm1"])
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "restoring"
+    main, stale = (subprocess.Popen([sys.executable, "-c", "pass"]) for _i in range(2))
+    main.wait()  # reaped, as systemd reaps its main process
+    stale.wait()
+    durable.write_json(hostupdate._not_started_path("vm1"), {"pid": stale.pid, "boot_id": "boot-b",
+                                                             "why": "an earlier start's"})
+    monkeypatch.setenv("MAINPID", str(main.pid))
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 1
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "restore_failed"
+    assert rec["error"].startswith("its QEMU (the unit's main process %d) exited before its restore: " % main.pid)
 
 
 @pytest.mark.parametrize("phase, boot, alive, want", [
