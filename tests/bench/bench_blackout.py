@@ -606,6 +606,10 @@ def summary(runs):
     # What the machine itself adds to a wave (its hosts share its cores): the floor's own wave, no target.
     for c in [c for c in cases if c.startswith("floor") and meta[c]["hosts"] > 1]:
         ratio("%d-host wave / 1 host" % meta[c]["hosts"], c, case_label("floor", meta[c]["vms"]), None)
+    # ... and to more VMs per host (their QEMUs start on its cores): the floor's own, no target.
+    floors = sorted((meta[c]["vms"], c) for c in cases if c.startswith("floor") and meta[c]["hosts"] == 1)
+    for vms, c in floors[1:]:
+        ratio("%d VMs / %d VM%s" % (vms, floors[0][0], "s" if floors[0][0] > 1 else ""), c, floors[0][1], None)
     return {"cases": cases, "ratios": ratios}
 
 

@@ -69,6 +69,17 @@ def test_a_wave_is_compared_with_the_floors_own_wave_which_is_compared_with_one_
     assert [line.split()[-1] for line in text.splitlines() if line.startswith("2-host wave / 1 host") and "floor 2hosts" in line] == ["-"]
 
 
+def test_the_floors_own_8_vms_against_1_vm_is_shown_beside_the_collections_without_a_target(tmp_path):
+    # What 8 QEMUs starting on one host cost with no agent at all: the bound for the 8/1 target.
+    runs = [run("floor 1vm", "floor", 1, 1, [10.0]), run("floor 8vm", "floor", 8, 1, [18.0]),
+            run("collection 1host f1 1vm", "collection", 1, 1, [11.0]),
+            run("collection 1host f1 8vm", "collection", 8, 1, [22.0])]
+    ratios = dict((r["ratio"] + " " + r["case"], r) for r in bench.summary(runs)["ratios"])
+    machine = ratios["8 VMs / 1 VM floor 8vm"]
+    assert (machine["against"], machine["min"], machine["median"], machine["target"]) == ("floor 1vm", 1.8, 1.8, None)
+    assert ratios["8 VMs / 1 VM collection 1host f1 8vm"]["target"] == 1.2
+
+
 def test_the_floors_wave_starts_every_hosts_save_together_and_none_once_a_host_failed_before():
     hosts = [{"name": "host1"}, {"name": "host2"}]
     saves = []
