@@ -862,6 +862,8 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
 
 
 RESTORE_WAIT_POLL_S = 0.2
+# The longest the restore's wait trusts an unchanged stat of the journal (same inode, size, time).
+RESTORE_REREAD_S = 2.0
 # How long vm_restore waits for the QEMU its unit started to answer on QMP (it may die instead).
 RESTORE_CONNECT_WAIT_S = 60
 
@@ -895,6 +897,15 @@ def _main_is_agent(name):
         return False
 
 
+def _journal_stamp():
+    """The journal file's identity and change time: it is replaced whole (durable.write_json)."""
+    try:
+        st = os.stat(journal.JOURNAL)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _verdict_pending(rec):
     return rec.get("state") == "saved" or (
         rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id())
@@ -904,6 +915,7 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
     """The VM unit's ExecStartPost: finish an incoming restore and resume the VM; then, and on a cold
     start at once, give it its CPU quota (module_utils/cpu_quota: not before, the restore would run at
     the guest's share of a CPU). ``run(argv) -> rc`` runs systemctl."""
+    stamp, read_at = _journal_stamp(), time.monotonic()
     j = load_journal()
     rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
     # The unit is Type=simple: systemd runs this as soon as vm_run is forked, while vm_run may still
@@ -912,8 +924,13 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
     # only then does QMP's minute (RESTORE_CONNECT_WAIT_S) start.
     while _main_alive(name) and (_verdict_pending(rec) or (rec.get("state") == "restoring" and _main_is_agent(name))):
         time.sleep(RESTORE_WAIT_POLL_S)
-        j = load_journal()
-        rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
+        # Read again only once it changed (every VM's restore waits so, on a host still booting);
+        # and now and then whatever its stat says.
+        now = _journal_stamp()
+        if now != stamp or time.monotonic() - read_at >= RESTORE_REREAD_S:
+            stamp, read_at = now, time.monotonic()
+            j = load_journal()
+            rec, update_id = j.get("vms", {}).get(name, {}), j.get("update_id")
     if rec.get("state") == "saved":
         vm = cpr.VM.load(name, conf_dir)
         sys.stderr.write("%s: its memory was not verified (the unit's start ended without a verdict): not resuming. "
