@@ -15,7 +15,6 @@ __metaclass__ = type
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
 import threading
@@ -28,7 +27,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import prese
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.base import BackendError
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import write_json
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.durable import CorruptFile, read_json, write_json
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     IDLE_PHASES, SAVED_PHASES, load_journal, update_journal)
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import vm_names
@@ -450,9 +449,8 @@ def _not_started(vm, why):
 def _refused_by(name, pid):
     """Why the agent ``pid`` (the unit's main process, this boot) refused to start ``name``, or None."""
     try:
-        with open(_not_started_path(name)) as fh:
-            rec = json.load(fh)
-    except (OSError, ValueError):
+        rec = read_json(_not_started_path(name), default={})
+    except CorruptFile:  # a torn note proves nothing: the conservative path (restore_failed)
         return None
     if str(rec.get("pid")) == pid and rec.get("boot_id") == journal.boot_id():
         return rec.get("why") or "refused"
