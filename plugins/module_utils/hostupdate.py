@@ -959,14 +959,10 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
                        msg="%s resuming" % name)
     try:
-        try:
-            r = cpr.restore(vm, connect_wait=connect_wait, before_cont=resuming)
-        except Exception as exc:
-            if connect_wait:
-                raise
-            raise RuntimeError("its QEMU (the unit's main process %s) exited before its restore: %s"
-                               % (os.environ["MAINPID"], exc))
+        r = cpr.restore(vm, connect_wait=connect_wait, before_cont=resuming)
     except Exception as exc:
+        if not connect_wait:
+            exc = "its QEMU (the unit's main process %s) exited before its restore: %s" % (os.environ["MAINPID"], exc)
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))
         events.emit("failure", update_id, name, outcome="failed", detail="restore failed: %s; state %s and memory %s "
