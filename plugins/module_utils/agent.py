@@ -74,9 +74,11 @@ def _verify(a):
     for name in unchecked:
         rec = vms.get(name) or {}
         why = (rec.get("verify") or {}).get("detail") if rec.get("state") == "held" else None
+        if rec.get("state") == "not_started":
+            why = "verified on boot %s; not started: %s" % (rec.get("verified_boot_id"), rec.get("error"))
         sys.stdout.write("%s: not checked: its journal state is %s%s; only a saved, held or restore_failed VM's "
-                         "memory is verified\n" % (name, rec.get("state") or "none (not in the update)",
-                                                   " (%s)" % why if why else ""))
+                         "memory is verified, or one verified on an earlier boot\n" % (
+                             name, rec.get("state") or "none (not in the update)", " (%s)" % why if why else ""))
     if not a.names and not verdicts:
         sys.stdout.write("no saved VM to verify: nothing is pending in the journal %s\n" % journal.JOURNAL)
     return 0 if all(v["status"] == manifest.OK for v in verdicts.values()) and not unchecked else 4
@@ -185,6 +187,8 @@ def status_summary(j, boot):
                                         "" if j.get("from_boot_id") in (None, boot) else " (saved on an earlier boot)")]
     for name, v in sorted(vms.items()):
         detail = (v.get("verify") or {}).get("detail") or v.get("error")
+        if v.get("state") in ("restore_failed", "not_started"):  # their verdict was ok: what went wrong after it
+            detail = v.get("error") or detail
         lines.append("  %s: %s%s" % (name, v.get("state", "?"), " (%s)" % detail if detail else ""))
     if not vms:
         lines.append("  no VMs in the journal")

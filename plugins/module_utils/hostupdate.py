@@ -411,23 +411,23 @@ def record_argv(name, argv, launch=None):
                {"argv": argv, "launch": launch, "boot_id": journal.boot_id(), "ts": time.time()})
 
 
-def _wait_for_nics(vm, launch):
+def _wait_for_nics(vm, launch, verified=False):
     """None once the interfaces the VM's NICs need exist; else the exit code of a VM not started."""
     try:
         confine.wait_for_interfaces(confine.nic_interfaces(launch, vm.conf))
     except confine.ConfineError as exc:
         return _not_started(vm, "%s. Its memory %s and any saved state are kept; once the interface exists, start "
-                            "its unit again" % (exc, vm.mem_path))
+                            "its unit again" % (exc, vm.mem_path), verified)
     return None
 
 
-def _exec(vm, argv, launch):
+def _exec(vm, argv, launch, verified=False):
     """Become the VM's QEMU (confine.exec_qemu); returns an exit code only when it refused."""
     try:
         confine.exec_qemu(vm, argv, launch)
     except (confine.ConfineError, OSError) as exc:
         return _not_started(vm, "%s. Its memory %s and any saved state are kept; fix that, then start its unit "
-                            "again" % (exc, vm.mem_path))
+                            "again" % (exc, vm.mem_path), verified)
     return 0
 
 
@@ -435,14 +435,23 @@ def _not_started_path(name):
     return os.path.join(os.path.dirname(UPDATE_LOCK), "not-started", vmdef.check_name(name) + ".json")
 
 
-def _not_started(vm, why):
+def _not_started(vm, why, verified=False):
     """vm_run refuses to become QEMU: said, and noted for the unit's restore step (which runs beside
-    it and would otherwise wait for a QEMU that never comes): this process, this boot, why."""
+    it and would otherwise wait for a QEMU that never comes): this process, this boot, why. A VM
+    ``verified`` for this boot (its update restores it) is journaled ``not_started``: final for the
+    update, which ends held at once rather than wait for it, its verdict for this boot kept."""
     sys.stderr.write("%s NOT started: %s\n" % (vm.name, why))
     try:
         write_json(_not_started_path(vm.name), {"pid": os.getpid(), "boot_id": journal.boot_id(), "why": why})
     except OSError as exc:  # the restore then takes the conservative path: restore_failed, verified again
         sys.stderr.write("%s: could not note the refusal for its restore step: %s\n" % (vm.name, exc))
+    if verified:
+        try:
+            update_journal(journal.set_vm(vm.name, state="not_started", error=why, not_started_ts=time.time()),
+                           msg="%s NOT started: %s" % (vm.name, why))
+            finish_if_done()
+        except (OSError, CorruptFile) as exc:  # it stays restoring: its restore step reads the note above
+            sys.stderr.write("%s: could not journal the refusal: %s\n" % (vm.name, exc))
     return 9
 
 
@@ -517,6 +526,8 @@ def recover_interrupted_save(run, conf_dir=cpr.CONF_DIR):
 
 # A held VM's verdict that no later verification may lift: it ran past its saved state.
 RESUMED_PAST_STATE = "resumed_past_state"
+# VM states that carry a verdict on its memory (``verified_boot_id``): it holds on that boot only.
+VERIFIED_STATES = ("restoring", "not_started")
 
 
 @contextlib.contextmanager
@@ -583,7 +594,7 @@ def verify_pending(names=None, content=True):
     pending = [n for n, v in j.get("vms", {}).items() if (names is None or n in names) and (
         v.get("state") in ("saved", "restore_failed")
         or (v.get("state") == "held" and (v.get("verify") or {}).get("status") != RESUMED_PAST_STATE)
-        or (v.get("state") == "restoring" and v.get("verified_boot_id") != boot))]
+        or (v.get("state") in VERIFIED_STATES and v.get("verified_boot_id") != boot))]
     verdicts = {}
 
     def one(name):
@@ -697,7 +708,7 @@ def finish_if_done(conf_dir=cpr.CONF_DIR):
             return
         # A save the end of its boot cut short: its VMs are back, but no kernel was updated.
         interrupted = (j.get("interrupted_save") or {}).get("update_id") == j.get("update_id")
-        if any(v.get("state") in ("held", "restore_failed") for v in vms.values()):
+        if any(v.get("state") in journal.VM_NOT_RESUMED for v in vms.values()):
             phase = "held"
         elif any(v.get("rolled_back") for v in vms.values()):
             phase = "rolled_back"  # a QEMU update left a VM on its old QEMU
@@ -829,10 +840,13 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         return _wait_for_nics(vm, launch) or _exec(vm, argv, launch)
     rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "saved" or (
-            rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id()):
+            rec.get("state") in VERIFIED_STATES and rec.get("verified_boot_id") != journal.boot_id()):
         # its own memory, now (a verdict belongs to the boot it was given on)
         verify_pending([name])
         rec = load_journal().get("vms", {}).get(name, {})
+    if rec.get("state") == "not_started":  # not started earlier on this boot: this start restores it
+        rec = update_journal(journal.set_vm(name, state="restoring", error=None),
+                             msg="%s: its unit starts again on this boot's verdict" % name)["vms"][name]
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).
         # How it was launched comes with it: a VM saved before confinement restores as it ran.
@@ -843,11 +857,11 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         # Its NICs' bridges and taps after its verdict (a held VM waits for nothing) and while the
         # bridge comes its memory is already verified; the unit's restore (vm_restore) waits as long as
         # this process is the agent.
-        refused = _wait_for_nics(vm, launch)
+        refused = _wait_for_nics(vm, launch, verified=True)
         if refused:
             return refused
         record_argv(name, base, launch)
-        return _exec(vm, vmdef.incoming_argv(base), launch)
+        return _exec(vm, vmdef.incoming_argv(base), launch, verified=True)
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
@@ -906,7 +920,7 @@ def _journal_stamp():
 
 def _verdict_pending(rec):
     return rec.get("state") == "saved" or (
-        rec.get("state") == "restoring" and rec.get("verified_boot_id") != journal.boot_id())
+        rec.get("state") in VERIFIED_STATES and rec.get("verified_boot_id") != journal.boot_id())
 
 
 def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
@@ -920,7 +934,7 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
     # be verifying the memory. Wait for its verdict rather than take "not restoring" for "nothing to do".
     # ... and, the verdict given, as long as vm_run has not become QEMU (it waits for the VM's NICs):
     # only then does QMP's minute (RESTORE_CONNECT_WAIT_S) start.
-    while _main_alive(name) and (_verdict_pending(rec) or (rec.get("state") == "restoring" and _main_is_agent(name))):
+    while _main_alive(name) and (_verdict_pending(rec) or (rec.get("state") in VERIFIED_STATES and _main_is_agent(name))):
         time.sleep(RESTORE_WAIT_POLL_S)
         # Read again only once it changed (every VM's restore waits so, on a host still booting);
         # and now and then whatever its stat says.
@@ -935,6 +949,10 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
                          "State %s and memory %s kept; run `agent verify %s`, then systemctl restart %s\n" % (
                              name, vm.state_path, vm.mem_path, name, UNIT % name))
         return 3
+    if rec.get("state") == "not_started":  # nothing ran on its memory
+        sys.stderr.write("%s NOT started: %s. Not resumed; its verdict for this boot stands (journal: not_started): "
+                         "systemctl start %s restores it\n" % (name, rec.get("error"), UNIT % name))
+        return 9
     if rec.get("state") != "restoring":
         _give_quota(run, cpr.VM.load(name, conf_dir))
         return 0

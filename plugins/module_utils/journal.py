@@ -12,8 +12,10 @@ restored (or ``held`` when a VM was not resumed, ``rolled_back`` when the update
 the kexec; ``interrupted`` when the boot-time verify finds a save cut short by a reboot, recorded
 in ``interrupted_save``). A VM's state goes running -> saving -> saved -> restoring (for the boot
 its memory was verified on) -> resuming (journaled before ``cont``) -> restored, or ends ``held``
-(its memory failed verification: not resumed, state and memory files kept), ``restore_failed`` or
-``discarded`` (an operator discarded its saved state: ``agent discard-state``).
+(its memory failed verification: not resumed, state and memory files kept), ``restore_failed``,
+``not_started`` (its memory verified on ``verified_boot_id``, its unit did not start QEMU: ``error``
+says why; the unit's next start restores it on that boot's verdict) or ``discarded`` (an operator
+discarded its saved state: ``agent discard-state``).
 ``next_step`` reads the journal to tell a re-run (after a dead controller) where this host is.
 """
 
@@ -38,7 +40,9 @@ QEMU_UPDATE_PHASE = "qemu-update"
 # Phases whose journal writes (one per VM saved) do not render the metrics file: phase changes do.
 QUIET_METRICS_PHASES = ("saving",)
 # VM states that are final for one update.
-VM_FINAL = ("restored", "held", "restore_failed", "discarded")
+VM_FINAL = ("restored", "held", "restore_failed", "not_started", "discarded")
+# Final VM states that leave the VM down, its state kept: an operator must act.
+VM_NOT_RESUMED = ("held", "restore_failed", "not_started")
 
 
 def vm_done(state):
@@ -87,12 +91,13 @@ def next_step(j, boot_id, running_release=None, target_release=None, pid_alive=h
     vms = j.get("vms", {}) or {}
     phase = j.get("phase")
     same_boot = j.get("from_boot_id") == boot_id
-    held = sorted(n for n, v in vms.items() if v.get("state") in ("held", "restore_failed"))
+    held = sorted(n for n, v in vms.items() if v.get("state") in VM_NOT_RESUMED)
     if held:
         return "blocked", ("VMs not resumed after update %s: %s. Their state and memory files are kept; see "
-                           "`agent status`, recover each (agent verify NAME, systemctl start guestmemfs-vm@NAME) "
-                           "and re-run" % (j.get("update_id"), ", ".join(
-                               "%s (%s)" % (n, vms[n].get("state")) for n in held)))
+                           "`agent status`, recover each (held or restore_failed: agent verify NAME, then systemctl "
+                           "start guestmemfs-vm@NAME; not_started, its memory verified, its QEMU never started: fix "
+                           "what its error says, then systemctl start guestmemfs-vm@NAME) and re-run" % (
+                               j.get("update_id"), ", ".join("%s (%s)" % (n, vms[n].get("state")) for n in held)))
     if j.get("autonomous") and same_boot and phase in ("saving",) + SAVED_PHASES and pid_alive(j.get("saver_pid")):
         # The host's own update process (hostupdate.update_host) saves and kexecs by itself.
         return "wait", "the host's update process (pid %s) runs update %s (phase %s): it kexecs by itself" % (
@@ -227,7 +232,7 @@ def not_saved(j, boot_id):
 def at_stake(j=None, state_dir=None):
     """What a destructive step (mkfs on the backend, a cold reboot, dropping a memfd, re-recording
     the manifest) would destroy on this host: an update in flight, each VM the journal has not
-    finished with (saving, saved, restoring, held, restore_failed), each saved state file. [] when
+    finished with (saving, saved, restoring, held, restore_failed, not_started), each saved state file. [] when
     nothing is at stake. Those steps refuse otherwise: recover or discard each VM first."""
     j = load_journal() if j is None else j
     out = []

@@ -161,7 +161,7 @@ ansible_facts:
         vms_at_stake:
           description: What a cold reboot, a mkfs of the backend or a new manifest would destroy, one
             text each - an update in flight, a VM the journal has not finished with (saving, saved,
-            restoring, held, restore_failed), a saved state file. Empty when nothing is at stake.
+            restoring, held, restore_failed, not_started), a saved state file. Empty when nothing is at stake.
           type: list
           elements: str
         backend_mount:

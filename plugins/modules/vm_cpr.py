@@ -282,7 +282,7 @@ def _run(module):
         hostupdate.recover_interrupted_save(run)
         j = hostupdate.load_journal()
     if action == "restore":
-        saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved", "restore_failed", "held")
+        saved = [n for n, v in j.get("vms", {}).items() if v.get("state") in ("saved",) + journal.VM_NOT_RESUMED
                  and (names is None or n in names)]
         if module.check_mode or not saved:
             module.exit_json(changed=bool(saved), vms=j.get("vms", {}))
@@ -347,7 +347,7 @@ def _run(module):
         if bad:
             module.fail_json(msg="not resumed: %s. Their state and memory files are kept; the journal "
                                  "(/var/lib/guestmemfs-liveupdate/journal.json) says why" % "; ".join(
-                                     "%s %s (%s)" % (n, v.get("state"), (v.get("verify") or {}).get("detail") or v.get("error"))
+                                     "%s %s (%s)" % (n, v.get("state"), _why_not_resumed(v))
                                      for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
         module.exit_json(changed=False, done=True, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
                          **dict(_progress(j, vms), booted_release=j.get("booted_release"),
@@ -365,6 +365,12 @@ def _kexec_proof(module, j):
     target = j.get("kexec_target") or {}
     verdict, evidence = bootproof.verdict(proof, target.get("from_release"), target.get("release"), j.get("booted_as_loaded"))
     return dict(proof, verdict=verdict, evidence=evidence)
+
+
+def _why_not_resumed(v):
+    """A held VM's verdict; for the others (restore_failed, not_started) their error: their verdict was ok."""
+    verdict = (v.get("verify") or {}).get("detail")
+    return (verdict or v.get("error")) if v.get("state") == "held" else (v.get("error") or verdict)
 
 
 def _progress(j, vms):

@@ -422,13 +422,23 @@ def test_a_vm_its_agent_did_not_start_stays_verified_and_starts_with_its_unit(ho
     err = capsys.readouterr().err
     assert "vm1 NOT started: " in err and "br-late" in err and "systemctl start guestmemfs-vm@vm1.service" in err
     rec = journal.load_journal()["vms"]["vm1"]
-    assert rec["state"] == "restoring" and rec["verified_boot_id"] == "boot-b"  # its verdict stands
+    # Recorded in the journal, final for this update (a controller waiting on it learns now, not at its
+    # restore timeout), its verdict for this boot kept.
+    assert rec["state"] == "not_started" and rec["verified_boot_id"] == "boot-b" and "br-late" in rec["error"]
     assert os.path.exists(host.vms[0].state_path)
-    # the bridge came: the unit's start is the whole recovery
-    monkeypatch.setattr(hostupdate.confine, "_interface_exists", lambda name: True)
     monkeypatch.delenv("MAINPID")
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm2.service"]) == 0
+    j = journal.load_journal()
+    assert journal.update_progress(j, "boot-b", "u8")[0] == "done" and j["phase"] == "held"
+    step, why = journal.next_step(j, "boot-b")
+    assert step == "blocked" and "vm1 (not_started)" in why
+    # the bridge came: the unit's start is the whole recovery, on this boot's verdict
+    monkeypatch.setattr(hostupdate.confine, "_interface_exists", lambda name: True)
+    verified = []
+    monkeypatch.setattr(hostupdate.manifest, "verify_file", lambda entry: verified.append(entry) or {})
     assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 0
-    assert journal.load_journal()["vms"]["vm1"]["state"] == "restored"
+    j = journal.load_journal()
+    assert j["vms"]["vm1"]["state"] == "restored" and j["phase"] == "restored" and verified == []
     assert counting(host.vms[0], saved)
 
 

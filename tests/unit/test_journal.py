@@ -84,6 +84,16 @@ def test_restore_failed_blocks():
     assert step(j("verified", {"vm1": {"state": "restore_failed"}}), boot=BOOT_B) == "blocked"
 
 
+def test_a_vm_its_agent_did_not_start_is_final_and_blocks():
+    # Its unit refused to start QEMU after its memory verified (a bridge that never came): nothing
+    # more comes from this update unless an operator acts, so a controller must not wait for it.
+    journal_ = j("verified", {"vm1": {"state": "restored"}, "vm2": {"state": "not_started", "verified_boot_id": BOOT_B}})
+    assert journal.vm_done("not_started")
+    assert journal.update_progress(journal_, BOOT_B, journal_["update_id"])[0] == "done"
+    reason = next_step(journal_, BOOT_B, "7.3.5", "7.3.5")
+    assert reason[0] == "blocked" and "vm2 (not_started)" in reason[1]
+
+
 @pytest.fixture
 def host(tmp_path, monkeypatch):
     """A host's journal, VM configs and state files under tmp_path; boot id BOOT_A."""
@@ -200,6 +210,15 @@ def test_finish_after_kexec_is_restored_or_held(host):
     hostupdate.update_journal(journal.set_vm("vm2", state="restored"))
     hostupdate.finish_if_done()
     assert hostupdate.load_journal()["phase"] == "restored"
+
+
+def test_finish_after_kexec_with_a_vm_not_started_is_held(host):
+    saved_journal(host, vm1="saved", vm2="saved")
+    host["boot"]["id"] = BOOT_B
+    hostupdate.update_journal(journal.set_vm("vm1", state="restored"))
+    hostupdate.update_journal(journal.set_vm("vm2", state="not_started", verified_boot_id=BOOT_B))
+    hostupdate.finish_if_done()
+    assert hostupdate.load_journal()["phase"] == "held"
 
 
 def test_an_update_counts_one_ending_however_often_it_is_closed(host):

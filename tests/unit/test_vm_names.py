@@ -65,3 +65,16 @@ def test_vm_cpr_wait_with_poll_returns_where_the_restore_stands(monkeypatch, cap
     j["vms"]["vm2"]["state"] = "restored"
     rc, out = run_main(capsys, vm_cpr, {"action": "wait", "poll": 25, "timeout": 600})
     assert rc == 0 and out["done"] is True and out["restored"] == 2
+
+
+def test_vm_cpr_wait_fails_at_once_on_a_vm_its_unit_did_not_start(monkeypatch, capsys):
+    # Final, not resumed: the controller's wait ends on it (not at its timeout), naming it and why,
+    # not its memory's verdict (which was ok).
+    j = {"phase": "held", "update_id": "u1", "from_boot_id": "boot-a",
+         "vms": {"vm1": {"state": "restored"},
+                 "vm2": {"state": "not_started", "verify": {"status": "ok", "detail": "64 MiB sampled"},
+                         "error": "bridge br-late does not exist after 180s"}}}
+    monkeypatch.setattr(hostupdate, "load_journal", lambda *a, **kw: j)
+    monkeypatch.setattr(vm_cpr.time, "sleep", lambda s: None)
+    rc, out = run_main(capsys, vm_cpr, {"action": "wait", "poll": 25, "timeout": 600})
+    assert rc == 1 and "vm2 not_started (bridge br-late does not exist after 180s)" in out["msg"]
