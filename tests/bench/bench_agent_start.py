@@ -1,0 +1,84 @@
+"""Benchmark: what starting one of a VM unit's steps costs, by the agent's entry point.
+
+    python3 tests/bench/bench_agent_start.py [--runs 15] [--tree DIR] [--json FILE]
+
+Each VM's unit starts two agent processes (vm-run, vm-restore) inside its blackout, on a host still
+booting. This runs, interleaved, a fresh Python that goes as far as calling the step (the step
+itself replaced by a no-op) through each entry: ``agent`` (module_utils/agent: the whole command
+line, argparse) and ``agent_entry`` (the installed script's entry since it exists), and prints wall
+and CPU seconds (min, median) side by side with their ratio and the load. Stdlib only: on a host,
+``--tree /usr/lib/guestmemfs-liveupdate`` measures the agent installed there.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PROBE = ("import sys; sys.path.insert(0, %r); "
+         "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import hostupdate; "
+         "hostupdate.vm_run = lambda name: 0; "
+         "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.%s import main; "
+         "sys.exit(main(['vm-run', 'web1']))")
+# hostupdate is imported first by both: the import the step needs anyway, the same in both.
+ENTRIES = ("agent", "agent_entry")
+
+
+def one(tree, entry):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", PROBE % (tree, entry)], check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--tree", help="a directory holding ansible_collections/guestmemfs/liveupdate "
+                    "(default: this checkout)")
+    ap.add_argument("--json", help="also write the figures here")
+    a = ap.parse_args()
+    tree = a.tree
+    if not tree:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _collection import importable_collection
+        importable_collection()
+        tree = sys.path[0]
+    load = [os.getloadavg()[0]]
+    res = dict((e, {"wall": [], "cpu": []}) for e in ENTRIES)
+    for i in range(a.runs):
+        for entry in (ENTRIES if i % 2 == 0 else ENTRIES[::-1]):  # interleaved, the order alternating
+            wall, cpu = one(tree, entry)
+            res[entry]["wall"].append(wall)
+            res[entry]["cpu"].append(cpu)
+        if i % 5 == 4:
+            print("  %d of %d rounds" % (i + 1, a.runs), flush=True)
+    load.append(os.getloadavg()[0])
+    out = {"runs": a.runs, "load": load, "python": sys.version.split()[0], "entries": {}}
+    print("%-12s %10s %10s %10s %10s" % ("entry", "wall min", "wall med", "cpu min", "cpu med"))
+    for entry in ENTRIES:
+        r = res[entry]
+        row = dict(wall_min=min(r["wall"]), wall_median=statistics.median(r["wall"]),
+                   cpu_min=min(r["cpu"]), cpu_median=statistics.median(r["cpu"]))
+        out["entries"][entry] = row
+        print("%-12s %9.3fs %9.3fs %9.3fs %9.3fs" % (
+            entry, row["wall_min"], row["wall_median"], row["cpu_min"], row["cpu_median"]))
+    base, new = out["entries"]["agent"], out["entries"]["agent_entry"]
+    out["ratio"] = dict((k, round(new[k] / base[k], 3)) for k in base)
+    print("agent_entry / agent: wall min %.2f, median %.2f; cpu min %.2f, median %.2f (load %.2f -> %.2f, %d runs)" % (
+        out["ratio"]["wall_min"], out["ratio"]["wall_median"], out["ratio"]["cpu_min"], out["ratio"]["cpu_median"],
+        load[0], load[1], a.runs))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
