@@ -6,7 +6,8 @@ Each VM's unit starts two agent processes (vm-run, vm-restore) inside its blacko
 booting. This runs, interleaved, a fresh Python that goes as far as calling the step (the step
 itself replaced by a no-op) through each entry: ``agent`` (module_utils/agent: the whole command
 line, argparse) and ``agent_entry`` (the installed script's entry since it exists), and prints wall
-and CPU seconds (min, median) side by side with their ratio and the load. Stdlib only: on a host,
+and CPU seconds (min, median) side by side with their ratio and the load; ``agent_entry -I -S`` is
+the interpreter as the VM unit runs it (isolated, no ``site``: the agent is stdlib and its own tree). Stdlib only: on a host,
 ``--tree /usr/lib/guestmemfs-liveupdate`` measures the agent installed there.
 """
 
@@ -24,14 +25,16 @@ PROBE = ("import sys; sys.path.insert(0, %r); "
          "hostupdate.vm_run = lambda name: 0; "
          "from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.%s import main; "
          "sys.exit(main(['vm-run', 'web1']))")
-# hostupdate is imported first by both: the import the step needs anyway, the same in both.
-ENTRIES = ("agent", "agent_entry")
+# hostupdate is imported first by each: the import the step needs anyway, the same in all.
+# label -> (entry module, the interpreter's flags: -I -S as the units run it, without site's imports)
+ENTRIES = {"agent": ("agent", []), "agent_entry": ("agent_entry", []), "agent_entry -I -S": ("agent_entry", ["-I", "-S"])}
 
 
-def one(tree, entry):
+def one(tree, label):
+    entry, flags = ENTRIES[label]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", PROBE % (tree, entry)], check=True)
+    subprocess.run([sys.executable] + flags + ["-c", PROBE % (tree, entry)], check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -52,8 +55,9 @@ def main():
         tree = sys.path[0]
     load = [os.getloadavg()[0]]
     res = dict((e, {"wall": [], "cpu": []}) for e in ENTRIES)
+    order = list(ENTRIES)
     for i in range(a.runs):
-        for entry in (ENTRIES if i % 2 == 0 else ENTRIES[::-1]):  # interleaved, the order alternating
+        for entry in (order if i % 2 == 0 else order[::-1]):  # interleaved, the order alternating
             wall, cpu = one(tree, entry)
             res[entry]["wall"].append(wall)
             res[entry]["cpu"].append(cpu)
@@ -61,19 +65,21 @@ def main():
             print("  %d of %d rounds" % (i + 1, a.runs), flush=True)
     load.append(os.getloadavg()[0])
     out = {"runs": a.runs, "load": load, "python": sys.version.split()[0], "entries": {}}
-    print("%-12s %10s %10s %10s %10s" % ("entry", "wall min", "wall med", "cpu min", "cpu med"))
+    print("%-18s %10s %10s %10s %10s" % ("entry", "wall min", "wall med", "cpu min", "cpu med"))
     for entry in ENTRIES:
         r = res[entry]
         row = dict(wall_min=min(r["wall"]), wall_median=statistics.median(r["wall"]),
                    cpu_min=min(r["cpu"]), cpu_median=statistics.median(r["cpu"]))
         out["entries"][entry] = row
-        print("%-12s %9.3fs %9.3fs %9.3fs %9.3fs" % (
+        print("%-18s %9.3fs %9.3fs %9.3fs %9.3fs" % (
             entry, row["wall_min"], row["wall_median"], row["cpu_min"], row["cpu_median"]))
-    base, new = out["entries"]["agent"], out["entries"]["agent_entry"]
-    out["ratio"] = dict((k, round(new[k] / base[k], 3)) for k in base)
-    print("agent_entry / agent: wall min %.2f, median %.2f; cpu min %.2f, median %.2f (load %.2f -> %.2f, %d runs)" % (
-        out["ratio"]["wall_min"], out["ratio"]["wall_median"], out["ratio"]["cpu_min"], out["ratio"]["cpu_median"],
-        load[0], load[1], a.runs))
+    base = out["entries"]["agent"]
+    out["ratio"] = {}
+    for label in order[1:]:
+        r = out["ratio"][label] = dict((k, round(out["entries"][label][k] / base[k], 3)) for k in base)
+        print("%s / agent: wall min %.2f, median %.2f; cpu min %.2f, median %.2f" % (
+            label, r["wall_min"], r["wall_median"], r["cpu_min"], r["cpu_median"]))
+    print("load %.2f -> %.2f, %d interleaved rounds, Python %s" % (load[0], load[1], a.runs, out["python"]))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

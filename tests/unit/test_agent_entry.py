@@ -65,7 +65,7 @@ def test_the_start_benchmark_runs_both_entries_and_writes_its_figures(tmp_path):
     bench = os.path.join(os.path.dirname(__file__), "..", "bench", "bench_agent_start.py")
     out = subprocess.run([sys.executable, bench, "--runs", "1", "--json", str(tmp_path / "f.json")],
                          capture_output=True, text=True, check=True).stdout
-    assert "agent_entry / agent: wall min" in out
+    assert "agent_entry / agent: wall min" in out and "agent_entry -I -S / agent: wall min" in out
     import json
     figures = json.loads((tmp_path / "f.json").read_text())
-    assert set(figures["entries"]) == {"agent", "agent_entry"} and figures["runs"] == 1
+    assert set(figures["entries"]) == {"agent", "agent_entry", "agent_entry -I -S"} and figures["runs"] == 1

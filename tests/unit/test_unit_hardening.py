@@ -12,9 +12,9 @@ from test_backend_spec import TEMPLATES
 VM_SERVICE = """[Service]
 Type=simple
 # Cold start; or, with a saved state, verify its memory against the manifest, then -incoming defer.
-ExecStart=/usr/bin/python3 /usr/lib/guestmemfs-liveupdate/agent vm-run %i
+ExecStart=/usr/bin/python3 -I -S /usr/lib/guestmemfs-liveupdate/agent vm-run %i
 # Feed the saved state and resume (does nothing on a cold start).
-ExecStartPost=/usr/bin/python3 /usr/lib/guestmemfs-liveupdate/agent vm-restore %i
+ExecStartPost=/usr/bin/python3 -I -S /usr/lib/guestmemfs-liveupdate/agent vm-restore %i
 Restart=no
 TimeoutStartSec=600
 
