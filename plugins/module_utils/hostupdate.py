@@ -949,11 +949,12 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
                          "State %s and memory %s kept; run `agent verify %s`, then systemctl restart %s\n" % (
                              name, vm.state_path, vm.mem_path, name, UNIT % name))
         return 3
-    if rec.get("state") == "not_started":  # nothing ran on its memory
+    if rec.get("state") == "not_started" and rec.get("verified_boot_id") == journal.boot_id():
+        # nothing ran on its memory
         sys.stderr.write("%s NOT started: %s. Not resumed; its verdict for this boot stands (journal: not_started): "
                          "systemctl start %s restores it\n" % (name, rec.get("error"), UNIT % name))
         return 9
-    if rec.get("state") != "restoring":
+    if rec.get("state") not in VERIFIED_STATES:
         _give_quota(run, cpr.VM.load(name, conf_dir))
         return 0
     vm = cpr.VM.load(name, conf_dir)

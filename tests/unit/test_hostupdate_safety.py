@@ -354,6 +354,20 @@ def test_the_restore_does_not_wait_for_a_verification_that_ended_without_a_verdi
     assert journal.load_journal()["vms"]["vm1"]["state"] == "saved"  # nothing changed
 
 
+def test_a_vm_not_started_on_an_earlier_boot_is_not_said_to_stand_on_this_one(host, monkeypatch, capsys):
+    # Its agent on this boot died before its verdict (the journal still says not_started, of the
+    # boot before): not resumed, and the message says its memory is checked again, not that an old
+    # verdict stands.
+    save(host)
+    journal.update_journal(journal.set_vm("vm1", state="not_started", verified_boot_id=BOOT_A, error="no br0"))
+    host.boot["id"] = BOOT_B
+    monkeypatch.delenv("MAINPID", raising=False)
+    assert hostupdate.vm_restore("vm1", host.run, conf_dir=host.conf) == 3
+    err = capsys.readouterr().err
+    assert "verified on boot %s, not this one" % BOOT_A in err and "stands" not in err
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "not_started"  # nothing changed
+
+
 # 4. Power loss during the save.
 
 def _save_cut_short(host, monkeypatch, vm):
