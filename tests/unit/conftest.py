@@ -22,6 +22,39 @@ atexit.register(shutil.rmtree, _tree, True)  # removes the symlink, never what i
 sys.path.insert(0, os.path.join(ROOT, "tests", "fleet"))
 
 
+AGENT_TEMPLATE = os.path.join(ROOT, "roles", "qemu_vm", "templates", "agent.j2")
+
+
+def rendered_agent(path):
+    """The agent script as the qemu_vm role installs it (agent.j2), written to ``path``, its
+    collection path pointed at this checkout's tree. -> path"""
+    with open(AGENT_TEMPLATE) as fh:
+        text = fh.read().replace("{{ ansible_managed }}", "rendered for the tests")
+    assert '"/usr/lib/guestmemfs-liveupdate"' in text
+    with open(path, "w") as fh:
+        fh.write(text.replace('"/usr/lib/guestmemfs-liveupdate"', repr(_tree)))
+    return str(path)
+
+
+_AGENT_SCRIPT = rendered_agent(os.path.join(_tree, "agent"))
+
+
+def installed_agent(argv):
+    """Run the installed agent script with ``argv`` in this process (the tests' patches apply):
+    what ``python3 /usr/lib/guestmemfs-liveupdate/agent ARGV...`` exits with."""
+    import runpy
+
+    old = sys.argv
+    sys.argv = [_AGENT_SCRIPT] + list(argv)
+    try:
+        runpy.run_path(_AGENT_SCRIPT, run_name="__main__")
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+    raise AssertionError("the agent script ended without sys.exit")
+
+
 def bzimage(path, version):
     """The first bytes of a bzImage: the setup header's magic and version pointer (boot protocol)."""
     data = bytearray(0x400)

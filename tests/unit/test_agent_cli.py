@@ -6,7 +6,9 @@ import subprocess
 
 import pytest
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import agent, agent_entry, hostupdate, memfd_holder
+from conftest import installed_agent
+
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import agent, hostupdate, memfd_holder
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -22,14 +24,18 @@ def test_help_lists_every_subcommand(capsys):
                                   ["luo"], ["luo", "ensure", "vm1"], ["luo", "ensure", "vm1", "big"],
                                   ["luo", "retrieve", "vm1"], ["luo", "bogus"], ["reboot"],
                                   ["vm-restore", "Bad Name"], ["vm-run", "--", "-x"]])
-@pytest.mark.parametrize("entry", [agent, agent_entry])  # the installed script's entry: the same refusals
-def test_bad_arguments_are_refused_before_anything_acts(argv, entry, capsys, monkeypatch):
+@pytest.mark.parametrize("installed", [False, True])  # the installed script: the same refusals
+def test_bad_arguments_are_refused_before_anything_acts(argv, installed, capsys, monkeypatch):
     monkeypatch.setattr(memfd_holder, "request", lambda *a, **kw: pytest.fail("acted"))
     monkeypatch.setattr(hostupdate, "vm_run", lambda *a, **kw: pytest.fail("acted"))
     monkeypatch.setattr(hostupdate, "vm_restore", lambda *a, **kw: pytest.fail("acted"))
-    with pytest.raises(SystemExit) as exc:
-        entry.main(argv)
-    assert exc.value.code == 2 and "usage: agent" in capsys.readouterr().err
+    if installed:
+        code = installed_agent(argv)
+    else:
+        with pytest.raises(SystemExit) as exc:
+            agent.main(argv)
+        code = exc.value.code
+    assert code == 2 and "usage: agent" in capsys.readouterr().err
 
 
 def test_subcommands_reach_their_steps(monkeypatch, capsys):
