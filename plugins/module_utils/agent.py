@@ -186,9 +186,7 @@ def status_summary(j, boot):
     lines = ["update %s: phase %s%s" % (j.get("update_id") or "-", j.get("phase") or "none (no update yet)",
                                         "" if j.get("from_boot_id") in (None, boot) else " (saved on an earlier boot)")]
     for name, v in sorted(vms.items()):
-        detail = (v.get("verify") or {}).get("detail") or v.get("error")
-        if v.get("state") in ("restore_failed", "not_started"):  # their verdict was ok: what went wrong after it
-            detail = v.get("error") or detail
+        detail = journal.vm_detail(v)
         lines.append("  %s: %s%s" % (name, v.get("state", "?"), " (%s)" % detail if detail else ""))
     if not vms:
         lines.append("  no VMs in the journal")

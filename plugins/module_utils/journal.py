@@ -45,6 +45,15 @@ VM_FINAL = ("restored", "held", "restore_failed", "not_started", "discarded")
 VM_NOT_RESUMED = ("held", "restore_failed", "not_started")
 
 
+def vm_detail(v):
+    """What to say of VM record ``v``: its memory's verdict, or for a VM whose verdict was ok and
+    that failed after it (restore_failed, not_started) its error."""
+    verdict = (v.get("verify") or {}).get("detail")
+    if v.get("state") in ("restore_failed", "not_started"):
+        return v.get("error") or verdict
+    return verdict or v.get("error")
+
+
 def vm_done(state):
     """Whether a VM in ``state`` needs nothing more from its update: final, or ``down ...`` (its QEMU
     died with its save, or the host rebooted during it: no state to restore; its unit boots it afresh)."""

@@ -347,7 +347,7 @@ def _run(module):
         if bad:
             module.fail_json(msg="not resumed: %s. Their state and memory files are kept; the journal "
                                  "(/var/lib/guestmemfs-liveupdate/journal.json) says why" % "; ".join(
-                                     "%s %s (%s)" % (n, v.get("state"), _why_not_resumed(v))
+                                     "%s %s (%s)" % (n, v.get("state"), journal.vm_detail(v))
                                      for n, v in sorted(bad.items())), vms=vms, update_id=j.get("update_id"))
         module.exit_json(changed=False, done=True, vms=vms, update_id=j.get("update_id"), phase=j.get("phase"),
                          **dict(_progress(j, vms), booted_release=j.get("booted_release"),
@@ -365,12 +365,6 @@ def _kexec_proof(module, j):
     target = j.get("kexec_target") or {}
     verdict, evidence = bootproof.verdict(proof, target.get("from_release"), target.get("release"), j.get("booted_as_loaded"))
     return dict(proof, verdict=verdict, evidence=evidence)
-
-
-def _why_not_resumed(v):
-    """A held VM's verdict; for the others (restore_failed, not_started) their error: their verdict was ok."""
-    verdict = (v.get("verify") or {}).get("detail")
-    return (verdict or v.get("error")) if v.get("state") == "held" else (v.get("error") or verdict)
 
 
 def _progress(j, vms):
