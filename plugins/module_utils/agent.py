@@ -287,10 +287,12 @@ def parser():
     s.add_argument("--boot", action="store_true", help="at boot (guestmemfs-verify.service): only finalise what "
                    "the end of the last boot cut short and record this boot; each VM's unit verifies its own memory")
     s.set_defaults(func=_verify)
-    s = sub.add_parser("vm-run", help="the VM unit's ExecStart: cold start, or QEMU -incoming defer")
+    s = sub.add_parser("vm-run", help="the VM unit's ExecStart: cold start, or QEMU -incoming defer; under "
+                       "its Type=notify unit also the restore (forked), READY=1 once the VM runs")
     s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_run(a.name))
-    s = sub.add_parser("vm-restore", help="the VM unit's ExecStartPost: finish a restore and resume")
+    s = sub.add_parser("vm-restore", help="finish the restore of a QEMU that vm-run started with -incoming defer "
+                       "and resume it: by hand, or as ExecStartPost of a unit rendered by an earlier version")
     s.add_argument("name", metavar="NAME", type=vm_name)
     s.set_defaults(func=lambda a: hostupdate.vm_restore(a.name, subprocess.call))
     s = sub.add_parser("discard-state", help="discard VM NAME's saved state on purpose (journaled; kept aside): "

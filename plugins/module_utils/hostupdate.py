@@ -16,13 +16,16 @@ __metaclass__ = type
 import contextlib
 import fcntl
 import os
+import select
+import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, cpu_quota, manifest, vmdef
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal, proofs
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal, proofs, sd_notify
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import preservability as pres
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import (
     DEFAULT_BACKEND, backend_of, by_backend, get_backend)
@@ -421,13 +424,19 @@ def _wait_for_nics(vm, launch, verified=False):
     return None
 
 
-def _exec(vm, argv, launch, verified=False):
-    """Become the VM's QEMU (confine.exec_qemu); returns an exit code only when it refused."""
+def _become_qemu(vm, argv, launch, run, conf_dir, restoring=False):
+    """Become the VM's QEMU (confine.exec_qemu), the rest of the unit's start forked beside it first
+    (fork_unit_step: none run by hand); returns an exit code only when it refused."""
+    refused = None
     try:
+        refused = fork_unit_step(lambda main: unit_started(vm.name, run, conf_dir, restoring, main))
         confine.exec_qemu(vm, argv, launch)
     except (confine.ConfineError, OSError) as exc:
-        return _not_started(vm, "%s. Its memory %s and any saved state are kept; fix that, then start its unit "
-                            "again" % (exc, vm.mem_path), verified)
+        why = "%s. Its memory %s and any saved state are kept; fix that, then start its unit again" % (exc, vm.mem_path)
+        code = _not_started(vm, why, restoring)
+        if refused:
+            refused(why)
+        return code
     return 0
 
 
@@ -824,9 +833,12 @@ def discard_state(name, conf_dir=None):
         return 5, str(exc)
 
 
-def vm_run(name, conf_dir=cpr.CONF_DIR):
+def vm_run(name, conf_dir=cpr.CONF_DIR, run=None):
     """The VM unit's ExecStart: a cold start, or, with a saved state whose memory verified, QEMU
-    with -incoming defer. A VM whose state file exists is never cold-started."""
+    with -incoming defer. A VM whose state file exists is never cold-started. Under its unit
+    (Type=notify) this process forks the rest of the start (unit_started: the restore, the CPU quota,
+    then READY=1) and becomes QEMU: no second agent start per VM. ``run(argv) -> rc`` runs systemctl."""
+    run = run or subprocess.call
     vm = cpr.VM.load(name, conf_dir)
     refusal = backend_of(vm).start_refusal(vm, ROOT)
     if refusal:
@@ -837,7 +849,7 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
     if not os.path.exists(vm.state_path):
         argv, launch = vm.argv(), vm.cold_launch()
         record_argv(name, argv, launch)
-        return _wait_for_nics(vm, launch) or _exec(vm, argv, launch)
+        return _wait_for_nics(vm, launch) or _become_qemu(vm, argv, launch, run, conf_dir)
     rec = load_journal().get("vms", {}).get(name, {})
     if rec.get("state") == "saved" or (
             rec.get("state") in VERIFIED_STATES and rec.get("verified_boot_id") != journal.boot_id()):
@@ -861,7 +873,7 @@ def vm_run(name, conf_dir=cpr.CONF_DIR):
         if refused:
             return refused
         record_argv(name, base, launch)
-        return _exec(vm, vmdef.incoming_argv(base), launch, verified=True)
+        return _become_qemu(vm, vmdef.incoming_argv(base), launch, run, conf_dir, restoring=True)
     if rec.get("state") == "held":
         sys.stderr.write("%s NOT resumed: %s. State %s and memory %s are kept. Recover: check the backend, "
                          "then restore the memory file from a copy and run `agent verify`, or boot the VM "
@@ -964,7 +976,6 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
                              name, rec.get("verified_boot_id"), vm.state_path, vm.mem_path, name, UNIT % name))
         return 3
 
-    vm.launch = rec.get("launch")
     connect_wait = RESTORE_CONNECT_WAIT_S
     if _main_exited(name):
         why = _refused_by(name, os.environ["MAINPID"])
@@ -973,6 +984,14 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
                              "systemctl start %s restores it\n" % (name, why, UNIT % name))
             return 9
         connect_wait = 0  # QEMU came and went: nothing will answer on its QMP socket
+    return _resume(vm, rec, update_id, run, connect_wait, os.environ.get("MAINPID"))
+
+
+def _resume(vm, rec, update_id, run, connect_wait, main_pid):
+    """Feed its saved state to the VM's QEMU (started with -incoming defer on memory verified for
+    this boot), resume it, journal it; then its CPU quota. 0, or 1 once journaled restore_failed."""
+    name = vm.name
+    vm.launch = rec.get("launch")
 
     def resuming(vm):  # from cont on, the VM's memory runs past its saved state
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
@@ -981,7 +1000,7 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
         r = cpr.restore(vm, connect_wait=connect_wait, before_cont=resuming)
     except Exception as exc:
         if not connect_wait:
-            exc = "its QEMU (the unit's main process %s) exited before its restore: %s" % (os.environ["MAINPID"], exc)
+            exc = "its QEMU (the unit's main process %s) exited before its restore: %s" % (main_pid, exc)
         update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                        msg="%s restore failed: %s" % (name, exc))
         events.emit("failure", update_id, name, outcome="failed", detail="restore failed: %s; state %s and memory %s "
@@ -1000,6 +1019,130 @@ def vm_restore(name, run, conf_dir=cpr.CONF_DIR):
     _give_quota(run, vm)
     finish_if_done()
     return 0
+
+
+class _UnitMain(object):
+    """The unit's main process as the forked step (unit_started) sees it: the agent that becomes
+    QEMU. ``pidfd`` (pidfd_open(2)): no pid reused by another process is ever signalled; ``exec_pipe``:
+    the read end of a close-on-exec pipe, at EOF once the agent became QEMU (or died), a text if it
+    refused (_become_qemu)."""
+
+    def __init__(self, pid, pidfd, exec_pipe):
+        self.pid, self.pidfd, self.exec_pipe = pid, pidfd, exec_pipe
+
+    def refused(self):
+        """Blocks until the agent became QEMU (None) or refused to (why)."""
+        chunks = []
+        while True:
+            chunk = os.read(self.exec_pipe, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace") or None
+
+    def exited(self):
+        p = select.poll()
+        p.register(self.pidfd, select.POLLIN)
+        return bool(p.poll(0))
+
+    def stop(self):
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        except OSError as exc:  # the unit fails at its start's timeout instead
+            sys.stderr.write("could not stop QEMU (pid %s): %s\n" % (self.pid, exc))
+
+    def __str__(self):
+        return str(self.pid)
+
+
+def fork_unit_step(step):
+    """Under a Type=notify unit (systemd gave $NOTIFY_SOCKET), run ``step(main)`` (a _UnitMain) in a
+    process of its own and return ``refused(why)``, which the agent calls if it does not become QEMU
+    after all; else None (run by hand, or by a unit written before: its ExecStartPost restores).
+    The step is forked twice so that systemd, not QEMU, reaps it; it inherits the agent's imports."""
+    if not sd_notify.address():
+        return None
+    main = os.getpid()
+    pidfd = os.pidfd_open(main)
+    r, w = os.pipe2(os.O_CLOEXEC)  # w closes at QEMU's exec: the step's EOF
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        code = 70
+        try:
+            os.close(w)
+            if os.fork() == 0:
+                try:
+                    code = step(_UnitMain(main, pidfd, r))
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(r)
+    os.close(pidfd)
+    if os.waitpid(child, 0)[1]:  # its own fork failed: no step would restore the VM or say READY
+        os.close(w)
+        raise OSError("could not fork the unit's restore step")
+
+    def refused(why):
+        try:
+            os.write(w, why.encode("utf-8", "replace")[:60000])
+        finally:
+            os.close(w)
+    return refused
+
+
+def unit_started(name, run, conf_dir, restoring, main):
+    """The rest of the VM unit's start, beside its main process (fork_unit_step): once the agent is
+    QEMU, the restore (with a saved state) and the CPU quota, then READY=1: ``systemctl start``
+    returns once the VM runs (the QEMU update relies on it). A restore that failed before ``cont``
+    stops QEMU (nothing ran on the memory; the unit fails, as its ExecStartPost made it fail
+    before); one that may have resumed the guest never does: READY=1, the journal says what."""
+    why = main.refused()
+    if why is not None:  # vm_run said it and journaled it; the unit fails with its exit code
+        return 9
+    vm = cpr.VM.load(name, conf_dir)
+    if not restoring:
+        _give_quota(run, vm)
+        _ready("%s running (started afresh)" % name)
+        return 0
+    rc, status = 1, None
+    try:
+        j = load_journal()
+        rec = j.get("vms", {}).get(name, {})
+        if rec.get("state") not in VERIFIED_STATES or rec.get("verified_boot_id") != journal.boot_id():
+            status = "%s: journal state %s, verified on boot %s: not restored by this start" % (
+                name, rec.get("state"), rec.get("verified_boot_id"))
+        else:
+            rc = _resume(vm, rec, j.get("update_id"), run, 0 if main.exited() else RESTORE_CONNECT_WAIT_S, main)
+    except Exception as exc:  # a journal that cannot be written, a state file that cannot be renamed
+        status = "%s: its restore step failed: %s" % (name, exc)
+    if rc == 0:
+        _ready("%s restored" % name)
+        return 0
+    if status:
+        sys.stderr.write(status + "\n")
+    try:
+        resumed = (load_journal().get("vms", {}).get(name, {}).get("resuming_boot_id") == journal.boot_id())
+    except Exception:  # cannot tell: never stop a QEMU that may run the guest
+        resumed = True
+    if resumed:
+        sys.stderr.write("%s: its QEMU was told to resume it: left running, not stopped (agent status)\n" % name)
+        _ready("%s resumed, its restore step failed: see the journal" % name)
+        return rc
+    main.stop()  # paused, never resumed: its state and memory stay as they were
+    return rc
+
+
+def _ready(status):
+    sd_notify.notify("READY=1\nSTATUS=%s" % status)
+    sd_notify.barrier()
 
 
 def _give_quota(run, vm):

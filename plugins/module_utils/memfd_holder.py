@@ -20,7 +20,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import array
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ import stat
 import sys
 import time
 
-from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest, vmdef
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import cpr, journal, luo, manifest, sd_notify, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.cpr import LUO_LINK_DIR, RUN_DIR
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.journal import (
     SAVED_PHASES, VM_FINAL, load_journal, update_journal)
@@ -58,18 +57,7 @@ def token_for(index):
 # -- systemd's fd store (sd_notify with SCM_RIGHTS), stdlib only ---------------------------------
 
 def _notify(text, fds=()):
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        s.sendmsg([text.encode()], anc, 0, addr)
-    finally:
-        s.close()
-    return True
+    return sd_notify.notify(text, fds)
 
 
 def store_fd(name, fd):

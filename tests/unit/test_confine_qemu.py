@@ -29,6 +29,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
 
 from counter_guest import counter_guest, read_counter
 from test_host_update import Exec, Kexec, qemu_major
+from unit_stand_in import UnitSteps
 
 MiB = 1024 * 1024
 USER = "nobody"
@@ -114,6 +115,8 @@ def host(monkeypatch):
         raise Exec()
     monkeypatch.setattr(confine, "become", become)
     monkeypatch.setattr(hostupdate.os, "execvp", spawn)
+    steps = UnitSteps(procs)  # the unit's step forked beside its agent, run here once QEMU started
+    monkeypatch.setattr(hostupdate, "fork_unit_step", steps.fork)
     conf_dir = os.path.join(base, "conf")
     os.makedirs(conf_dir, 0o700)
     run_dir = os.path.join(base, "run")
@@ -131,10 +134,10 @@ def host(monkeypatch):
 
     def unit(name):
         try:
-            rc = hostupdate.vm_run(name, conf_dir=conf_dir)
+            rc = hostupdate.vm_run(name, conf_dir=conf_dir, run=run)
         except Exec:
             rc = 0
-        return rc or hostupdate.vm_restore(name, run, conf_dir=conf_dir)
+        return rc or steps.run_step()
 
     def run(argv):
         assert argv[:2] == ["systemctl", "start"], argv

@@ -2,22 +2,30 @@
 guest): one process saves every VM, records the manifest, syncs and kexecs - the kexec itself is
 the only stand-in (reboot(2) raises Kexec here, and a "new boot" is a new boot id) - then the
 boot-time verify and each VM's unit restore them, and the guest counts on from where it stopped.
-The VM units are stand-ins for systemd that run the agent's own vm-run and vm-restore in this
-process, with QEMU started instead of exec'd. No test reaches a real reboot, kexec or mount.
+The VM units are stand-ins for systemd that run the agent's own vm-run and the step it forks in this
+process, with QEMU started instead of exec'd; start_real_unit runs them as systemd does, in processes
+of their own, QEMU exec'd. No test reaches a real reboot, kexec or mount.
 
 This machine's QEMU (7.2) predates cpr-reboot and file: migration (QEMU 9): Older translates those
 two, and only those, into what 7.2 has - the same stop, x-ignore-shared migration of the device
 state, quit, -incoming defer and cont - so the VMs really stop, save, quit and resume on their
 memory files; a QEMU 9 or newer is driven as it is."""
 
+import array
+import errno
 import json
 import os
 import re
+import select
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -25,6 +33,7 @@ from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
     agent, cpr, durable, events, hostupdate, journal, luo, manifest, qmp, vmdef)
 
 from counter_guest import counter_guest, read_counter
+from unit_stand_in import UnitSteps
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
                                 reason="qemu-system-x86 is installed by scripts/bootstrap")
@@ -113,6 +122,8 @@ def host(tmp_path, monkeypatch, request):
         procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         raise Exec()
     monkeypatch.setattr(hostupdate.os, "execvp", spawn)
+    steps = UnitSteps(procs)  # the unit's step forked beside its agent, run here once QEMU started
+    monkeypatch.setattr(hostupdate, "fork_unit_step", steps.fork)
 
     # CPU quotas as systemd keeps them: the unit file's (its drop-in's CPUQuota=), overridden until
     # the next boot by set-property --runtime (quota[name]); start_quota: each start's, as it began.
@@ -129,10 +140,10 @@ def host(tmp_path, monkeypatch, request):
         """systemctl start guestmemfs-vm@NAME: ExecStart (vm-run), then ExecStartPost (vm-restore)."""
         start_quota.setdefault(name, []).append(effective_quota(name))
         try:
-            rc = hostupdate.vm_run(name, conf_dir=str(conf))
+            rc = hostupdate.vm_run(name, conf_dir=str(conf), run=run)
         except Exec:
             rc = 0
-        return rc or hostupdate.vm_restore(name, run, conf_dir=str(conf))
+        return rc or steps.run_step()
     calls = []
 
     def run(argv):
@@ -440,6 +451,193 @@ def test_a_vm_its_agent_did_not_start_stays_verified_and_starts_with_its_unit(ho
     j = journal.load_journal()
     assert j["vms"]["vm1"]["state"] == "restored" and j["phase"] == "restored" and verified == []
     assert counting(host.vms[0], saved)
+
+
+# -- the VM unit as systemd runs it (Type=notify): the agent forks the rest of the start, execs QEMU --
+
+REAL_EXECVP = os.execvp  # before any fixture stands in for it
+REAL_FORK_UNIT_STEP = hostupdate.fork_unit_step
+
+
+def start_real_unit(host, monkeypatch, request, name, timeout=180):
+    """systemd starting guestmemfs-vm@NAME (Type=notify, NotifyAccess=all), but for systemd itself:
+    the agent's vm_run in a process of its own with $NOTIFY_SOCKET, really forking its step and
+    really exec'ing QEMU; the socket read as systemd reads it (each BARRIER's fd closed at once).
+    -> (main pid, its wait status or None while it runs, [(sender pid, text, the VM's journal state
+    when it came)] up to READY=1 or the main process's end, the unit's output file)."""
+    path = str(host.dir / "notify")
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    request.addfinalizer(sock.close)
+    sock.bind(path)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setattr(hostupdate, "fork_unit_step", REAL_FORK_UNIT_STEP)
+    log = host.dir / ("%s.unit.log" % name)
+    pid = os.fork()
+    if pid == 0:
+        rc = 99
+        try:
+            fd = os.open(str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            sys.stdout = sys.stderr = open(fd, "w", buffering=1)
+            os.execvp = REAL_EXECVP
+            rc = hostupdate.vm_run(name, conf_dir=host.conf, run=host.run)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(rc)
+
+    def reap():
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+    request.addfinalizer(reap)
+    messages, status = [], None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], 0.2)[0]:
+            data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(16 * 4) + socket.CMSG_SPACE(12))
+            sender = None
+            for level, kind, payload in anc:
+                if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                    for fd in array.array("i", payload[:len(payload) - len(payload) % 4]):
+                        os.close(fd)  # BARRIER=1: systemd has read what came before
+                elif (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                    sender = struct.unpack("3i", payload[:12])[0]
+            state = journal.load_journal().get("vms", {}).get(name, {}).get("state")
+            messages.append((sender, data.decode(), state))
+            if "READY=1" in data.decode():
+                break
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+    return pid, status, messages, log
+
+
+def exe(pid):
+    return os.path.basename(os.readlink("/proc/%d/exe" % pid))
+
+
+def after_update(host, monkeypatch, update_id):
+    """Saved and "kexec'd" onto boot-b; -> what vm1's guest had counted when it was saved."""
+    kexec = loaded(host, monkeypatch)
+    with pytest.raises(Kexec):
+        hostupdate.update_host(host.run, conf_dir=host.conf, mode="sampled", update_id=update_id)
+    kexec()
+    return read_counter(host.vms[0].mem_path)
+
+
+def test_the_units_agent_becomes_qemu_and_its_forked_step_restores_the_vm_then_says_ready(host, monkeypatch, request):
+    # One agent process per VM unit: its main process verifies, forks the rest of the start and
+    # becomes QEMU (no ExecStartPost: a second agent start on a booting host, per VM). systemctl
+    # start returns at READY=1, which comes once the VM runs again, from the forked step.
+    saved = after_update(host, monkeypatch, "u20")
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    assert status is None, log.read_text()
+    assert [m[1].split("\n")[0] for m in messages] == ["READY=1"], (messages, log.read_text())
+    sender, text, state = messages[0]
+    assert state == "restored" and "STATUS=vm1 restored" in text  # READY only once it runs
+    assert sender not in (None, pid) and exe(pid).startswith("qemu-system")  # the main process is QEMU
+    assert counting(host.vms[0], saved)
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["blackout_s"] > 0 and not os.path.exists(host.vms[0].state_path)
+
+
+def test_a_restore_that_fails_before_cont_stops_the_units_qemu_and_keeps_state_and_memory(host, monkeypatch, request):
+    # As an ExecStartPost that failed made the unit fail: its QEMU, paused and never resumed, ends
+    # (at once, not at the start's timeout: it exits on a failed load, or the step stops it);
+    # nothing ran on the memory; no READY.
+    saved = after_update(host, monkeypatch, "u21")
+    state = host.vms[0].state_path
+    with open(state, "wb") as fh:
+        fh.write(b"not a migration stream")
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    assert status is not None, log.read_text()
+    assert not any("READY=1" in m[1] for m in messages)
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "restore_failed" and "resuming_boot_id" not in rec
+    assert open(state, "rb").read() == b"not a migration stream" and read_counter(host.vms[0].mem_path) == saved
+    assert "vm1: restore failed: " in log.read_text()
+
+
+def test_a_restore_step_that_fails_before_the_load_stops_the_paused_qemu_itself(host, monkeypatch, request):
+    # A QEMU that is not told to load anything waits, paused, for ever: the step stops it (SIGTERM
+    # through its pidfd), the unit ends now rather than at its start's timeout.
+    saved = after_update(host, monkeypatch, "u24")
+
+    def refused(q):
+        raise qmp.QMPError("migrate-set-capabilities refused (injected)")
+    monkeypatch.setattr(cpr, "_prepare_migration", refused)
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    # QEMU ends on SIGTERM with exit 0: before READY=1, systemd fails the unit all the same
+    assert status is not None and "terminating on signal 15" in log.read_text(), log.read_text()
+    assert not any("READY=1" in m[1] for m in messages)
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "restore_failed" and "injected" in rec["error"] and "resuming_boot_id" not in rec
+    assert os.path.exists(host.vms[0].state_path) and read_counter(host.vms[0].mem_path) == saved
+
+
+def test_a_restore_that_fails_after_cont_never_stops_the_guest_it_may_have_resumed(host, monkeypatch, request):
+    # cont was sent and its RESUME event never seen: the guest may run, past its saved state. The old
+    # ExecStartPost failed and systemd stopped the unit, QEMU with it; the step says READY instead.
+    saved = after_update(host, monkeypatch, "u22")
+    base = cpr.QMP
+
+    class NoResumeSeen(base):
+        def wait_event(self, name, timeout, match=None):
+            if name == "RESUME":
+                raise qmp.QMPError("no RESUME event within %ss (injected)" % timeout)
+            return base.wait_event(self, name, timeout, match)
+    monkeypatch.setattr(cpr, "QMP", NoResumeSeen)
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    assert status is None and any("READY=1" in m[1] for m in messages), log.read_text()
+    assert "its restore step failed" in messages[-1][1]
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "restore_failed" and rec["resuming_boot_id"] == "boot-b" and "injected" in rec["error"]
+    assert exe(pid).startswith("qemu-system") and counting(host.vms[0], saved)
+    assert "left running, not stopped" in log.read_text()
+
+
+def test_an_agent_that_cannot_become_qemu_tells_its_forked_step_which_then_does_nothing(host, monkeypatch, request):
+    # The refusal reaches the step through the close-on-exec pipe: it neither waits QMP's minute nor
+    # journals a restore_failed over the agent's not_started (this boot's verdict kept).
+    after_update(host, monkeypatch, "u23")
+
+    def refuse(vm, argv, launch):
+        raise hostupdate.confine.ConfineError("user qemu-vm1 does not exist (injected)")
+    monkeypatch.setattr(hostupdate.confine, "exec_qemu", refuse)
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 9, log.read_text()
+    assert messages == []
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "not_started" and "injected" in rec["error"] and rec["verified_boot_id"] == "boot-b"
+    assert os.path.exists(host.vms[0].state_path)
+
+
+def test_a_restore_step_that_cannot_be_forked_leaves_the_vm_not_started_and_verified(host, monkeypatch, request):
+    # Nothing would restore the VM or end the unit's start (it would wait out its timeout, then kill
+    # the QEMU): the agent does not become QEMU; the VM is not_started, its verdict kept.
+    after_update(host, monkeypatch, "u25")
+    real_fork, forks = os.fork, [0]
+
+    def fork():  # this test's own, the agent's, then the agent's child's: the last one fails
+        forks[0] += 1
+        if forks[0] == 3:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable (injected)")
+        return real_fork()
+    monkeypatch.setattr(os, "fork", fork)
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 9, log.read_text()
+    assert messages == []
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "not_started" and "could not fork the unit's restore step" in rec["error"]
+    assert rec["verified_boot_id"] == "boot-b" and os.path.exists(host.vms[0].state_path)
 
 
 def test_a_unit_whose_qemu_came_and_went_is_restore_failed_not_left_verified(host, monkeypatch):

@@ -613,7 +613,7 @@ def test_a_vm_unit_that_starts_first_finalises_a_cut_short_save_before_it_starts
     _save_cut_short(host, monkeypatch, "vm2")  # vm1 saved, vm2 had no complete state
     host.boot["id"] = BOOT_B
     started = []
-    monkeypatch.setattr(hostupdate, "_exec", lambda vm, argv, launch: started.append(
+    monkeypatch.setattr(hostupdate, "_become_qemu", lambda vm, argv, launch, run, conf_dir: started.append(
         (vm.name, journal.load_journal()["vms"][vm.name]["state"])) or 0)
     monkeypatch.setattr(hostupdate, "record_argv", lambda name, argv, launch: None)
     monkeypatch.setattr(cpr.VM, "argv", lambda vm: ["qemu-system-x86_64", "-name", vm.name])

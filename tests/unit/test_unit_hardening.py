@@ -10,11 +10,13 @@ import pytest
 from test_backend_spec import TEMPLATES
 
 VM_SERVICE = """[Service]
-Type=simple
+Type=notify
 # Cold start; or, with a saved state, verify its memory against the manifest, then -incoming defer.
+# The agent forks the rest of the start (feed the saved state and resume, or nothing on a cold
+# start; then the CPU quota) and becomes QEMU: the unit's main process is QEMU from then on, and
+# the forked step's READY=1 ends the start once the VM runs.
 ExecStart=/usr/bin/python3 -I -S /usr/lib/guestmemfs-liveupdate/agent vm-run %i
-# Feed the saved state and resume (does nothing on a cold start).
-ExecStartPost=/usr/bin/python3 -I -S /usr/lib/guestmemfs-liveupdate/agent vm-restore %i
+NotifyAccess=all
 Restart=no
 TimeoutStartSec=600
 
@@ -49,16 +51,19 @@ SystemCallArchitectures=native
 # root before confinement, its bridge helper's ioctls (inet).
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 # The agent's: give QEMU its files (CHOWN, FOWNER, DAC_*), become its user (SETUID, SETGID), open
-# taps (NET_ADMIN), follow the luo holder's memfd link (SYS_PTRACE: read access to the holder).
+# taps (NET_ADMIN), follow the luo holder's memfd link (SYS_PTRACE: read access to the holder),
+# stop the QEMU whose restore failed before it resumed (KILL: QEMU runs as another user).
 # A QEMU started as root before confinement keeps what it used (NET_ADMIN for its bridge helper).
-CapabilityBoundingSet=CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETUID CAP_SETGID CAP_NET_ADMIN CAP_SYS_PTRACE CAP_IPC_LOCK CAP_SYS_RESOURCE
+CapabilityBoundingSet=CAPS
 UMask=0077
 # Not MemoryDenyWriteExecute: TCG translates guest code into host code at run time (a JIT), which
 # needs writable and executable memory.
 
 [Install]
 WantedBy=multi-user.target
-"""
+""".replace("CAPS", " ".join(
+    "CAP_" + c for c in ("CHOWN FOWNER DAC_OVERRIDE DAC_READ_SEARCH SETUID SETGID NET_ADMIN SYS_PTRACE KILL IPC_LOCK "
+                         "SYS_RESOURCE").split()))
 
 
 def render(name, backend, user="guestmemfs-qemu", metrics="/var/lib/node_exporter/textfile_collector"):
