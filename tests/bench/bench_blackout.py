@@ -36,6 +36,7 @@ run is a failed one.
 """
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -225,9 +226,15 @@ def host_blackout(stops, resumes):
     return round(max(resumes) - min(stops), 3)
 
 
-def collection_run(state, inventory, hosts, forks, out, checks=None):
+def vm_blackouts(stops, resumes):
+    """{vm: its own STOP -> RESUME, seconds}: which VM made the host's blackout."""
+    return dict((n, round(resumes[n] - stops[n], 3)) for n in resumes if n in stops)
+
+
+def collection_run(state, inventory, hosts, forks, out, checks=None, per_vm=None):
     """liveupdate.yml over ``hosts`` as one wave -> {host: blackout_s}; ``checks`` gets each host's
-    memory check (full while its kernel pair is unproven, then sampled)."""
+    memory check (full while its kernel pair is unproven, then sampled), ``per_vm`` each host's
+    vm_blackouts."""
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
     other = ssh(state, hosts[0], OTHER_KERNEL)
     # One target for the wave: every host must run the same kernel (a host already on the target is
@@ -252,6 +259,9 @@ def collection_run(state, inventory, hosts, forks, out, checks=None):
             states = dict((n, v.get("state")) for n, v in j["vms"].items())
             raise RuntimeError("%s: not every VM restored: %s" % (h["name"], states))
         result[h["name"]] = host_blackout([v["stop_ts"] for v in vms], [v["resume_ts"] for v in vms])
+        if per_vm is not None:
+            per_vm[h["name"]] = vm_blackouts(dict((n, v["stop_ts"]) for n, v in j["vms"].items()),
+                                             dict((n, v["resume_ts"]) for n, v in j["vms"].items()))
         if checks is not None:
             checks[h["name"]] = j.get("manifest_mode")
     return result
@@ -313,9 +323,10 @@ def use_vms(state, hosts, names, active):
             raise RuntimeError("%s: running %s, wanted %s" % (h["name"], running, active))
 
 
-def floor_run(state, host, vms, before_save=lambda: None):
+def floor_run(state, host, vms, before_save=lambda: None, per_vm=None):
     """The floor on one host -> {host: blackout_s}. ``before_save()`` runs once the host is armed
-    (its kernel loaded), right before its save: a wave's hosts wait there for each other."""
+    (its kernel loaded), right before its save: a wave's hosts wait there for each other.
+    ``per_vm`` gets the host's vm_blackouts."""
     quotas = dict((v, json.loads(ssh(state, host, "cat /etc/guestmemfs-liveupdate/vms/%s.json" % v)).get("cpu_quota"))
                   for v in vms)
     argvs = dict((v, json.loads(ssh(state, host, UNCONFINED_ARGV % v))) for v in vms)
@@ -376,6 +387,8 @@ def floor_run(state, host, vms, before_save=lambda: None):
         "systemctl disable -q floor-restore.service; "
         "systemctl enable -q guestmemfs-verify.service %s; systemctl start %s" % (
             " ".join("floor-%s" % v for v in vms), units, units))
+    if per_vm is not None:
+        per_vm[host["name"]] = vm_blackouts(stopped, resumed)
     return {host["name"]: host_blackout(list(stopped.values()), list(resumed.values()))}
 
 
@@ -462,6 +475,9 @@ for u in systemd-modules-load.service systemd-udev-trigger.service dev-pmem0.dev
   printf '%s active at %s\n' $u "$(systemctl show -P ActiveEnterTimestampMonotonic $u | awk '{printf "%.3f", $1/1e6}')"
 done
 printf 'udev initialised pmem0 at %s\n' "$(udevadm info -q property -n /dev/pmem0 | sed -n 's/^USEC_INITIALIZED=//p' | awk '{printf "%.3f", $1/1e6}')"
+for d in $(ls /sys/class/net | grep '^br'); do
+  printf 'bridge %s at %s\n' $d "$(systemctl show -P ActiveEnterTimestampMonotonic sys-subsystem-net-devices-$d.device | awk '{printf "%.3f", $1/1e6}')"
+done
 """
 
 
@@ -490,8 +506,9 @@ def _seconds(text):
 def boot_figures(boot):
     """A run's new boot in seconds since its kernel started (from boot_analysis): the kernel and
     initramfs, then when the backend's device came (the module loader done, udev done with it, its
-    unit), its mount, and the unit that restores (its start and how long it took). Missing -> None."""
-    out = dict.fromkeys(("kernel", "initrd", "modules", "udev", "device", "mount", "unit_start", "unit_took"))
+    unit), its mount, the first bridge (a bridged VM's QEMU starts once it exists), and the unit
+    that restores (its start and how long it took). Missing -> None."""
+    out = dict.fromkeys(("kernel", "initrd", "modules", "udev", "device", "mount", "bridge", "unit_start", "unit_took"))
     text = (boot or {}).get("time") or ""
     for part in ("kernel", "initrd"):
         m = re.search(r"([0-9.a-z ]+?) \(%s\)" % part, text)
@@ -501,7 +518,8 @@ def boot_figures(boot):
     for key, pattern in (("modules", r"systemd-modules-load.service active at ([0-9.]+)"),
                          ("device", r"dev-pmem0.device active at ([0-9.]+)"),
                          ("mount", r"mnt-vmmem.mount active at ([0-9.]+)"),
-                         ("udev", r"udev initialised pmem0 at ([0-9.]+)")):
+                         ("udev", r"udev initialised pmem0 at ([0-9.]+)"),
+                         ("bridge", r"bridge \S+ at ([0-9.]+)")):  # the first: a bridged VM's QEMU waits for it
         m = re.search(pattern, device)
         out[key] = float(m.group(1)) if m and float(m.group(1)) > 0 else None
     times = dict(line.split("=", 1) for line in ((boot or {}).get("unit_times") or "").splitlines() if "=" in line)
@@ -628,19 +646,26 @@ def write(out, args, runs):
     lines.append("per host first STOP -> last RESUME, seconds; load (1 min) before each run: %s" % ", ".join(
         "%.1f" % r["load"] for r in runs))
     lines += ["", "each run's new boot on --host, seconds since its kernel started (systemd's account):",
-              "%-32s %5s %-28s %8s %6s %6s %7s %6s %6s %6s %6s %6s" % (
+              "%-32s %5s %-28s %8s %6s %6s %7s %6s %6s %6s %6s %6s %6s" % (
                   "case", "round", "kernel", "blackout", "kernel", "initrd", "modules", "udev", "device", "mount",
-                  "unit@", "unit+")]
+                  "bridge", "unit@", "unit+")]
     for r in runs:
         if r.get("error"):
             continue
         f = boot_figures(r.get("boot"))
         cell = dict((k, "-" if v is None else "%.1f" % v) for k, v in f.items())
-        lines.append("%-32s %5s %-28s %8.1f %6s %6s %7s %6s %6s %6s %6s %6s" % (
+        lines.append("%-32s %5s %-28s %8.1f %6s %6s %7s %6s %6s %6s %6s %6s %6s" % (
             r["case"], r.get("round", "-"), (r.get("kernel") or "-").replace("+deb13-amd64", ""),
             (r.get("blackout") or {}).get(getattr(args, "host", None), max((r.get("blackout") or {"-": 0.0}).values())),
             cell["kernel"], cell["initrd"], cell["modules"],
-            cell["udev"], cell["device"], cell["mount"], cell["unit_start"], cell["unit_took"]))
+            cell["udev"], cell["device"], cell["mount"], cell["bridge"], cell["unit_start"], cell["unit_took"]))
+    per_vm = [r for r in runs if not r.get("error") and r.get("per_vm")]
+    if per_vm:
+        lines += ["", "each run's VMs, their own STOP -> RESUME (seconds), the last to resume first:"]
+        for r in per_vm:
+            for h, vms in sorted(r["per_vm"].items()):
+                lines.append("%-32s %5s %-6s %s" % (r["case"], r.get("round", "-"), h, "  ".join(
+                    "%s %.1f" % (n, b) for n, b in sorted(vms.items(), key=lambda nb: -nb[1]))))
     failed = [r for r in runs if r.get("error")]
     if failed:
         lines.append("FAILED: " + "; ".join("%s round %d: %s" % (r["case"], r["round"], r["error"][:200]) for r in failed))
@@ -712,13 +737,14 @@ def main():
         print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
         row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
         before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
-        checks, panics = {}, PanicReset(hosts)
+        checks, per_vm, panics = {}, {}, PanicReset(hosts)
         try:
             with panics:
                 if kind == "floor":
-                    b = floor_run(state, host, active) if nhosts == 1 else floor_wave(state, hosts, active)
+                    one = functools.partial(floor_run, per_vm=per_vm)
+                    b = one(state, host, active) if nhosts == 1 else floor_wave(state, hosts, active, run=one)
                 else:
-                    b = collection_run(state, inventory, hosts, a.forks, a.out, checks)
+                    b = collection_run(state, inventory, hosts, a.forks, a.out, checks, per_vm)
             if panics.resets:  # a blackout with a reset in it measures the reset
                 raise RuntimeError("reset after a kernel panic at boot: %s" % panics.resets)
             row.update(blackout=b, wall_s=round(time.time() - t0),
@@ -727,6 +753,8 @@ def main():
                                           else "guestmemfs-vm@%s.service" % active[0]))
             if checks:
                 row["memory_check"] = checks
+            if per_vm:
+                row["per_vm"] = per_vm
             if "full" in checks.values():
                 # the run that proved its kernel pair (a canary): its own case, not the steady state's
                 row["case"] = label + " full-check"

@@ -1,5 +1,6 @@
 """The blackout benchmark's plan of a round and its ratios (the figures come from the fleet)."""
 
+import json
 import os
 import sys
 import time
@@ -219,11 +220,12 @@ BOOT = {
 
 def test_a_runs_boot_is_read_as_seconds_since_its_kernel_started():
     assert bench.boot_figures(BOOT) == {"kernel": 11.612, "initrd": 2.1, "modules": 25.6, "udev": 33.301,
-                                        "device": 33.412, "mount": 37.6, "unit_start": 37.812, "unit_took": 11.1}
+                                        "device": 33.412, "mount": 37.6, "bridge": None, "unit_start": 37.812,
+                                        "unit_took": 11.1}
     # what systemd could not say is left out, never guessed
     unknown = dict(BOOT, time="Bootup is not yet finished.", device="dev-pmem0.device active at 0.000\n")
     assert bench.boot_figures(unknown) == dict.fromkeys(
-        ("kernel", "initrd", "modules", "udev", "device", "mount", "unit_start", "unit_took"))
+        ("kernel", "initrd", "modules", "udev", "device", "mount", "bridge", "unit_start", "unit_took"))
     assert bench.boot_figures({"unit": "x", "error": "host1: ssh failed"})["kernel"] is None
 
 
@@ -241,7 +243,25 @@ def test_the_table_shows_each_runs_boot_beside_its_blackout(tmp_path):
     text = bench.write(str(tmp_path), type("A", (), {"host": "host1"})(), [row])
     line = [ln for ln in text.splitlines() if ln.startswith("collection 1host f1 1vm") and "->" in ln]
     assert line and line[0].split()[5:] == ["6.12.117", "->", "7.3.4", "89.0", "11.6", "2.1", "25.6", "33.3",
-                                            "33.4", "37.6", "37.8", "11.1"]
+                                            "33.4", "37.6", "-", "37.8", "11.1"]
+
+
+def test_the_first_bridge_is_read_with_the_boot_a_bridged_vm_waits_for_it():
+    boot = dict(BOOT, device=BOOT["device"] + "bridge br0 at 61.250\nbridge br1 at 70.000\n")
+    assert bench.boot_figures(boot)["bridge"] == 61.25
+
+
+def test_each_runs_vms_are_listed_with_their_own_blackout_the_last_to_resume_first(tmp_path):
+    # Which VM made the host's blackout (seen: the one bridged VM resumed 27 s after seven others).
+    stops = {"vm1": 100.0, "vm2": 100.5, "vm3": 101.0}
+    resumes = {"vm1": 213.6, "vm2": 174.0, "vm3": 181.7}
+    assert bench.vm_blackouts(stops, resumes) == {"vm1": 113.6, "vm2": 73.5, "vm3": 80.7}
+    assert bench.host_blackout(list(stops.values()), list(resumes.values())) == 113.6
+    row = dict(run("collection 1host f1 8vm", "collection", 8, 1, [113.6]), round=2,
+               per_vm={"host1": bench.vm_blackouts(stops, resumes)})
+    text = bench.write(str(tmp_path), type("A", (), {"host": "host1"})(), [row])
+    assert "collection 1host f1 8vm              2 host1  vm1 113.6  vm3 80.7  vm2 73.5" in text
+    assert json.load(open(str(tmp_path / "bench-blackout.json")))["runs"][0]["per_vm"]["host1"]["vm1"] == 113.6
 
 
 def test_the_floors_restore_waits_for_the_bridges_its_vms_argv_names():
