@@ -992,17 +992,28 @@ def _resume(vm, rec, update_id, run, connect_wait, main_pid):
     this boot), resume it, journal it; then its CPU quota. 0, or 1 once journaled restore_failed."""
     name = vm.name
     vm.launch = rec.get("launch")
+    told = []
 
     def resuming(vm):  # from cont on, the VM's memory runs past its saved state
         update_journal(journal.set_vm(name, state="resuming", resuming_boot_id=journal.boot_id()),
                        msg="%s resuming" % name)
+        told.append(True)
     try:
         r = cpr.restore(vm, connect_wait=connect_wait, before_cont=resuming)
     except Exception as exc:
         if not connect_wait:
             exc = "its QEMU (the unit's main process %s) exited before its restore: %s" % (main_pid, exc)
-        update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
-                       msg="%s restore failed: %s" % (name, exc))
+        if told:  # cont was sent: held for good, as a resume a boot's end cut short (never verified again)
+            detail = ("its QEMU was told to resume it, then its restore failed (%s): the guest may run past its saved "
+                      "state %s, which must not be loaded again. If its QEMU still runs (systemctl status %s), that "
+                      "is the VM; if not: agent discard-state %s, then systemctl start %s (it boots afresh)" % (
+                          exc, vm.state_path, UNIT % name, name, UNIT % name))
+            update_journal(journal.set_vm(name, state="held", error=str(exc),
+                                          verify={"status": RESUMED_PAST_STATE, "detail": detail}),
+                           msg="%s held: %s" % (name, detail))
+        else:
+            update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
+                           msg="%s restore failed: %s" % (name, exc))
         events.emit("failure", update_id, name, outcome="failed", detail="restore failed: %s; state %s and memory %s "
                     "kept" % (exc, vm.state_path, vm.mem_path))
         finish_if_done()

@@ -367,15 +367,15 @@ def _one(run, vm, durable, timeout):
     if rec.get("state") == "restored":
         update_journal(journal.set_vm(name, qemu=rec.get("qemu_to")), msg="%s resumed on %s" % (name, rec.get("qemu_to")))
         return "updated", "%s resumed on %s, blackout %ss" % (name, rec.get("qemu_to"), rec.get("blackout_s"))
-    if rec.get("state") == "held":  # its memory did not verify: resumed by no QEMU
-        return "held", ("%s NOT resumed (%s): state %s and memory %s kept, the old QEMU kept as %s. Recover as "
-                        "`agent status` says" % (name, (rec.get("verify") or {}).get("detail"), vm.state_path,
-                                                 vm.mem_path, rec.get("qemu_kept")))
     if rec.get("resuming_boot_id"):  # the new QEMU was told to resume it: its state is stale, never loaded again
         return "failed", ("%s: the new QEMU was resuming it and it did not end restored (journal %s: %s): its memory "
                           "may have run past its saved state %s, which is not loaded again. If its QEMU is gone, "
                           "`agent discard-state %s`, then systemctl start %s boots it afresh" % (
                               name, rec.get("state"), rec.get("error"), vm.state_path, name, UNIT % name))
+    if rec.get("state") == "held":  # its memory did not verify: resumed by no QEMU
+        return "held", ("%s NOT resumed (%s): state %s and memory %s kept, the old QEMU kept as %s. Recover as "
+                        "`agent status` says" % (name, (rec.get("verify") or {}).get("detail"), vm.state_path,
+                                                 vm.mem_path, rec.get("qemu_kept")))
     # The new QEMU did not start or refused the state: it never ran the guest. Back to the old one.
     why = rec.get("error") or "its unit's start gave rc %s, journal state %s (journalctl -u %s)" % (
         rc, rec.get("state"), UNIT % name)

@@ -599,9 +599,37 @@ def test_a_restore_that_fails_after_cont_never_stops_the_guest_it_may_have_resum
     assert status is None and any("READY=1" in m[1] for m in messages), log.read_text()
     assert "its restore step failed" in messages[-1][1]
     rec = journal.load_journal()["vms"]["vm1"]
-    assert rec["state"] == "restore_failed" and rec["resuming_boot_id"] == "boot-b" and "injected" in rec["error"]
+    assert rec["state"] == "held" and rec["resuming_boot_id"] == "boot-b" and "injected" in rec["error"]
+    assert rec["verify"]["status"] == hostupdate.RESUMED_PAST_STATE  # its state is never loaded again
     assert exe(pid).startswith("qemu-system") and counting(host.vms[0], saved)
     assert "left running, not stopped" in log.read_text()
+
+
+def test_a_vm_whose_restore_failed_after_cont_is_never_verified_or_restored_again(host, monkeypatch, capsys):
+    # Its guest may have run past its saved state: that state must never be loaded again. It was
+    # journaled restore_failed, which `agent verify` verifies again (the memory passes: a sample,
+    # or the guest only just ran) and the unit's next start restored the stale state over it.
+    after_update(host, monkeypatch, "u26")
+    base = cpr.QMP
+
+    class NoResumeSeen(base):
+        def wait_event(self, name, timeout, match=None):
+            if name == "RESUME":
+                raise qmp.QMPError("no RESUME event within %ss (injected)" % timeout)
+            return base.wait_event(self, name, timeout, match)
+    monkeypatch.setattr(cpr, "QMP", NoResumeSeen)
+    assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 1
+    monkeypatch.setattr(cpr, "QMP", base)
+    rec = journal.load_journal()["vms"]["vm1"]
+    assert rec["state"] == "held" and rec["verify"]["status"] == hostupdate.RESUMED_PAST_STATE
+    assert rec["resuming_boot_id"] == "boot-b" and "injected" in rec["error"]
+    assert "agent discard-state vm1" in rec["verify"]["detail"]
+    assert agent.main(["verify", "vm1"]) != 0 or journal.load_journal()["vms"]["vm1"]["state"] == "held"
+    assert journal.load_journal()["vms"]["vm1"]["state"] == "held"
+    capsys.readouterr()
+    assert hostupdate.vm_run("vm1", conf_dir=host.conf, run=host.run) == 4  # held: never -incoming again
+    assert "agent discard-state vm1" in capsys.readouterr().err
+    assert os.path.exists(host.vms[0].state_path)  # kept, as every held VM's
 
 
 def test_an_agent_that_cannot_become_qemu_tells_its_forked_step_which_then_does_nothing(host, monkeypatch, request):
