@@ -533,6 +533,19 @@ def after_update(host, monkeypatch, update_id):
     return read_counter(host.vms[0].mem_path)
 
 
+def no_resume_seen(monkeypatch):
+    """QMP whose RESUME event never comes (after cont was sent); -> the QMP class it stands in for."""
+    base = cpr.QMP
+
+    class NoResumeSeen(base):
+        def wait_event(self, name, timeout, match=None):
+            if name == "RESUME":
+                raise qmp.QMPError("no RESUME event within %ss (injected)" % timeout)
+            return base.wait_event(self, name, timeout, match)
+    monkeypatch.setattr(cpr, "QMP", NoResumeSeen)
+    return base
+
+
 def test_the_units_agent_becomes_qemu_and_its_forked_step_restores_the_vm_then_says_ready(host, monkeypatch, request):
     # One agent process per VM unit: its main process verifies, forks the rest of the start and
     # becomes QEMU (no ExecStartPost: a second agent start on a booting host, per VM). systemctl
@@ -587,14 +600,7 @@ def test_a_restore_that_fails_after_cont_never_stops_the_guest_it_may_have_resum
     # cont was sent and its RESUME event never seen: the guest may run, past its saved state. The old
     # ExecStartPost failed and systemd stopped the unit, QEMU with it; the step says READY instead.
     saved = after_update(host, monkeypatch, "u22")
-    base = cpr.QMP
-
-    class NoResumeSeen(base):
-        def wait_event(self, name, timeout, match=None):
-            if name == "RESUME":
-                raise qmp.QMPError("no RESUME event within %ss (injected)" % timeout)
-            return base.wait_event(self, name, timeout, match)
-    monkeypatch.setattr(cpr, "QMP", NoResumeSeen)
+    base = no_resume_seen(monkeypatch)
     pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
     assert status is None and any("READY=1" in m[1] for m in messages), log.read_text()
     assert "its restore step failed" in messages[-1][1]
@@ -610,14 +616,7 @@ def test_a_vm_whose_restore_failed_after_cont_is_never_verified_or_restored_agai
     # journaled restore_failed, which `agent verify` verifies again (the memory passes: a sample,
     # or the guest only just ran) and the unit's next start restored the stale state over it.
     after_update(host, monkeypatch, "u26")
-    base = cpr.QMP
-
-    class NoResumeSeen(base):
-        def wait_event(self, name, timeout, match=None):
-            if name == "RESUME":
-                raise qmp.QMPError("no RESUME event within %ss (injected)" % timeout)
-            return base.wait_event(self, name, timeout, match)
-    monkeypatch.setattr(cpr, "QMP", NoResumeSeen)
+    base = no_resume_seen(monkeypatch)
     assert host.run(["systemctl", "start", "guestmemfs-vm@vm1.service"]) == 1
     monkeypatch.setattr(cpr, "QMP", base)
     rec = journal.load_journal()["vms"]["vm1"]
