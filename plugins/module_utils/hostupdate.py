@@ -695,9 +695,15 @@ def _finalise_interrupted_resumes(j):
         detail = ("%s was resuming on boot %s when that boot ended: its memory may have run past its saved state %s, "
                   "which must not be loaded again. Recover: agent discard-state %s, then systemctl start %s (it boots "
                   "afresh)" % (name, rec.get("resuming_boot_id"), rec.get("state_path"), name, UNIT % name))
-        j = update_journal(journal.set_vm(name, state="held", verify={"status": RESUMED_PAST_STATE, "detail": detail}),
-                           msg="%s held: resuming interrupted" % name)
+        j = _held_past_state(name, detail, "%s held: resuming interrupted" % name)
     return j
+
+
+def _held_past_state(name, detail, msg, **fields):
+    """VM ``name`` held for good: its memory may have run past its saved state, which is never
+    verified or loaded again (verify_pending leaves it out). -> the journal."""
+    return update_journal(journal.set_vm(name, state="held", verify={"status": RESUMED_PAST_STATE, "detail": detail},
+                                         **fields), msg=msg)
 
 
 def _release():
@@ -1008,9 +1014,7 @@ def _resume(vm, rec, update_id, run, connect_wait, main_pid):
                       "state %s, which must not be loaded again. If its QEMU still runs (systemctl status %s), that "
                       "is the VM; if not: agent discard-state %s, then systemctl start %s (it boots afresh)" % (
                           exc, vm.state_path, UNIT % name, name, UNIT % name))
-            update_journal(journal.set_vm(name, state="held", error=str(exc),
-                                          verify={"status": RESUMED_PAST_STATE, "detail": detail}),
-                           msg="%s held: %s" % (name, detail))
+            _held_past_state(name, detail, "%s held: %s" % (name, detail), error=str(exc))
         else:
             update_journal(journal.set_vm(name, state="restore_failed", error=str(exc)),
                            msg="%s restore failed: %s" % (name, exc))

@@ -56,17 +56,13 @@ def token_for(index):
 
 # -- systemd's fd store (sd_notify with SCM_RIGHTS), stdlib only ---------------------------------
 
-def _notify(text, fds=()):
-    return sd_notify.notify(text, fds)
-
-
 def store_fd(name, fd):
     """Keep a dup of ``fd`` in the unit's fd store under ``name`` (FDPOLL=0: never dropped on poll)."""
-    return _notify("FDSTORE=1\nFDNAME=%s\nFDPOLL=0" % name, [fd])
+    return sd_notify.notify("FDSTORE=1\nFDNAME=%s\nFDPOLL=0" % name, [fd])
 
 
 def unstore_fd(name):
-    return _notify("FDSTOREREMOVE=1\nFDNAME=%s" % name)
+    return sd_notify.notify("FDSTOREREMOVE=1\nFDNAME=%s" % name)
 
 
 def inherited_fds(environ=None):
@@ -414,7 +410,7 @@ def serve(holder, path=None):
     finally:
         os.umask(old)
     srv.listen(8)
-    _notify("READY=1\nSTATUS=holding %d memfds" % len(holder.vms))
+    sd_notify.notify("READY=1\nSTATUS=holding %d memfds" % len(holder.vms))
     while True:
         conn, _addr = srv.accept()
         with conn:
@@ -435,7 +431,7 @@ def serve(holder, path=None):
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
-        _notify("STATUS=holding %d memfds%s" % (len(holder.vms), ", session open" if holder.session else ""))
+        sd_notify.notify("STATUS=holding %d memfds%s" % (len(holder.vms), ", session open" if holder.session else ""))
 
 
 def request(op, path=None, timeout=120, **fields):
