@@ -409,6 +409,42 @@ def state_problem(vm):
     return None
 
 
+# Where this unit's start went, step by step (time.time()): vm_run fills it, its forked step puts it
+# in the journal with the restore (_phases). A host's blackout is its slowest VM's.
+_STARTED = {}
+
+
+def _started_at(step):
+    _STARTED[step] = time.time()
+
+
+def _agent_started_at():
+    """When this process started, seconds since the kernel's start (/proc/self/stat), or None."""
+    try:
+        with open("/proc/self/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19]) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _phases(r):
+    """{part of the unit's start: seconds} from vm_run's stamps and QEMU's own times (cpr.restore's
+    ``r``); None for a restore this process's vm_run did not start (agent vm-restore, by hand)."""
+    s = _STARTED
+    if not all(k in s for k in ("agent", "run", "run_mono", "verified", "nics", "exec")) or s["agent"] is None:
+        return None
+
+    def took(a, b):
+        return round(max(0.0, b - a), 3)
+    return {"agent_started_at_s": round(s["agent"], 3),  # since the kernel's start
+            "imports_s": took(s["agent"], s["run_mono"]),  # Python's start, the agent's imports
+            "verify_s": took(s["run"], s["verified"]),  # the boot's record, this VM's memory check
+            "nic_wait_s": took(s["verified"], s["nics"]),  # its bridges and taps
+            "qemu_up_s": took(s["exec"], r["restore_started_ts"]),  # fork, exec, QEMU answering on QMP
+            "load_s": took(r["restore_started_ts"], r["loaded_ts"]),  # its device state loaded
+            "resume_s": took(r["loaded_ts"], r["resume_ts"])}  # cont -> RESUME
+
+
 def record_argv(name, argv, launch=None):
     write_json(vmdef.argv_record_path(name, ARGV_DIR),
                {"argv": argv, "launch": launch, "boot_id": journal.boot_id(), "ts": time.time()})
@@ -428,6 +464,7 @@ def _become_qemu(vm, argv, launch, run, conf_dir, restoring=False):
     """Become the VM's QEMU (confine.exec_qemu), the rest of the unit's start forked beside it first
     (fork_unit_step: none run by hand); returns an exit code only when it refused."""
     refused = None
+    _started_at("exec")
     try:
         refused = fork_unit_step(lambda main: unit_started(vm.name, run, conf_dir, restoring, main))
         confine.exec_qemu(vm, argv, launch)
@@ -844,6 +881,9 @@ def vm_run(name, conf_dir=cpr.CONF_DIR, run=None):
     with -incoming defer. A VM whose state file exists is never cold-started. Under its unit
     (Type=notify) this process forks the rest of the start (unit_started: the restore, the CPU quota,
     then READY=1) and becomes QEMU: no second agent start per VM. ``run(argv) -> rc`` runs systemctl."""
+    _STARTED.clear()
+    _STARTED.update(agent=_agent_started_at(), run_mono=time.monotonic())
+    _started_at("run")
     run = run or subprocess.call
     vm = cpr.VM.load(name, conf_dir)
     refusal = backend_of(vm).start_refusal(vm, ROOT)
@@ -865,6 +905,7 @@ def vm_run(name, conf_dir=cpr.CONF_DIR, run=None):
     if rec.get("state") == "not_started":  # not started earlier on this boot: this start restores it
         rec = update_journal(journal.set_vm(name, state="restoring", error=None),
                              msg="%s: its unit starts again on this boot's verdict" % name)["vms"][name]
+    _started_at("verified")
     if rec.get("state") == "restoring":
         # The argv the VM ran with when it was saved (the journal keeps it from the save).
         # How it was launched comes with it: a VM saved before confinement restores as it ran.
@@ -878,6 +919,7 @@ def vm_run(name, conf_dir=cpr.CONF_DIR, run=None):
         refused = _wait_for_nics(vm, launch, verified=True)
         if refused:
             return refused
+        _started_at("nics")
         record_argv(name, base, launch)
         return _become_qemu(vm, vmdef.incoming_argv(base), launch, run, conf_dir, restoring=True)
     if rec.get("state") == "held":
@@ -1025,11 +1067,14 @@ def _resume(vm, rec, update_id, run, connect_wait, main_pid):
                                                                                     vm.mem_path))
         return 1
     blackout = round(r["resume_ts"] - rec["stop_ts"], 3) if rec.get("stop_ts") else None
+    phases = _phases(r)
     os.rename(vm.state_path, vm.state_path + ".restored")
-    update_journal(journal.set_vm(name, state="restored", blackout_s=blackout, to_boot_id=journal.boot_id(), **r),
+    update_journal(journal.set_vm(name, state="restored", blackout_s=blackout, to_boot_id=journal.boot_id(),
+                                  phases=phases, **r),
                    msg="%s resumed, blackout %ss" % (name, blackout))
     # QEMU's own times: its state loaded, then cont
-    events.emit("restore", update_id, name, ts=r.get("loaded_ts"), detail="state %s loaded" % vm.state_path)
+    events.emit("restore", update_id, name, ts=r.get("loaded_ts"), detail="state %s loaded" % vm.state_path,
+                **({"phases": phases} if phases else {}))
     events.emit("resume", update_id, name, ts=r.get("resume_ts"), detail="blackout %ss" % blackout, blackout_s=blackout)
     _give_quota(run, vm)
     finish_if_done()

@@ -231,10 +231,10 @@ def vm_blackouts(stops, resumes):
     return dict((n, round(resumes[n] - stops[n], 3)) for n in resumes if n in stops)
 
 
-def collection_run(state, inventory, hosts, forks, out, checks=None, per_vm=None):
+def collection_run(state, inventory, hosts, forks, out, checks=None, per_vm=None, phases=None):
     """liveupdate.yml over ``hosts`` as one wave -> {host: blackout_s}; ``checks`` gets each host's
     memory check (full while its kernel pair is unproven, then sampled), ``per_vm`` each host's
-    vm_blackouts."""
+    vm_blackouts, ``phases`` each VM's unit start as its journal has it."""
     env = dict(os.environ, GUESTMEMFS_REPORT_DIR=os.path.join(out, "report"))
     other = ssh(state, hosts[0], OTHER_KERNEL)
     # One target for the wave: every host must run the same kernel (a host already on the target is
@@ -262,6 +262,8 @@ def collection_run(state, inventory, hosts, forks, out, checks=None, per_vm=None
         if per_vm is not None:
             per_vm[h["name"]] = vm_blackouts(dict((n, v["stop_ts"]) for n, v in j["vms"].items()),
                                              dict((n, v["resume_ts"]) for n, v in j["vms"].items()))
+        if phases is not None:
+            phases[h["name"]] = dict((n, v.get("phases")) for n, v in j["vms"].items())
         if checks is not None:
             checks[h["name"]] = j.get("manifest_mode")
     return result
@@ -666,6 +668,7 @@ def write(out, args, runs):
             for h, vms in sorted(r["per_vm"].items()):
                 lines.append("%-32s %5s %-6s %s" % (r["case"], r.get("round", "-"), h, "  ".join(
                     "%s %.1f" % (n, b) for n, b in sorted(vms.items(), key=lambda nb: -nb[1]))))
+    lines += phase_lines(runs)
     failed = [r for r in runs if r.get("error")]
     if failed:
         lines.append("FAILED: " + "; ".join("%s round %d: %s" % (r["case"], r["round"], r["error"][:200]) for r in failed))
@@ -673,6 +676,30 @@ def write(out, args, runs):
     with open(os.path.join(out, "bench-blackout.txt"), "w") as fh:
         fh.write(text)
     return text
+
+
+PHASES = (("agent_started_at_s", "agent@"), ("imports_s", "imports"), ("verify_s", "verify"),
+          ("nic_wait_s", "nics"), ("qemu_up_s", "qemu_up"), ("load_s", "load"), ("resume_s", "resume"))
+
+
+def phase_lines(runs):
+    """Each collection run's VMs, the last to resume first: when its agent started (seconds since
+    the kernel's start) and how long each part of its unit's start took (the journal's phases)."""
+    rows = [r for r in runs if not r.get("error") and r.get("phases")]
+    if not rows:
+        return []
+    lines = ["", "each VM's unit start on the new boot (agent@: seconds since the kernel started; then seconds):",
+             "%-32s %5s %-6s %-6s %8s " % ("case", "round", "host", "vm", "blackout")
+             + " ".join("%7s" % label for _k, label in PHASES)]
+    for r in rows:
+        for h, vms in sorted(r["phases"].items()):
+            own = (r.get("per_vm") or {}).get(h) or {}
+            for n in sorted(vms, key=lambda n: -own.get(n, 0.0)):
+                p = vms[n] or {}
+                blackout = "%.1f" % own[n] if n in own else "-"
+                lines.append("%-32s %5s %-6s %-6s %8s " % (r["case"], r.get("round", "-"), h, n, blackout)
+                             + " ".join("%7s" % ("-" if p.get(k) is None else "%.1f" % p[k]) for k, _l in PHASES))
+    return lines
 
 
 def plan(vm_counts, wave_hosts, forks, floor_counts=None):
@@ -737,14 +764,14 @@ def main():
         print("[%s] round %d: %s (load %.1f)" % (time.strftime("%H:%M:%S"), i + 1, label, ld), flush=True)
         row = {"case": label, "round": i + 1, "load": ld, "vms": n, "hosts": nhosts, "forks": a.forks}
         before = ssh(state, host, "uname -r")  # the two kernels boot in different times: say which way
-        checks, per_vm, panics = {}, {}, PanicReset(hosts)
+        checks, per_vm, phases, panics = {}, {}, {}, PanicReset(hosts)
         try:
             with panics:
                 if kind == "floor":
                     one = functools.partial(floor_run, per_vm=per_vm)
                     b = one(state, host, active) if nhosts == 1 else floor_wave(state, hosts, active, run=one)
                 else:
-                    b = collection_run(state, inventory, hosts, a.forks, a.out, checks, per_vm)
+                    b = collection_run(state, inventory, hosts, a.forks, a.out, checks, per_vm, phases)
             if panics.resets:  # a blackout with a reset in it measures the reset
                 raise RuntimeError("reset after a kernel panic at boot: %s" % panics.resets)
             row.update(blackout=b, wall_s=round(time.time() - t0),
@@ -755,6 +782,8 @@ def main():
                 row["memory_check"] = checks
             if per_vm:
                 row["per_vm"] = per_vm
+            if phases:
+                row["phases"] = phases
             if "full" in checks.values():
                 # the run that proved its kernel pair (a canary): its own case, not the steady state's
                 row["case"] = label + " full-check"

@@ -264,6 +264,28 @@ def test_each_runs_vms_are_listed_with_their_own_blackout_the_last_to_resume_fir
     assert json.load(open(str(tmp_path / "bench-blackout.json")))["runs"][0]["per_vm"]["host1"]["vm1"] == 113.6
 
 
+def test_each_collection_runs_vms_say_where_their_units_start_went(tmp_path):
+    # The journal's phases per VM (hostupdate._phases): the slowest VM's row says whether its agent
+    # started late, waited for its bridge, or its QEMU was slow to come up.
+    phases = {"host1": {
+        "vm1": {"agent_started_at_s": 41.2, "imports_s": 0.4, "verify_s": 2.1, "nic_wait_s": 30.5,
+                "qemu_up_s": 12.3, "load_s": 0.8, "resume_s": 0.06},
+        "vm2": {"agent_started_at_s": 40.9, "imports_s": 0.5, "verify_s": 3.0, "nic_wait_s": 0.0,
+                "qemu_up_s": 9.5, "load_s": 0.3, "resume_s": 0.04},
+        "vm3": None}}  # restored by hand (agent vm-restore): no phases
+    row = dict(run("collection 1host f1 8vm", "collection", 8, 1, [113.6]), round=2,
+               per_vm={"host1": {"vm1": 113.6, "vm2": 73.5, "vm3": 80.7}}, phases=phases)
+    text = bench.write(str(tmp_path), type("A", (), {"host": "host1"})(), [row])
+    lines = text[text.index("each VM's unit start"):].splitlines()
+    assert lines[1].split() == ["case", "round", "host", "vm", "blackout", "agent@", "imports", "verify", "nics",
+                                "qemu_up", "load", "resume"]
+    assert lines[2].split() == ["collection", "1host", "f1", "8vm", "2", "host1", "vm1", "113.6", "41.2", "0.4",
+                                "2.1", "30.5", "12.3", "0.8", "0.1"]
+    assert lines[3].split()[-9:] == ["vm3", "80.7", "-", "-", "-", "-", "-", "-", "-"]
+    assert lines[4].split()[-9:] == ["vm2", "73.5", "40.9", "0.5", "3.0", "0.0", "9.5", "0.3", "0.0"]
+    assert json.load(open(str(tmp_path / "bench-blackout.json")))["runs"][0]["phases"] == phases
+
+
 def test_the_floors_restore_waits_for_the_bridges_its_vms_argv_names():
     code = bench.FLOOR_RESTORE
     ns = {}

@@ -562,6 +562,26 @@ def test_the_units_agent_becomes_qemu_and_its_forked_step_restores_the_vm_then_s
     assert rec["blackout_s"] > 0 and not os.path.exists(host.vms[0].state_path)
 
 
+def test_a_restored_vm_says_where_its_start_went(host, monkeypatch, request):
+    # A host's blackout is its slowest VM's: the journal and the restore event say, per VM, when its
+    # agent started (since the kernel's start) and how long each part of its unit's start took.
+    after_update(host, monkeypatch, "u20p")
+    began = time.time()
+    pid, status, messages, log = start_real_unit(host, monkeypatch, request, "vm1")
+    took = time.time() - began
+    assert status is None and messages, log.read_text()
+    phases = journal.load_journal()["vms"]["vm1"]["phases"]
+    assert sorted(phases) == ["agent_started_at_s", "imports_s", "load_s", "nic_wait_s", "qemu_up_s", "resume_s",
+                              "verify_s"]
+    assert all(isinstance(v, float) and v >= 0 for v in phases.values()), phases
+    with open("/proc/uptime") as fh:
+        assert phases["agent_started_at_s"] <= float(fh.read().split()[0])
+    assert phases["qemu_up_s"] > 0 and phases["verify_s"] > 0  # a QEMU's start; a sampled check of 128 MiB
+    assert sum(v for k, v in phases.items() if k != "agent_started_at_s") <= took
+    restores = [json.loads(line) for line in open(events.EVENTS) if '"restore"' in line]
+    assert [e["data"]["phases"] for e in restores if e["vm"] == "vm1"][-1:] == [phases]
+
+
 def test_a_restore_that_fails_before_cont_stops_the_units_qemu_and_keeps_state_and_memory(host, monkeypatch, request):
     # As an ExecStartPost that failed made the unit fail: its QEMU, paused and never resumed, ends
     # (at once, not at the start's timeout: it exits on a failed load, or the step stops it);
