@@ -19,6 +19,9 @@ ExecStart=/usr/bin/python3 -I -S /usr/lib/guestmemfs-liveupdate/agent vm-run %i
 NotifyAccess=all
 Restart=no
 TimeoutStartSec=600
+# While the host boots, the CPU goes first to what its paused VMs wait for (their agents, QEMUs and
+# restores, docs/performance.md), not to the rest of the boot; afterwards the default weight holds.
+StartupCPUWeight=1000
 
 # Confinement. The agent runs as root in this unit (it verifies the memory, journals, opens the
 # VM's QMP socket, taps and memfd) and then becomes QEMU as guestmemfs-qemu, which
@@ -76,7 +79,7 @@ def render(name, backend, user="guestmemfs-qemu", metrics="/var/lib/node_exporte
     env.filters["guestmemfs.liveupdate.backend_spec"] = backend_spec
     return env.get_template(name + ".j2").render(qemu_vm_backend=backend, qemu_vm_mem_dir="/mnt/vmmem",
                                                  qemu_vm_qemu_user=user, ansible_managed="managed",
-                                                 qemu_vm_metrics_textfile_dir=metrics)
+                                                 qemu_vm_metrics_textfile_dir=metrics, qemu_vm_startup_cpu_weight=1000)
 
 
 def test_the_vm_unit_is_hardened_exactly_so():
@@ -93,6 +96,18 @@ def test_without_a_mount_no_mount_is_writable_and_root_is_named_unsafe():
     assert ("ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate "
             "-/run/guestmemfs-liveupdate\n") in text
     assert "becomes QEMU as root (opted out: QEMU runs as root, unsafe)" in text
+
+
+@pytest.mark.parametrize("backend", ["pmem", "guestmemfs", "luo"])
+def test_every_unit_a_paused_vm_waits_for_at_boot_goes_first_while_the_host_boots(backend):
+    from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends import get_backend
+    waited_for = ["guestmemfs-vm@.service", "guestmemfs-verify.service"] + [
+        n for n in list(get_backend(backend).units) + list(get_backend(backend).boot_units)
+        if n in ("guestmemfs-luo.service", "guestmemfs-pmem-mount.service")]
+    assert len(waited_for) == (2 if backend == "guestmemfs" else 3)
+    for name in waited_for:
+        text = render(name, backend)
+        assert "\nStartupCPUWeight=1000\n" in text[text.index("[Service]"):text.index("[Install]")], name
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
