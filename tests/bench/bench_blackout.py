@@ -727,6 +727,8 @@ def main():
     ap.add_argument("--vms", help="comma-separated VM counts per host (default: the VMs the hosts have)")
     ap.add_argument("--floor-vms", help="the VM counts the floor runs at (default: every --vms count)")
     ap.add_argument("--forks", type=int, default=5)
+    ap.add_argument("--prepare", action="store_true",
+                    help="run prepare.yml first even if the hosts have the VMs: install the collection under test")
     ap.add_argument("--runs", type=int, default=3, help="rounds, each every case once, in alternating order")
     ap.add_argument("--out", default=os.path.join(fleet.cache_dir(), "bench-blackout"))
     a = ap.parse_args()
@@ -744,7 +746,7 @@ def main():
 
     def defined(h):
         return set(ssh(state, h, "ls /etc/guestmemfs-liveupdate/vms | sed 's/.json$//'").split())
-    if inventory != state["inventory"] and any(not set(names) <= defined(h) for h in wave):
+    if a.prepare or (inventory != state["inventory"] and any(not set(names) <= defined(h) for h in wave)):
         print("[%s] prepare.yml with %d VMs per host (%s)" % (time.strftime("%H:%M:%S"), len(names), inventory), flush=True)
         prepare_vms(state, inventory, wave, a.out)
     if not counts:
