@@ -502,7 +502,7 @@ def units_dropin(conf, mem_dir_requires=None):
     if any(p.startswith(("/home/", "/root/", "/run/user/")) for p in paths):
         lines.append("ProtectHome=no")
     if any(p.startswith(("/tmp/", "/var/tmp/")) for p in paths):
-        lines.append("PrivateTmp=no")
+        lines.append("TemporaryFileSystem=")  # the host's /tmp and /var/tmp, not the unit's own
     return "\n".join(lines) + "\n"
 
 

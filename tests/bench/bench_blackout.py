@@ -145,7 +145,7 @@ json.dump({"resumed": resumed, "errors": errors}, open("/root/floor-resume.json"
 FLOOR_UNIT = """[Unit]
 Description=benchmark floor: restore the VMs right after the backend's mount
 DefaultDependencies=no
-After=systemd-remount-fs.service systemd-tmpfiles-setup.service
+After=systemd-remount-fs.service
 RequiresMountsFor=/mnt/vmmem /root
 ConditionPathExists=/root/floor-armed
 [Service]

@@ -34,7 +34,14 @@ ReadWritePaths=-/var/lib/guestmemfs-liveupdate -/var/log/guestmemfs-liveupdate -
 # The update's metrics (docs/metrics.md): the agent writes them from here too.
 ReadWritePaths=-/var/lib/node_exporter/textfile_collector
 ProtectHome=yes
-PrivateTmp=yes
+# A /tmp of its own. Not PrivateTmp=yes: systemd orders a unit with it after systemd-tmpfiles-setup,
+# which on a booting host ends seconds after the backend's mount (docs/performance.md).
+TemporaryFileSystem=/tmp:mode=1777 /var/tmp:mode=1777
+# /run/guestmemfs-liveupdate (QMP sockets, locks), made by systemd for the unit, as tmpfiles.d
+# makes it at boot; kept when the unit stops: every VM and the agent use it.
+RuntimeDirectory=guestmemfs-liveupdate
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 # KVM and the taps the agent opens; /dev/null and the like are in "closed".
 DevicePolicy=closed
 DeviceAllow=/dev/kvm rw

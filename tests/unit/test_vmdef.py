@@ -338,7 +338,7 @@ def test_unit_dropin_makes_the_disks_and_the_serial_log_writable_under_the_harde
     assert text.split("[Service]\n")[1] == ("ReadWritePaths=-/home/ops -/tmp\n"
                                             "DeviceAllow=/dev/vg0/web1 rw\n"
                                             "ProtectHome=no\n"
-                                            "PrivateTmp=no\n")
+                                            "TemporaryFileSystem=\n")
 
 
 def test_module_confines_by_default_and_hands_a_luo_memfd(tmp_path, capsys):
