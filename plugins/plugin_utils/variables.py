@@ -34,8 +34,8 @@ guestmemfs_qemu_user | str | guestmemfs-qemu | role qemu_vm | The unprivileged u
     hardened unit; the role creates it. `root` opts out: unsafe, a compromised QEMU owns the host. A
     running VM keeps how it was launched until its next cold start (`docs/confinement.md`).
 guestmemfs_startup_cpu_weight | int | 1000 | role qemu_vm | systemd's `StartupCPUWeight=` (1-10000, every
-    unit's default 100) of the units a paused VM waits for at boot (its VM unit, `guestmemfs-verify`, the
-    backend's early mount or holder): while the host boots their agents, QEMUs and restores get the CPU
+    unit's default 100) of the units a paused VM waits for at boot (the VM units' slice, `guestmemfs-verify`,
+    the backend's early mount or holder): while the host boots their agents, QEMUs and restores get the CPU
     before the rest of the boot (`docs/performance.md`); `100` gives them no priority.
 guestmemfs_metrics_textfile_dir | path | /var/lib/node_exporter/textfile_collector | role qemu_vm | The
     node_exporter textfile collector directory the host agent writes `guestmemfs_liveupdate.prom` into; empty
