@@ -437,7 +437,7 @@ def _phases(r):
     def took(a, b):
         return round(max(0.0, b - a), 3)
     return {"agent_started_at_s": round(s["agent"], 3),  # since the kernel's start
-            "imports_s": took(s["agent"], s["run_mono"]),  # Python's start, the agent's imports
+            "imports_s": took(s["agent"], s["run_mono"]),  # the unit's sandbox, Python, the agent's imports
             "verify_s": took(s["run"], s["verified"]),  # the boot's record, this VM's memory check
             "nic_wait_s": took(s["verified"], s["nics"]),  # its bridges and taps
             "qemu_up_s": took(s["exec"], r["restore_started_ts"]),  # fork, exec, QEMU answering on QMP
