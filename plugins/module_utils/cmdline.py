@@ -18,8 +18,6 @@ __metaclass__ = type
 import glob
 import os
 import re
-import shutil
-import tempfile
 
 CMDLINE_VARS = ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT")
 DROPIN_NAME = "99-guestmemfs-liveupdate.cfg"
@@ -59,6 +57,9 @@ def grub_files(root="/"):
 def evaluate(run, texts):
     """(GRUB_CMDLINE_LINUX, GRUB_CMDLINE_LINUX_DEFAULT) from {path: text} of the default files,
     sourced in a scratch copy. ``run(argv) -> (rc, out, err)``."""
+    # imported here: every agent start imports this file (with the guestmemfs backend), few evaluate
+    import shutil
+    import tempfile
     scratch = tempfile.mkdtemp(prefix="kernel_cmdline-")
     try:
         os.mkdir(os.path.join(scratch, "grub.d"))

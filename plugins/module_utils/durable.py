@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 
 
 def write_json(path, data):
@@ -36,6 +35,7 @@ def write_json(path, data):
 def replace_file(path, data, mode):
     """Write ``data`` (bytes) to ``path`` by a rename from a temporary file beside it: a reader sees
     the old file or the new one, never half of one. Not fsynced (reports, not state)."""
+    import tempfile  # here: the VM unit's start writes no report, and tempfile imports shutil, bz2, lzma
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".%s." % os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:

@@ -15,8 +15,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import datetime
 import json
+import math
 import os
 import socket
 import sys
@@ -47,8 +47,14 @@ def boot_id():
 
 
 def iso_utc(ts):
-    """``ts`` (unix seconds) as ISO-8601 UTC with microseconds: ``2025-01-31T12:00:00.123456Z``."""
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``ts`` (unix seconds) as ISO-8601 UTC with microseconds: ``2025-01-31T12:00:00.123456Z``,
+    rounded as datetime rounds (half to even). Not by datetime: the VM unit's start writes events on
+    a host still booting, and its import is CPU there once per VM."""
+    frac, whole = math.modf(ts)
+    us = int(round(frac * 1e6))
+    if us >= 1000000:
+        whole, us = whole + 1, us - 1000000
+    return "%s.%06dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)), us)
 
 
 def event(step, update_id=None, vm=None, outcome="ok", detail="", ts=None, **data):

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import confine, cpr, cpu_quota, manifest, vmdef
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import events, hostinfo, journal, proofs, sd_notify
@@ -137,6 +136,12 @@ def save_time_limit_of(conf_dir=None):
     return save_time_limit(sum(vm.memory_bytes for vm in _configured(conf_dir or cpr.CONF_DIR)))
 
 
+def _new_update_id():
+    # imported here: the VM unit's start (vm_run, on a host still booting) never makes one
+    import uuid
+    return str(uuid.uuid4())
+
+
 def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
     """Save every running VM (in parallel) and record the manifest that gates their restore.
 
@@ -147,7 +152,7 @@ def save_all(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, u
     others resume, and UpdateError names each VM's outcome. ``run(argv) -> rc`` runs a command
     (systemctl)."""
     with update_lock("a save"):
-        return _save_all(run, names, mode, conf_dir, timeout, update_id or str(uuid.uuid4()))
+        return _save_all(run, names, mode, conf_dir, timeout, update_id or _new_update_id())
 
 
 def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120, update_id=None):
@@ -158,7 +163,7 @@ def update_host(run, names=None, mode="full", conf_dir=cpr.CONF_DIR, timeout=120
     that is refused or does not start restores the saved VMs on this kernel (verified memory) and
     raises UpdateError saying so; a failed save rolls back as save_all does. Returns the save's
     result only when the kexec was started by a way that returns (the journal's phase is kexec)."""
-    update_id = update_id or str(uuid.uuid4())
+    update_id = update_id or _new_update_id()
     with update_lock("an update (save and kexec)"):
         saved = _save_all(run, names, mode, conf_dir, timeout, update_id, autonomous=True)
         try:

@@ -17,10 +17,8 @@ __metaclass__ = type
 
 import array
 import fcntl
-import hashlib
 import mmap
 import os
-import random
 import struct
 import threading
 import time
@@ -90,6 +88,18 @@ def device_base(path):
     return None
 
 
+# hashlib and random are imported where used: the VM unit's start (on a host still booting) reads a
+# manifest's verdict and needs neither (CPU per VM, before its QEMU starts).
+def _hashlib():
+    import hashlib
+    return hashlib
+
+
+def _random():
+    import random
+    return random
+
+
 # The chunk checksums a manifest may record, each entry naming its own (``algo``; an entry without
 # one is sha256, the only one before). crc32 is the default: it catches every burst error up to 32
 # bits and any other change of a chunk but one in 2**32, and runs about twice as fast as sha256 and
@@ -97,8 +107,8 @@ def device_base(path):
 # side); the threat is memory a kernel or firmware changed, not an adversary writing the host's RAM.
 ALGOS = {
     "crc32": lambda b: "%08x" % zlib.crc32(b),  # zlib releases the GIL for large buffers
-    "sha256": lambda b: hashlib.sha256(b).hexdigest()[:32],  # kept to 128 bits
-    "blake2b": lambda b: hashlib.blake2b(b, digest_size=16).hexdigest(),
+    "sha256": lambda b: _hashlib().sha256(b).hexdigest()[:32],  # kept to 128 bits
+    "blake2b": lambda b: _hashlib().blake2b(b, digest_size=16).hexdigest(),
 }
 DEFAULT_ALGO = "crc32"
 LEGACY_ALGO = "sha256"
@@ -108,7 +118,7 @@ def _chunks(size, mode, samples, seed):
     n = (size + CHUNK - 1) // CHUNK
     if mode == "full" or samples >= n:
         return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), samples))
+    return sorted(_random().Random(seed).sample(range(n), samples))
 
 
 def digests(path, size, indices, workers=None, algo=DEFAULT_ALGO):
@@ -156,7 +166,7 @@ def record_file(path, mode="full", samples=64, seed=None, content=True, algo=DEF
              "extents": [[lo, ph + (base or 0), ln] for lo, ph, ln in ext] if ext is not None else None}
     if mode != "extents" and content:
         if seed is None:
-            seed = random.SystemRandom().randrange(1 << 62)
+            seed = _random().SystemRandom().randrange(1 << 62)
         idx = _chunks(size, mode, samples, seed)
         entry.update(seed=seed, samples=samples, digests=digests(path, size, idx, algo=algo))
     return entry
@@ -216,7 +226,7 @@ def add_content(manifest, names=None):
     t0 = time.time()
     for name, entry in manifest["files"].items():
         if (names is None or name in names) and entry["mode"] != "extents" and "digests" not in entry:
-            seed = random.SystemRandom().randrange(1 << 62)
+            seed = _random().SystemRandom().randrange(1 << 62)
             idx = _chunks(entry["size"], entry["mode"], entry.get("samples", 64), seed)
             entry.update(seed=seed, digests=digests(entry["path"], entry["size"], idx,
                                                     algo=entry.get("algo", LEGACY_ALGO)))

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 
 import pytest
@@ -230,13 +231,13 @@ def test_a_full_disk_under_the_events_and_the_textfile_does_not_stop_the_update(
     # Both writes meet the kernel's own ENOSPC: /dev/full takes the events and the textfile's temporary.
     monkeypatch.setattr(events, "EVENTS", "/dev/full")
     monkeypatch.setattr(events, "_complained", [])
-    real_mkstemp = durable.tempfile.mkstemp
+    real_mkstemp = tempfile.mkstemp
 
     def full_mkstemp(dir=None, prefix=None, **kw):
         if dir == metrics.DEFAULT_DIR:
             return os.open("/dev/full", os.O_WRONLY), os.path.join(dir, prefix + "full")
         return real_mkstemp(dir=dir, prefix=prefix, **kw)
-    monkeypatch.setattr(durable.tempfile, "mkstemp", full_mkstemp)
+    monkeypatch.setattr(tempfile, "mkstemp", full_mkstemp)
     with pytest.raises(Kexec):  # the update went all the way to its kexec
         hostupdate.update_host(host.run, conf_dir=host.conf, update_id="u3")
     assert journal.load_journal()["phase"] == "kexec"
@@ -306,3 +307,15 @@ def test_the_role_rotates_the_events_file_by_rename_and_the_next_event_starts_a_
         assert [json.loads(l)["step"] for l in old] == ["record"]
         assert [json.loads(l)["step"] for l in new] == ["sync"]
     assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+
+
+def test_an_events_time_is_what_datetime_writes_for_its_timestamp():
+    # events.iso_utc formats without datetime (one import less per VM unit start): the same text
+    # as datetime for whole seconds, half microseconds (rounded half to even), a carry into the
+    # next second, and a spread of times from 1970 to 2100
+    stamps = [0.0, 1.0, 1733500000.0, 1733500000.0000005, 1733500000.0000015, 1733500000.9999996,
+              1733500000.9999994, 4102444799.999999, 86399.5000005]
+    stamps += [i * 4102444800.0 / 997 + (i % 10) * 0.1234567 for i in range(997)]
+    for ts in stamps:
+        expect = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert events.iso_utc(ts) == expect, ts
