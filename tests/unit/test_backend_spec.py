@@ -41,15 +41,31 @@ NO_MOUNT = ["RequiresMountsFor=/var/lib/guestmemfs-liveupdate"]
 def test_unit_templates_get_the_backends_units_as_data(backend, vm, verify):
     # Right after the backend's mount and what the agent writes to, not after basic.target nor after
     # the verify service (issue 20: the agent records the boot in whichever unit comes first).
-    # The VM unit not after systemd-tmpfiles-setup either (measured: 5.2-5.3 s after the mount, on
-    # every boot and so every VM's blackout, for a directory in /run its RuntimeDirectory= makes).
-    early = "After=systemd-remount-fs.service systemd-tmpfiles-setup.service"
+    # Nor after systemd-tmpfiles-setup (measured: 5.2-5.3 s after the mount, on every boot and so
+    # every VM's blackout, for a directory in /run their RuntimeDirectory= makes).
     vm_unit, verify_unit = render("guestmemfs-vm@.service.j2", backend), render("guestmemfs-verify.service.j2", backend)
     assert directives(vm_unit) == ["After=systemd-remount-fs.service", "Wants=guestmemfs-verify.service"] + vm
-    assert directives(verify_unit) == [early] + verify
+    assert directives(verify_unit) == ["After=systemd-remount-fs.service"] + verify
     for unit in (vm_unit, verify_unit):
         assert "DefaultDependencies=no" in unit and "Conflicts=shutdown.target" in unit
         assert "Before=shutdown.target" in unit
+        assert RUNTIME_DIRECTORY in unit
+        # PrivateTmp=yes would order it after systemd-tmpfiles-setup all the same (systemd's unit.c)
+        assert not [line for line in unit.splitlines() if line.startswith("PrivateTmp=")]
+
+
+RUNTIME_DIRECTORY = "RuntimeDirectory=guestmemfs-liveupdate\nRuntimeDirectoryMode=0700\nRuntimeDirectoryPreserve=yes\n"
+
+
+def test_the_luo_holder_starts_as_early_as_the_vm_units_that_wait_for_it():
+    # luo's VM units start after its holder: the holder after basic.target (its default dependencies)
+    # or systemd-tmpfiles-setup would hold every luo VM's restore there. It needs a writable root,
+    # the journal's directory and its /run directory; its shutdown ordering stays the default's.
+    unit = render("guestmemfs-luo.service.j2", "luo")
+    assert directives(unit) == ["After=systemd-remount-fs.service", NO_MOUNT[0]]
+    assert "DefaultDependencies=no" in unit and "Conflicts=shutdown.target" in unit
+    assert "Before=shutdown.target" in unit and "Before=guestmemfs-verify.service" in unit
+    assert RUNTIME_DIRECTORY in unit
 
 
 def test_the_default_backend_comes_from_the_registry():
