@@ -63,7 +63,7 @@ def calls(tmp_path):
 
 def test_the_unit_waits_for_nothing_but_its_device_and_only_at_boot():
     # Not after systemd-modules-load either: on the fleet /dev/pmem0 was there 9.4 s into the boot,
-    # the module loader ended 10.4 s later (ndctl's modprobe hook), and every VM unit waits for this.
+    # the module loader ended 10.5 s later (ndctl's modprobe hook), and every VM unit waits for this.
     text = render(UNIT, "pmem")
     deps = [ln for ln in text.splitlines() if ln.split("=")[0] in ("After", "Requires", "Wants", "BindsTo", "Before")]
     assert deps == ["Before=shutdown.target"]
