@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ansible_collections.guestmemfs.liveupdate.plugins.module_utils import (
-    agent, durable, events, hostupdate, journal, metrics)
+    agent, events, hostupdate, journal, metrics)
 
 from test_host_update import Kexec, counting, read_counter
 # the fixture
