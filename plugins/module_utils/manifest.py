@@ -100,6 +100,10 @@ def _random():
     return random
 
 
+def _new_seed():
+    return _random().SystemRandom().randrange(1 << 62)
+
+
 # The chunk checksums a manifest may record, each entry naming its own (``algo``; an entry without
 # one is sha256, the only one before). crc32 is the default: it catches every burst error up to 32
 # bits and any other change of a chunk but one in 2**32, and runs about twice as fast as sha256 and
@@ -166,7 +170,7 @@ def record_file(path, mode="full", samples=64, seed=None, content=True, algo=DEF
              "extents": [[lo, ph + (base or 0), ln] for lo, ph, ln in ext] if ext is not None else None}
     if mode != "extents" and content:
         if seed is None:
-            seed = _random().SystemRandom().randrange(1 << 62)
+            seed = _new_seed()
         idx = _chunks(size, mode, samples, seed)
         entry.update(seed=seed, samples=samples, digests=digests(path, size, idx, algo=algo))
     return entry
@@ -226,7 +230,7 @@ def add_content(manifest, names=None):
     t0 = time.time()
     for name, entry in manifest["files"].items():
         if (names is None or name in names) and entry["mode"] != "extents" and "digests" not in entry:
-            seed = _random().SystemRandom().randrange(1 << 62)
+            seed = _new_seed()
             idx = _chunks(entry["size"], entry["mode"], entry.get("samples", 64), seed)
             entry.update(seed=seed, digests=digests(entry["path"], entry["size"], idx,
                                                     algo=entry.get("algo", LEGACY_ALGO)))
