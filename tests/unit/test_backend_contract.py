@@ -24,7 +24,8 @@ MEM_DIR = "/mnt/vmmem"
 RAM_4G_6G = [(0x100000000, 0x17FFFFFFF)]
 SPEC_KEYS = {"name", "has_filesystem", "carves_out", "fstype", "requires_mount", "units", "vm_unit_wants",
              "verify_unit_wants", "memory_from_service", "prepares_handover", "handover_region_arg",
-             "build_extra_options", "required_kernel_options", "vm_mem_path", "boot_units"}
+             "build_extra_options", "required_kernel_options", "vm_mem_path", "boot_units",
+             "block_devices"}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -7,12 +7,13 @@ import os
 import shlex
 import subprocess
 
+from ansible_collections.guestmemfs.liveupdate.plugins.module_utils.backends.pmem import PmemBackend
 from test_unit_hardening import render
 
 UNIT = "guestmemfs-pmem-mount.service"
 
-
-DEVICES = "/sys/block/pmem*"
+# The devices the unit waits for are the backend's own (memory_backend makes the filesystem on them).
+DEVICES = "/" + PmemBackend.block_devices
 
 
 def exec_start(text, tries=None, devices=None):
@@ -70,6 +71,13 @@ def test_the_unit_waits_for_nothing_but_its_device_and_only_at_boot():
     assert "DefaultDependencies=no" in text and "ConditionPathIsMountPoint=!/mnt/vmmem" in text
     assert text.rstrip().endswith("[Install]\nWantedBy=sysinit.target")
     assert exec_start(text)[:2] == ["/bin/sh", "-c"] and exec_start(text)[3:] == ["mount", "/mnt/vmmem", DEVICES]
+
+
+def test_the_devices_it_waits_for_are_the_backends(monkeypatch):
+    # One place says where pmem's block devices are: the backend (memory_backend makes the
+    # filesystem there); the unit is rendered from it, not written twice.
+    monkeypatch.setattr(PmemBackend, "block_devices", "sys/block/pmemtest*")
+    assert exec_start(render(UNIT, "pmem"))[-1] == "/sys/block/pmemtest*"
 
 
 def test_it_tries_no_mount_while_the_kernel_has_no_pmem_device(tmp_path):

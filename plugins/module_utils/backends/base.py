@@ -111,6 +111,8 @@ class Backend(abc.ABC):
                 "fstype": self.fstype, "requires_mount": self.has_filesystem, "units": list(self.units),
                 "vm_unit_wants": list(self.vm_unit_wants), "verify_unit_wants": list(self.verify_unit_wants),
                 "boot_units": list(self.boot_units),
+                # the glob under / of the device its filesystem is on (pmem's early mount waits for it)
+                "block_devices": self.block_devices,
                 "memory_from_service": self.memory_from_service, "prepares_handover": self.prepares_handover,
                 "handover_region_arg": self.handover_region_arg,
                 # Each VM's RAM, with {name} and {mem_dir} to fill in (tests and playbooks that read it).
