@@ -97,6 +97,12 @@ def run_main(capsys, module, args):
     return exc.value.code, json.loads(capsys.readouterr().out)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "min_core: also run on the lowest ansible-core the collection claims (scripts/test; every "
+        "playbook on its main paths there, the rest on the newest; GUESTMEMFS_MIN_CORE_FULL=1 runs all)")
+
+
 class RealHostTouched(AssertionError):
     """A unit test reached the real kexec, reboot(2) or the running host's kexec state."""
 

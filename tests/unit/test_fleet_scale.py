@@ -56,6 +56,7 @@ def sizing_from_cache(tmp_path, inv, cache):
             os.environ.pop(k)
 
 
+@pytest.mark.min_core
 def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     inv, facts = small_fleet()
     expected = expected_rows(inv, facts)
@@ -77,6 +78,7 @@ def test_sizing_from_a_facts_file_and_from_the_fact_cache(tmp_path):
     assert sizing_json(tmp_path) == from_file
 
 
+@pytest.mark.min_core
 def test_each_host_records_its_own_row_by_name(tmp_path):
     inv, facts = small_fleet(8)
     # a policy templated per host: each host's own size
@@ -96,6 +98,7 @@ def test_each_host_records_its_own_row_by_name(tmp_path):
         assert "%s: %s (%s)" % (name, row["size"], " ".join(row["cmdline_args"])) in out.stdout
 
 
+@pytest.mark.min_core
 def test_sizing_refuses_a_host_whose_backend_its_policy_does_not_plan(tmp_path):
     inv, facts = small_fleet(4)
     group = inv["hypervisors"]["children"]["guestmemfs_vms"]  # guestmemfs_sizing plans guestmemfs
@@ -140,6 +143,7 @@ def numa_host(policy, nodes=(128 * GiB, 128 * GiB)):
             "policy": policy}
 
 
+@pytest.mark.min_core
 def test_numa_a_vm_larger_than_a_node_is_refused_unless_spread():
     vms = [{"name": "big", "memory": "160G"}, {"name": "small", "memory": "8G"}]
     row = sizing.plan_host(numa_host({"backend": "luo", "mode": "vms", "vms": vms}))
@@ -152,6 +156,7 @@ def test_numa_a_vm_larger_than_a_node_is_refused_unless_spread():
     assert row["ok"] and row["numa"] is None
 
 
+@pytest.mark.min_core
 def test_numa_a_contiguous_carveout_must_fit_in_a_node():
     for backend in ("pmem", "guestmemfs"):
         vms = [{"name": "v%d" % i, "memory": "1G"} for i in range(150)]
@@ -167,6 +172,7 @@ def test_numa_a_contiguous_carveout_must_fit_in_a_node():
         assert sizing.plan_host(numa_host({"mode": "absolute", "size": "8G", "numa": "maybe"}))["ok"]
 
 
+@pytest.mark.min_core
 def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, capsys):
     d = tmp_path / "waves"
     code, res = conftest.run_main(capsys, report_files, {"path": str(d), "files": {"wave-1.limit": "a\n", "wave-2.limit": "b\n"},
@@ -184,6 +190,7 @@ def test_report_files_writes_changed_files_and_removes_stale_ones(tmp_path, caps
     assert code == 1 and "plain names" in res["msg"]
 
 
+@pytest.mark.min_core
 def test_report_files_writes_a_report_given_back_as_data_as_its_json(tmp_path, capsys):
     """ansible-core 2.17 and 2.18 turn a template's result that looks like JSON (the plan's waves.json)
     back into data: the file is still that JSON text, not Python's repr of the data."""
@@ -196,6 +203,7 @@ def test_report_files_writes_a_report_given_back_as_data_as_its_json(tmp_path, c
     assert res["written"] == [] and not res["changed"]
 
 
+@pytest.mark.min_core
 def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     inv = {"hypervisors": {"hosts": {"empty": {"guestmemfs_carveout": {"ok": True, "size_bytes": 0, "cmdline_args": []}},
                                      "unplanned": {}},
@@ -214,6 +222,7 @@ def test_the_memory_backend_role_leaves_a_host_without_vms_as_it_is(tmp_path):
     assert "unplanned has no carve-out boot arguments: run playbooks/sizing.yml first" in out.stdout
 
 
+@pytest.mark.min_core
 def test_plan_without_the_vm_check_visits_no_host(tmp_path):
     """guestmemfs_plan_check_vms=false (as liveupdate.yml and a plan made without contacting the hosts
     set it) leaves every host out of the preservability play: no task, not even a skipped one, per host
@@ -228,6 +237,7 @@ def test_plan_without_the_vm_check_visits_no_host(tmp_path):
     assert len(json.loads((tmp_path / "report" / "waves.json").read_text())["waves"]) > 1
 
 
+@pytest.mark.min_core
 def test_a_hosts_variables_without_its_facts_list_no_plugins(tmp_path, monkeypatch):
     """FleetVars reads a host's variables as Ansible assembles them, without its facts, and without
     Ansible's cleaning of the (absent) facts, which lists every connection plugin on disk for each
@@ -266,6 +276,7 @@ def test_a_hosts_variables_without_its_facts_list_no_plugins(tmp_path, monkeypat
     assert listed
 
 
+@pytest.mark.min_core
 def test_the_no_facts_stand_in_answers_as_each_supported_ansible_cores_fact_cache():
     """While FleetVars reads a host's variables, the fact cache it puts in place answers both ways
     ansible-core reads it: get(host) raising KeyError (2.19 on) and get(host, default) (2.17, 2.18)."""
@@ -277,6 +288,7 @@ def test_the_no_facts_stand_in_answers_as_each_supported_ansible_cores_fact_cach
     assert _NoFacts().get("h1", default) is default
 
 
+@pytest.mark.min_core
 def test_planning_from_the_fact_cache_leaves_it_as_it_was(tmp_path):
     """sizing.yml from the fact cache writes no host's entry: a task run once on the controller for a
     play over the hypervisors otherwise has Ansible store its (empty) facts into every host's entry,

@@ -43,6 +43,7 @@ def run(tmp_path, inv, *args, playbook="liveupdate.yml", **kw):
     return play(tmp_path, inv, playbook, *args, **kw)
 
 
+@pytest.mark.min_core
 def test_a_whole_rollout_tells_every_event_in_order_and_releases_its_lock(tmp_path, http):
     http.answers['ALERTS{alertstate="firing"}'] = vector()
     inv = fleet()
@@ -102,6 +103,7 @@ def test_a_failing_in_guest_gate_on_the_canary_stops_before_wave_2(tmp_path, htt
     assert os.listdir(str(tmp_path / "locks")) == []
 
 
+@pytest.mark.min_core
 def test_a_promql_gate_that_fires_stops_the_next_wave_before_it_starts(tmp_path, http):
     q = 'ALERTS{alertstate="firing", severity="critical"}'
     # wave 1's gate and h1's after-resume gate find nothing; then an alert fires
@@ -121,6 +123,7 @@ def test_a_promql_gate_that_fires_stops_the_next_wave_before_it_starts(tmp_path,
     assert http.posts[-1]["reason"].startswith("every host of wave 2 failed")
 
 
+@pytest.mark.min_core
 def test_a_window_that_excludes_now_refuses_to_start(tmp_path, http):
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=3)
     window = {"hours": ["%02d:00-%02d:30" % (later.hour, later.hour)]}
@@ -168,6 +171,7 @@ def test_a_second_rollout_of_the_fleet_is_refused_naming_the_holder(tmp_path):
     assert os.listdir(str(locks)) == []  # the first run released it
 
 
+@pytest.mark.min_core
 def test_a_stale_lock_of_a_dead_run_is_taken_over(tmp_path):
     locks = tmp_path / "locks"
     inv = fleet(("h1",))

@@ -109,6 +109,7 @@ def run_rows(tmp_path):
     return json.loads((tmp_path / "report" / "liveupdate.json").read_text())
 
 
+@pytest.mark.min_core
 def test_check_mode_runs_every_preflight_and_waits_for_nothing(tmp_path):
     inv = hosts_inventory(h3={"standin": {"vm_preservability": {
         "vms": {"vm1": {"preservable": True, "problems": []},
@@ -131,6 +132,7 @@ def test_check_mode_runs_every_preflight_and_waits_for_nothing(tmp_path):
     assert rows[0]["run_id"] and rows[0]["start"] and rows[0]["end"]
 
 
+@pytest.mark.min_core
 def test_a_failed_canary_leaves_its_reports(tmp_path):
     inv = hosts_inventory(h1={"standin": {"kexec": {"failed": True, "msg": "kexec_file_load: stand-in refusal"}}})
     out, calls = play(tmp_path, inv, "liveupdate.yml")
@@ -184,6 +186,7 @@ def test_the_restore_wait_shows_progress(tmp_path):
         ("h1", "vm1", 1, True), ("h1", "vm2", 1, True)]
 
 
+@pytest.mark.min_core
 def test_the_host_updates_itself_while_the_controller_follows_its_journal(tmp_path):
     # One detached process per host (vm_cpr action=update) saves and kexecs; the controller only follows
     # the journal in slices: saving, kexecing (the host away: it waits for it), then the host's own
@@ -214,6 +217,7 @@ def test_the_host_updates_itself_while_the_controller_follows_its_journal(tmp_pa
     assert "proven by a full memory check in this run" in (tmp_path / "report" / "blackout.txt").read_text()
 
 
+@pytest.mark.min_core
 def test_later_waves_check_a_sample_once_the_canary_proved_the_pair(tmp_path):
     vms = {"vm1": {"state": "restored", "blackout_s": 1.5, "verify": {"status": "ok", "mode": "full"}}}
     step = dict(DEFAULTS["update_step"], target_release=UNAME)
@@ -281,6 +285,7 @@ def test_a_pair_a_host_proved_in_an_earlier_run_is_sampled_from_the_canary_on(tm
                 tmp_path / "report" / "blackout.txt").read_text()
 
 
+@pytest.mark.min_core
 def test_an_update_that_stopped_before_its_kexec_is_reported_and_its_vms_restored(tmp_path):
     # The host's process could not kexec (refused, or the kexec did not start): it restored the VMs
     # itself; the wait fails at once from the journal and the rescue unloads the kernel.
@@ -324,6 +329,7 @@ def test_a_host_that_failed_earlier_in_the_run_is_named(tmp_path):
     assert not calls
 
 
+@pytest.mark.min_core
 @pytest.mark.parametrize("playbook", ["plan.yml", "sizing.yml", "prepare.yml", "liveupdate.yml", "report.yml", "kernel.yml"])
 def test_an_inventory_without_the_hypervisors_group_is_a_clear_error(tmp_path, playbook):
     out, calls = play(tmp_path, hosts_inventory(group="kvm_hosts"), playbook)
@@ -356,6 +362,7 @@ def test_reports_default_to_the_directory_the_command_runs_from(tmp_path):
     assert report_dir({"GUESTMEMFS_REPORT_DIR": "/var/tmp/r"}, "/srv/ops") == "/var/tmp/r"
 
 
+@pytest.mark.min_core
 def test_the_host_report_gives_a_readiness_verdict(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -424,6 +431,7 @@ def quickstart_dry_runs():
     return [line.split("#", 1)[0].split() for line in block.splitlines() if line.startswith("ansible-playbook ")]
 
 
+@pytest.mark.min_core
 def test_the_quickstart_dry_runs_on_its_sample_inventory(tmp_path):
     # docs/quickstart.md followed as written: its sample inventory copied to inventory/mycluster, the
     # dry-run commands run from that directory, the hosts local stand-ins (only their connection and
@@ -491,6 +499,7 @@ def test_a_build_only_kernel_run_needs_no_hypervisors_and_installs_nowhere(tmp_p
     assert not calls
 
 
+@pytest.mark.min_core
 def test_build_only_lifts_the_inventory_check_for_kernel_yml_alone(tmp_path):
     out, calls = play(tmp_path, hosts_inventory(group="kvm_hosts"), "liveupdate.yml", "-e", "kernel_build_only=true")
     assert out.returncode == 2, out.stdout + out.stderr

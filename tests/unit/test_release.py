@@ -7,9 +7,13 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
 import yaml
 
 import conftest
+
+# Every test here also runs on the lowest ansible-core claimed (scripts/test).
+pytestmark = pytest.mark.min_core
 
 GALAXY = os.path.join(os.path.dirname(sys.executable), "ansible-galaxy")
 

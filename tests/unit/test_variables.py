@@ -6,10 +6,15 @@ import json
 import os
 import re
 
+import pytest
+
 import conftest
 from test_waves_playbook import PLAYBOOKS, run
 
 from ansible_collections.guestmemfs.liveupdate.plugins.plugin_utils import variables
+
+# Every test here also runs on the lowest ansible-core claimed (scripts/test).
+pytestmark = pytest.mark.min_core
 
 DOC = os.path.join(conftest.ROOT, "docs", "variables.md")
 # guestmemfs_* words in playbooks and roles that are no variables: module names and fact keys come

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 import conftest
+
+# Every test here also runs on the lowest ansible-core claimed (scripts/test).
+pytestmark = pytest.mark.min_core
 
 PLAYBOOKS = os.path.join(conftest.ROOT, "playbooks")
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
